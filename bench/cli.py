@@ -1,0 +1,251 @@
+"""Command line: ``python -m bench run|list|ui|overhead``.
+
+Every user error ends in one line on standard error and exit code 2; a run's last line on
+standard output is one JSON object with its results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.config import DEVICES, OPTIMIZERS, SCHEDULERS, TRISTATE, RunConfig, parse_set
+from bench.errors import UsageError
+from bench.registry import UnknownNameError
+
+# run options that map one-to-one onto RunConfig fields (flag -> type)
+RUN_FLAGS: dict[str, tuple[type, str]] = {
+    "method": (str, "method name (see `bench list methods`)"),
+    "dataset": (str, "data set name (default fashion-mnist)"),
+    "noise": (str, "noise model: none, sym, sym-biased, pairflip, asym, instance"),
+    "noise_rate": (float, "noise rate in [0, 1)"),
+    "noise_seed": (int, "seed of the noisy labels and the subset (default 1)"),
+    "seed": (int, "training seed (default 1)"),
+    "epochs": (int, "total epochs"),
+    "batch_size": (int, "training batch size"),
+    "lr": (float, "learning rate"),
+    "optimizer": (str, f"one of {', '.join(OPTIMIZERS)}"),
+    "momentum": (float, "SGD momentum"),
+    "weight_decay": (float, "weight decay"),
+    "scheduler": (str, f"one of {', '.join(SCHEDULERS)}"),
+    "backbone": (str, "backbone name or timm:NAME (see `bench list backbones`)"),
+    "weights": (str, "local weights file for --pretrained"),
+    "augment": (str, "weak-view augmentation: none, flip, crop, crop-flip"),
+    "subset": (int, "train on N samples, stratified by class, chosen by the noise seed"),
+    "data_root": (str, "folder holding the data set"),
+    "device": (str, f"one of {', '.join(DEVICES)}"),
+    "amp": (str, f"mixed precision: {', '.join(TRISTATE)} (auto: on for CUDA)"),
+    "channels_last": (str, f"channels-last memory format: {', '.join(TRISTATE)}"),
+    "eval_batch_size": (int, "batch size of evaluation passes"),
+    "workers": (int, "DataLoader workers for on-disk data sets"),
+    "tracking_uri": (str, "MLflow tracking URI (default sqlite:///results/mlflow.db)"),
+    "experiment": (str, "MLflow experiment name (default bench)"),
+    "out": (str, "folder for run folders (default results/runs)"),
+}
+# options that still apply when resuming (where to log and what to run on)
+RESUME_FLAGS = {"tracking_uri", "device", "data_root", "workers"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m bench", description="Benchmark harness for learning with noisy labels.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    run = sub.add_parser("run", help="train one method on one data set and noise setting")
+    for name, (tp, help_) in RUN_FLAGS.items():
+        run.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, default=None, help=help_)
+    run.add_argument("--pretrained", action="store_true", default=None, help="load pretrained timm weights")
+    run.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
+                     help="a method option (repeatable; see `bench list methods --verbose`)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    run.add_argument("--stop-after", type=int, metavar="N",
+                     help="stop (resumably) once N epochs are done, e.g. to split a run across jobs")
+    run.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
+                     help="tqdm bar (default on a terminal) or plain lines")
+    lst = sub.add_parser("list", help="list registered methods, data sets, backbones and noise models")
+    lst.add_argument("what", nargs="?", choices=("all", "methods", "datasets", "backbones", "noise"), default="all")
+    lst.add_argument("--verbose", "-v", action="store_true", help="also list each method's options")
+    ui = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store")
+    ui.add_argument("--tracking-uri", default=None)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ov = sub.add_parser("overhead", help="time the trainer against a bare PyTorch loop (same model and data)")
+    ov.add_argument("--epochs", type=int, default=2)
+    ov.add_argument("--repeats", type=int, default=3)
+    ov.add_argument("--subset", type=int, default=None)
+    ov.add_argument("--batch-size", type=int, default=128)
+    ov.add_argument("--backbone", default="smallcnn")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Command line over the data set's protocol defaults over RunConfig's own defaults."""
+    from datasets.base import DATASETS
+    from methods.base import METHODS
+
+    if args.method is None:
+        raise UsageError(f"--method is required; valid: {', '.join(METHODS.names())}")
+    method = METHODS.canonical(args.method)
+    dataset = DATASETS.canonical(args.dataset or "fashion-mnist")
+    values: dict[str, Any] = dict(DATASETS.get(dataset).defaults)
+    values.update({k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k) is not None})
+    values.update(method=method, dataset=dataset)
+    if args.pretrained:
+        values["pretrained"] = True
+    values["method_options"] = parse_set(args.sets)
+    cfg = RunConfig.from_dict(values)
+    cfg.validate()
+    return cfg
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """Fail on names and options before any data is read."""
+    from bench.data import AUGMENTS
+    from bench.models import check_backbone_name
+    from datasets.base import DATASETS
+    from datasets.noise import NoiseError, NoiseSpec
+    from methods.base import METHODS, build_options
+
+    if cfg.augment not in AUGMENTS:
+        raise UsageError(f"--augment {cfg.augment}: valid values are {', '.join(AUGMENTS)}")
+    try:
+        NoiseSpec(cfg.noise, cfg.noise_rate, cfg.noise_seed)
+    except NoiseError as exc:
+        raise UsageError(str(exc)) from None
+    DATASETS.get(cfg.dataset)().check_noise(cfg.noise)
+    check_backbone_name(cfg.backbone)
+    build_options(METHODS.get(cfg.method), {k: str(v) for k, v in cfg.method_options.items()})
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    noise = "clean" if cfg.noise == "none" else f"{cfg.noise}{cfg.noise_rate:g}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(cfg.out) / f"{stamp}-{cfg.method}-{cfg.dataset}-{noise}-s{cfg.seed}-{uuid.uuid4().hex[:6]}"
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.trainer import CHECKPOINT, Trainer
+
+    progress = None if args.progress == "auto" else args.progress == "bar"
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = resume_config(args, run_dir)
+        if (run_dir / "summary.json").exists():
+            print(f"run in {run_dir} has already finished; its summary follows", file=sys.stderr)
+            print(json.dumps(json.loads((run_dir / "summary.json").read_text())))
+            return 0
+        trainer = Trainer(cfg, run_dir, progress=progress, stop_after=args.stop_after)
+        assert (run_dir / CHECKPOINT).exists()
+        summary = trainer.run(resume=True)
+    else:
+        cfg = config_from_args(args)
+        check_run_config(cfg)
+        run_dir = new_run_dir(cfg)
+        print(f"run folder: {run_dir}", file=sys.stderr)
+        trainer = Trainer(cfg, run_dir, progress=progress, stop_after=args.stop_after)
+        summary = trainer.run()
+    if summary["status"] == "stopped":
+        print(f"stopped after epoch {summary['epochs_done']}; continue with: "
+              f"python -m bench run --resume {run_dir}", file=sys.stderr)
+    print(json.dumps(_jsonable(summary)))
+    return 0
+
+
+def resume_config(args: argparse.Namespace, run_dir: Path) -> RunConfig:
+    from bench.trainer import CHECKPOINT
+
+    if not (run_dir / CHECKPOINT).is_file() or not (run_dir / "config.json").is_file():
+        raise UsageError(f"--resume {run_dir}: no checkpoint there ({CHECKPOINT} and config.json); "
+                         "give a run folder under results/runs/")
+    given = [k for k in RUN_FLAGS if getattr(args, k) is not None and k not in RESUME_FLAGS]
+    if given or args.sets or args.pretrained:
+        names = ", ".join("--" + k.replace("_", "-") for k in given) or "--set/--pretrained"
+        raise UsageError(f"--resume continues a run with its saved configuration; drop {names}")
+    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    for k in RESUME_FLAGS:
+        if getattr(args, k) is not None:
+            setattr(cfg, k, getattr(args, k))
+    return cfg
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from bench.models import backbone_descriptions
+    from bench.registry import describe
+    from datasets.base import DATASETS
+    from datasets.noise import NOISE_MODELS
+    from methods.base import METHODS, describe_options
+
+    sections = ("methods", "datasets", "backbones", "noise") if args.what == "all" else (args.what,)
+    for section in sections:
+        print(f"{section}:")
+        if section == "methods":
+            for name in METHODS.names():
+                cls = METHODS.get(name)
+                alias = METHODS.aliases_of(name)
+                print(f"  {name:<18} {describe(cls)}" + (f" (alias: {', '.join(alias)})" if alias else ""))
+                if args.verbose:
+                    for line in describe_options(cls) or ["(no options)"]:
+                        print(f"      {line}")
+        elif section == "datasets":
+            for name in DATASETS.names():
+                print(f"  {name:<18} {describe(DATASETS.get(name))}")
+        elif section == "backbones":
+            for name, text in backbone_descriptions():
+                print(f"  {name:<18} {text}")
+        else:
+            for name in NOISE_MODELS:
+                print(f"  {name}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from bench.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it", file=sys.stderr)
+    os.execv(sys.executable, cmd)
+    return 0  # pragma: no cover
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        import datasets  # noqa: F401  (registers the data sets)
+        import methods  # noqa: F401  (registers the methods)
+
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "ui":
+            return cmd_ui(args)
+        from bench.overhead import cmd_overhead
+
+        return cmd_overhead(args)
+    except (UsageError, UnknownNameError) as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; the last finished epoch is checkpointed: resume with "
+              "python -m bench run --resume RUN_DIR", file=sys.stderr)
+        return 130

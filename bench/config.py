@@ -1,0 +1,116 @@
+"""The resolved configuration of a run: command line over data-set defaults, validated.
+
+A :class:`RunConfig` is what gets logged (flattened, ``method.<option>`` for method
+options), saved as ``config.json`` in the run folder, and hashed so that a later sweep can
+recognise a finished run with the same configuration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.errors import UsageError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "cosine")
+TRISTATE = ("auto", "on", "off")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RunConfig:
+    """Every setting of a run. Defaults here are generic; a data set's own protocol
+    (``Dataset.defaults``) fills what the command line leaves unset."""
+
+    method: str
+    dataset: str = "fashion-mnist"
+    noise: str = "none"
+    noise_rate: float = 0.0
+    noise_seed: int = 1  # fixed by default: training seeds vary, the noisy labels do not
+    seed: int = 1
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    backbone: str = "smallcnn"
+    pretrained: bool = False
+    weights: str | None = None
+    augment: str = "crop-flip"
+    subset: int | None = None
+    data_root: str | None = None
+    device: str = "auto"
+    amp: str = "auto"            # auto: on for CUDA (fp16 + grad scaling), off on CPU
+    channels_last: str = "auto"  # auto: on (CUDA and CPU: measured faster for the conv nets)
+    eval_batch_size: int = 1024
+    workers: int = 4             # DataLoader workers for on-disk data sets
+    tracking_uri: str | None = None
+    experiment: str = "bench"
+    out: str = "results/runs"
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def flatten(self) -> dict[str, str]:
+        """Parameters for MLflow: every field, method options as ``method.<option>``."""
+        flat = {k: v for k, v in self.to_dict().items() if k != "method_options"}
+        flat.update({f"method.{k}": v for k, v in self.method_options.items()})
+        return {k: "" if v is None else str(v) for k, v in flat.items()}
+
+    def hash(self) -> str:
+        """Hash of what determines the results (not where they are logged or stored)."""
+        skip = {"tracking_uri", "experiment", "out", "data_root", "device", "workers"}
+        d = {k: v for k, v in self.to_dict().items() if k not in skip}
+        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def validate(self) -> None:
+        """One-line errors for values no run can use."""
+        _check(self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1")
+        _check(self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1")
+        _check(self.eval_batch_size >= 1, f"--eval-batch-size {self.eval_batch_size}: must be at least 1")
+        _check(self.lr > 0, f"--lr {self.lr}: must be positive")
+        _check(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
+        _check(0 <= self.noise_rate < 1, f"--noise-rate {self.noise_rate} is outside [0, 1)")
+        _check(self.subset is None or self.subset >= 1, f"--subset {self.subset}: must be at least 1")
+        _check(self.workers >= 0, f"--workers {self.workers}: must be >= 0")
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--scheduler", self.scheduler, SCHEDULERS)
+        _choice("--device", self.device, DEVICES)
+        _choice("--amp", self.amp, TRISTATE)
+        _choice("--channels-last", self.channels_last, TRISTATE)
+        if self.noise == "none":
+            _check(self.noise_rate == 0, f"--noise-rate {self.noise_rate} given with --noise none; "
+                                         "name a noise model (sym, sym-biased, pairflip, asym, instance)")
+        else:
+            _check(self.noise_rate > 0, f"--noise {self.noise} needs --noise-rate R with 0 < R < 1")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def _choice(flag: str, value: str, valid: tuple[str, ...]) -> None:
+    _check(value in valid, f"{flag} {value}: valid values are {', '.join(valid)}")
+
+
+def parse_set(pairs: list[str] | None) -> dict[str, str]:
+    """``--set KEY=VALUE`` pairs as a dict of strings (typed later by the method)."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {pair}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,169 @@
+"""Backbones: a registry of factories ``(num_classes, in_chans) -> nn.Module``.
+
+- ``smallcnn``: the out-of-the-box CPU backbone for 28x28 grey images (Fashion-MNIST).
+- ``preact_resnet18``: DivideMix's CIFAR backbone (He et al. 2016, "Identity Mappings in
+  Deep Residual Networks"; DivideMix's ``PreResNet.py``), written fresh.
+- ``timm:NAME``: any timm model, created with ``timm.create_model``. Pretrained weights come
+  from a local file (``--weights PATH``) or timm's local cache; nothing is downloaded, so an
+  offline run fails at once with a clear message instead of hanging.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.errors import UsageError
+from bench.registry import Registry, describe
+
+BACKBONES: Registry = Registry("backbone")
+
+
+@BACKBONES.register("smallcnn")
+class SmallCNN(nn.Module):
+    """Two-conv CNN for 28x28 grey images: 16/32 channels, 1568-128-10 head (207k params)."""
+
+    # Sized so that one epoch of the 60k Fashion-MNIST training images takes about 11 s on a
+    # 2-core CPU (channels-last); the 32/64-channel CNN of cpu-benchmark.md takes about 70 s.
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        side = image_size // 4
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * side * side, 128), nn.ReLU(inplace=True),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block: BN-ReLU-conv twice, identity or 1x1-conv shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        skip = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + skip
+
+
+@BACKBONES.register("preact_resnet18")
+class PreActResNet18(nn.Module):
+    """PreAct ResNet-18 for 32x32 inputs: DivideMix's CIFAR backbone (11.2M params)."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, image_size: int = 32) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
+        stages, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages += [PreActBlock(cin, cout, stride), PreActBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(512)
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.layers(self.conv1(x))))
+        # DivideMix pools with avg_pool2d(4) on 32x32 inputs; adaptive pooling equals that
+        # there and also accepts other sizes (28x28 Fashion-MNIST).
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+@contextmanager
+def _hub_offline():
+    """Make huggingface_hub use only its local cache while timm looks for weights."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool,
+                 weights: str | None) -> nn.Module:
+    import timm
+
+    if not timm.list_models(name, pretrained=False):
+        raise UsageError(f"unknown timm model {name!r}; see timm.list_models() for valid names")
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise UsageError(f"--weights {weights}: no such file")
+        cfg = {"file": str(path.resolve())}
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=cfg,
+                                 num_classes=num_classes, in_chans=in_chans)
+    try:
+        with _hub_offline():
+            return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans)
+    except Exception as exc:  # timm raises several types when weights are not cached
+        raise UsageError(
+            f"pretrained weights for timm:{name} are not in the local cache and cannot be "
+            f"downloaded offline ({type(exc).__name__}); pass --weights PATH to a local file"
+        ) from None
+
+
+def create_backbone(name: str, num_classes: int, in_chans: int, image_size: int,
+                    pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """Build backbone ``name`` (a registered name or ``timm:NAME``)."""
+    if name.startswith("timm:"):
+        return _create_timm(name[5:], num_classes, in_chans, pretrained, weights)
+    factory = BACKBONES.get(name)
+    if pretrained or weights:
+        raise UsageError(f"backbone {name!r} has no pretrained weights; use a timm:NAME backbone")
+    return factory(num_classes=num_classes, in_chans=in_chans, image_size=image_size)
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise a one-line error for an unknown backbone name (before any data is loaded)."""
+    if name.startswith("timm:"):
+        import timm
+
+        if not timm.list_models(name[5:]):
+            raise UsageError(f"unknown timm model {name[5:]!r}; see timm.list_models() for valid names")
+        return
+    BACKBONES.canonical(name)
+
+
+def backbone_descriptions() -> list[tuple[str, str]]:
+    rows = [(n, describe(BACKBONES.get(n))) for n in BACKBONES.names()]
+    rows.append(("timm:NAME", "any timm model (timm.create_model); --pretrained needs cached or --weights"))
+    return rows
+
+
+def count_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """Forward FLOPs for one input of ``shape`` (C, H, W), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *shape))
+    model.train(was_training)
+    return int(counter.get_total_flops())

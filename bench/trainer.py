@@ -1,0 +1,402 @@
+"""The trainer: devices, precision, loops, evaluation, logging, timing, checkpoints, resume.
+
+One :class:`Trainer` runs one configuration end to end. Methods (see :mod:`methods.base`)
+supply models and a step; the trainer does everything around them, identically for every
+method, so that accuracy and time differences come from the methods alone. Per step the
+trainer does no host-device synchronisation: running sums stay on the device and are read
+once per epoch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.config import RunConfig
+from bench.data import InMemoryLoader, epoch_generator, make_view_maker
+from bench.errors import UsageError
+from bench.models import create_backbone
+from bench.tracking import Tracker, git_commit
+from datasets.base import DATASETS, Dataset, NoiseReport, TrainSet, make_train_set
+from datasets.noise import NoiseError, NoiseSpec
+from methods.base import METHODS, Method, MethodContext, build_options
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class Stopped(Exception):
+    """The run stopped before its last epoch (``--stop-after``); its checkpoint stands."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here; valid: auto, cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or on CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def make_optimizer(cfg: RunConfig, params: Any) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, epochs: int) -> Any:
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    return None
+
+
+@dataclass
+class History:
+    """What the run has done so far; saved in every checkpoint."""
+
+    epochs_done: int = 0
+    test_acc: list[float] = field(default_factory=list)
+    wall_clock_s: float = 0.0
+
+    @property
+    def best(self) -> tuple[float, int]:
+        i = int(np.argmax(self.test_acc))
+        return self.test_acc[i], i + 1
+
+
+class EpochStats:
+    """Running sums of a training epoch, kept on the device (one sync per epoch)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+        self.n_acc = 0
+
+    def _add(self, key: str, value: torch.Tensor) -> None:
+        v = value.detach().float()
+        self.sums[key] = self.sums[key] + v if key in self.sums else v
+
+    def add(self, out: Any, batch: dict[str, torch.Tensor]) -> None:
+        bs = batch["label"].shape[0]
+        self.n += bs
+        self._add("train_loss", out.loss * bs)
+        if out.logits is not None:
+            self.n_acc += bs
+            self._add("train_correct", (out.logits.argmax(1) == batch["label"]).sum())
+        for k, v in out.terms.items():
+            self._add(k, v * bs)
+
+    def result(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).tolist()
+        res = {}
+        for k, v in zip(keys, values, strict=True):
+            if k == "train_correct":
+                res["train_acc"] = v / max(self.n_acc, 1)
+            else:
+                res[k] = v / max(self.n, 1)
+        return res
+
+
+class Trainer:
+    """Runs one configuration; ``run()`` returns the summary dict the command line prints."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, progress: bool | None = None,
+                 stop_after: int | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.stop_after = stop_after
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.device = resolve_device(cfg.device)
+        on_cuda = self.device.type == "cuda"
+        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and on_cuda)
+        # fp16 with loss scaling on CUDA; bfloat16 is the CPU form of autocast
+        self.amp_dtype = torch.float16 if on_cuda else torch.bfloat16
+        self.channels_last = cfg.channels_last != "off"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and on_cuda)
+
+    # --- setup ------------------------------------------------------------------------------
+    def _load_data(self) -> tuple[Dataset, TrainSet, NoiseReport, Any]:
+        ds = DATASETS.get(self.cfg.dataset)()
+        try:
+            spec = NoiseSpec(self.cfg.noise, self.cfg.noise_rate, self.cfg.noise_seed)
+        except NoiseError as exc:
+            raise UsageError(str(exc)) from None
+        ds.check_noise(spec.model)
+        raw = ds.load(self.cfg.data_root)
+        cache = Path(self.cfg.out).parent / "noise"
+        train, report = make_train_set(ds, raw, spec, self.cfg.subset, cache)
+        return ds, train, report, raw
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        ds, train, self.noise, raw = self._load_data()
+        self.dataset = ds
+        views = make_view_maker(ds.mean, ds.std, self.device, cfg.augment, self.channels_last)
+        self.train_loader = InMemoryLoader(train.images, train.given, train.clean, views, cfg.batch_size, self.device)
+        self.test_loader = InMemoryLoader(raw.test_images, raw.test_labels, None, views, cfg.eval_batch_size,
+                                          self.device)
+        self.train_set = train
+        method_cls = METHODS.get(cfg.method)
+        options = build_options(method_cls, {k: str(v) for k, v in cfg.method_options.items()})
+        cfg.method_options = asdict(options)  # the resolved values are what gets logged
+        self.method: Method = method_cls(options, self._context(ds, train))
+        self.method.setup()
+
+    def _context(self, ds: Dataset, train: TrainSet) -> MethodContext:
+        cfg = self.cfg
+        art = self.run_dir / "artifacts"
+        art.mkdir(parents=True, exist_ok=True)
+
+        def backbone() -> torch.nn.Module:
+            net = create_backbone(cfg.backbone, ds.num_classes, ds.channels, ds.image_size,
+                                  cfg.pretrained, cfg.weights).to(self.device)
+            return net.to(memory_format=torch.channels_last) if self.channels_last else net
+
+        return MethodContext(
+            num_classes=ds.num_classes, num_train=len(train), device=self.device, epochs=cfg.epochs,
+            noise_rate=None if ds.real_noise else cfg.noise_rate, dataset=ds.name, noise=cfg.noise,
+            make_backbone=backbone,
+            make_optimizer=lambda params: make_optimizer(cfg, params),
+            make_scheduler=lambda opt, epochs: make_scheduler(cfg, opt, epochs),
+            predict_train=self.predict_train,
+            clean_labels=self.train_loader.clean, given_labels=self.train_loader.labels,
+            artifact_dir=art,
+        )
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+
+    @torch.no_grad()
+    def _logits(self, fn: Any, loader: InMemoryLoader) -> torch.Tensor:
+        outs = []
+        for batch in loader.iterate(("plain",), shuffle=False, batch_size=self.cfg.eval_batch_size):
+            with self._autocast():
+                outs.append(fn(batch["plain"]).float())
+        return torch.cat(outs)
+
+    def predict_train(self, model: torch.nn.Module) -> torch.Tensor:
+        """Logits of ``model`` for every training sample, in dataset-index order (plain view)."""
+        was = model.training
+        model.eval()
+        try:
+            return self._logits(model, self.train_loader)
+        finally:
+            model.train(was)
+
+    def evaluate(self) -> float:
+        self.method.train_mode(False)
+        logits = self._logits(self.method.predict, self.test_loader)
+        self.method.train_mode(True)
+        return (logits.argmax(1) == self.test_loader.labels).float().mean().item()
+
+    # --- training ------------------------------------------------------------------------------
+    def _step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Any, opts: list) -> Any:
+        with self._autocast():
+            out = self.method.train_step(batch, epoch, phase)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        for o in opts:
+            self.scaler.step(o)
+        self.scaler.update()
+        return out
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch of training (all the method's phases); returns epoch means."""
+        m = self.method
+        gen = epoch_generator(self.cfg.seed, epoch, self.device)
+        views = m.views(epoch)
+        stats = EpochStats(self.device)
+        m.train_mode(True)
+        bar = self._bar(epoch)
+        for phase in m.phases(epoch):
+            opts = [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))]
+            for batch in self.train_loader.iterate(views, gen, indices=phase.indices):
+                stats.add(self._step(batch, epoch, phase, opts), batch)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        return stats.result()
+
+    def _bar(self, epoch: int) -> Any:
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        total = sum(self.train_loader.num_batches(None if p.indices is None else len(p.indices))
+                    for p in self.method.phases(epoch))
+        return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, file=sys.stderr)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        """Hooks, training, evaluation and timing of one epoch (``epoch`` counts from 0)."""
+        t0 = time.perf_counter()
+        metrics = dict(self.method.on_epoch_start(epoch))
+        t1 = time.perf_counter()
+        metrics.update(self.train_epoch(epoch))
+        self._sync()
+        t2 = time.perf_counter()
+        metrics.update(self.method.on_epoch_end(epoch))
+        for sched in self.method.schedulers.values():
+            sched.step()
+        t3 = time.perf_counter()
+        metrics["test_acc"] = self.evaluate()
+        t4 = time.perf_counter()
+        metrics.update(train_time_s=t2 - t1, eval_time_s=t4 - t3, hooks_time_s=(t1 - t0) + (t3 - t2),
+                       epoch_time_s=t4 - t0)
+        opt = next(iter(self.method.optimizers.values()), None)
+        if opt is not None:
+            metrics["lr"] = opt.param_groups[0]["lr"]
+        return metrics
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self, history: History, run_id: str) -> None:
+        ckpt = {"method": self.method.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
+                "history": asdict(history), "run_id": run_id, "config_hash": self.cfg.hash()}
+        tmp = self.run_dir / (CHECKPOINT + ".tmp")
+        torch.save(ckpt, tmp)
+        os.replace(tmp, self.run_dir / CHECKPOINT)  # atomic: a kill never leaves half a file
+
+    def load_checkpoint(self) -> tuple[History, str]:
+        ckpt = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        self.method.load_state_dict(ckpt["method"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        return History(**ckpt["history"]), ckpt["run_id"]
+
+    # --- the run ---------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        t_setup = time.perf_counter()
+        self._build()
+        tracker = Tracker(self.cfg.tracking_uri, self.cfg.experiment)
+        if resume:
+            history, run_id = self.load_checkpoint()
+            tracker.reopen(run_id)
+        else:
+            history = History()
+            run_id = self._start_tracking(tracker)
+            self.save_checkpoint(history, run_id)  # a run killed in epoch 1 can be resumed too
+        setup_s = time.perf_counter() - t_setup
+        try:
+            self._loop(history, tracker, run_id)
+        except KeyboardInterrupt:
+            tracker.end("KILLED")
+            raise
+        except Stopped:
+            tracker.end("KILLED")
+            return self._summary(history, run_id, status="stopped")
+        summary = self._summary(history, run_id, status="finished")
+        summary["setup_time_s"] = setup_s
+        self._finish(tracker, history, summary)
+        return summary
+
+    def _loop(self, history: History, tracker: Tracker, run_id: str) -> None:
+        for epoch in range(history.epochs_done, self.cfg.epochs):
+            metrics = self.run_epoch(epoch)
+            history.epochs_done = epoch + 1
+            history.test_acc.append(metrics["test_acc"])
+            history.wall_clock_s += metrics["epoch_time_s"]
+            tracker.log_metrics(metrics, step=epoch + 1)
+            self.save_checkpoint(history, run_id)
+            self._report(epoch, metrics)
+            if self.stop_after is not None and epoch + 1 >= self.stop_after and epoch + 1 < self.cfg.epochs:
+                raise Stopped
+
+    def _report(self, epoch: int, m: dict[str, float]) -> None:
+        acc = f" train_acc {m['train_acc']:.4f}" if "train_acc" in m else ""
+        print(f"epoch {epoch + 1}/{self.cfg.epochs}: train_loss {m.get('train_loss', float('nan')):.4f}{acc}"
+              f" test_acc {m['test_acc']:.4f} ({m['epoch_time_s']:.1f} s)", file=sys.stderr, flush=True)
+
+    def _start_tracking(self, tracker: Tracker) -> str:
+        cfg = self.cfg
+        noise = f"{cfg.noise}:{cfg.noise_rate:g}" if cfg.noise != "none" else "none"
+        name = self.run_dir.name
+        run_id = tracker.start(name, tags={"git_commit": git_commit(), "method": cfg.method, "dataset": cfg.dataset,
+                                           "noise": noise, "config_hash": cfg.hash(), "run_dir": str(self.run_dir)})
+        tracker.log_params(cfg.flatten())
+        art = self.run_dir
+        (art / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
+        labels = art / "noisy_labels.npy"
+        np.save(labels, self.train_set.given)
+        np.save(art / "train_source_index.npy", self.train_set.source_index)
+        tracker.log_artifact(art / "config.json")
+        tracker.log_artifact(labels, "noise")
+        tracker.log_artifact(art / "train_source_index.npy", "noise")
+        if self.noise.transition is not None:
+            tpath = art / "noise_transition.csv"
+            np.savetxt(tpath, self.noise.transition, delimiter=",", fmt="%.6f",
+                       header="rows: true class, columns: given label")
+            tracker.log_artifact(tpath, "noise")
+            tracker.log_metrics({"noise_rate_realized": self.noise.rate_realized}, step=0)
+        tracker.log_params({"noise_file": str(self.noise.labels_file)})
+        return run_id
+
+    def _summary(self, history: History, run_id: str, status: str) -> dict[str, Any]:
+        cfg = self.cfg
+        best, best_epoch = history.best if history.test_acc else (float("nan"), 0)
+        return {
+            "run_id": run_id, "status": status, "method": cfg.method, "dataset": cfg.dataset,
+            "noise": cfg.noise, "noise_rate": cfg.noise_rate, "noise_rate_realized": self.noise.rate_realized,
+            "noise_seed": cfg.noise_seed, "seed": cfg.seed, "epochs": cfg.epochs,
+            "epochs_done": history.epochs_done, "backbone": cfg.backbone, "subset": cfg.subset,
+            "best_test_acc": best, "best_epoch": best_epoch,
+            "last_test_acc": history.test_acc[-1] if history.test_acc else float("nan"),
+            "wall_clock_s": history.wall_clock_s, "peak_memory_mb": peak_memory_mb(self.device),
+            "device": str(self.device), "run_dir": str(self.run_dir),
+        }
+
+    def _finish(self, tracker: Tracker, history: History, summary: dict[str, Any]) -> None:
+        final = {k: summary[k] for k in ("best_test_acc", "last_test_acc", "wall_clock_s", "peak_memory_mb",
+                                         "setup_time_s")}
+        tracker.log_metrics(final, step=history.epochs_done)
+        path = self.run_dir / "summary.json"
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+        tracker.log_artifact(path)
+        tracker.end("FINISHED")

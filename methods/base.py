@@ -1,0 +1,223 @@
+"""The method interface: what a method owns and what the trainer does for it.
+
+Division of labour (after USB's ``AlgorithmBase``; see ../shared/style.md):
+
+- The **trainer** (:mod:`bench.trainer`) owns devices, precision (autocast, grad scaling),
+  the loops, ``zero_grad``/``backward``/optimiser steps, per-epoch scheduler steps,
+  evaluation on the test set, logging, timing, checkpoints and resume.
+- A **method** owns its models, optimisers and schedulers (built in :meth:`Method.setup`
+  from the helpers in :class:`MethodContext`, so every method gets the same backbone and
+  optimiser settings), its step, and its per-sample state.
+
+A method subclass sets ``name`` and ``Options`` (a dataclass whose fields are its ``--set``
+options, each with ``metadata={"help": ..., "source": ...}``), registers itself with
+``@METHODS.register()``, and overrides:
+
+``setup()``
+    Build ``self.models`` / ``self.optimizers`` / ``self.schedulers`` (dicts by name) and
+    per-sample state in ``self.state`` (tensors sized ``ctx.num_train`` on ``ctx.device``,
+    indexed by dataset index, never by batch position). Everything in these four dicts is
+    checkpointed and restored without further code; other state goes in
+    :meth:`extra_state` / :meth:`load_extra_state`.
+``views(epoch)``
+    The image views a batch must carry this epoch (``"weak"``: crop + flip, ``"plain"``).
+``phases(epoch)``
+    The passes over the training data this epoch (default one). A two-network method that
+    trains its networks one after the other (DivideMix) returns one :class:`Phase` per
+    network, each naming the optimisers it steps and, optionally, the dataset indices it
+    visits.
+``on_epoch_start(epoch)`` / ``on_epoch_end(epoch)``
+    Whole-data work between epochs (DivideMix's evaluation pass and GMM, IDO's stage switch
+    and mixture fit); ``ctx.predict_train(model)`` gives logits for every training sample in
+    index order. Return a dict of metrics to log for the epoch.
+``train_step(batch, epoch, phase)``
+    Forward and loss for one batch; returns :class:`StepOutput`. The trainer backpropagates
+    ``loss`` and steps the optimisers. Loss terms in ``terms`` are logged as epoch means.
+``predict(x)``
+    Test-time logits (default: ``self.models["net"]``; DivideMix sums two networks).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn as nn
+
+from bench.errors import UsageError
+from bench.registry import Registry
+
+METHODS: Registry = Registry("method")
+
+
+@dataclass
+class NoOptions:
+    """A method without options of its own."""
+
+
+@dataclass
+class Phase:
+    """One pass over (part of) the training data within an epoch."""
+
+    name: str = "train"
+    optimizers: tuple[str, ...] | None = None  # None: every optimiser of the method
+    indices: torch.Tensor | None = None  # dataset indices to visit; None: all
+
+
+@dataclass
+class StepOutput:
+    """What a training step returns to the trainer."""
+
+    loss: torch.Tensor  # the scalar to backpropagate
+    logits: torch.Tensor | None = None  # for train accuracy against the given labels
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars to log
+
+
+@dataclass
+class MethodContext:
+    """What the trainer gives a method: sizes, devices and shared factories."""
+
+    num_classes: int
+    num_train: int
+    device: torch.device
+    epochs: int
+    noise_rate: float | None  # the requested synthetic rate; None for real noise
+    dataset: str
+    noise: str
+    make_backbone: Callable[[], nn.Module]
+    make_optimizer: Callable[[Any], torch.optim.Optimizer]
+    make_scheduler: Callable[[torch.optim.Optimizer, int], Any]
+    predict_train: Callable[[nn.Module], torch.Tensor]
+    clean_labels: torch.Tensor | None  # diagnostics only (AUC of noise detection etc.)
+    given_labels: torch.Tensor
+    artifact_dir: Path
+
+
+class Method:
+    """Base class of every method; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any, ctx: MethodContext) -> None:
+        self.opts = options
+        self.ctx = ctx
+        self.models: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+        self.state: dict[str, torch.Tensor] = {}
+
+    # --- to override -------------------------------------------------------------------
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def views(self, epoch: int) -> tuple[str, ...]:
+        return ("weak",)
+
+    def phases(self, epoch: int) -> list[Phase]:
+        return [Phase()]
+
+    def on_epoch_start(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
+        raise NotImplementedError
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.models["net"](x)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # --- checkpointing: the four dicts travel without per-method code ---------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "models": {k: m.state_dict() for k, m in self.models.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "state": {k: v.detach().cpu() for k, v in self.state.items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        for k, m in self.models.items():
+            m.load_state_dict(sd["models"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(sd["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(sd["schedulers"][k])
+        for k, v in sd["state"].items():
+            self.state[k] = v.to(self.ctx.device)
+        self.load_extra_state(sd["extra"])
+
+    def train_mode(self, training: bool) -> None:
+        for m in self.models.values():
+            m.train(training)
+
+
+# --- options: typed, validated, documented -----------------------------------------------
+
+def _coerce(key: str, raw: str, tp: Any) -> Any:
+    """Turn the string ``raw`` into type ``tp`` or raise a one-line :class:`UsageError`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for c in choices:
+            if str(c) == raw:
+                return c
+        raise UsageError(f"--set {key}={raw}: valid values are {', '.join(map(str, choices))}")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if raw.lower() in ("none", "null", ""):
+            return None
+        return _coerce(key, raw, args[0])
+    if tp is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"--set {key}={raw}: expected a boolean (true or false)")
+    try:
+        return tp(raw)
+    except (TypeError, ValueError):
+        raise UsageError(f"--set {key}={raw}: expected {getattr(tp, '__name__', tp)}") from None
+
+
+def build_options(method_cls: type[Method], raw: dict[str, str]) -> Any:
+    """The method's options dataclass from ``--set`` strings, every key and value checked."""
+    opts_cls = method_cls.Options
+    hints = typing.get_type_hints(opts_cls)
+    fields = {f.name for f in dataclasses.fields(opts_cls)}
+    for key in raw:
+        if key not in fields:
+            valid = ", ".join(sorted(fields)) or "(none: this method has no options)"
+            raise UsageError(f"--set {key}: method {method_cls.name!r} has no option {key!r}; valid: {valid}")
+    values = {k: _coerce(k, v, hints[k]) for k, v in raw.items()}
+    try:
+        return opts_cls(**values)
+    except ValueError as exc:
+        raise UsageError(f"--set: {exc}") from None
+
+
+def describe_options(method_cls: type[Method]) -> list[str]:
+    """One line per option: name, type, default, help and source (for ``bench list --verbose``)."""
+    hints = typing.get_type_hints(method_cls.Options)
+    lines = []
+    for f in dataclasses.fields(method_cls.Options):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        tp = hints[f.name]
+        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        help_ = f.metadata.get("help", "")
+        src = f.metadata.get("source", "")
+        lines.append(f"{f.name} ({tname}, default {default!r}): {help_}" + (f" [{src}]" if src else ""))
+    return lines

@@ -1,0 +1,32 @@
+"""Plain cross-entropy ("Standard"): the floor every LNL method is measured against.
+
+One network trained with cross-entropy on the given (possibly noisy) labels, using the
+run's shared backbone, optimiser and schedule (baselines.md, "CE").
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from methods.base import METHODS, Method, Phase, StepOutput
+
+
+@METHODS.register("ce", aliases=("standard",))
+class CrossEntropy(Method):
+    """Cross-entropy on the given labels: one network, no noise handling (the baseline floor)."""
+
+    name = "ce"
+
+    def setup(self) -> None:
+        net = self.ctx.make_backbone()
+        opt = self.ctx.make_optimizer(net.parameters())
+        self.models["net"] = net
+        self.optimizers["net"] = opt
+        sched = self.ctx.make_scheduler(opt, self.ctx.epochs)
+        if sched is not None:
+            self.schedulers["net"] = sched
+
+    def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
+        logits = self.models["net"](batch["weak"])
+        loss = F.cross_entropy(logits, batch["label"])
+        return StepOutput(loss=loss, logits=logits)
