@@ -171,11 +171,14 @@ def resume_config(args: argparse.Namespace, run_dir: Path) -> RunConfig:
     if not (run_dir / CHECKPOINT).is_file() or not (run_dir / "config.json").is_file():
         raise UsageError(f"--resume {run_dir}: no checkpoint there ({CHECKPOINT} and config.json); "
                          "give a run folder under results/runs/")
-    given = [k for k in RUN_FLAGS if getattr(args, k) is not None and k not in RESUME_FLAGS]
-    if given or args.sets or args.pretrained:
-        names = ", ".join("--" + k.replace("_", "-") for k in given) or "--set/--pretrained"
-        raise UsageError(f"--resume continues a run with its saved configuration; drop {names}")
     cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    saved = cfg.to_dict()
+    # a flag that repeats the saved value is harmless; one that changes it is refused
+    changed = [k for k in RUN_FLAGS if getattr(args, k) is not None and k not in RESUME_FLAGS
+               and getattr(args, k) != saved[k]]
+    if changed or args.sets or args.pretrained:
+        names = ", ".join("--" + k.replace("_", "-") for k in changed) or "--set/--pretrained"
+        raise UsageError(f"--resume continues a run with its saved configuration; drop {names}")
     for k in RESUME_FLAGS:
         if getattr(args, k) is not None:
             setattr(cfg, k, getattr(args, k))

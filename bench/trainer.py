@@ -8,6 +8,7 @@ once per epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -207,7 +208,9 @@ class Trainer:
 
     # --- evaluation ---------------------------------------------------------------------------
     def _autocast(self) -> Any:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+        if not self.amp:
+            return contextlib.nullcontext()  # cheaper than a disabled autocast, once per step
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     @torch.no_grad()
     def _logits(self, fn: Any, loader: InMemoryLoader) -> torch.Tensor:
@@ -238,6 +241,11 @@ class Trainer:
             out = self.method.train_step(batch, epoch, phase)
         for o in opts:
             o.zero_grad(set_to_none=True)
+        if not self.scaler.is_enabled():
+            out.loss.backward()
+            for o in opts:
+                o.step()
+            return out
         self.scaler.scale(out.loss).backward()
         for o in opts:
             self.scaler.step(o)

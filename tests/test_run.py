@@ -1,0 +1,114 @@
+"""End to end: `bench run` with CE on a Fashion-MNIST subset, read back through MLflow's API,
+and resume after an interruption equals the uninterrupted run."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from bench.cli import main
+
+EPOCH_METRICS = ("train_loss", "train_acc", "test_acc", "epoch_time_s", "train_time_s", "eval_time_s")
+FINAL_METRICS = ("best_test_acc", "last_test_acc", "wall_clock_s", "peak_memory_mb", "noise_rate_realized")
+SUMMARY_KEYS = ("run_id", "method", "dataset", "noise", "noise_rate", "noise_rate_realized", "seed", "epochs",
+                "best_test_acc", "last_test_acc", "wall_clock_s")
+
+
+def run_cli(tmp: Path, *extra: str) -> dict:
+    args = ["run", "--out", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db",
+            "--experiment", "test", *extra]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(args)
+    assert code == 0
+    return json.loads(buf.getvalue().strip().splitlines()[-1])  # the last stdout line is the JSON summary
+
+
+BASE = ("--method", "ce", "--dataset", "fashion-mnist", "--noise", "sym", "--noise-rate", "0.4",
+        "--subset", "1000", "--batch-size", "100")
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    return tmp, run_cli(tmp, *BASE, "--epochs", "2")
+
+
+def test_summary_line(two_epoch_run):
+    _, s = two_epoch_run
+    for key in SUMMARY_KEYS:
+        assert key in s, key
+    assert s["method"] == "ce" and s["dataset"] == "fashion-mnist" and s["noise"] == "sym"
+    assert s["epochs"] == 2 and s["status"] == "finished"
+    assert 0.35 <= s["noise_rate_realized"] <= 0.45  # 400 of 1000 flipped, up to subset sampling
+    assert 0.1 < s["last_test_acc"] <= s["best_test_acc"] <= 1.0
+    assert s["wall_clock_s"] > 0
+
+
+def test_mlflow_has_metrics_params_tags_artifacts(two_epoch_run):
+    tmp, s = two_epoch_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    run = client.get_run(s["run_id"])
+    assert run.info.status == "FINISHED"
+    for name in EPOCH_METRICS:
+        hist = client.get_metric_history(s["run_id"], name)
+        assert sorted(m.step for m in hist) == [1, 2], name
+    for name in FINAL_METRICS:
+        assert name in run.data.metrics, name
+    assert 0 <= run.data.metrics["test_acc"] <= 1  # a fraction, not a percentage
+    assert run.data.metrics["best_test_acc"] == pytest.approx(s["best_test_acc"])
+    params = run.data.params
+    assert params["method"] == "ce" and params["noise_rate"] == "0.4" and params["subset"] == "1000"
+    assert params["batch_size"] == "100" and params["backbone"] == "smallcnn"
+    tags = run.data.tags
+    assert tags["method"] == "ce" and tags["dataset"] == "fashion-mnist" and tags["noise"] == "sym:0.4"
+    assert "git_commit" in tags and "config_hash" in tags
+    names = {a.path for a in client.list_artifacts(s["run_id"])}
+    assert {"config.json", "summary.json", "noise"} <= names
+    noise = {a.path for a in client.list_artifacts(s["run_id"], "noise")}
+    assert {"noise/noisy_labels.npy", "noise/noise_transition.csv"} <= noise
+    labels = np.load(client.download_artifacts(s["run_id"], "noise/noisy_labels.npy", str(tmp)))
+    assert labels.shape == (1000,)
+    trans = np.loadtxt(client.download_artifacts(s["run_id"], "noise/noise_transition.csv", str(tmp)),
+                       delimiter=",")
+    assert trans.shape == (10, 10)
+    np.testing.assert_allclose(trans.sum(1), 1.0, atol=1e-5)
+    assert np.diag(trans).mean() == pytest.approx(1 - s["noise_rate_realized"], abs=0.02)
+
+
+def test_run_folder_contents(two_epoch_run):
+    _, s = two_epoch_run
+    run_dir = Path(s["run_dir"])
+    for name in ("config.json", "checkpoint.pt", "summary.json", "noisy_labels.npy"):
+        assert (run_dir / name).is_file(), name
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["method"] == "ce" and cfg["noise_rate"] == 0.4 and cfg["epochs"] == 2
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = run_cli(tmp_path, *BASE, "--epochs", "3")
+    part = run_cli(tmp_path, *BASE, "--epochs", "3", "--stop-after", "1")
+    assert part["status"] == "stopped" and part["epochs_done"] == 1
+    resumed = run_cli(tmp_path, "--resume", part["run_dir"])
+    assert resumed["run_id"] == part["run_id"]  # continued into the same MLflow run
+    assert resumed["epochs_done"] == 3
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+
+    def curve(run_id: str, name: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
+
+    for name in ("test_acc", "train_loss", "train_acc"):
+        assert curve(resumed["run_id"], name) == curve(full["run_id"], name), name
+    assert resumed["best_test_acc"] == full["best_test_acc"]
+    assert resumed["last_test_acc"] == full["last_test_acc"]
+    a = torch.load(Path(full["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]["models"]["net"]
+    b = torch.load(Path(resumed["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]["models"]["net"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert client.get_run(resumed["run_id"]).info.status == "FINISHED"
