@@ -1,0 +1,120 @@
+"""The trainer's contract with methods: per-sample state by dataset index, phases with index
+subsets, whole-training-set passes in index order, checkpointed state, and the CPU forms of
+the GPU code paths (bfloat16 autocast, channels-last)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.config import RunConfig
+from bench.trainer import Trainer
+from methods.base import METHODS, Method, Phase, StepOutput
+
+
+@dataclass
+class _ProbeOptions:
+    half: bool = field(default=False, metadata={"help": "second phase visits only even indices"})
+
+
+@METHODS.register("_probe")
+class _Probe(Method):
+    """Test method: counts visits per dataset index and checks labels against its own copy."""
+
+    name = "_probe"
+    Options = _ProbeOptions
+
+    def setup(self) -> None:
+        net = self.ctx.make_backbone()
+        self.models["net"] = net
+        self.optimizers["net"] = self.ctx.make_optimizer(net.parameters())
+        self.state["visits"] = torch.zeros(self.ctx.num_train, dtype=torch.int64, device=self.ctx.device)
+        self.label_mismatch = 0
+        self.passes: list[torch.Tensor] = []
+
+    def phases(self, epoch: int) -> list[Phase]:
+        if not self.opts.half:
+            return [Phase()]
+        evens = torch.arange(0, self.ctx.num_train, 2)
+        return [Phase("all"), Phase("evens", indices=evens)]
+
+    def on_epoch_start(self, epoch: int) -> dict[str, float]:
+        self.passes.append(self.ctx.predict_train(self.models["net"]))
+        return {"probe_metric": float(epoch)}
+
+    def train_step(self, batch, epoch, phase) -> StepOutput:
+        self.state["visits"][batch["index"]] += 1
+        self.label_mismatch += int((self.ctx.given_labels[batch["index"]] != batch["label"]).sum())
+        logits = self.models["net"](batch["weak"])
+        loss = F.cross_entropy(logits, batch["label"])
+        return StepOutput(loss=loss, logits=logits, terms={"probe_term": loss.detach() * 0 + 1.5})
+
+
+def make_trainer(tmp: Path, **kw) -> Trainer:
+    values = dict(method="_probe", subset=300, epochs=2, batch_size=64, out=str(tmp / "runs"),
+                  tracking_uri=f"sqlite:///{tmp}/m.db")
+    values.update(kw)
+    cfg = RunConfig(**values)
+    cfg.validate()
+    run_dir = tmp / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    return Trainer(cfg, run_dir, progress=False)
+
+
+def test_per_sample_state_by_index_and_phases(tmp_path):
+    tr = make_trainer(tmp_path, method_options={"half": "true"})
+    tr._build()
+    m = tr.method
+    metrics = tr.run_epoch(0)
+    visits = m.state["visits"].cpu()
+    assert visits[0::2].tolist() == [2] * 150  # visited by both phases
+    assert visits[1::2].tolist() == [1] * 150  # only by the first
+    assert m.label_mismatch == 0  # the batch label is the given label of batch["index"]
+    assert metrics["probe_metric"] == 0.0 and metrics["probe_term"] == pytest.approx(1.5)
+    assert 0 <= metrics["train_acc"] <= 1 and metrics["test_acc"] >= 0
+
+
+def test_predict_train_is_in_index_order(tmp_path):
+    tr = make_trainer(tmp_path)
+    tr._build()
+    net = tr.method.models["net"]
+    logits = tr.predict_train(net)
+    assert logits.shape == (300, 10)
+    x = tr.train_loader.views(tr.train_loader.images[torch.arange(300)], "plain", torch.Generator())
+    assert net.training  # predict_train restores the training mode
+    net.eval()
+    with torch.no_grad():
+        direct = net(x)
+    torch.testing.assert_close(logits, direct, rtol=1e-4, atol=1e-5)
+    reverse = torch.arange(299, -1, -1)
+    torch.testing.assert_close(logits[reverse], direct[reverse])
+
+
+def test_state_is_checkpointed(tmp_path):
+    tr = make_trainer(tmp_path)
+    summary = tr.run()
+    assert summary["status"] == "finished"
+    ckpt = torch.load(tmp_path / "runs" / "r" / "checkpoint.pt", weights_only=False)
+    assert ckpt["method"]["state"]["visits"].tolist() == [2] * 300
+    assert ckpt["history"]["epochs_done"] == 2
+
+
+@pytest.mark.parametrize("amp,channels_last", [("on", "on"), ("off", "off")])
+def test_cpu_forms_of_gpu_paths(tmp_path, amp, channels_last):
+    tr = make_trainer(tmp_path, amp=amp, channels_last=channels_last, epochs=1)
+    tr._build()
+    assert tr.amp == (amp == "on")
+    if amp == "on":
+        assert tr.amp_dtype == torch.bfloat16  # the CPU form of autocast
+        assert not tr.scaler.is_enabled()  # loss scaling is for fp16 on CUDA only
+    batch = next(tr.train_loader.iterate(("weak",)))
+    # with one channel both layouts are the same bytes; the conv weights show the format
+    assert batch["weak"].is_contiguous(memory_format=torch.channels_last)
+    weight = tr.method.models["net"].features[3].weight  # 32 x 16 x 3 x 3
+    assert weight.is_contiguous(memory_format=torch.channels_last) == (channels_last == "on")
+    metrics = tr.run_epoch(0)
+    assert metrics["train_loss"] == metrics["train_loss"]  # not NaN
+    assert metrics["test_acc"] > 0.2  # it learns something in one epoch of 300 images
