@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -124,8 +125,17 @@ def check_run_config(cfg: RunConfig) -> None:
         NoiseSpec(cfg.noise, cfg.noise_rate, cfg.noise_seed)
     except NoiseError as exc:
         raise UsageError(str(exc)) from None
-    DATASETS.get(cfg.dataset)().check_noise(cfg.noise)
+    from bench.trainer import resolve_device
+
+    resolve_device(cfg.device)
+    dataset = DATASETS.get(cfg.dataset)()
+    dataset.check_noise(cfg.noise)
+    dataset.check_root(cfg.data_root)
     check_backbone_name(cfg.backbone)
+    if (cfg.pretrained or cfg.weights) and not cfg.backbone.startswith("timm:"):
+        raise UsageError(f"backbone {cfg.backbone!r} has no pretrained weights; use a timm:NAME backbone")
+    if cfg.weights and not Path(cfg.weights).is_file():
+        raise UsageError(f"--weights {cfg.weights}: no such file")
     build_options(METHODS.get(cfg.method), {k: str(v) for k, v in cfg.method_options.items()})
 
 
@@ -138,7 +148,7 @@ def new_run_dir(cfg: RunConfig) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.trainer import CHECKPOINT, Trainer
+    from bench.trainer import Trainer
 
     progress = None if args.progress == "auto" else args.progress == "bar"
     if args.resume:
@@ -148,16 +158,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"run in {run_dir} has already finished; its summary follows", file=sys.stderr)
             print(json.dumps(json.loads((run_dir / "summary.json").read_text())))
             return 0
-        trainer = Trainer(cfg, run_dir, progress=progress, stop_after=args.stop_after)
-        assert (run_dir / CHECKPOINT).exists()
-        summary = trainer.run(resume=True)
+        summary = Trainer(cfg, run_dir, progress=progress, stop_after=args.stop_after).run(resume=True)
     else:
         cfg = config_from_args(args)
         check_run_config(cfg)
         run_dir = new_run_dir(cfg)
-        print(f"run folder: {run_dir}", file=sys.stderr)
-        trainer = Trainer(cfg, run_dir, progress=progress, stop_after=args.stop_after)
-        summary = trainer.run()
+        try:
+            summary = Trainer(cfg, run_dir, progress=progress, stop_after=args.stop_after).run()
+        except UsageError:
+            # failed before its first checkpoint (e.g. weights not found): leave nothing behind
+            if not any(run_dir.glob("checkpoint.pt")):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     if summary["status"] == "stopped":
         print(f"stopped after epoch {summary['epochs_done']}; continue with: "
               f"python -m bench run --resume {run_dir}", file=sys.stderr)
@@ -168,6 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def resume_config(args: argparse.Namespace, run_dir: Path) -> RunConfig:
     from bench.trainer import CHECKPOINT
 
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: no such folder; give a run folder under results/runs/")
     if not (run_dir / CHECKPOINT).is_file() or not (run_dir / "config.json").is_file():
         raise UsageError(f"--resume {run_dir}: no checkpoint there ({CHECKPOINT} and config.json); "
                          "give a run folder under results/runs/")
@@ -175,7 +189,7 @@ def resume_config(args: argparse.Namespace, run_dir: Path) -> RunConfig:
     saved = cfg.to_dict()
     # a flag that repeats the saved value is harmless; one that changes it is refused
     changed = [k for k in RUN_FLAGS if getattr(args, k) is not None and k not in RESUME_FLAGS
-               and getattr(args, k) != saved[k]]
+               and _canonical(k, getattr(args, k)) != saved[k]]
     if changed or args.sets or args.pretrained:
         names = ", ".join("--" + k.replace("_", "-") for k in changed) or "--set/--pretrained"
         raise UsageError(f"--resume continues a run with its saved configuration; drop {names}")
@@ -183,6 +197,17 @@ def resume_config(args: argparse.Namespace, run_dir: Path) -> RunConfig:
         if getattr(args, k) is not None:
             setattr(cfg, k, getattr(args, k))
     return cfg
+
+
+def _canonical(key: str, value: Any) -> Any:
+    """Registered name for method and data-set flags, so an alias is no change."""
+    from datasets.base import DATASETS
+    from methods.base import METHODS
+
+    registry = {"method": METHODS, "dataset": DATASETS}.get(key)
+    if registry is None or value not in registry:
+        return value
+    return registry.canonical(value)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,13 @@ class RunConfig:
 
     def validate(self) -> None:
         """One-line errors for values no run can use."""
+        from datasets.noise import NoiseError, NoiseSpec
+
+        try:  # the noise model's name first: its error is the useful one
+            NoiseSpec(self.noise, 0.0, 0)
+        except NoiseError as exc:
+            if "unknown noise model" in str(exc):
+                raise UsageError(str(exc)) from None
         _check(self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1")
         _check(self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1")
         _check(self.eval_batch_size >= 1, f"--eval-batch-size {self.eval_batch_size}: must be at least 1")

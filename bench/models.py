@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,24 +91,26 @@ class PreActResNet18(nn.Module):
 
 @contextmanager
 def _hub_offline():
-    """Make huggingface_hub use only its local cache while timm looks for weights."""
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    """Make huggingface_hub use only its local cache while timm looks for weights.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` once, at import, so the environment variable
+    alone has no effect here: the module constant is what its download code consults.
+    """
+    import huggingface_hub.constants as hub
+
+    old = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
+        hub.HF_HUB_OFFLINE = old
 
 
 def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool,
                  weights: str | None) -> nn.Module:
     import timm
 
-    if not timm.list_models(name, pretrained=False):
-        raise UsageError(f"unknown timm model {name!r}; see timm.list_models() for valid names")
+    _check_timm_name(name)
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     if weights:
@@ -143,12 +144,19 @@ def create_backbone(name: str, num_classes: int, in_chans: int, image_size: int,
 def check_backbone_name(name: str) -> None:
     """Raise a one-line error for an unknown backbone name (before any data is loaded)."""
     if name.startswith("timm:"):
-        import timm
-
-        if not timm.list_models(name[5:]):
-            raise UsageError(f"unknown timm model {name[5:]!r}; see timm.list_models() for valid names")
+        _check_timm_name(name[5:])
         return
     BACKBONES.canonical(name)
+
+
+def _check_timm_name(name: str) -> None:
+    """An exact timm model name (``is_model``, not a pattern), a pretrained tag allowed."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise UsageError(f"unknown timm model {name!r}{hint}; see timm.list_models() for valid names")
 
 
 def backbone_descriptions() -> list[tuple[str, str]]:

@@ -312,8 +312,18 @@ class Trainer:
         torch.save(ckpt, tmp)
         os.replace(tmp, self.run_dir / CHECKPOINT)  # atomic: a kill never leaves half a file
 
-    def load_checkpoint(self) -> tuple[History, str]:
-        ckpt = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+    def read_checkpoint(self) -> dict[str, Any]:
+        path = self.run_dir / CHECKPOINT
+        try:
+            ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:  # torch raises many types for a damaged file
+            raise UsageError(f"--resume: {path} cannot be read ({type(exc).__name__}); "
+                             "the run cannot be resumed, start it again") from None
+        if not isinstance(ckpt, dict) or not {"method", "history", "run_id", "rng"} <= set(ckpt):
+            raise UsageError(f"--resume: {path} is not a checkpoint of this harness")
+        return ckpt
+
+    def load_checkpoint(self, ckpt: dict[str, Any]) -> tuple[History, str]:
         self.method.load_state_dict(ckpt["method"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
@@ -322,12 +332,16 @@ class Trainer:
     # --- the run ---------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
         t_setup = time.perf_counter()
+        ckpt = self.read_checkpoint() if resume else None  # a damaged file fails before any work
         self._build()
         tracker = Tracker(self.cfg.tracking_uri, self.cfg.experiment)
-        if resume:
-            history, run_id = self.load_checkpoint()
+        if ckpt is not None:
+            history, run_id = self.load_checkpoint(ckpt)
+            del ckpt
             tracker.reopen(run_id)
+            print(f"resuming {self.run_dir} after epoch {history.epochs_done}", file=sys.stderr)
         else:
+            print(f"run folder: {self.run_dir}", file=sys.stderr)
             history = History()
             run_id = self._start_tracking(tracker)
             self.save_checkpoint(history, run_id)  # a run killed in epoch 1 can be resumed too

@@ -12,6 +12,8 @@ state by it. Nothing here knows which method will run.
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -59,6 +61,10 @@ class Dataset:
     def load(self, root: str | None) -> RawSplits:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def check_root(self, root: str | None) -> None:
+        """Raise :class:`UsageError` naming the expected files if the data is not there.
+        Cheap (no decoding): runs before anything is written."""
+
     def check_noise(self, model: str) -> None:
         """Raise :class:`UsageError` if this data set cannot take noise ``model``."""
         if self.real_noise and model != "none":
@@ -101,19 +107,41 @@ def noise_file_name(dataset: str, spec: noise_lib.NoiseSpec) -> str:
     return f"{dataset}_{spec.model}_{spec.rate:g}_seed{spec.seed}.npy"
 
 
+def _fingerprint(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec) -> str:
+    """What the noisy labels depend on besides the spec: the clean labels, the class map and,
+    for instance noise, the images."""
+    h = hashlib.sha1(raw.train_labels.astype(np.int64).tobytes())
+    h.update(repr(sorted((ds.asym_map or {}).items())).encode())
+    if spec.model == "instance":
+        h.update(np.ascontiguousarray(raw.train_images).tobytes())
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write through a temporary file of this process, then rename: parallel runs of the same
+    setting never see (or leave) half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def noisy_labels(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec, cache_dir: Path) -> tuple[np.ndarray, Path]:
     """Given labels of the FULL training set, read from the noise file or drawn and saved there.
 
-    The file is keyed by data set, model, rate and seed, and carries a fingerprint of the
-    clean labels so a stale file (another copy of the data) is redrawn, not silently reused.
+    The file is keyed by data set, model, rate and seed; a ``.sha1`` beside it fingerprints
+    what else the labels depend on (clean labels, class map, images for instance noise), so a
+    stale file is redrawn, never silently reused.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / noise_file_name(ds.name, spec)
-    fingerprint = hashlib.sha1(raw.train_labels.astype(np.int64).tobytes()).hexdigest()
-    if path.exists():
+    meta = path.with_suffix(".sha1")
+    fingerprint = _fingerprint(ds, raw, spec)
+    if path.exists() and meta.exists() and meta.read_text().strip() == fingerprint:
         saved = np.load(path, allow_pickle=False)
-        meta = path.with_suffix(".sha1")
-        if len(saved) == len(raw.train_labels) and meta.exists() and meta.read_text().strip() == fingerprint:
+        if len(saved) == len(raw.train_labels):
             return saved, path
     features = None
     if spec.model == "instance":
@@ -128,10 +156,12 @@ def noisy_labels(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec, cache_d
                                       features=features, dataset=ds.name)
     except noise_lib.NoiseError as exc:
         raise UsageError(str(exc)) from None
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, given)
-    tmp.replace(path)
-    path.with_suffix(".sha1").write_text(fingerprint + "\n")
+    def save_labels(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
+            np.save(f, given)
+
+    _write_atomic(path, save_labels)
+    _write_atomic(meta, lambda tmp: tmp.write_text(fingerprint + "\n"))
     return given, path
 
 

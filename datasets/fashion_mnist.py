@@ -24,11 +24,17 @@ FILES = {
 
 def read_idx(path: Path) -> np.ndarray:
     """Parse a gzipped IDX file (big-endian header: magic, then one uint32 per dimension)."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:  # BadGzipFile is an OSError; a cut-off file ends in EOFError
+        raise UsageError(f"{path} is not a readable gzip file ({type(exc).__name__}); "
+                         "reinstall it with 'apt-get install --reinstall dataset-fashion-mnist'") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise UsageError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise UsageError(f"{path} is truncated: its header is cut off")
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).copy()  # writable
     if body.size != int(np.prod(dims)):
@@ -64,6 +70,9 @@ class FashionMNIST(Dataset):
             test_images=arrays["test_images"][:, None],
             test_labels=arrays["test_labels"].astype(np.int64),
         )
+
+    def check_root(self, root: str | None) -> None:
+        self._find(root)
 
     @staticmethod
     def _find(root: str | None) -> Path:

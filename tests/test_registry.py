@@ -1,0 +1,238 @@
+"""Tests for :mod:`bench.registry` and smoke tests over the real registries.
+
+The smoke tests are parametrised over the registries themselves (timm's manner), so a new
+backbone, data set or method is tested here without new test code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import datasets  # noqa: F401  (registers the data sets)
+import methods  # noqa: F401  (registers the methods)
+from bench.cli import main
+from bench.errors import UsageError
+from bench.models import BACKBONES, check_backbone_name, count_flops, create_backbone
+from bench.registry import Registry, UnknownNameError, describe
+from datasets.base import DATASETS, Dataset
+from methods.base import METHODS, Method, build_options, describe_options
+
+# --- Registry ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def reg() -> Registry:
+    r: Registry = Registry("widget")
+
+    @r.register()
+    def alpha() -> str:
+        return "alpha"
+
+    @r.register("beta-net", aliases=("beta", "b"))
+    def make_beta() -> str:
+        return "beta"
+
+    @r.register()
+    class Gamma:
+        name = "gamma"
+
+    return r
+
+
+def test_register_keys_default_to_name_attribute_or_function_name(reg):
+    assert reg.names() == ["alpha", "beta-net", "gamma"]
+    assert reg.get("alpha")() == "alpha"
+    assert reg.get("gamma").__name__ == "Gamma"
+
+
+def test_aliases_resolve_to_the_canonical_name(reg):
+    assert reg.canonical("beta") == "beta-net"
+    assert reg.canonical("b") == "beta-net"
+    assert reg.get("beta") is reg.get("beta-net")
+    assert reg.aliases_of("beta-net") == ["b", "beta"]
+    assert reg.aliases_of("alpha") == []
+    assert "beta" in reg and "beta-net" in reg and "delta" not in reg
+    assert list(reg) == ["alpha", "beta-net", "gamma"]  # aliases are not listed as names
+
+
+@pytest.mark.parametrize("name, aliases", [
+    ("alpha", ()),          # a registered name again
+    ("beta", ()),           # a name that is already an alias
+    ("delta", ("alpha",)),  # an alias that is already a name
+    ("delta", ("b",)),      # an alias that is already an alias
+])
+def test_registering_a_taken_name_raises(reg, name, aliases):
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register(name, aliases=aliases)(lambda: None)
+    assert "delta" not in reg  # nothing half-registered
+
+
+def test_unknown_name_lists_close_matches_and_every_name(reg):
+    with pytest.raises(UnknownNameError) as info:
+        reg.get("alpah")
+    message = str(info.value)
+    assert message.startswith("unknown widget 'alpah'")  # plain, not KeyError's quoted repr
+    assert "did you mean alpha" in message
+    assert message.endswith("valid: alpha, beta-net, gamma")
+    assert isinstance(info.value, KeyError)
+
+
+def test_unknown_name_without_close_match_has_no_hint(reg):
+    with pytest.raises(UnknownNameError) as info:
+        reg.canonical("zzzzzz")
+    assert "did you mean" not in str(info.value)
+    assert "valid: alpha, beta-net, gamma" in str(info.value)
+
+
+def test_describe_is_the_first_docstring_line():
+    def documented() -> None:
+        """First line.
+
+        More text.
+        """
+
+    assert describe(documented) == "First line."
+    assert describe(lambda: None) == ""
+
+
+# --- backbones ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_classes, in_chans, image_size", [(10, 1, 28), (10, 3, 32)])
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_backbone_builds_and_trains(name, num_classes, in_chans, image_size):
+    torch.manual_seed(0)
+    net = create_backbone(name, num_classes, in_chans, image_size)
+    x = torch.randn(2, in_chans, image_size, image_size)
+    logits = net(x)
+    assert logits.shape == (2, num_classes)
+    assert torch.isfinite(logits).all()
+    logits.logsumexp(1).sum().backward()
+    params = [p for p in net.parameters() if p.requires_grad]
+    assert params
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+    assert any(p.grad.abs().sum() > 0 for p in params)
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_backbone_has_a_description(name):
+    assert describe(BACKBONES.get(name))
+
+
+def test_count_flops_of_smallcnn():
+    net = create_backbone("smallcnn", 10, 1, 28)
+    flops = count_flops(net, (1, 28, 28))
+    assert flops > 0
+    # 2 FLOPs per multiply-accumulate: conv 28x28x16x(1x3x3), conv 14x14x32x(16x3x3), linear 1568x128, 128x10
+    assert flops == 2 * (28 * 28 * 16 * 9 + 14 * 14 * 32 * 16 * 9 + 1568 * 128 + 128 * 10)
+    assert net.training  # the mode is restored
+
+
+def test_timm_backbone_with_one_input_channel():
+    net = create_backbone("timm:resnet18", 10, 1, 28)
+    assert net.conv1.in_channels == 1
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_check_backbone_name():
+    check_backbone_name("smallcnn")
+    check_backbone_name("timm:resnet18")
+    with pytest.raises(UnknownNameError, match="valid: .*smallcnn"):
+        check_backbone_name("smallcnm")
+    with pytest.raises(UsageError, match="not_a_model"):
+        check_backbone_name("timm:not_a_model")
+
+
+def test_timm_wildcard_is_not_a_model_name():
+    with pytest.raises(UsageError):
+        check_backbone_name("timm:resnet*")
+
+
+def test_timm_name_with_pretrained_tag_is_accepted():
+    check_backbone_name("timm:resnet18.a1_in1k")
+
+
+# --- data sets ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_dataset_class_attributes(name):
+    cls = DATASETS.get(name)
+    assert issubclass(cls, Dataset)
+    assert cls.name == name
+    assert len(cls.classes) >= 2 and len(set(cls.classes)) == len(cls.classes)
+    assert cls().num_classes == len(cls.classes)
+    assert cls.channels in (1, 3)
+    assert isinstance(cls.image_size, int) and cls.image_size > 0
+    assert len(cls.mean) == cls.channels and len(cls.std) == cls.channels
+    assert all(0 < s for s in cls.std) and all(0 <= m <= 1 for m in cls.mean)
+    if cls.asym_map is not None:
+        assert set(cls.asym_map) | set(cls.asym_map.values()) <= set(range(len(cls.classes)))
+    doc = (cls.__doc__ or "").strip()  # a class's own docstring (not inherited)
+    assert doc and len(doc.splitlines()) == 1, "one-line docstring: its `bench list` description"
+    assert describe(cls) == doc
+
+
+# --- methods ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_class_contract(name):
+    cls = METHODS.get(name)
+    assert issubclass(cls, Method)
+    assert cls.name == name
+    assert describe(cls), "a docstring: its `bench list` description"
+    assert dataclasses.is_dataclass(cls.Options)
+    opts = build_options(cls, {})  # every option has a default
+    assert isinstance(opts, cls.Options)
+    assert len(describe_options(cls)) == len(dataclasses.fields(cls.Options))
+    for f in dataclasses.fields(cls.Options):
+        assert f.metadata.get("help"), f"option {f.name} has no help text"
+
+
+# --- `bench list` -------------------------------------------------------------------------------------
+
+
+def sections(text: str) -> dict[str, list[str]]:
+    """``bench list`` output as {section: first word of each entry line}."""
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line and not line.startswith(" "):
+            current = line.rstrip(":")
+            out[current] = []
+        elif line.startswith("  ") and not line.startswith("      "):
+            out[current].append(line.split()[0])
+    return out
+
+
+def test_bench_list_names_every_entry(capsys):
+    from datasets.noise import NOISE_MODELS
+
+    assert main(["list"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == ""
+    listed = sections(cap.out)
+    assert list(listed) == ["methods", "datasets", "backbones", "noise"]
+    assert listed["methods"] == METHODS.names()
+    assert listed["datasets"] == DATASETS.names()
+    assert listed["backbones"] == [*BACKBONES.names(), "timm:NAME"]
+    assert listed["noise"] == list(NOISE_MODELS)
+    for name in METHODS.names():
+        assert describe(METHODS.get(name)) in cap.out
+
+
+def test_bench_list_methods_verbose(capsys):
+    assert main(["list", "methods", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert list(sections(out)) == ["methods"]
+    assert sections(out)["methods"] == METHODS.names()
+    for name in METHODS.names():
+        for line in describe_options(METHODS.get(name)) or ["(no options)"]:
+            assert f"      {line}" in out
+        aliases = METHODS.aliases_of(name)
+        if aliases:
+            assert f"(alias: {', '.join(aliases)})" in out
