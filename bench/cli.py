@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -147,8 +148,26 @@ def new_run_dir(cfg: RunConfig) -> Path:
     return path
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (a batch scheduler's kill) ends a run like Ctrl-C: the last epoch's checkpoint
+    stands and the MLflow run is marked KILLED."""
+    raise KeyboardInterrupt
+
+
+def _run_trainer(trainer: Any, resume: bool) -> dict[str, Any]:
+    try:
+        return trainer.run(resume=resume)
+    except KeyboardInterrupt:
+        if (trainer.run_dir / "checkpoint.pt").exists():
+            print(f"bench: interrupted; the last finished epoch is checkpointed: continue with "
+                  f"python -m bench run --resume {trainer.run_dir}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.trainer import Trainer
+
+    signal.signal(signal.SIGTERM, _terminate)
 
     progress = None if args.progress == "auto" else args.progress == "bar"
     if args.resume:
@@ -158,13 +177,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"run in {run_dir} has already finished; its summary follows", file=sys.stderr)
             print(json.dumps(json.loads((run_dir / "summary.json").read_text())))
             return 0
-        summary = Trainer(cfg, run_dir, progress=progress, stop_after=args.stop_after).run(resume=True)
+        summary = _run_trainer(Trainer(cfg, run_dir, progress=progress, stop_after=args.stop_after), True)
     else:
         cfg = config_from_args(args)
         check_run_config(cfg)
         run_dir = new_run_dir(cfg)
         try:
-            summary = Trainer(cfg, run_dir, progress=progress, stop_after=args.stop_after).run()
+            summary = _run_trainer(Trainer(cfg, run_dir, progress=progress, stop_after=args.stop_after), False)
         except UsageError:
             # failed before its first checkpoint (e.g. weights not found): leave nothing behind
             if not any(run_dir.glob("checkpoint.pt")):
@@ -274,6 +293,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bench: interrupted; the last finished epoch is checkpointed: resume with "
-              "python -m bench run --resume RUN_DIR", file=sys.stderr)
+        print("bench: interrupted", file=sys.stderr)
         return 130

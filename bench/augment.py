@@ -1,0 +1,252 @@
+"""Batched RandAugment for uint8 image batches on the device: the "strong" view of IDO
+(Zhang et al., NeurIPS 2025: random crop + flip + RandAugment with n=2, m=10).
+
+Semantics follow torchvision's ``transforms.RandAugment(num_ops=2, magnitude=10,
+num_magnitude_bins=31)`` (``torchvision/transforms/autoaugment.py``: ``_augmentation_space``
+and ``_apply_op``, with the tensor kernels of ``transforms/_functional_tensor.py``): the same
+14 ops, the same magnitude tables, a random sign with p=1/2 for the signed ops, fill 0 and
+nearest interpolation. Unlike torchvision, which draws one op for the whole tensor it is
+given, the op and the sign are drawn independently per sample, and each op is applied at once
+to the sub-batch that chose it, so no Python work runs per sample. Randomness comes only from
+the passed ``torch.Generator`` (as in :mod:`bench.data`).
+
+Rounding follows torchvision's uint8 path exactly: blends (brightness, color, contrast,
+sharpness) and autocontrast truncate to uint8, the sharpness blur and the warps round. On
+uint8 input every op equals torchvision's up to a few pixels of the warps, whose source
+coordinates land within float error of a nearest-neighbour rounding boundary (the tests
+measure it).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+       "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
+SIGNED = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
+          "Sharpness")
+GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+_INDEX = {name: i for i, name in enumerate(OPS)}
+
+
+def op_magnitudes(magnitude: int, num_bins: int, height: int, width: int) -> torch.Tensor:
+    """The unsigned magnitude of each op in ``OPS`` order (float64, shape (14,)): bin
+    ``magnitude`` of torchvision's ``_augmentation_space`` tables, built with the same float32
+    ``linspace`` calls so thresholds and factors are bit-identical to torchvision's."""
+    if not 0 <= magnitude < num_bins:
+        raise ValueError(f"magnitude {magnitude} outside the bins 0..{num_bins - 1}")
+    bins = torch.arange(num_bins)
+    tables = {
+        "ShearX": torch.linspace(0.0, 0.3, num_bins),
+        "ShearY": torch.linspace(0.0, 0.3, num_bins),
+        "TranslateX": torch.linspace(0.0, 150.0 / 331.0 * width, num_bins),
+        "TranslateY": torch.linspace(0.0, 150.0 / 331.0 * height, num_bins),
+        "Rotate": torch.linspace(0.0, 30.0, num_bins),
+        "Brightness": torch.linspace(0.0, 0.9, num_bins),
+        "Color": torch.linspace(0.0, 0.9, num_bins),
+        "Contrast": torch.linspace(0.0, 0.9, num_bins),
+        "Sharpness": torch.linspace(0.0, 0.9, num_bins),
+        "Posterize": 8 - (bins / ((num_bins - 1) / 4)).round().int(),
+        "Solarize": torch.linspace(255.0, 0.0, num_bins),
+    }
+    return torch.tensor([float(tables[name][magnitude]) if name in tables else 0.0 for name in OPS],
+                        dtype=torch.float64)
+
+
+def draw_ops(batch: int, gen: torch.Generator, num_ops: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample op indices into ``OPS`` (long, (num_ops, batch)) and negation flags (bool,
+    same shape; they only matter for the signed ops), on ``gen.device``."""
+    ops = torch.randint(0, len(OPS), (num_ops, batch), generator=gen, device=gen.device)
+    negate = torch.rand((num_ops, batch), generator=gen, device=gen.device) < 0.5
+    return ops, negate
+
+
+# --- geometric ops: one per-sample affine matrix batch, one grid_sample --------------------------
+
+
+def _affine_theta(op: torch.Tensor, mag: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Per-sample inverse matrices (n, 2, 3) in ``affine_grid``'s normalised coordinates, as
+    torchvision's ``_get_inverse_affine_matrix`` builds them for ``_apply_op``: shears about the
+    top-left corner (``center=[0, 0]``), rotation about the centre with ``F.rotate``'s sign
+    (``-angle`` into the matrix), translation by ``int(magnitude)`` pixels."""
+    zero = torch.zeros_like(mag)
+    rot = torch.deg2rad(torch.where(op == _INDEX["Rotate"], -mag, zero))
+    sx = torch.where(op == _INDEX["ShearX"], mag.atan(), zero)  # shear=[degrees(atan(v)), 0]
+    sy = torch.where(op == _INDEX["ShearY"], mag.atan(), zero)
+    tx = torch.where(op == _INDEX["TranslateX"], mag.trunc(), zero)
+    ty = torch.where(op == _INDEX["TranslateY"], mag.trunc(), zero)
+    shear = (op == _INDEX["ShearX"]) | (op == _INDEX["ShearY"])
+    # torchvision's pixel coordinates have (0, 0) at the image centre: the top-left corner is (-w/2, -h/2)
+    cx = torch.where(shear, -0.5 * width, zero)
+    cy = torch.where(shear, -0.5 * height, zero)
+    a = torch.cos(rot - sy) / torch.cos(sy)
+    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
+    c = torch.sin(rot - sy) / torch.cos(sy)
+    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
+    m0, m1, m3, m4 = d, -b, -c, a  # [[a, b], [c, d]] has determinant 1
+    m2 = m0 * (-cx - tx) + m1 * (-cy - ty) + cx
+    m5 = m3 * (-cx - tx) + m4 * (-cy - ty) + cy
+    # affine_grid (align_corners=False) works in x / (w/2), y / (h/2)
+    theta = torch.stack([m0, m1 * height / width, m2 * 2 / width,
+                         m3 * width / height, m4, m5 * 2 / height], dim=-1)
+    return theta.view(-1, 2, 3).float()
+
+
+def _warp(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """Shear, translate or rotate each image as its op says; nearest sampling, zero fill."""
+    n, c, h, w = x.shape
+    theta = _affine_theta(op, mag, h, w)
+    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out.round().to(torch.uint8)
+
+
+# --- color ops: float arithmetic as torchvision's, truncated to uint8 like its _blend ---------------
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``_blend`` with one factor per image: ``factor`` and ``1 - factor`` are
+    formed in float64 (Python floats there) and applied in float32, then truncated."""
+    ratio = factor.view(-1, 1, 1, 1)
+    out = ratio.float() * x.float() + (1.0 - ratio).float() * other.float()
+    return out.clamp(0, 255).to(torch.uint8)
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``rgb_to_grayscale``: (n, 1, H, W) uint8, truncated."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.float().unbind(dim=1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).to(torch.uint8).unsqueeze(1)
+
+
+def _brightness(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    return _blend(x, torch.zeros_like(x), 1.0 + mag)
+
+
+def _color(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:  # torchvision (and PIL) leave one-channel images unchanged
+        return x
+    return _blend(x, _grayscale(x), 1.0 + mag)
+
+
+def _contrast(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    mean = _grayscale(x).float().mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(x, mean, 1.0 + mag)
+
+
+def _sharpness(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """Blend with the 3x3 smoothed image (centre weight 5, others 1, over 13), border kept."""
+    n, c, h, w = x.shape
+    if h <= 2 or w <= 2:
+        return x
+    kernel = torch.ones((3, 3), device=x.device)
+    kernel[1, 1] = 5.0
+    kernel = (kernel / kernel.sum()).expand(c, 1, 3, 3)
+    smooth = F.conv2d(x.float(), kernel, groups=c).round().to(torch.uint8)
+    blurred = x.clone()
+    blurred[:, :, 1:-1, 1:-1] = smooth
+    return _blend(x, blurred, 1.0 + mag)
+
+
+def _posterize(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    bits = int(mag[0])  # unsigned op: one value for the whole sub-batch
+    return x & ((-(2 ** (8 - bits))) & 0xFF)
+
+
+def _solarize(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= float(mag[0]), 255 - x, x)
+
+
+def _autocontrast(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """Stretch each channel of each image to [0, 255]; constant channels are left alone."""
+    low = x.amin(dim=(2, 3), keepdim=True).float()
+    high = x.amax(dim=(2, 3), keepdim=True).float()
+    scale = 255.0 / (high - low)
+    flat = ~torch.isfinite(scale)
+    low = torch.where(flat, 0.0, low)
+    scale = torch.where(flat, 1.0, scale)
+    return ((x - low) * scale).clamp(0, 255).to(torch.uint8)
+
+
+def _equalize(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``equalize`` (``_scale_channel``) for every channel of every image at
+    once, from one (n*C, 256) histogram: integer arithmetic, so exactly equal."""
+    n, c, h, w = x.shape
+    flat = x.reshape(n * c, h * w).long()
+    hist = torch.zeros((n * c, 256), dtype=torch.long, device=x.device)
+    hist.scatter_add_(1, flat, torch.ones_like(flat))
+    # the sum of the non-zero bins but the last one: everything but the brightest value's count
+    last = hist.gather(1, flat.amax(dim=1, keepdim=True))
+    step = torch.div(h * w - last, 255, rounding_mode="floor")
+    lut = torch.div(hist.cumsum(1) + torch.div(step, 2, rounding_mode="floor"), step.clamp(min=1),
+                    rounding_mode="floor")
+    lut = F.pad(lut, [1, 0])[:, :-1].clamp(0, 255)
+    out = torch.where(step == 0, flat, lut.gather(1, flat))  # step 0: torchvision returns the channel
+    return out.to(torch.uint8).view(n, c, h, w)
+
+
+_PIXEL_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "Brightness": _brightness, "Color": _color, "Contrast": _contrast, "Sharpness": _sharpness,
+    "Posterize": _posterize, "Solarize": _solarize, "AutoContrast": _autocontrast, "Equalize": _equalize,
+}
+
+
+# --- dispatch --------------------------------------------------------------------------------------
+
+
+def _on_subset(x: torch.Tensor, mask: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+               ) -> torch.Tensor:
+    """``x`` with ``fn`` applied to the images where ``mask`` holds (gathered, then scattered back)."""
+    idx = mask.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return x
+    return x.index_copy(0, idx, fn(x.index_select(0, idx), idx))
+
+
+def apply_ops(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """Apply op ``OPS[op[i]]`` with signed magnitude ``mag[i]`` (float64, as torchvision's
+    ``_apply_op`` receives it) to image ``i``, one vectorised call per op present."""
+    geometric = torch.zeros_like(op, dtype=torch.bool)
+    for name in GEOMETRIC:
+        geometric |= op == _INDEX[name]
+    x = _on_subset(x, geometric, lambda sub, idx: _warp(sub, op[idx], mag[idx]))
+    for name, fn in _PIXEL_OPS.items():
+        x = _on_subset(x, op == _INDEX[name], lambda sub, idx, fn=fn: fn(sub, mag[idx]))
+    return x
+
+
+def apply_op(x: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
+    """One op with one signed magnitude on the whole batch (the batched ``_apply_op``)."""
+    if name not in _INDEX:
+        raise ValueError(f"unknown op {name!r}; valid: {', '.join(OPS)}")
+    _check_images(x)
+    op = torch.full((x.shape[0],), _INDEX[name], dtype=torch.long, device=x.device)
+    return apply_ops(x, op, torch.full((x.shape[0],), float(magnitude), dtype=torch.float64, device=x.device))
+
+
+def _check_images(x: torch.Tensor) -> None:
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected uint8 images (B, C, H, W) with C = 1 or 3, got {x.dtype} {tuple(x.shape)}")
+
+
+def rand_augment(x: torch.Tensor, gen: torch.Generator, num_ops: int = 2, magnitude: int = 10,
+                 num_bins: int = 31) -> torch.Tensor:
+    """RandAugment drawn per sample: for each of ``num_ops`` slots every image draws one of the
+    14 ops uniformly (and a sign, p=1/2, for the signed ones) at bin ``magnitude`` of
+    ``num_bins``.
+
+    x: uint8 (B, C, H, W) on any device (C = 1 or 3); returns uint8 of the same shape/device.
+    """
+    _check_images(x)
+    table = op_magnitudes(magnitude, num_bins, x.shape[2], x.shape[3]).to(x.device)
+    signed = torch.tensor([name in SIGNED for name in OPS], device=x.device)
+    ops, negate = draw_ops(x.shape[0], gen, num_ops)
+    ops, negate = ops.to(x.device), negate.to(x.device)
+    for slot in range(num_ops):
+        op = ops[slot]
+        sign = torch.where(negate[slot] & signed[op], -1.0, 1.0).double()
+        x = apply_ops(x, op, table[op] * sign)
+    return x
