@@ -4,7 +4,8 @@ in whole batches (airbench's manner), and a DataLoader path for on-disk data.
 Every batch is a dict: ``index`` (dataset indices, the key of per-sample state), ``label``
 (the given label), ``clean`` (the true label, for diagnostics only; absent when unknown) and
 one float tensor per requested view (``plain``: normalised only; ``weak``: random crop with
-padding and horizontal flip, as the run's ``augment`` setting says). No per-sample Python
+padding and horizontal flip, as the run's ``augment`` setting says; ``strong``: the weak view
+followed by RandAugment n=2, m=10 drawn per sample, :mod:`bench.augment`). No per-sample Python
 work runs in the loop. The loaders know nothing about methods: a method names the views it
 needs, and the loader makes them.
 """
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 Batch = dict[str, torch.Tensor]
 AUGMENTS = ("none", "flip", "crop", "crop-flip")
+VIEWS = ("plain", "weak", "strong")
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -54,13 +56,17 @@ class ViewMaker:
 
     def __call__(self, images: torch.Tensor, view: str, gen: torch.Generator) -> torch.Tensor:
         x = images
-        if view == "weak":
+        if view in ("weak", "strong"):
             if "crop" in self.augment:
                 x = random_crop(x, self.pad, gen)
             if "flip" in self.augment:
                 x = random_flip(x, gen)
+            if view == "strong":
+                from bench.augment import rand_augment
+
+                x = rand_augment(x, gen)
         elif view != "plain":
-            raise ValueError(f"unknown view {view!r}; valid: plain, weak")
+            raise ValueError(f"unknown view {view!r}; valid: {', '.join(VIEWS)}")
         x = (x.to(self.dtype) - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

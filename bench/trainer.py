@@ -198,6 +198,7 @@ class Trainer:
         return MethodContext(
             num_classes=ds.num_classes, num_train=len(train), device=self.device, epochs=cfg.epochs,
             noise_rate=None if ds.real_noise else cfg.noise_rate, dataset=ds.name, noise=cfg.noise,
+            pretrained=cfg.pretrained,
             make_backbone=backbone,
             make_optimizer=lambda params: make_optimizer(cfg, params),
             make_scheduler=lambda opt, epochs: make_scheduler(cfg, opt, epochs),
@@ -421,4 +422,7 @@ class Trainer:
         path = self.run_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=2) + "\n")
         tracker.log_artifact(path)
+        for item in sorted((self.run_dir / "artifacts").glob("*")):
+            if item.is_file():
+                tracker.log_artifact(item, "method")
         tracker.end("FINISHED")

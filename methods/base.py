@@ -35,6 +35,10 @@ options, each with ``metadata={"help": ..., "source": ...}``), registers itself 
     ``loss`` and steps the optimisers. Loss terms in ``terms`` are logged as epoch means.
 ``predict(x)``
     Test-time logits (default: ``self.models["net"]``; DivideMix sums two networks).
+
+Files a method writes into ``ctx.artifact_dir`` (figures, per-sample vectors) are logged to
+MLflow under ``method/`` when the run ends; metrics it returns from the hooks are logged
+with the epoch as step.
 """
 from __future__ import annotations
 
@@ -88,6 +92,7 @@ class MethodContext:
     noise_rate: float | None  # the requested synthetic rate; None for real noise
     dataset: str
     noise: str
+    pretrained: bool  # the backbone starts from pretrained weights (IDO's epoch split depends on it)
     make_backbone: Callable[[], nn.Module]
     make_optimizer: Callable[[Any], torch.optim.Optimizer]
     make_scheduler: Callable[[torch.optim.Optimizer, int], Any]

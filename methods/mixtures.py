@@ -1,0 +1,249 @@
+"""Two-component mixtures on per-sample noise scores, shared by the methods that separate
+clean from noisy samples (IDO's Beta mixture; DivideMix's and IDO's GMM ablation;
+M-Correction's BMM).
+
+Every mixture works on raw scores (higher = more likely noisy: wrong-event counts, losses),
+min-max normalises them with the range of its last fit, and exposes for whole arrays at once
+(vectorised numpy/scipy, no per-sample Python loop):
+
+- ``posterior(v)``: (p_clean, p_noisy), summing to 1;
+- ``cdf(v)``: (F_clean, F_noisy), each component's CDF at the normalised score;
+- ``params()``: the fitted parameters, for logging.
+
+Component 0 is the clean one (low scores), component 1 the noisy one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from scipy import stats
+
+EPS = 1e-6  # IDO squeezes normalised scores into [eps, 1 - eps] (ido-method.md)
+EPS_NAN = 1e-12  # floor of a likelihood in the E-step (M-Correction's BetaMixture1D)
+
+
+class Mixture(Protocol):
+    def fit(self, values: np.ndarray, iterations: int) -> None: ...
+    def posterior(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def cdf(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def params(self) -> dict[str, float]: ...
+    def raw_density(self, values: np.ndarray) -> np.ndarray: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Normaliser:
+    """Min-max normalisation with the range of the last fit, squeezed into [eps, 1 - eps]."""
+
+    lo: float = 0.0
+    hi: float = 1.0
+
+    def refit(self, values: np.ndarray) -> None:
+        self.lo, self.hi = float(np.min(values)), float(np.max(values))
+
+    @property
+    def span(self) -> float:
+        return self.hi - self.lo if self.hi > self.lo else 1.0
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        x = (np.asarray(values, dtype=np.float64) - self.lo) / self.span
+        return np.clip(x, EPS, 1 - EPS)
+
+
+def weighted_beta_moments(x: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Beta (alpha, beta) by the weighted method of moments (M-Correction's M-step)."""
+    wsum = max(float(w.sum()), EPS_NAN)
+    mean = float((w * x).sum() / wsum)
+    var = max(float((w * (x - mean) ** 2).sum() / wsum), EPS_NAN)
+    common = mean * (1 - mean) / var - 1
+    alpha = max(mean * common, EPS_NAN)
+    return alpha, max(alpha * (1 - mean) / mean, EPS_NAN)
+
+
+@dataclass
+class BetaMixture:
+    """Two-component Beta mixture fitted by EM with weighted method-of-moments M-steps.
+
+    Init alpha = (1, 2), beta = (2, 1), weights (0.5, 0.5); after each M-step IDO clamps
+    beta_clean and alpha_noisy: a value below 1.02 becomes 1.1, which keeps the clean
+    density decreasing and the noisy one increasing (IDO official ``utils/bmm.py``, as
+    described in ido-method.md; the EM itself follows Arazo et al. 2019, M-Correction).
+    """
+
+    clamp: bool = True
+    alphas: np.ndarray = field(default_factory=lambda: np.array([1.0, 2.0]))
+    betas: np.ndarray = field(default_factory=lambda: np.array([2.0, 1.0]))
+    weights: np.ndarray = field(default_factory=lambda: np.array([0.5, 0.5]))
+    norm: Normaliser = field(default_factory=Normaliser)
+
+    def _likelihood(self, x: np.ndarray) -> np.ndarray:
+        """(2, N) weighted component densities."""
+        pdf = stats.beta.pdf(x[None, :], self.alphas[:, None], self.betas[:, None])
+        return self.weights[:, None] * pdf
+
+    def _responsibilities(self, x: np.ndarray) -> np.ndarray:
+        r = self._likelihood(x)
+        r = np.where(r <= EPS_NAN, EPS_NAN, r)
+        return r / r.sum(axis=0, keepdims=True)
+
+    def em_step(self, x: np.ndarray) -> None:
+        r = self._responsibilities(x)
+        for k in range(2):
+            self.alphas[k], self.betas[k] = weighted_beta_moments(x, r[k])
+        self.weights = r.sum(axis=1) / r.sum()
+        if self.clamp:
+            if self.betas[0] < 1.02:
+                self.betas[0] = 1.1
+            if self.alphas[1] < 1.02:
+                self.alphas[1] = 1.1
+
+    def fit(self, values: np.ndarray, iterations: int) -> None:
+        """``iterations`` EM steps on ``values``, normalised with their own min and max."""
+        self.norm.refit(values)
+        x = self.norm(values)
+        for _ in range(iterations):
+            self.em_step(x)
+
+    def posterior(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r = self._responsibilities(self.norm(values))
+        return r[0], r[1]
+
+    def cdf(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = self.norm(values)
+        f = stats.beta.cdf(x[None, :], self.alphas[:, None], self.betas[:, None])
+        return f[0], f[1]
+
+    def params(self) -> dict[str, float]:
+        return {"alpha_clean": self.alphas[0], "beta_clean": self.betas[0], "alpha_noisy": self.alphas[1],
+                "beta_noisy": self.betas[1], "weight_clean": self.weights[0]}
+
+    def raw_density(self, v: np.ndarray) -> np.ndarray:
+        """(2, len(v)) weighted component densities per unit of the raw score, for plots."""
+        x = np.clip((np.asarray(v, dtype=np.float64) - self.norm.lo) / self.norm.span, EPS, 1 - EPS)
+        return self._likelihood(x) / self.norm.span
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"alphas": self.alphas.copy(), "betas": self.betas.copy(), "weights": self.weights.copy(),
+                "lo": self.norm.lo, "hi": self.norm.hi}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.alphas, self.betas, self.weights = s["alphas"].copy(), s["betas"].copy(), s["weights"].copy()
+        self.norm = Normaliser(s["lo"], s["hi"])
+
+
+@dataclass
+class GaussianMixture2:
+    """Two-component 1-D GMM (scikit-learn), continued by warm starts: DivideMix's separator
+    (max_iter 10, tol 1e-2, reg_covar 5e-4: DivideMix ``Train_cifar.py``) and IDO's GMM
+    ablation. The clean component is the one with the lower mean."""
+
+    tol: float = 1e-2
+    reg_covar: float = 5e-4
+    gmm: Any = None
+    norm: Normaliser = field(default_factory=Normaliser)
+
+    def fit(self, values: np.ndarray, iterations: int) -> None:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.mixture import GaussianMixture
+
+        self.norm.refit(values)
+        x = self.norm(values)[:, None]
+        if self.gmm is None:
+            self.gmm = GaussianMixture(n_components=2, max_iter=iterations, tol=self.tol,
+                                       reg_covar=self.reg_covar, warm_start=True, random_state=0)
+        self.gmm.max_iter = iterations
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # 1 iteration per epoch is by design
+            self.gmm.fit(x)
+
+    def _order(self) -> np.ndarray:
+        return np.argsort(self.gmm.means_.ravel())  # [clean, noisy]
+
+    def posterior(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = self.gmm.predict_proba(self.norm(values)[:, None])[:, self._order()]
+        return p[:, 0], p[:, 1]
+
+    def cdf(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = self.norm(values)
+        order = self._order()
+        mu = self.gmm.means_.ravel()[order]
+        sd = np.sqrt(self.gmm.covariances_.ravel()[order])
+        f = stats.norm.cdf((x[None, :] - mu[:, None]) / sd[:, None])
+        return f[0], f[1]
+
+    def params(self) -> dict[str, float]:
+        order = self._order()
+        mu = self.gmm.means_.ravel()[order]
+        var = self.gmm.covariances_.ravel()[order]
+        return {"mean_clean": mu[0], "var_clean": var[0], "mean_noisy": mu[1], "var_noisy": var[1],
+                "weight_clean": self.gmm.weights_[order][0]}
+
+    def raw_density(self, v: np.ndarray) -> np.ndarray:
+        """(2, len(v)) weighted component densities per unit of the raw score, for plots."""
+        order = self._order()
+        mu = self.gmm.means_.ravel()[order]
+        sd = np.sqrt(self.gmm.covariances_.ravel()[order])
+        w = self.gmm.weights_[order]
+        x = (np.asarray(v, dtype=np.float64) - self.norm.lo) / self.norm.span
+        return w[:, None] * stats.norm.pdf(x[None, :], mu[:, None], sd[:, None]) / self.norm.span
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gmm": self.gmm, "lo": self.norm.lo, "hi": self.norm.hi}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.gmm = s["gmm"]
+        self.norm = Normaliser(s["lo"], s["hi"])
+
+
+class ClasswiseMixture:
+    """One mixture per given-label class (IDO official ``stage_2_class.py``): each sample is
+    scored by the mixture of its given class, fitted on that class's samples alone."""
+
+    def __init__(self, labels: np.ndarray, num_classes: int, make: Any) -> None:
+        self.labels = labels
+        self.members = [np.flatnonzero(labels == c) for c in range(num_classes)]
+        self.parts = [make() for _ in range(num_classes)]
+
+    def fit(self, values: np.ndarray, iterations: int) -> None:
+        for part, idx in zip(self.parts, self.members, strict=True):
+            if len(idx) > 1:
+                part.fit(values[idx], iterations)
+
+    def _apply(self, fn: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, b = np.zeros(len(values)), np.zeros(len(values))
+        for part, idx in zip(self.parts, self.members, strict=True):
+            if len(idx):
+                a[idx], b[idx] = getattr(part, fn)(values[idx])
+        return a, b
+
+    def posterior(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._apply("posterior", values)
+
+    def cdf(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._apply("cdf", values)
+
+    def raw_density(self, v: np.ndarray) -> np.ndarray:
+        """The class mixtures' densities summed with the classes' shares of the samples."""
+        total = sum(len(idx) for idx in self.members)
+        out = np.zeros((2, len(v)))
+        for part, idx in zip(self.parts, self.members, strict=True):
+            if len(idx) > 1:
+                out += len(idx) / total * part.raw_density(v)
+        return out
+
+    def params(self) -> dict[str, float]:
+        """Each parameter averaged over the classes (the per-class values go in state_dict)."""
+        rows = [p.params() for p, idx in zip(self.parts, self.members, strict=True) if len(idx) > 1]
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [p.state_dict() for p in self.parts]}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        for part, ps in zip(self.parts, s["parts"], strict=True):
+            part.load_state_dict(ps)

@@ -1,0 +1,351 @@
+"""IDO, the wrong-event two-stage method (Zhang et al., "Handling Label Noise via Instance-Level
+Difficulty Modeling and Dynamic Optimization", NeurIPS 2025, arXiv 2505.00812; official code
+github.com/iTheresaApocalypse/IDO: ``stage_1.py``, ``stage_2.py``, ``stage_2_class.py``,
+``utils/bmm.py``, ``utils/lnl_methods.py`` ``WELoss``). Facts: ../shared/reference/ido-method.md.
+
+Stage 1 (epochs [0, E1)): cross-entropy on the given labels; every training step adds one
+"wrong event" to each sample whose training-mode prediction differs from its given label; the
+base model is chosen by the label wave (the model at the end of the epoch before the first
+epoch whose prediction change stops falling).
+
+Stage 2 (epochs [E1, E)): from the base model with a fresh optimiser and a cosine schedule,
+two views per sample (weak: crop + flip; strong: crop + flip + RandAugment n=2, m=10), wrong
+events keep counting (+1 per view), a two-component mixture on the normalised wrong events
+gives per sample p_c, p_n (posteriors) and F_c, F_n (component CDFs), and the loss is
+
+    L_C   = mean p_c (CE(w, y) + CE(s, y))
+    L_SIM = mean (p_c F_c + (1 - p_n)(1 - F_n)) * mean_k (w_k - s_k)^2
+    L_N   = mean (1 - p_c) conf H(pbar),  pbar = (softmax(w) + softmax(s)) / 2 clamped
+
+Deviations from the official code, each with the official behaviour as an option:
+- the base model's weights are copied (``base_weights=previous``); the official code keeps a
+  reference to the live state dict, so its "previous" model is the current one
+  (``base_weights=official``);
+- L_N is per sample (``entropy=per_sample``, the paper's formula); the official code
+  broadcasts (B, 1) x (B,) to (B, B), which makes it mean(conf) * mean((1 - p_c) H)
+  (``entropy=official``).
+The weights p_c, p_n, F_c, F_n of a sample are computed from its count at the start of the
+epoch; each sample is visited once per epoch, so this equals the official per-batch lookup.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.errors import UsageError
+from methods.base import METHODS, Method, Phase, StepOutput
+from methods.diagnostics import clean_auc, detection_metrics
+from methods.mixtures import BetaMixture, ClasswiseMixture, GaussianMixture2
+
+# EM iterations: 20 before stage 2; then 1 per epoch for the global mixture (stage_2.py),
+# 2 per epoch for the class-wise one (stage_2_class.py) (ido-method.md).
+FIT_ITERS_START = 20
+FIT_ITERS_EPOCH = {"global": 1, "classwise": 2}
+ETA_MIN = 1e-4  # stage-2 cosine floor (official stage_2.py)
+PROB_CLAMP = 1e-4  # softmax clamp in WELoss
+
+
+@dataclass
+class WrongEventOptions:
+    stage1_epochs: int | None = field(default=None, metadata={
+        "help": "stage-1 epochs; default 1/3 of --epochs with a pretrained backbone, 30% from scratch",
+        "source": "paper Sec. 4 (5 + 10 epochs, pretrained); author response (30 of 100, scratch)"})
+    metric: Literal["wrong_event", "loss", "accumulated_loss"] = field(default="wrong_event", metadata={
+        "help": "per-sample noise score the mixture models", "source": "author response, ablation Table 2"})
+    mixture: Literal["bmm", "gmm"] = field(default="bmm", metadata={
+        "help": "Beta or Gaussian mixture", "source": "paper Sec. 3.2; author response Table 2"})
+    bmm_scope: Literal["global", "classwise"] = field(default="classwise", metadata={
+        "help": "one mixture, or one per given class",
+        "source": "stage_2_class.py; author response Table 5 = Table 2 rows, i.e. the class-wise BMM"})
+    start: Literal["base", "initial"] = field(default="base", metadata={
+        "help": "stage 2 starts from the label-wave base model or the initial weights",
+        "source": "author response Table 3"})
+    sim_weight: Literal["dynamic", "0", "1"] = field(default="dynamic", metadata={
+        "help": "weight of L_SIM: p_c F_c + (1 - p_n)(1 - F_n), or a constant",
+        "source": "paper Eq. for eps(w); author response Table 4"})
+    entropy: Literal["per_sample", "official"] = field(default="per_sample", metadata={
+        "help": "L_N per sample (paper) or the official code's (B, B) broadcast",
+        "source": "utils/lnl_methods.py WELoss"})
+    base_weights: Literal["previous", "official"] = field(default="previous", metadata={
+        "help": "copy the weights of epoch e-1 (paper) or keep the official code's live reference (epoch e)",
+        "source": "stage_1.py quirk (ido-method.md)"})
+
+    def __post_init__(self) -> None:
+        if self.stage1_epochs is not None and self.stage1_epochs < 1:
+            raise ValueError(f"stage1_epochs {self.stage1_epochs} must be at least 1")
+
+
+def wrong_event_loss(w: torch.Tensor, s: torch.Tensor, y: torch.Tensor, p_c: torch.Tensor, p_n: torch.Tensor,
+                     f_c: torch.Tensor, f_n: torch.Tensor, sim_weight: str = "dynamic",
+                     entropy: str = "per_sample") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The stage-2 loss L_C + L_SIM + L_N for weak logits ``w``, strong logits ``s``."""
+    l_c = (p_c * (F.cross_entropy(w, y, reduction="none") + F.cross_entropy(s, y, reduction="none"))).mean()
+    if sim_weight == "dynamic":
+        eps_w = p_c * f_c + (1 - p_n) * (1 - f_n)
+    else:
+        eps_w = torch.full_like(p_c, float(sim_weight))
+    l_sim = (eps_w * (s - w).pow(2).mean(dim=1)).mean()
+    pw = F.softmax(w, dim=1).clamp(PROB_CLAMP, 1 - PROB_CLAMP)
+    ps = F.softmax(s, dim=1).clamp(PROB_CLAMP, 1 - PROB_CLAMP)
+    pbar = (pw + ps) / 2
+    conf = pbar.max(dim=1).values
+    ent = -(pbar * pbar.log()).sum(dim=1)
+    if entropy == "per_sample":
+        l_n = ((1 - p_c) * conf * ent).mean()
+    else:  # official: conf (B, 1) * ent (B,) -> (B, B); times (1 - p_c) (B,) broadcast on the last axis
+        l_n = ((1 - p_c)[None, :] * (conf[:, None] * ent[None, :])).mean()
+    total = l_c + l_sim + l_n
+    return total, {"loss_c": l_c.detach(), "loss_sim": l_sim.detach(), "loss_n": l_n.detach()}
+
+
+def label_wave_base(changes: list[float]) -> int | None:
+    """1-based epoch of the base model from prediction changes, or None while still falling.
+
+    ``changes[i]`` is the prediction change of epoch i + 2 (epoch 1 has no predecessor). At
+    the first epoch e with change(e) >= change(e - 1), the model of epoch e - 1 is the base.
+    """
+    for i in range(1, len(changes)):
+        if changes[i] >= changes[i - 1]:
+            return i + 1  # changes[i] is epoch i + 2, so the base is epoch i + 1
+    return None
+
+
+@METHODS.register("wrongevent", aliases=("ido",))
+class WrongEvent(Method):
+    """IDO (NeurIPS 2025): wrong-event counts, label-wave base model, BMM-weighted 3-term loss."""
+
+    name = "wrongevent"
+    Options = WrongEventOptions
+
+    # --- setup ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        ctx, n = self.ctx, self.ctx.num_train
+        self.e1 = self._stage1_epochs()
+        net = ctx.make_backbone()
+        self.models["net"] = net
+        self.optimizers["net"] = ctx.make_optimizer(net.parameters())
+        sched = ctx.make_scheduler(self.optimizers["net"], self.e1)
+        if sched is not None:
+            self.schedulers["net"] = sched
+        dev = ctx.device
+        self.state.update(
+            wrong_events=torch.zeros(n, dtype=torch.int32, device=dev),
+            pred_prev=torch.full((n,), -1, dtype=torch.int64, device=dev),
+            pred_cur=torch.full((n,), -1, dtype=torch.int64, device=dev),
+            loss_last=torch.zeros(n, device=dev),
+            loss_accum=torch.zeros(n, device=dev),
+        )
+        self.stage = 1
+        self.changes: list[float] = []
+        self.base_epoch: int | None = None
+        self.candidate = self._snapshot()  # weights at the end of the previous epoch (initial: before epoch 1)
+        self.base: dict[str, torch.Tensor] | None = None
+        self.initial = self._snapshot() if self.opts.start == "initial" else None
+        self.mixture: Any = None
+        self.stage_time = {1: 0.0, 2: 0.0}
+        self._weights: dict[str, torch.Tensor] = {}
+        self._t0 = 0.0
+
+    def _stage1_epochs(self) -> int:
+        total = self.ctx.epochs
+        if total < 2:
+            raise UsageError("wrongevent needs --epochs of at least 2 (stage 1 and stage 2)")
+        e1 = self.opts.stage1_epochs
+        if e1 is None:
+            share = 1 / 3 if self.ctx.pretrained else 0.3  # 5 of 15 (paper); 30 of 100 (author response)
+            e1 = int(share * total + 0.5)  # half up: 15 epochs from scratch -> 5 + 10
+            e1 = min(max(e1, 1), total - 1)
+        if e1 >= total:
+            raise UsageError(f"--set stage1_epochs={e1} leaves no stage-2 epoch of --epochs {total}")
+        return e1
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return copy.deepcopy(self.models["net"].state_dict())
+
+    def _new_mixture(self) -> Any:
+        make = BetaMixture if self.opts.mixture == "bmm" else GaussianMixture2
+        if self.opts.bmm_scope == "global":
+            return make()
+        labels = self.ctx.given_labels.cpu().numpy()
+        return ClasswiseMixture(labels, self.ctx.num_classes, make)
+
+    # --- per-epoch hooks ------------------------------------------------------------------
+    def views(self, epoch: int) -> tuple[str, ...]:
+        return ("weak",) if epoch < self.e1 else ("weak", "strong")
+
+    def on_epoch_start(self, epoch: int) -> dict[str, float]:
+        self._t0 = time.perf_counter()
+        if epoch < self.e1:
+            return {"stage": 1.0}
+        metrics: dict[str, float] = {"stage": 2.0}
+        if self.stage == 1:
+            metrics.update(self._enter_stage2())
+        self._weights = self._sample_weights()
+        return metrics
+
+    def _enter_stage2(self) -> dict[str, float]:
+        """Base (or initial) weights, fresh optimiser and cosine schedule, first mixture fit."""
+        self.stage = 2
+        start = self.base if self.opts.start == "base" else self.initial
+        self.models["net"].load_state_dict(start)
+        self._stage2_optim()
+        t = time.perf_counter()
+        self.mixture = self._new_mixture()
+        self.mixture.fit(self._scores(), FIT_ITERS_START)
+        return {"mixture_fit_s": time.perf_counter() - t}
+
+    def _stage2_optim(self) -> None:
+        opt = self.ctx.make_optimizer(self.models["net"].parameters())
+        self.optimizers["net"] = opt
+        lr = opt.param_groups[0]["lr"]
+        self.schedulers["net"] = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=self.ctx.epochs - self.e1, eta_min=min(ETA_MIN, lr))
+
+    def _scores(self) -> np.ndarray:
+        key = {"wrong_event": "wrong_events", "loss": "loss_last", "accumulated_loss": "loss_accum"}
+        return self.state[key[self.opts.metric]].double().cpu().numpy()
+
+    def _sample_weights(self) -> dict[str, torch.Tensor]:
+        """p_c, p_n, F_c, F_n of every sample from its current score, on the device."""
+        scores = self._scores()
+        p_c, p_n = self.mixture.posterior(scores)
+        f_c, f_n = self.mixture.cdf(scores)
+        dev = self.ctx.device
+        return {k: torch.as_tensor(v, dtype=torch.float32, device=dev)
+                for k, v in (("p_c", p_c), ("p_n", p_n), ("f_c", f_c), ("f_n", f_n))}
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        metrics = self._end_stage1(epoch) if epoch < self.e1 else self._end_stage2_epoch()
+        self.stage_time[1 if epoch < self.e1 else 2] += time.perf_counter() - self._t0
+        if epoch == self.e1 - 1:
+            metrics["stage1_time_s"] = self.stage_time[1]
+        if epoch == self.ctx.epochs - 1:
+            metrics["stage2_time_s"] = self.stage_time[2]
+            self._write_artifacts()
+        return metrics
+
+    def _end_stage1(self, epoch: int) -> dict[str, float]:
+        st = self.state
+        metrics: dict[str, float] = {}
+        if epoch > 0:
+            self.changes.append(float((st["pred_cur"] != st["pred_prev"]).sum()))
+            metrics["prediction_change"] = self.changes[-1]
+        st["pred_prev"].copy_(st["pred_cur"])
+        if self.base is None:
+            found = label_wave_base(self.changes)
+            if found is not None:
+                self.base_epoch = found
+                # paper: the weights of epoch e-1 (copied); official: the live, current ones
+                self.base = self.candidate if self.opts.base_weights == "previous" else self._snapshot()
+            elif epoch == self.e1 - 1:  # still falling at the end of stage 1: the last model
+                self.base_epoch, self.base = epoch + 1, self._snapshot()
+        self.candidate = self._snapshot() if self.base is None else None
+        metrics.update(self._truth_metrics(stage1=True))
+        if epoch == self.e1 - 1:
+            metrics["base_epoch"] = float(self.base_epoch)
+            metrics.update(self._stage1_aucs())
+        return metrics
+
+    def _end_stage2_epoch(self) -> dict[str, float]:
+        t = time.perf_counter()
+        self.mixture.fit(self._scores(), FIT_ITERS_EPOCH[self.opts.bmm_scope])
+        metrics = {"mixture_fit_s": time.perf_counter() - t}
+        metrics.update({f"mix_{k}": float(v) for k, v in self.mixture.params().items()})
+        metrics.update(self._truth_metrics(stage1=False))
+        return metrics
+
+    # --- diagnostics ------------------------------------------------------------------------
+    def _clean_mask(self) -> np.ndarray | None:
+        if self.ctx.clean_labels is None:
+            return None
+        return (self.ctx.clean_labels == self.ctx.given_labels).cpu().numpy()
+
+    def _truth_metrics(self, stage1: bool) -> dict[str, float]:
+        mask = self._clean_mask()
+        if mask is None:
+            return {}
+        scores = self._scores()
+        if stage1:  # no mixture yet: minus the score ranks the clean samples first
+            return {"clean_auc": clean_auc(-scores, mask)}
+        return detection_metrics(self.mixture.posterior(scores)[0], mask)
+
+    def _stage1_aucs(self) -> dict[str, float]:
+        """Noise detection after stage 1 by wrong events vs by the per-sample loss."""
+        mask = self._clean_mask()
+        if mask is None:
+            return {}
+        st = self.state
+        return {"stage1_auc_wrong_event": clean_auc(-st["wrong_events"].double().cpu().numpy(), mask),
+                "stage1_auc_loss": clean_auc(-st["loss_last"].double().cpu().numpy(), mask),
+                "stage1_auc_accumulated_loss": clean_auc(-st["loss_accum"].double().cpu().numpy(), mask)}
+
+    def _write_artifacts(self) -> None:
+        from bench.plots import prediction_change_curve, score_histogram
+
+        out = self.ctx.artifact_dir
+        we = self.state["wrong_events"].cpu().numpy()
+        np.save(out / "wrong_events.npy", we)
+        mask = self._clean_mask()
+        mix = self.mixture if self.opts.metric == "wrong_event" else None  # fitted on another score otherwise
+        score_histogram(we, mask, out / "wrong_events_hist.png", xlabel="wrong events", mixture=mix,
+                        title=f"wrong events after {self.ctx.epochs} epochs")
+        prediction_change_curve(self.changes, self.base_epoch, out / "prediction_change.png")
+
+    # --- the step --------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
+        if epoch < self.e1:
+            return self._stage1_step(batch)
+        return self._stage2_step(batch)
+
+    def _record(self, idx: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+        pred = logits.detach().argmax(dim=1)
+        self.state["wrong_events"].index_add_(0, idx, (pred != y).int())
+        self.state["loss_accum"].index_add_(0, idx, ce.detach().float())
+        return pred
+
+    def _stage1_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        idx, y = batch["index"], batch["label"]
+        logits = self.models["net"](batch["weak"])
+        ce = F.cross_entropy(logits, y, reduction="none")
+        self.state["pred_cur"][idx] = self._record(idx, logits, y, ce)
+        self.state["loss_last"][idx] = ce.detach().float()
+        return StepOutput(loss=ce.mean(), logits=logits)
+
+    def _stage2_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        idx, y = batch["index"], batch["label"]
+        net = self.models["net"]
+        w, s = net(batch["weak"]), net(batch["strong"])  # two forwards, as the official code
+        wt = {k: v[idx] for k, v in self._weights.items()}
+        loss, terms = wrong_event_loss(w.float(), s.float(), y, wt["p_c"], wt["p_n"], wt["f_c"], wt["f_n"],
+                                       self.opts.sim_weight, self.opts.entropy)
+        ce_w = F.cross_entropy(w.detach(), y, reduction="none")
+        self._record(idx, w, y, ce_w)
+        self._record(idx, s, y, F.cross_entropy(s.detach(), y, reduction="none"))
+        self.state["loss_last"][idx] = ce_w.float()
+        return StepOutput(loss=loss, logits=w, terms=terms)
+
+    # --- checkpoint ----------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        return {"stage": self.stage, "changes": list(self.changes), "base_epoch": self.base_epoch,
+                "candidate": self.candidate, "base": self.base, "initial": self.initial,
+                "mixture": None if self.mixture is None else self.mixture.state_dict(),
+                "stage_time": dict(self.stage_time)}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        if sd["extra"]["stage"] == 2:
+            self._stage2_optim()  # the checkpoint holds the stage-2 optimiser and schedule
+        super().load_state_dict(sd)
+
+    def load_extra_state(self, s: dict[str, Any]) -> None:
+        self.stage, self.changes, self.base_epoch = s["stage"], list(s["changes"]), s["base_epoch"]
+        self.candidate, self.base, self.initial = s["candidate"], s["base"], s["initial"]
+        self.stage_time = dict(s["stage_time"])
+        if s["mixture"] is not None:
+            self.mixture = self._new_mixture()
+            self.mixture.load_state_dict(s["mixture"])

@@ -1,0 +1,310 @@
+"""IDO (`wrongevent`): the Beta mixture, the label wave, wrong-event counting, the loss against
+a hand computation, every ablation option on a Fashion-MNIST subset, and resume in stage 2."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from bench.cli import main
+from bench.config import RunConfig
+from bench.trainer import Trainer
+from methods.base import Phase, build_options
+from methods.mixtures import BetaMixture, ClasswiseMixture, GaussianMixture2
+from methods.wrongevent import WrongEvent, label_wave_base, wrong_event_loss
+
+# --- the Beta mixture ---------------------------------------------------------------------------
+
+
+def two_betas(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.beta(2, 8, 12000), rng.beta(8, 2, 8000)])
+    return np.concatenate([x, [0.0, 1.0]])  # pin min and max so normalisation is the identity
+
+
+def test_bmm_recovers_known_components():
+    bmm = BetaMixture()
+    bmm.fit(two_betas(), 200)
+    p = bmm.params()
+    assert p["alpha_clean"] == pytest.approx(2, rel=0.15) and p["beta_clean"] == pytest.approx(8, rel=0.15)
+    assert p["alpha_noisy"] == pytest.approx(8, rel=0.15) and p["beta_noisy"] == pytest.approx(2, rel=0.15)
+    assert p["weight_clean"] == pytest.approx(0.6, abs=0.03)
+
+
+def test_bmm_posteriors_sum_to_one_and_order_components():
+    bmm = BetaMixture()
+    bmm.fit(two_betas(), 50)
+    v = np.linspace(0, 1, 101)
+    p_c, p_n = bmm.posterior(v)
+    np.testing.assert_allclose(p_c + p_n, 1.0, atol=1e-12)
+    assert p_c[5] > 0.9 and p_n[95] > 0.9  # low scores clean, high scores noisy
+    f_c, f_n = bmm.cdf(v)
+    assert np.all(np.diff(f_c) >= 0) and np.all(np.diff(f_n) >= 0)
+    assert f_c[50] > f_n[50]  # the clean component's mass lies lower
+
+
+def test_bmm_clamps_apply():
+    # two spikes at 0 and 1 (samples never / always wrong): the free M-step puts the clean
+    # component's beta and the noisy component's alpha at about 1.0, below the 1.02 floor
+    v = np.concatenate([np.zeros(3000), np.ones(3000)])
+    free, clamped = BetaMixture(clamp=False), BetaMixture(clamp=True)
+    free.fit(v, 1)
+    clamped.fit(v, 1)
+    assert free.betas[0] < 1.02 and free.alphas[1] < 1.02  # the data does trigger both clamps
+    assert clamped.betas[0] == 1.1 and clamped.alphas[1] == 1.1
+    np.testing.assert_allclose(clamped.alphas[0], free.alphas[0])  # the other parameters are free
+    for _ in range(5):  # and they hold after every later step
+        clamped.em_step(clamped.norm(v))
+        assert clamped.betas[0] >= 1.02 and clamped.alphas[1] >= 1.02
+
+
+def test_bmm_normalises_new_scores_with_the_last_fit():
+    bmm = BetaMixture()
+    bmm.fit(np.array([0.0, 2.0, 4.0, 10.0]), 1)
+    assert (bmm.norm.lo, bmm.norm.hi) == (0.0, 10.0)
+    np.testing.assert_allclose(bmm.norm(np.array([5.0, 20.0, -1.0])), [0.5, 1 - 1e-6, 1e-6])
+
+
+def test_classwise_mixture_scores_each_sample_with_its_class():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 2000)
+    v = np.concatenate([rng.integers(0, 3, 2000), rng.integers(0, 30, 2000)]).astype(float)
+    mix = ClasswiseMixture(labels, 2, BetaMixture)
+    mix.fit(v, 20)
+    p_c, _ = mix.posterior(v)
+    part0, part1 = mix.parts
+    np.testing.assert_allclose(p_c[:2000], part0.posterior(v[:2000])[0])
+    np.testing.assert_allclose(p_c[2000:], part1.posterior(v[2000:])[0])
+    assert (part0.norm.hi, part1.norm.hi) == (2.0, 29.0)  # each class normalised on its own range
+
+
+def test_gmm_clean_component_is_the_lower_mean():
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(0.8, 0.05, 3000), rng.normal(0.2, 0.05, 7000)])
+    gmm = GaussianMixture2()
+    gmm.fit(v, 20)
+    p_c, p_n = gmm.posterior(np.array([0.2, 0.8]))
+    assert p_c[0] > 0.99 and p_n[1] > 0.99
+    assert gmm.params()["weight_clean"] == pytest.approx(0.7, abs=0.02)
+
+
+# --- label wave ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("changes,expected", [
+    ([100, 80, 60, 70, 50], 4),  # epoch 5 rises: the base is epoch 4
+    ([100, 100], 2),  # equal counts stop the fall too
+    ([100, 80, 60, 40], None),  # still falling: no base yet
+    ([50], None),
+])
+def test_label_wave_picks_the_documented_epoch(changes, expected):
+    assert label_wave_base(changes) == expected
+
+
+def fake_method(num_train: int = 6, epochs: int = 6, **opts) -> WrongEvent:
+    net = torch.nn.Linear(4, 3)
+    ctx = SimpleNamespace(
+        num_classes=3, num_train=num_train, device=torch.device("cpu"), epochs=epochs, pretrained=False,
+        make_backbone=lambda: net, make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        make_scheduler=lambda opt, n: None, clean_labels=None,
+        given_labels=torch.tensor([0, 1, 2, 0, 1, 2][:num_train]), artifact_dir=Path("."))
+    m = WrongEvent(build_options(WrongEvent, {k: str(v) for k, v in opts.items()}), ctx)
+    m.setup()
+    return m
+
+
+@pytest.mark.parametrize("base_weights,expected_weight", [("previous", 3.0), ("official", 4.0)])
+def test_label_wave_in_stage1_copies_the_previous_epoch(base_weights, expected_weight):
+    """Scripted predictions give changes 6, 4, 5 (epochs 2-4): the base is epoch 3, whose weights
+    the paper copies; the official code's live reference gives epoch 4's."""
+    m = fake_method(stage1_epochs=5, base_weights=base_weights)
+    net = m.models["net"]
+    scripted = [[0] * 6, [1] * 6, [1, 1, 1, 1, 2, 2], [0, 0, 0, 0, 0, 0], [0] * 6]
+    for epoch, preds in enumerate(scripted):
+        m.on_epoch_start(epoch)
+        m.state["pred_cur"].copy_(torch.tensor(preds))
+        with torch.no_grad():
+            net.weight.fill_(epoch + 1)  # the weights "at the end of epoch epoch + 1"
+        m.on_epoch_end(epoch)
+    assert m.changes == [6.0, 2.0, 6.0, 0.0]
+    assert m.base_epoch == 3
+    assert torch.all(m.base["weight"] == expected_weight)
+    assert m.candidate is None  # no more copies once the base is chosen
+
+
+def test_base_is_the_last_model_when_changes_keep_falling():
+    m = fake_method(stage1_epochs=3)
+    scripted = [[0] * 6, [1] * 6, [1, 1, 1, 2, 2, 2]]
+    for epoch, preds in enumerate(scripted):
+        m.on_epoch_start(epoch)
+        m.state["pred_cur"].copy_(torch.tensor(preds))
+        with torch.no_grad():
+            m.models["net"].weight.fill_(epoch + 1)
+        m.on_epoch_end(epoch)
+    assert m.base_epoch == 3 and torch.all(m.base["weight"] == 3.0)
+
+
+# --- wrong events ----------------------------------------------------------------------------------
+
+class FixedLogits(torch.nn.Module):
+    """Returns the logits stored for each input row's first feature (an id)."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = table
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x[:, 0].long()] * self.scale
+
+
+def test_wrong_events_counted_by_dataset_index():
+    m = fake_method(num_train=6, stage1_epochs=1)
+    table = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+    m.models["net"] = FixedLogits(table)
+    # samples 4, 1, 5 in the batch; predictions 0, 1, 2; given labels 1, 1, 2 -> only index 4 is wrong
+    batch = {"index": torch.tensor([4, 1, 5]), "label": torch.tensor([1, 1, 2]),
+             "weak": torch.tensor([[0.0], [1.0], [2.0]])}
+    m.train_step(batch, 0, Phase())
+    assert m.state["wrong_events"].tolist() == [0, 0, 0, 0, 1, 0]
+    assert m.state["pred_cur"][[4, 1, 5]].tolist() == [0, 1, 2]
+    # stage 2: +1 per view; weak right / strong wrong for index 1; both wrong for index 4
+    m.e1 = 0
+    m._weights = {k: torch.full((6,), 0.5) for k in ("p_c", "p_n", "f_c", "f_n")}
+    batch2 = dict(batch, strong=torch.tensor([[0.0], [0.0], [2.0]]))
+    m.train_step(batch2, 1, Phase())
+    assert m.state["wrong_events"].tolist() == [0, 1, 0, 0, 3, 0]
+
+
+# --- the loss ------------------------------------------------------------------------------------------
+
+def hand_loss(w, s, y, p_c, p_n, f_c, f_n, entropy):
+    """Scalar Python loops over the formula of ido-method.md."""
+    b, k = len(y), len(w[0])
+
+    def softmax(row):
+        e = [math.exp(v - max(row)) for v in row]
+        return [v / sum(e) for v in e]
+
+    def ce(row, t):
+        m = max(row)
+        return -(row[t] - m - math.log(sum(math.exp(v - m) for v in row)))
+
+    l_c = sum(p_c[i] * (ce(w[i], y[i]) + ce(s[i], y[i])) for i in range(b)) / b
+    l_sim = sum((p_c[i] * f_c[i] + (1 - p_n[i]) * (1 - f_n[i])) * sum((w[i][j] - s[i][j]) ** 2 for j in range(k)) / k
+                for i in range(b)) / b
+    conf, ent = [], []
+    for i in range(b):
+        pw = [min(max(v, 1e-4), 1 - 1e-4) for v in softmax(w[i])]
+        ps = [min(max(v, 1e-4), 1 - 1e-4) for v in softmax(s[i])]
+        pbar = [(a + c) / 2 for a, c in zip(pw, ps, strict=True)]
+        conf.append(max(pbar))
+        ent.append(-sum(v * math.log(v) for v in pbar))
+    if entropy == "per_sample":
+        l_n = sum((1 - p_c[i]) * conf[i] * ent[i] for i in range(b)) / b
+    else:  # the official broadcast: mean over (i, j) of (1 - p_c[j]) conf[i] ent[j]
+        l_n = sum((1 - p_c[j]) * conf[i] * ent[j] for i in range(b) for j in range(b)) / (b * b)
+    return l_c + l_sim + l_n, l_c, l_sim, l_n
+
+
+@pytest.mark.parametrize("entropy", ["per_sample", "official"])
+def test_loss_equals_hand_computation(entropy):
+    w = [[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-3.0, 4.0, 1.0]]
+    s = [[1.0, 0.0, 0.0], [0.5, -0.5, 2.0], [-1.0, 2.0, 2.0]]
+    y = [0, 2, 1]
+    p_c, p_n, f_c, f_n = [0.9, 0.3, 0.6], [0.1, 0.7, 0.4], [0.8, 0.2, 0.5], [0.05, 0.6, 0.3]
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    total, terms = wrong_event_loss(t(w), t(s), torch.tensor(y), t(p_c), t(p_n), t(f_c), t(f_n),
+                                    "dynamic", entropy)
+    exp_total, l_c, l_sim, l_n = hand_loss(w, s, y, p_c, p_n, f_c, f_n, entropy)
+    assert total.item() == pytest.approx(exp_total, rel=1e-10)
+    assert terms["loss_c"].item() == pytest.approx(l_c, rel=1e-10)
+    assert terms["loss_sim"].item() == pytest.approx(l_sim, rel=1e-10)
+    assert terms["loss_n"].item() == pytest.approx(l_n, rel=1e-10)
+
+
+def test_entropy_forms_differ_and_sim_weight_constants():
+    g = torch.Generator().manual_seed(0)
+    w, s = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
+    y = torch.randint(0, 5, (8,), generator=g)
+    p = torch.rand(8, generator=g)
+    args = (w, s, y, p, 1 - p, torch.rand(8, generator=g), torch.rand(8, generator=g))
+    _, per = wrong_event_loss(*args, entropy="per_sample")
+    _, off = wrong_event_loss(*args, entropy="official")
+    assert not torch.isclose(per["loss_n"], off["loss_n"])
+    _, zero = wrong_event_loss(*args, sim_weight="0")
+    _, one = wrong_event_loss(*args, sim_weight="1")
+    assert zero["loss_sim"] == 0
+    assert one["loss_sim"].item() == pytest.approx((s - w).pow(2).mean(1).mean().item())
+
+
+# --- every ablation option, one epoch per stage on a Fashion-MNIST subset ---------------------------
+
+ABLATIONS = [{}, {"metric": "loss"}, {"metric": "accumulated_loss"}, {"mixture": "gmm"},
+             {"bmm_scope": "global"}, {"start": "initial"}, {"sim_weight": "0"}, {"sim_weight": "1"},
+             {"entropy": "official"}, {"base_weights": "official"}]
+
+
+@pytest.mark.parametrize("opts", ABLATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_each_ablation_runs(tmp_path, opts):
+    cfg = RunConfig(method="wrongevent", noise="sym", noise_rate=0.4, subset=400, epochs=2, batch_size=100,
+                    out=str(tmp_path / "runs"), method_options={"stage1_epochs": 1, **opts})
+    cfg.validate()
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    tr = Trainer(cfg, run_dir, progress=False)
+    tr._build()
+    m1, m2 = tr.run_epoch(0), tr.run_epoch(1)
+    assert m1["stage"] == 1 and m2["stage"] == 2
+    assert 0 <= m1["clean_auc"] <= 1 and 0 <= m2["clean_auc"] <= 1
+    for key in ("loss_c", "loss_sim", "loss_n", "clean_precision", "clean_recall", "mixture_fit_s",
+                "stage2_time_s", "mix_weight_clean"):
+        assert math.isfinite(m2[key]), key
+    assert m1["stage1_time_s"] > 0 and m1["base_epoch"] == 1
+    we = tr.method.state["wrong_events"]
+    assert int(we.sum()) > 0 and int(we.max()) <= 3  # at most 1 (stage 1) + 2 views
+    if opts.get("sim_weight") == "0":
+        assert m2["loss_sim"] == 0
+    for name in ("wrong_events.npy", "wrong_events_hist.png", "prediction_change.png"):
+        assert (run_dir / "artifacts" / name).is_file()
+
+
+# --- resume in the middle of stage 2 ------------------------------------------------------------------
+
+def run_cli(tmp: Path, *extra: str) -> dict:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["run", "--out", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp}/m.db", *extra])
+    assert code == 0
+    return json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
+def test_resume_in_stage2_equals_uninterrupted(tmp_path):
+    base = ("--method", "wrongevent", "--noise", "instance", "--noise-rate", "0.4", "--subset", "300",
+            "--batch-size", "100", "--epochs", "4", "--set", "stage1_epochs=2")
+    full = run_cli(tmp_path, *base)
+    part = run_cli(tmp_path, *base, "--stop-after", "3")
+    assert part["status"] == "stopped"
+    resumed = run_cli(tmp_path, "--resume", part["run_dir"])
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+
+    def curve(run_id: str, name: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
+
+    for name in ("test_acc", "train_loss", "loss_c", "loss_sim", "loss_n", "clean_auc", "mix_alpha_clean"):
+        assert curve(resumed["run_id"], name) == curve(full["run_id"], name), name
+    a = np.load(Path(full["run_dir"]) / "artifacts" / "wrong_events.npy")
+    b = np.load(Path(resumed["run_dir"]) / "artifacts" / "wrong_events.npy")
+    np.testing.assert_array_equal(a, b)
+    ka = torch.load(Path(full["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
+    kb = torch.load(Path(resumed["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
+    for key, value in ka["models"]["net"].items():
+        assert torch.equal(value, kb["models"]["net"][key]), key
+    assert ka["extra"]["base_epoch"] == kb["extra"]["base_epoch"]
