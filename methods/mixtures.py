@@ -237,9 +237,11 @@ class ClasswiseMixture:
         return out
 
     def params(self) -> dict[str, float]:
-        """Each parameter averaged over the classes (the per-class values go in state_dict)."""
+        """Each parameter's median over the classes (the per-class values are in state_dict).
+        A median, because a class whose clean samples all share one count gets a near-zero
+        variance and so moment estimates in the billions, which would swamp a mean."""
         rows = [p.params() for p, idx in zip(self.parts, self.members, strict=True) if len(idx) > 1]
-        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+        return {k: float(np.median([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"parts": [p.state_dict() for p in self.parts]}
