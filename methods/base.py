@@ -221,7 +221,10 @@ def describe_options(method_cls: type[Method]) -> list[str]:
     for f in dataclasses.fields(method_cls.Options):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         tp = hints[f.name]
-        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        if typing.get_origin(tp) is Literal:
+            tname = "|".join(map(str, typing.get_args(tp)))
+        else:
+            tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
         help_ = f.metadata.get("help", "")
         src = f.metadata.get("source", "")
         lines.append(f"{f.name} ({tname}, default {default!r}): {help_}" + (f" [{src}]" if src else ""))
