@@ -5,7 +5,8 @@ Every batch is a dict: ``index`` (dataset indices, the key of per-sample state),
 (the given label), ``clean`` (the true label, for diagnostics only; absent when unknown) and
 one float tensor per requested view (``plain``: normalised only; ``weak``: random crop with
 padding and horizontal flip, as the run's ``augment`` setting says; ``strong``: the weak view
-followed by RandAugment n=2, m=10 drawn per sample, :mod:`bench.augment`). No per-sample Python
+followed by RandAugment n=2, m=10 drawn per sample, :mod:`bench.augment`; ``weak2``: a second,
+independent weak draw, for methods that use two augmentations of a sample). No per-sample Python
 work runs in the loop. The loaders know nothing about methods: a method names the views it
 needs, and the loader makes them.
 """
@@ -21,7 +22,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 Batch = dict[str, torch.Tensor]
 AUGMENTS = ("none", "flip", "crop", "crop-flip")
-VIEWS = ("plain", "weak", "strong")
+VIEWS = ("plain", "weak", "weak2", "strong")
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -56,7 +57,7 @@ class ViewMaker:
 
     def __call__(self, images: torch.Tensor, view: str, gen: torch.Generator) -> torch.Tensor:
         x = images
-        if view in ("weak", "strong"):
+        if view in ("weak", "weak2", "strong"):
             if "crop" in self.augment:
                 x = random_crop(x, self.pad, gen)
             if "flip" in self.augment:

@@ -155,6 +155,7 @@ class Trainer:
         self.amp_dtype = torch.float16 if on_cuda else torch.bfloat16
         self.channels_last = cfg.channels_last != "off"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and on_cuda)
+        self._gen = epoch_generator(cfg.seed, 0, self.device)  # the current epoch's generator
 
     # --- setup ------------------------------------------------------------------------------
     def _load_data(self) -> tuple[Dataset, TrainSet, NoiseReport, Any]:
@@ -197,12 +198,14 @@ class Trainer:
 
         return MethodContext(
             num_classes=ds.num_classes, num_train=len(train), device=self.device, epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
             noise_rate=None if ds.real_noise else cfg.noise_rate, dataset=ds.name, noise=cfg.noise,
             pretrained=cfg.pretrained,
             make_backbone=backbone,
             make_optimizer=lambda params: make_optimizer(cfg, params),
             make_scheduler=lambda opt, epochs: make_scheduler(cfg, opt, epochs),
             predict_train=self.predict_train,
+            fetch=lambda index, views: self.train_loader.batch(index.to(self.device), views, self._gen),
             clean_labels=self.train_loader.clean, given_labels=self.train_loader.labels,
             artifact_dir=art,
         )
@@ -256,14 +259,14 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of training (all the method's phases); returns epoch means."""
         m = self.method
-        gen = epoch_generator(self.cfg.seed, epoch, self.device)
+        gen = self._gen = epoch_generator(self.cfg.seed, epoch, self.device)
         views = m.views(epoch)
         stats = EpochStats(self.device)
         m.train_mode(True)
         bar = self._bar(epoch)
         for phase in m.phases(epoch):
             opts = [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))]
-            for batch in self.train_loader.iterate(views, gen, indices=phase.indices):
+            for batch in self.train_loader.iterate(views, gen, indices=phase.indices, batch_size=phase.batch_size):
                 stats.add(self._step(batch, epoch, phase, opts), batch)
                 if bar is not None:
                     bar.update(1)
@@ -276,7 +279,8 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        total = sum(self.train_loader.num_batches(None if p.indices is None else len(p.indices))
+        n = len(self.train_loader)
+        total = sum(-(-(n if p.indices is None else len(p.indices)) // (p.batch_size or self.cfg.batch_size))
                     for p in self.method.phases(epoch))
         return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, file=sys.stderr)
 

@@ -3,4 +3,4 @@
 Add a method by adding one module (see :mod:`methods.base` for the interface) and its
 import line below.
 """
-from methods import ce, wrongevent  # noqa: F401
+from methods import ce, coteaching, dividemix, elr, wrongevent  # noqa: F401

@@ -20,7 +20,8 @@ options, each with ``metadata={"help": ..., "source": ...}``), registers itself 
     checkpointed and restored without further code; other state goes in
     :meth:`extra_state` / :meth:`load_extra_state`.
 ``views(epoch)``
-    The image views a batch must carry this epoch (``"weak"``: crop + flip, ``"plain"``).
+    The image views a batch must carry this epoch (``"plain"``; ``"weak"`` and ``"weak2"``: two
+    independent crop + flip draws; ``"strong"``: weak + RandAugment).
 ``phases(epoch)``
     The passes over the training data this epoch (default one). A two-network method that
     trains its networks one after the other (DivideMix) returns one :class:`Phase` per
@@ -70,6 +71,7 @@ class Phase:
     name: str = "train"
     optimizers: tuple[str, ...] | None = None  # None: every optimiser of the method
     indices: torch.Tensor | None = None  # dataset indices to visit; None: all
+    batch_size: int | None = None  # None: the run's batch size
 
 
 @dataclass
@@ -89,6 +91,7 @@ class MethodContext:
     num_train: int
     device: torch.device
     epochs: int
+    batch_size: int  # the run's training batch size
     noise_rate: float | None  # the requested synthetic rate; None for real noise
     dataset: str
     noise: str
@@ -97,6 +100,8 @@ class MethodContext:
     make_optimizer: Callable[[Any], torch.optim.Optimizer]
     make_scheduler: Callable[[torch.optim.Optimizer, int], Any]
     predict_train: Callable[[nn.Module], torch.Tensor]
+    # batch of arbitrary dataset indices with the given views (e.g. DivideMix's unlabeled batches)
+    fetch: Callable[[torch.Tensor, tuple[str, ...]], dict[str, torch.Tensor]]
     clean_labels: torch.Tensor | None  # diagnostics only (AUC of noise detection etc.)
     given_labels: torch.Tensor
     artifact_dir: Path

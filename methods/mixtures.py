@@ -142,6 +142,7 @@ class GaussianMixture2:
 
     tol: float = 1e-2
     reg_covar: float = 5e-4
+    warm_start: bool = True  # False: a fresh GMM per fit, as DivideMix's eval_train
     gmm: Any = None
     norm: Normaliser = field(default_factory=Normaliser)
 
@@ -153,7 +154,7 @@ class GaussianMixture2:
 
         self.norm.refit(values)
         x = self.norm(values)[:, None]
-        if self.gmm is None:
+        if self.gmm is None or not self.warm_start:
             self.gmm = GaussianMixture(n_components=2, max_iter=iterations, tol=self.tol,
                                        reg_covar=self.reg_covar, warm_start=True, random_state=0)
         self.gmm.max_iter = iterations

@@ -1,0 +1,301 @@
+"""DivideMix (Li, Socher, Hoi, ICLR 2020; official github.com/LiJunnan1992/DivideMix,
+``Train_cifar.py``, ``Train_clothing1M.py``, ``Train_webvision.py``). Facts and defaults:
+../shared/reference/baselines.md.
+
+Two networks. Warm-up: each network trained with CE on its own pass over the data (plus the
+negative-entropy confidence penalty under asymmetric noise). After warm-up, every epoch:
+
+1. for each network, an evaluation pass over the whole training set (plain view), per-sample
+   CE min-max normalised (averaged over the last 5 epochs at 90% noise), a fresh
+   two-component GMM (max_iter 10, tol 1e-2, reg_covar 5e-4), clean probability = posterior of
+   the lower-mean component;
+2. co-divide: network 1 trains on the labeled set (p > p_threshold) and clean probabilities
+   of network 2's division, then network 2 on network 1's (one phase per network);
+3. per step (MixMatch style): two weak views of a labeled and an unlabeled batch; co-guessing
+   for unlabeled samples (mean of both networks' softmax on both views), label refinement for
+   labeled ones (w * onehot + (1 - w) * own prediction), sharpening with temperature T,
+   mixup with lambda ~ Beta(alpha, alpha), lambda = max(lambda, 1 - lambda), CE on the mixed
+   labeled part, MSE on the mixed unlabeled part weighted by lambda_u ramped up linearly over
+   16 epochs after warm-up, and the uniform-prior penalty on the mean prediction.
+
+Test: the sum of both networks' logits. Batch sizes follow the official ratio: warm-up uses
+the run's batch size B (official 128), training B / 2 labeled + B / 2 unlabeled (64 + 64).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.errors import UsageError
+from methods.base import METHODS, Method, Phase, StepOutput
+from methods.diagnostics import detection_metrics
+from methods.mixtures import GaussianMixture2
+
+ASYMMETRIC = ("asym", "pairflip")  # class-dependent noise: the warm-up gets the confidence penalty
+RAMPUP_EPOCHS = 16  # linear_rampup(..., rampup_length=16) in Train_cifar.py
+HISTORY = 5  # epochs of loss averaged at 90% noise (Train_cifar.py eval_train)
+
+
+def nearest(rate: float, table: dict[float, Any]) -> Any:
+    """The value of the published setting whose noise rate is closest to ``rate``."""
+    return table[min(table, key=lambda r: (abs(r - rate), r))]
+
+
+def dividemix_defaults(dataset: str, noise: str, rate: float | None, num_classes: int) -> dict[str, float]:
+    """Per-setting defaults of the DivideMix paper's appendix (baselines.md), with sources.
+
+    Noise rates between published settings take the nearest one (ties: the lower rate).
+    Data sets the paper does not cover take the CIFAR values of the same class count.
+    """
+    if dataset == "clothing1m":  # Train_clothing1M.py: warm-up 1, lambda_u 0, alpha 0.5
+        return {"warmup_epochs": 1, "lambda_u": 0.0, "p_threshold": 0.5, "alpha": 0.5}
+    if dataset == "webvision":  # Train_webvision.py: warm-up 1, lambda_u 0, alpha 0.5
+        return {"warmup_epochs": 1, "lambda_u": 0.0, "p_threshold": 0.5, "alpha": 0.5}
+    rate = rate or 0.0
+    if num_classes <= 10:  # CIFAR-10 (paper App. / README): warm-up 10
+        lam = 0.0 if noise in ASYMMETRIC else nearest(rate, {0.2: 0.0, 0.5: 25.0, 0.8: 25.0, 0.9: 50.0})
+        warmup = 10
+    else:  # CIFAR-100: warm-up 30; lambda_u 25 at 20%, 150 from 50% up
+        lam = nearest(rate, {0.2: 25.0, 0.5: 150.0, 0.8: 150.0, 0.9: 150.0})
+        warmup = 30
+    return {"warmup_epochs": warmup, "lambda_u": lam, "p_threshold": 0.6 if rate >= 0.9 else 0.5, "alpha": 4.0}
+
+
+@dataclass
+class DivideMixOptions:
+    warmup_epochs: int | None = field(default=None, metadata={
+        "help": "CE warm-up epochs; default per data set", "source": "Train_cifar.py (10 / 30), clothing1M (1)"})
+    p_threshold: float | None = field(default=None, metadata={
+        "help": "clean-probability threshold of the labeled set; default 0.5, 0.6 at 90% noise",
+        "source": "paper appendix"})
+    lambda_u: float | None = field(default=None, metadata={
+        "help": "weight of the unlabeled loss; default per data set and noise rate", "source": "paper appendix"})
+    alpha: float | None = field(default=None, metadata={
+        "help": "mixup Beta(alpha, alpha); default 4 (CIFAR), 0.5 (Clothing1M, WebVision)",
+        "source": "Train_cifar.py, Train_clothing1M.py"})
+    temperature: float = field(default=0.5, metadata={"help": "sharpening temperature T",
+                                                      "source": "Train_cifar.py --T 0.5"})
+    lr_schedule: Literal["official", "trainer"] = field(default="official", metadata={
+        "help": "official: lr / 10 from half of the epochs (150 of 300); trainer: the run's own schedule",
+        "source": "Train_cifar.py adjust_learning_rate"})
+
+    def __post_init__(self) -> None:
+        if self.p_threshold is not None and not 0 < self.p_threshold < 1:
+            raise ValueError(f"p_threshold {self.p_threshold} must lie in (0, 1)")
+        if self.temperature <= 0 or (self.alpha is not None and self.alpha <= 0):
+            raise ValueError("temperature and alpha must be positive")
+        if (self.lambda_u is not None and self.lambda_u < 0) or (self.warmup_epochs or 0) < 0:
+            raise ValueError("lambda_u and warmup_epochs must be >= 0")
+
+
+def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
+    pt = p ** (1 / temperature)
+    return pt / pt.sum(dim=1, keepdim=True)
+
+
+def linear_rampup(progress: float, warmup: int, lambda_u: float) -> float:
+    """lambda_u * clip((epoch + batch / num_iter - warm_up) / 16, 0, 1) (Train_cifar.py)."""
+    return lambda_u * float(np.clip((progress - warmup) / RAMPUP_EPOCHS, 0.0, 1.0))
+
+
+def mixmatch_loss(logits: torch.Tensor, mixed_target: torch.Tensor, n_labeled: int,
+                  lam_u: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CE on the mixed labeled part, lambda-weighted MSE on the unlabeled part, uniform prior."""
+    lx = -(F.log_softmax(logits[:n_labeled], dim=1) * mixed_target[:n_labeled]).sum(dim=1).mean()
+    if logits.shape[0] > n_labeled:
+        lu = (F.softmax(logits[n_labeled:], dim=1) - mixed_target[n_labeled:]).pow(2).mean()
+    else:
+        lu = logits.new_zeros(())
+    prior = torch.full((logits.shape[1],), 1.0 / logits.shape[1], device=logits.device)
+    pred_mean = F.softmax(logits, dim=1).mean(dim=0)
+    penalty = (prior * (prior / pred_mean).log()).sum()
+    loss = lx + lam_u * lu + penalty
+    return loss, {"loss_x": lx.detach(), "loss_u": lu.detach(), "penalty": penalty.detach()}
+
+
+@METHODS.register("dividemix")
+class DivideMix(Method):
+    """DivideMix (ICLR 2020): two nets, GMM co-divide on per-sample loss, MixMatch-style training."""
+
+    name = "dividemix"
+    Options = DivideMixOptions
+
+    def setup(self) -> None:
+        ctx = self.ctx
+        d = dividemix_defaults(ctx.dataset, ctx.noise, ctx.noise_rate, ctx.num_classes)
+        o = self.opts
+        self.warmup = d["warmup_epochs"] if o.warmup_epochs is None else o.warmup_epochs
+        self.lambda_u = d["lambda_u"] if o.lambda_u is None else o.lambda_u
+        self.p_threshold = d["p_threshold"] if o.p_threshold is None else o.p_threshold
+        self.alpha = d["alpha"] if o.alpha is None else o.alpha
+        if self.warmup >= ctx.epochs:
+            raise UsageError(f"dividemix: warm-up of {self.warmup} epochs leaves no training epoch of "
+                             f"--epochs {ctx.epochs}; raise --epochs or --set warmup_epochs=N")
+        for k in ("net1", "net2"):
+            self.models[k] = ctx.make_backbone()
+            self.optimizers[k] = ctx.make_optimizer(self.models[k].parameters())
+            sched = ctx.make_scheduler(self.optimizers[k], ctx.epochs)
+            if sched is not None and o.lr_schedule == "trainer":
+                self.schedulers[k] = sched
+        n = ctx.num_train
+        self.base_lr = [g["lr"] for g in self.optimizers["net1"].param_groups]
+        self.state.update(prob1=torch.zeros(n, device=ctx.device), prob2=torch.zeros(n, device=ctx.device),
+                          hist1=torch.zeros(HISTORY, n, device=ctx.device),
+                          hist2=torch.zeros(HISTORY, n, device=ctx.device),
+                          hist_len=torch.zeros((), dtype=torch.int64))
+        self.onehot_eye = torch.eye(ctx.num_classes, device=ctx.device)
+        self._unlabeled: dict[str, dict[str, Any]] = {}
+        self._steps: dict[str, int] = {}
+
+    # --- epoch structure -------------------------------------------------------------------
+    def views(self, epoch: int) -> tuple[str, ...]:
+        return ("weak",) if epoch < self.warmup else ("weak", "weak2")
+
+    def phases(self, epoch: int) -> list[Phase]:
+        if epoch < self.warmup:  # each net its own CE pass (Train_cifar.py warmup(), twice)
+            return [Phase("warmup1", optimizers=("net1",)), Phase("warmup2", optimizers=("net2",))]
+        half = max(1, self.ctx.batch_size // 2)
+        labeled2 = torch.nonzero(self.state["prob2"] > self.p_threshold).squeeze(1)
+        labeled1 = torch.nonzero(self.state["prob1"] > self.p_threshold).squeeze(1)
+        return [Phase("net1", optimizers=("net1",), indices=labeled2, batch_size=half),
+                Phase("net2", optimizers=("net2",), indices=labeled1, batch_size=half)]
+
+    def on_epoch_start(self, epoch: int) -> dict[str, float]:
+        if self.opts.lr_schedule == "official":
+            factor = 0.1 if epoch >= self.ctx.epochs // 2 else 1.0  # lr / 10 at 150 of 300
+            for opt in self.optimizers.values():
+                for g, lr in zip(opt.param_groups, self.base_lr, strict=True):
+                    g["lr"] = lr * factor
+        self._steps = {}
+        if epoch < self.warmup:
+            return {"lambda_u": self.lambda_u, "p_threshold": self.p_threshold}
+        return self._divide()
+
+    def _divide(self) -> dict[str, float]:
+        """Evaluation pass and GMM per network; the clean probabilities of every sample."""
+        t_eval = t_gmm = 0.0
+        metrics: dict[str, float] = {}
+        for k in ("1", "2"):
+            t0 = time.perf_counter()
+            logits = self.ctx.predict_train(self.models["net" + k])
+            loss = F.cross_entropy(logits, self.ctx.given_labels, reduction="none")
+            loss = (loss - loss.min()) / (loss.max() - loss.min()).clamp_min(1e-12)
+            t1 = time.perf_counter()
+            prob = self._fit_gmm(k, loss)
+            t_gmm += time.perf_counter() - t1
+            t_eval += t1 - t0
+            self.state["prob" + k] = torch.as_tensor(prob, dtype=torch.float32, device=self.ctx.device)
+        self.state["hist_len"] += 1
+        metrics.update(divide_eval_s=t_eval, divide_gmm_s=t_gmm, lambda_u=self.lambda_u,
+                       p_threshold=self.p_threshold,
+                       labeled_frac_net1=float((self.state["prob2"] > self.p_threshold).float().mean()),
+                       labeled_frac_net2=float((self.state["prob1"] > self.p_threshold).float().mean()))
+        metrics.update(self._truth_metrics())
+        return metrics
+
+    def _fit_gmm(self, k: str, loss: torch.Tensor) -> np.ndarray:
+        hist = self.state["hist" + k]
+        hist.copy_(torch.roll(hist, -1, dims=0))
+        hist[-1] = loss
+        if (self.ctx.noise_rate or 0) >= 0.9:  # average the last 5 epochs at 90% noise
+            filled = int(min(self.state["hist_len"].item() + 1, HISTORY))
+            loss = hist[-filled:].mean(dim=0)
+        gmm = GaussianMixture2(warm_start=False)
+        values = loss.double().cpu().numpy()
+        gmm.fit(values, 10)
+        return gmm.posterior(values)[0]
+
+    def _truth_metrics(self) -> dict[str, float]:
+        if self.ctx.clean_labels is None:
+            return {}
+        mask = (self.ctx.clean_labels == self.ctx.given_labels).cpu().numpy()
+        out = detection_metrics(self.state["prob1"].cpu().numpy(), mask, self.p_threshold)
+        out["clean_auc_net2"] = detection_metrics(self.state["prob2"].cpu().numpy(), mask)["clean_auc"]
+        return out
+
+    # --- steps ----------------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
+        if phase.name.startswith("warmup"):
+            return self._warmup_step(batch, "net" + phase.name[-1])
+        return self._mix_step(batch, epoch, phase)
+
+    def _warmup_step(self, batch: dict[str, torch.Tensor], key: str) -> StepOutput:
+        logits = self.models[key](batch["weak"])
+        loss = F.cross_entropy(logits, batch["label"])
+        terms = {"loss_x": loss.detach()}
+        if self.ctx.noise in ASYMMETRIC:  # NegEntropy: mean sum p log p (Train_cifar.py conf_penalty)
+            p = F.softmax(logits, dim=1)
+            penalty = (p * p.clamp_min(1e-12).log()).sum(dim=1).mean()
+            loss = loss + penalty
+            terms["penalty"] = penalty.detach()
+        return StepOutput(loss=loss, logits=logits if key == "net1" else None, terms=terms)
+
+    def _next_unlabeled(self, phase: Phase, size: int) -> torch.Tensor | None:
+        """Unlabeled indices for this phase, cycling through reshuffled orders (the official loader)."""
+        key = phase.name
+        if key not in self._unlabeled:
+            labeled = torch.zeros(self.ctx.num_train, dtype=torch.bool, device=self.ctx.device)
+            labeled[phase.indices] = True
+            pool = torch.nonzero(~labeled).squeeze(1)
+            self._unlabeled[key] = {"pool": pool, "order": pool[:0], "pos": 0}
+        u = self._unlabeled[key]
+        if len(u["pool"]) == 0:
+            return None
+        if u["pos"] + size > len(u["order"]):
+            u["order"], u["pos"] = u["pool"][torch.randperm(len(u["pool"]), device=u["pool"].device)], 0
+        out = u["order"][u["pos"]:u["pos"] + size]
+        u["pos"] += size
+        return out
+
+    def _mix_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
+        key, peer = ("net1", "net2") if phase.name == "net1" else ("net2", "net1")
+        net, other = self.models[key], self.models[peer]
+        net.train()
+        other.eval()
+        prob = self.state["prob2" if key == "net1" else "prob1"]  # co-divide: the peer's division
+        idx, n_l = batch["index"], batch["index"].shape[0]
+        step = self._steps.get(phase.name, 0)
+        self._steps[phase.name] = step + 1
+        num_iter = len(phase.indices) // phase.batch_size + 1  # (len(labeled) // batch_size) + 1, official
+        lam_u = linear_rampup(epoch + step / num_iter, self.warmup, self.lambda_u)
+        u_idx = self._next_unlabeled(phase, n_l)
+        ub = self.ctx.fetch(u_idx, ("weak", "weak2")) if u_idx is not None else None
+        with torch.no_grad():
+            targets_x = self._refine(net, batch, prob[idx])
+            targets_u = self._co_guess(net, other, ub) if ub is not None else None
+        inputs = [batch["weak"], batch["weak2"]] + ([ub["weak"], ub["weak2"]] if ub is not None else [])
+        targets = [targets_x, targets_x] + ([targets_u, targets_u] if ub is not None else [])
+        all_in, all_t = torch.cat(inputs), torch.cat(targets)
+        lam = float(np.random.beta(self.alpha, self.alpha))
+        lam = max(lam, 1 - lam)
+        perm = torch.randperm(all_in.shape[0], device=all_in.device)
+        mixed_in = lam * all_in + (1 - lam) * all_in[perm]
+        mixed_t = lam * all_t + (1 - lam) * all_t[perm]
+        logits = net(mixed_in)
+        loss, terms = mixmatch_loss(logits.float(), mixed_t, 2 * n_l, lam_u)
+        terms["lambda_u_ramped"] = torch.tensor(lam_u)
+        return StepOutput(loss=loss, logits=None, terms=terms)
+
+    def _refine(self, net: torch.nn.Module, batch: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+        """Label refinement: w * onehot(y) + (1 - w) * mean of the net's two predictions, sharpened."""
+        px = (F.softmax(net(batch["weak"]), dim=1) + F.softmax(net(batch["weak2"]), dim=1)) / 2
+        w = w[:, None]
+        px = w * self.onehot_eye[batch["label"]] + (1 - w) * px.float()
+        return sharpen(px, self.opts.temperature)
+
+    def _co_guess(self, net: torch.nn.Module, other: torch.nn.Module, ub: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Co-guessing: both nets' softmax on both views of the unlabeled batch, averaged, sharpened."""
+        pu = sum(F.softmax(m(ub[v]), dim=1).float() for m in (net, other) for v in ("weak", "weak2")) / 4
+        return sharpen(pu, self.opts.temperature)
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        self._unlabeled = {}
+        return {}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.models["net1"](x) + self.models["net2"](x)  # Train_cifar.py test()
