@@ -292,6 +292,9 @@ class Trainer:
         """Hooks, training, evaluation and timing of one epoch (``epoch`` counts from 0)."""
         t0 = time.perf_counter()
         metrics = dict(self.method.on_epoch_start(epoch))
+        opt = next(iter(self.method.optimizers.values()), None)
+        if opt is not None:  # the rate this epoch trains with (schedulers step after it)
+            metrics["lr"] = opt.param_groups[0]["lr"]
         t1 = time.perf_counter()
         metrics.update(self.train_epoch(epoch))
         self._sync()
@@ -304,9 +307,6 @@ class Trainer:
         t4 = time.perf_counter()
         metrics.update(train_time_s=t2 - t1, eval_time_s=t4 - t3, hooks_time_s=(t1 - t0) + (t3 - t2),
                        epoch_time_s=t4 - t0)
-        opt = next(iter(self.method.optimizers.values()), None)
-        if opt is not None:
-            metrics["lr"] = opt.param_groups[0]["lr"]
         return metrics
 
     # --- checkpoints ---------------------------------------------------------------------------

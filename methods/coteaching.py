@@ -1,0 +1,168 @@
+"""Co-teaching (Han et al., "Co-teaching: Robust Training of Deep Neural Networks with
+Extremely Noisy Labels", NeurIPS 2018; official code github.com/bhanML/Co-teaching, ``main.py``
+and ``loss.py`` ``loss_coteaching``). Facts: ../shared/reference/baselines.md.
+
+Two networks of the same architecture with different initialisations. Each step, both compute
+the per-sample cross-entropy of the batch; each network ranks the batch by its OWN loss and keeps
+the ``num_keep = int((1 - r_t) * B)`` samples with the smallest loss (``loss.py``: truncation, as
+``int`` in Python); network 1 is updated on the samples network 2 kept and vice versa, each loss
+summed over the kept samples and divided by ``num_keep``. The two losses are returned as one sum:
+the parameters are disjoint, so the backward pass gives each network exactly its own gradient.
+
+Forget rate: the official ``rate_schedule`` (``main.py``), indexed by the epoch counted from 0:
+``np.linspace(0, forget_rate ** exponent, tk)[t]`` for ``t < tk`` and ``forget_rate`` from
+``t = tk`` on. (The official loop trains epochs 1 .. n_epoch - 1 -- its epoch 0 only evaluates
+the random initialisation -- so its first trained epoch has rate ``r ** c / (tk - 1)``; here
+every epoch trains and the first one has rate 0.)
+
+Learning rate (``lr_schedule=official``, ``main.py`` ``alpha_plan``/``beta1_plan`` scaled to
+``--epochs`` E): constant until ``D = round(0.4 E)`` (80 of 200 for MNIST/CIFAR-10; 0.5 E, 100 of
+200, for more than 10 classes as the official CIFAR-100 branch), then ``lr * (E - t) / (E - D)``
+-- linear towards 0, whose last epoch has ``lr / (E - D)`` as the official one -- and Adam's
+beta1 switches from 0.9 to 0.1 at ``D``. The lr applies to every optimiser, beta1 to those
+with ``betas``; the run's ``--scheduler`` is not used. ``lr_schedule=trainer`` leaves the
+run's optimiser and scheduler alone.
+
+Deviations: ranking uses a stable sort (the official ``np.argsort`` is not stable: ties may
+break differently); ``num_keep`` is at least 1 (the official code divides by zero on a batch
+smaller than ``1 / (1 - r)``: its loader drops the last batch); no cap of 400 iterations per
+epoch (the official ``num_iter_per_epoch``). Test accuracy is network 1's (baselines.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.errors import UsageError
+from methods.base import METHODS, Method, Phase, StepOutput
+from methods.diagnostics import clean_auc, selection_metrics
+
+DECAY_START = 0.4  # main.py: epoch_decay_start 80 of n_epoch 200 (mnist, cifar10)
+DECAY_START_MANY_CLASSES = 0.5  # main.py: 100 of 200 in the cifar100 branch
+BETA1_PLAN = (0.9, 0.1)  # main.py: mom1, mom2 (beta1 before and after decay_start)
+
+
+@dataclass
+class CoteachingOptions:
+    forget_rate: float | None = field(default=None, metadata={
+        "help": "final fraction of each batch dropped as large-loss; default the run's noise rate",
+        "source": "main.py --forget_rate (None: noise_rate)"})
+    tk: int = field(default=10, metadata={
+        "help": "epochs over which the forget rate ramps up (Tk)", "source": "main.py --num_gradual 10"})
+    exponent: float = field(default=1.0, metadata={
+        "help": "c of the ramp: linspace(0, forget_rate ** c, tk)", "source": "main.py --exponent 1"})
+    lr_schedule: Literal["official", "trainer"] = field(default="official", metadata={
+        "help": "official: constant lr, from 40% of the epochs linear decay and Adam beta1 0.1; "
+                "trainer: the run's optimiser and scheduler",
+        "source": "main.py alpha_plan, beta1_plan"})
+
+    def __post_init__(self) -> None:
+        if self.forget_rate is not None and not 0 <= self.forget_rate < 1:
+            raise ValueError(f"forget_rate {self.forget_rate} is outside [0, 1)")
+        if self.tk < 1:
+            raise ValueError(f"tk {self.tk} must be at least 1")
+        if not self.exponent > 0:
+            raise ValueError(f"exponent {self.exponent} must be positive")
+
+
+def forget_rate_at(epoch: int, forget_rate: float, tk: int, exponent: float) -> float:
+    """The official ``rate_schedule[epoch]`` (epoch from 0), for any number of epochs."""
+    if epoch >= tk:
+        return float(forget_rate)
+    return float(np.linspace(0, forget_rate ** exponent, tk)[epoch])
+
+
+def official_lr_plan(epoch: int, epochs: int, base_lr: float, decay_start: int) -> tuple[float, float]:
+    """(lr, beta1) of the official Adam plan at ``epoch`` (from 0) of ``epochs``."""
+    if epoch < decay_start:
+        return base_lr, BETA1_PLAN[0]
+    return base_lr * (epochs - epoch) / (epochs - decay_start), BETA1_PLAN[1]
+
+
+def cross_update_losses(loss1: torch.Tensor, loss2: torch.Tensor, num_keep: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each net's loss on the samples its peer kept: (loss_net1, loss_net2, kept1, kept2).
+
+    ``kept1``/``kept2`` are the batch positions each net keeps by its own small loss.
+    """
+    kept1 = torch.argsort(loss1.detach(), stable=True)[:num_keep]
+    kept2 = torch.argsort(loss2.detach(), stable=True)[:num_keep]
+    return loss1[kept2].sum() / num_keep, loss2[kept1].sum() / num_keep, kept1, kept2
+
+
+@METHODS.register("coteaching", aliases=("co-teaching",))
+class Coteaching(Method):
+    """Co-teaching (NeurIPS 2018): two nets, each trained on the small-loss samples of its peer."""
+
+    name = "coteaching"
+    Options = CoteachingOptions
+
+    def setup(self) -> None:
+        ctx = self.ctx
+        self.forget_rate = self._final_forget_rate()
+        for name in ("net1", "net2"):
+            net = ctx.make_backbone()  # two calls: two initialisations
+            self.models[name] = net
+            self.optimizers[name] = ctx.make_optimizer(net.parameters())
+            if self.opts.lr_schedule == "trainer":
+                sched = ctx.make_scheduler(self.optimizers[name], ctx.epochs)
+                if sched is not None:
+                    self.schedulers[name] = sched
+        # the initial lr of every group: the official plan is derived from it at every epoch
+        self.base_lr = {k: [g["lr"] for g in o.param_groups] for k, o in self.optimizers.items()}
+        share = DECAY_START if ctx.num_classes <= 10 else DECAY_START_MANY_CLASSES
+        self.decay_start = round(share * ctx.epochs)
+        n, dev = ctx.num_train, ctx.device
+        self.state.update(loss1=torch.zeros(n, device=dev), kept1=torch.zeros(n, dtype=torch.bool, device=dev))
+        self.rate = 0.0
+
+    def _final_forget_rate(self) -> float:
+        if self.opts.forget_rate is not None:
+            return self.opts.forget_rate
+        if self.ctx.noise_rate is None:
+            raise UsageError("coteaching needs --set forget_rate=R: the noise rate of this data set is unknown")
+        return float(self.ctx.noise_rate)
+
+    def on_epoch_start(self, epoch: int) -> dict[str, float]:
+        self.rate = forget_rate_at(epoch, self.forget_rate, self.opts.tk, self.opts.exponent)
+        if self.opts.lr_schedule == "official":
+            self._apply_lr_plan(epoch)
+        return {"forget_rate": self.rate}
+
+    def _apply_lr_plan(self, epoch: int) -> None:
+        """Set lr and beta1 from the epoch number alone, so a resumed run gets the same values."""
+        for key, opt in self.optimizers.items():
+            for group, base in zip(opt.param_groups, self.base_lr[key], strict=True):
+                group["lr"], beta1 = official_lr_plan(epoch, self.ctx.epochs, base, self.decay_start)
+                if "betas" in group:
+                    group["betas"] = (beta1, group["betas"][1])  # only beta1 (main.py)
+
+    def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
+        x, y, idx = batch["weak"], batch["label"], batch["index"]
+        logits1 = self.models["net1"](x)
+        logits2 = self.models["net2"](x)
+        loss1 = F.cross_entropy(logits1.float(), y, reduction="none")
+        loss2 = F.cross_entropy(logits2.float(), y, reduction="none")
+        num_keep = max(int((1 - self.rate) * len(y)), 1)  # loss.py: int(remember_rate * B)
+        l1, l2, kept1, _ = cross_update_losses(loss1, loss2, num_keep)
+        self.state["loss1"][idx] = loss1.detach()
+        mask = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        mask[kept1] = True
+        self.state["kept1"][idx] = mask
+        return StepOutput(loss=l1 + l2, logits=logits1,
+                          terms={"loss_net1": l1.detach(), "loss_net2": l2.detach()})
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        if self.ctx.clean_labels is None:
+            return {}
+        is_clean = (self.ctx.clean_labels == self.ctx.given_labels).cpu().numpy()
+        metrics = {"clean_auc": clean_auc(-self.state["loss1"].double().cpu().numpy(), is_clean)}
+        metrics.update(selection_metrics(self.state["kept1"].cpu().numpy(), is_clean))
+        return metrics
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.models["net1"](x)  # baselines.md: report net 1

@@ -1,0 +1,274 @@
+"""Co-teaching: the official forget-rate and lr/beta1 schedules, the cross update against a hand
+computation (loss and gradient), the forget-rate default, a short Fashion-MNIST run with its
+diagnostics, and resume through the command line."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from bench.cli import main
+from bench.config import RunConfig
+from bench.errors import UsageError
+from bench.trainer import Trainer
+from methods.base import Phase, build_options
+from methods.coteaching import Coteaching, forget_rate_at, official_lr_plan
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: with background jobs on the cores, two threads make a training step
+    several times slower (measured 0.26 s vs 0.04 s for a smallcnn step of 100 images)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --- the forget-rate schedule ---------------------------------------------------------------------
+
+
+def official_rate_schedule(n_epoch: int, forget_rate: float, num_gradual: int, exponent: float) -> np.ndarray:
+    """main.py, verbatim in substance."""
+    rate_schedule = np.ones(n_epoch) * forget_rate
+    rate_schedule[:num_gradual] = np.linspace(0, forget_rate ** exponent, num_gradual)
+    return rate_schedule
+
+
+@pytest.mark.parametrize("forget_rate,tk,exponent", [(0.2, 10, 1.0), (0.45, 5, 1.0), (0.5, 10, 2.0),
+                                                     (0.8, 15, 0.5), (0.3, 1, 1.0)])
+def test_forget_rate_equals_the_official_schedule(forget_rate, tk, exponent):
+    n = 40
+    expected = official_rate_schedule(n, forget_rate, tk, exponent)
+    got = [forget_rate_at(t, forget_rate, tk, exponent) for t in range(n)]
+    assert got == expected.tolist()
+    assert got[0] == 0.0
+    assert all(r == forget_rate for r in got[tk:])  # reaches the forget rate at epoch tk and stays
+    assert all(a <= b for a, b in zip(got[:tk - 1], got[1:tk], strict=True))  # ramps up before
+
+
+def test_forget_rate_with_fewer_epochs_than_tk():
+    # the official array would not even build (n_epoch < num_gradual); the per-epoch value still does
+    assert forget_rate_at(2, 0.4, 10, 1.0) == pytest.approx(0.4 * 2 / 9)
+
+
+# --- a fake context with nets whose per-sample logits are parameters -----------------------------------
+
+class TableNet(torch.nn.Module):
+    """Logits = a learnable row per input id (the input row's first feature)."""
+
+    def __init__(self, table: list[list[float]]) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.tensor(table, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x[:, 0].long()]
+
+
+def fake_method(nets=None, num_train: int = 8, epochs: int = 10, noise_rate: float | None = 0.4,
+                num_classes: int = 3, clean=None, optimizer: str = "adam", scheduler=None, **opts) -> Coteaching:
+    nets = iter(nets or [torch.nn.Linear(4, num_classes), torch.nn.Linear(4, num_classes)])
+
+    def make_optimizer(params):
+        if optimizer == "adam":
+            return torch.optim.Adam(params, lr=1e-3)
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+
+    ctx = SimpleNamespace(
+        num_classes=num_classes, num_train=num_train, device=torch.device("cpu"), epochs=epochs,
+        noise_rate=noise_rate, dataset="fake", noise="sym", pretrained=False,
+        make_backbone=lambda: next(nets), make_optimizer=make_optimizer,
+        make_scheduler=scheduler or (lambda opt, n: None), clean_labels=clean,
+        given_labels=torch.zeros(num_train, dtype=torch.long), artifact_dir=Path("."))
+    m = Coteaching(build_options(Coteaching, {k: str(v) for k, v in opts.items()}), ctx)
+    m.setup()
+    return m
+
+
+def ce(row: list[float], label: int) -> float:
+    m = max(row)
+    return -(row[label] - m - math.log(sum(math.exp(v - m) for v in row)))
+
+
+def softmax(row: list[float]) -> list[float]:
+    e = [math.exp(v - max(row)) for v in row]
+    return [v / sum(e) for v in e]
+
+
+T1 = [[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [2.0, 1.0, 0.0], [0.5, 0.0, 0.0]]
+T2 = [[0.0, 0.0, 4.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0]]
+
+
+def test_each_net_learns_from_what_its_peer_kept():
+    m = fake_method([TableNet(T1), TableNet(T2)], num_train=8, forget_rate=0.3, tk=1)
+    m.on_epoch_start(1)  # tk = 1: the full rate from epoch 1
+    assert m.rate == 0.3
+    ids, labels, index = [0, 1, 2, 3], [0, 1, 2, 1], [7, 3, 5, 0]
+    batch = {"weak": torch.tensor(ids, dtype=torch.float64)[:, None], "label": torch.tensor(labels),
+             "index": torch.tensor(index)}
+    out = m.train_step(batch, 1, Phase())
+    # by hand: num_keep = int(0.7 * 4) = int(2.8) = 2 (truncation, loss.py)
+    l1 = [ce(T1[i], y) for i, y in zip(ids, labels, strict=True)]
+    l2 = [ce(T2[i], y) for i, y in zip(ids, labels, strict=True)]
+    kept1 = sorted(range(4), key=lambda j: l1[j])[:2]
+    kept2 = sorted(range(4), key=lambda j: l2[j])[:2]
+    assert kept1 == [0, 1] and kept2 == [1, 2]  # the tables make the two selections differ
+    exp1 = sum(l1[j] for j in kept2) / 2
+    exp2 = sum(l2[j] for j in kept1) / 2
+    # (the method computes the loss in float32, as it would under autocast)
+    assert out.terms["loss_net1"].item() == pytest.approx(exp1, rel=1e-6)
+    assert out.terms["loss_net2"].item() == pytest.approx(exp2, rel=1e-6)
+    assert out.loss.item() == pytest.approx(exp1 + exp2, rel=1e-6)
+    assert torch.equal(out.logits, m.models["net1"].table[:4])  # net 1's logits for train accuracy
+
+    out.loss.backward()
+    g1, g2 = m.models["net1"].table.grad, m.models["net2"].table.grad
+    for j in range(4):  # d(loss_net1)/d(logits_j) = (softmax - onehot) / num_keep for a kept sample, else 0
+        exp_g1 = [(p - (c == labels[j])) / 2 if j in kept2 else 0.0 for c, p in enumerate(softmax(T1[j]))]
+        exp_g2 = [(p - (c == labels[j])) / 2 if j in kept1 else 0.0 for c, p in enumerate(softmax(T2[j]))]
+        np.testing.assert_allclose(g1[j].tolist(), exp_g1, rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(g2[j].tolist(), exp_g2, rtol=1e-5, atol=1e-8)
+    assert g1[4].abs().sum() == 0 and g2[4].abs().sum() == 0  # not in the batch
+
+    # per-sample state by dataset index: net 1's loss and its own selection
+    np.testing.assert_allclose(m.state["loss1"][index].tolist(), l1, rtol=1e-6)
+    assert m.state["kept1"].tolist() == [False, False, False, True, False, False, False, True]
+
+
+def test_num_keep_is_never_zero():
+    m = fake_method([TableNet(T1), TableNet(T2)], num_train=8, forget_rate=0.4, tk=1)
+    m.on_epoch_start(1)
+    batch = {"weak": torch.tensor([[4.0]], dtype=torch.float64), "label": torch.tensor([0]),
+             "index": torch.tensor([6])}  # a last batch of one: int(0.6 * 1) = 0
+    out = m.train_step(batch, 1, Phase())
+    assert torch.isfinite(out.loss) and out.terms["loss_net1"].item() == pytest.approx(ce(T1[4], 0))
+
+
+# --- defaults and validation ------------------------------------------------------------------------
+
+def test_forget_rate_defaults_to_the_noise_rate():
+    assert fake_method(noise_rate=0.4).forget_rate == 0.4
+    assert fake_method(noise_rate=0.4, forget_rate=0.25).forget_rate == 0.25
+    assert fake_method(noise_rate=None, forget_rate=0.3).forget_rate == 0.3
+    with pytest.raises(UsageError, match="coteaching needs --set forget_rate=R"):
+        fake_method(noise_rate=None)
+
+
+@pytest.mark.parametrize("key,value", [("forget_rate", "1.0"), ("forget_rate", "-0.1"), ("tk", "0"),
+                                       ("exponent", "0"), ("lr_schedule", "cosine")])
+def test_invalid_options_raise_one_line_errors(key, value):
+    with pytest.raises(UsageError, match=key):
+        build_options(Coteaching, {key: value})
+
+
+# --- the official lr / beta1 plan --------------------------------------------------------------------
+
+def test_official_plan_matches_main_py_at_200_epochs():
+    lr = 1e-3
+    alpha_plan, beta1_plan = [lr] * 200, [0.9] * 200  # main.py
+    for i in range(80, 200):
+        alpha_plan[i] = float(200 - i) / (200 - 80) * lr
+        beta1_plan[i] = 0.1
+    for t in range(200):
+        assert official_lr_plan(t, 200, lr, 80) == (pytest.approx(alpha_plan[t], rel=1e-15), beta1_plan[t])
+
+
+def test_official_plan_applied_to_both_optimisers():
+    m = fake_method(epochs=10)  # decay from round(0.4 * 10) = 4
+    assert m.decay_start == 4 and not m.schedulers
+
+    def seen(epoch):
+        m.on_epoch_start(epoch)
+        return [(g["lr"], g["betas"]) for o in m.optimizers.values() for g in o.param_groups]
+
+    assert seen(0) == seen(3) == [(1e-3, (0.9, 0.999))] * 2  # before the decay
+    assert seen(4) == [(1e-3, (0.1, 0.999))] * 2  # decay start: full lr, beta1 0.1
+    assert seen(7) == [(pytest.approx(5e-4), (0.1, 0.999))] * 2  # mid-decay: 1e-3 * 3 / 6
+    assert seen(9) == [(pytest.approx(1e-3 / 6), (0.1, 0.999))] * 2  # last epoch: lr / (E - D)
+    assert seen(2) == [(1e-3, (0.9, 0.999))] * 2  # derived from the epoch, never accumulated (resume)
+    assert fake_method(epochs=10, num_classes=100).decay_start == 5  # main.py: cifar100 100 of 200
+
+
+def test_official_plan_with_sgd_decays_lr_only():
+    m = fake_method(epochs=10, optimizer="sgd")
+    m.on_epoch_start(7)
+    g = m.optimizers["net1"].param_groups[0]
+    assert g["lr"] == pytest.approx(0.05) and "betas" not in g
+
+
+def test_trainer_schedule_is_left_alone():
+    sched = lambda opt, n: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n)  # noqa: E731
+    m = fake_method(epochs=10, scheduler=sched, lr_schedule="trainer")
+    assert set(m.schedulers) == {"net1", "net2"}
+    m.on_epoch_start(9)
+    assert [o.param_groups[0]["lr"] for o in m.optimizers.values()] == [1e-3, 1e-3]
+    assert m.optimizers["net1"].param_groups[0]["betas"] == (0.9, 0.999)
+
+
+# --- a short run on a Fashion-MNIST subset --------------------------------------------------------------
+
+def test_short_run_logs_diagnostics(tmp_path):
+    cfg = RunConfig(method="coteaching", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=100,
+                    out=str(tmp_path / "runs"), method_options={"tk": 1})
+    cfg.validate()
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    tr = Trainer(cfg, run_dir, progress=False)
+    tr._build()
+    m1, m2 = tr.run_epoch(0), tr.run_epoch(1)
+    assert m1["forget_rate"] == 0.0 and m2["forget_rate"] == 0.4
+    for m in (m1, m2):
+        for key in ("clean_auc", "clean_precision", "clean_recall", "forget_rate", "loss_net1", "loss_net2"):
+            assert math.isfinite(m[key]), key
+        assert 0 <= m["clean_auc"] <= 1
+    assert m1["clean_recall"] == 1.0  # rate 0: every sample kept
+    kept = tr.method.state["kept1"]
+    assert int(kept.sum()) == 3 * int((1 - 0.4) * 100)  # three batches of 100, 60 kept in each
+
+
+# --- resume ------------------------------------------------------------------------------------------------
+
+def run_cli(tmp: Path, *extra: str) -> dict:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["run", "--out", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp}/m.db", *extra])
+    assert code == 0
+    return json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    # 3 epochs, tk 2: after the interruption the forget rate goes 0 -> 0.3, beta1 0.9 -> 0.1 (decay
+    # from round(0.4 * 3) = 1) and the lr 1e-3 -> 5e-4
+    base = ("--method", "coteaching", "--noise", "pairflip", "--noise-rate", "0.3", "--subset", "300",
+            "--batch-size", "100", "--epochs", "3", "--set", "tk=2")
+    full = run_cli(tmp_path, *base)
+    part = run_cli(tmp_path, *base, "--stop-after", "1")
+    assert part["status"] == "stopped"
+    resumed = run_cli(tmp_path, "--resume", part["run_dir"])
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+
+    def curve(run_id: str, name: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
+
+    for name in ("test_acc", "train_loss", "loss_net1", "loss_net2", "forget_rate", "lr", "clean_auc",
+                 "clean_precision", "clean_recall"):
+        assert len(curve(full["run_id"], name)) == 3, name
+        assert curve(resumed["run_id"], name) == curve(full["run_id"], name), name
+    assert curve(full["run_id"], "forget_rate") == [0.0, 0.3, 0.3]
+    assert curve(full["run_id"], "lr") == [1e-3, 1e-3, 5e-4]
+    ka = torch.load(Path(full["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
+    kb = torch.load(Path(resumed["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
+    for net in ("net1", "net2"):
+        for key, value in ka["models"][net].items():
+            assert torch.equal(value, kb["models"][net][key]), (net, key)
+        assert kb["optimizers"][net]["param_groups"][0]["betas"] == (0.1, 0.999)  # set again after resume
+    for key in ("loss1", "kept1"):
+        assert torch.equal(ka["state"][key], kb["state"][key]), key
