@@ -3,9 +3,6 @@ computation (loss and gradient), the forget-rate default, a short Fashion-MNIST 
 diagnostics, and resume through the command line."""
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,12 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import assert_resume_equals_uninterrupted, make_trainer, metric_curve, tracking_uri
 from mlflow.tracking import MlflowClient
 
-from bench.cli import main
-from bench.config import RunConfig
 from bench.errors import UsageError
-from bench.trainer import Trainer
 from methods.base import Phase, build_options
 from methods.coteaching import Coteaching, forget_rate_at, official_lr_plan
 
@@ -216,13 +211,8 @@ def test_trainer_schedule_is_left_alone():
 # --- a short run on a Fashion-MNIST subset --------------------------------------------------------------
 
 def test_short_run_logs_diagnostics(tmp_path):
-    cfg = RunConfig(method="coteaching", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=100,
-                    out=str(tmp_path / "runs"), method_options={"tk": 1})
-    cfg.validate()
-    run_dir = tmp_path / "runs" / "r"
-    run_dir.mkdir(parents=True)
-    tr = Trainer(cfg, run_dir, progress=False)
-    tr._build()
+    tr = make_trainer(tmp_path, method="coteaching", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=100,
+                      method_options={"tk": 1})
     m1, m2 = tr.run_epoch(0), tr.run_epoch(1)
     assert m1["forget_rate"] == 0.0 and m2["forget_rate"] == 0.4
     for m in (m1, m2):
@@ -236,39 +226,21 @@ def test_short_run_logs_diagnostics(tmp_path):
 
 # --- resume ------------------------------------------------------------------------------------------------
 
-def run_cli(tmp: Path, *extra: str) -> dict:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["run", "--out", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp}/m.db", *extra])
-    assert code == 0
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
-
-
 def test_resume_equals_uninterrupted(tmp_path):
     # 3 epochs, tk 2: after the interruption the forget rate goes 0 -> 0.3, beta1 0.9 -> 0.1 (decay
     # from round(0.4 * 3) = 1) and the lr 1e-3 -> 5e-4
-    base = ("--method", "coteaching", "--noise", "pairflip", "--noise-rate", "0.3", "--subset", "300",
+    args = ("--method", "coteaching", "--noise", "pairflip", "--noise-rate", "0.3", "--subset", "300",
             "--batch-size", "100", "--epochs", "3", "--set", "tk=2")
-    full = run_cli(tmp_path, *base)
-    part = run_cli(tmp_path, *base, "--stop-after", "1")
-    assert part["status"] == "stopped"
-    resumed = run_cli(tmp_path, "--resume", part["run_dir"])
-    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
-
-    def curve(run_id: str, name: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
-
-    for name in ("test_acc", "train_loss", "loss_net1", "loss_net2", "forget_rate", "lr", "clean_auc",
-                 "clean_precision", "clean_recall"):
-        assert len(curve(full["run_id"], name)) == 3, name
-        assert curve(resumed["run_id"], name) == curve(full["run_id"], name), name
-    assert curve(full["run_id"], "forget_rate") == [0.0, 0.3, 0.3]
-    assert curve(full["run_id"], "lr") == [1e-3, 1e-3, 5e-4]
-    ka = torch.load(Path(full["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
-    kb = torch.load(Path(resumed["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
+    names = ("test_acc", "train_loss", "loss_net1", "loss_net2", "forget_rate", "lr", "clean_auc",
+             "clean_precision", "clean_recall")
+    ka, kb = assert_resume_equals_uninterrupted(tmp_path, args, 1, names)
+    runs = {r.data.tags["run_dir"]: r.info.run_id for r in MlflowClient(tracking_uri(tmp_path)).search_runs(["1"])}
+    run_id = next(iter(runs.values()))
+    for name in names:
+        assert len(metric_curve(tmp_path, run_id, name)) == 3, name
+    assert metric_curve(tmp_path, run_id, "forget_rate") == [0.0, 0.3, 0.3]
+    assert metric_curve(tmp_path, run_id, "lr") == [1e-3, 1e-3, 5e-4]
     for net in ("net1", "net2"):
-        for key, value in ka["models"][net].items():
-            assert torch.equal(value, kb["models"][net][key]), (net, key)
         assert kb["optimizers"][net]["param_groups"][0]["betas"] == (0.1, 0.999)  # set again after resume
     for key in ("loss1", "kept1"):
         assert torch.equal(ka["state"][key], kb["state"][key]), key

@@ -2,9 +2,6 @@
 lambda_u ramp-up, per-setting defaults, a short run, and resume."""
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,11 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from mlflow.tracking import MlflowClient
+from helpers import assert_resume_equals_uninterrupted, make_trainer
 
-from bench.cli import main
-from bench.config import RunConfig
-from bench.trainer import Trainer
 from methods.base import Phase, build_options
 from methods.dividemix import DivideMix, dividemix_defaults, linear_rampup, mixmatch_loss, sharpen
 
@@ -155,12 +149,8 @@ def test_mix_step_refines_with_the_peer_probabilities_and_mixes_unlabeled():
 # --- a short run on a Fashion-MNIST subset, and resume -------------------------------------------
 
 def test_short_run_logs_division_metrics(tmp_path):
-    cfg = RunConfig(method="dividemix", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=100,
-                    out=str(tmp_path / "runs"), method_options={"warmup_epochs": 1})
-    cfg.validate()
-    (tmp_path / "runs" / "r").mkdir(parents=True)
-    tr = Trainer(cfg, tmp_path / "runs" / "r", progress=False)
-    tr._build()
+    tr = make_trainer(tmp_path, method="dividemix", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=100,
+                      method_options={"warmup_epochs": 1})
     m1, m2 = tr.run_epoch(0), tr.run_epoch(1)
     assert "clean_auc" not in m1 and m1["train_acc"] >= 0
     for key in ("clean_auc", "clean_precision", "clean_recall", "clean_auc_net2", "divide_eval_s", "divide_gmm_s",
@@ -169,30 +159,10 @@ def test_short_run_logs_division_metrics(tmp_path):
     assert 0 < m2["labeled_frac_net1"] < 1
 
 
-def run_cli(tmp: Path, *extra: str) -> dict:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["run", "--out", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp}/m.db", *extra])
-    assert code == 0
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
-
-
 def test_resume_equals_uninterrupted(tmp_path):
-    base = ("--method", "dividemix", "--noise", "sym", "--noise-rate", "0.4", "--subset", "300",
+    args = ("--method", "dividemix", "--noise", "sym", "--noise-rate", "0.4", "--subset", "300",
             "--batch-size", "100", "--epochs", "3", "--set", "warmup_epochs=1")
-    full = run_cli(tmp_path, *base)
-    part = run_cli(tmp_path, *base, "--stop-after", "2")
-    resumed = run_cli(tmp_path, "--resume", part["run_dir"])
-    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
-
-    def curve(run_id: str, name: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
-
-    for name in ("test_acc", "loss_x", "loss_u", "clean_auc", "labeled_frac_net1"):
-        assert curve(resumed["run_id"], name) == curve(full["run_id"], name), name
-    ka = torch.load(Path(full["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
-    kb = torch.load(Path(resumed["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
-    for net in ("net1", "net2"):
-        for key, value in ka["models"][net].items():
-            assert torch.equal(value, kb["models"][net][key]), (net, key)
+    ka, kb = assert_resume_equals_uninterrupted(
+        tmp_path, args, 2, ("test_acc", "loss_x", "loss_u", "clean_auc", "labeled_frac_net1"))
+    assert set(ka["models"]) == {"net1", "net2"}
     assert torch.equal(ka["state"]["prob1"], kb["state"]["prob1"])

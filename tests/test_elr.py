@@ -2,9 +2,6 @@
 index, the per-setting defaults, a short Fashion-MNIST run and resume through the command line."""
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,12 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import assert_resume_equals_uninterrupted, make_trainer, tracking_uri
 from mlflow.tracking import MlflowClient
 
-from bench.cli import main
-from bench.config import RunConfig
 from bench.errors import UsageError
-from bench.trainer import Trainer
 from methods.base import Phase, build_options
 from methods.elr import ELR, elr_defaults, elr_loss
 
@@ -162,13 +157,7 @@ def test_invalid_options_raise_one_line_errors(key, value):
 # --- a short run and resume -------------------------------------------------------------------------------
 
 def test_short_run_logs_terms_and_resolved_options(tmp_path):
-    cfg = RunConfig(method="elr", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=100,
-                    out=str(tmp_path / "runs"))
-    cfg.validate()
-    run_dir = tmp_path / "runs" / "r"
-    run_dir.mkdir(parents=True)
-    tr = Trainer(cfg, run_dir, progress=False)
-    tr._build()
+    tr = make_trainer(tmp_path, method="elr", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=100)
     m1, m2 = tr.run_epoch(0), tr.run_epoch(1)
     assert (m1["elr_beta"], m1["elr_lam"]) == (0.7, 3.0) and "elr_beta" not in m2
     for m in (m1, m2):
@@ -177,32 +166,13 @@ def test_short_run_logs_terms_and_resolved_options(tmp_path):
     assert torch.allclose(t.sum(1), torch.full((300,), 1 - 0.7 ** 2))  # every sample visited twice
 
 
-def run_cli(tmp: Path, *extra: str) -> dict:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["run", "--out", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp}/m.db", *extra])
-    assert code == 0
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
-
-
 def test_resume_equals_uninterrupted(tmp_path):
-    base = ("--method", "elr", "--noise", "asym", "--noise-rate", "0.3", "--subset", "300",
+    args = ("--method", "elr", "--noise", "asym", "--noise-rate", "0.3", "--subset", "300",
             "--batch-size", "100", "--epochs", "2")
-    full = run_cli(tmp_path, *base)
-    part = run_cli(tmp_path, *base, "--stop-after", "1")
-    assert part["status"] == "stopped"
-    resumed = run_cli(tmp_path, "--resume", part["run_dir"])
-    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
-
-    def curve(run_id: str, name: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
-
-    for name in ("test_acc", "train_loss", "loss_ce", "loss_elr", "elr_beta", "elr_lam"):
-        assert curve(resumed["run_id"], name) == curve(full["run_id"], name), name
-    assert curve(full["run_id"], "elr_lam") == [1.0]  # asym: the CIFAR-10 asymmetric values
-    ka = torch.load(Path(full["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
-    kb = torch.load(Path(resumed["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
-    for key, value in ka["models"]["net"].items():
-        assert torch.equal(value, kb["models"]["net"][key]), key
+    ka, kb = assert_resume_equals_uninterrupted(
+        tmp_path, args, 1, ("test_acc", "train_loss", "loss_ce", "loss_elr", "elr_beta", "elr_lam"))
+    full = MlflowClient(tracking_uri(tmp_path)).search_runs(
+        [MlflowClient(tracking_uri(tmp_path)).get_experiment_by_name("bench").experiment_id])
+    assert all(r.data.metrics["elr_lam"] == 1.0 for r in full)  # asym: the CIFAR-10 asymmetric values
     assert torch.equal(ka["state"]["target"], kb["state"]["target"])
     assert ka["state"]["target"].abs().sum() > 0

@@ -2,32 +2,18 @@
 and resume after an interruption equals the uninterrupted run."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from helpers import assert_resume_equals_uninterrupted, run_cli, tracking_uri
 from mlflow.tracking import MlflowClient
-
-from bench.cli import main
 
 EPOCH_METRICS = ("train_loss", "train_acc", "test_acc", "epoch_time_s", "train_time_s", "eval_time_s")
 FINAL_METRICS = ("best_test_acc", "last_test_acc", "wall_clock_s", "peak_memory_mb", "noise_rate_realized")
 SUMMARY_KEYS = ("run_id", "method", "dataset", "noise", "noise_rate", "noise_rate_realized", "seed", "epochs",
                 "best_test_acc", "last_test_acc", "wall_clock_s")
-
-
-def run_cli(tmp: Path, *extra: str) -> dict:
-    args = ["run", "--out", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db",
-            "--experiment", "test", *extra]
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(args)
-    assert code == 0
-    return json.loads(buf.getvalue().strip().splitlines()[-1])  # the last stdout line is the JSON summary
 
 
 BASE = ("--method", "ce", "--dataset", "fashion-mnist", "--noise", "sym", "--noise-rate", "0.4",
@@ -37,7 +23,7 @@ BASE = ("--method", "ce", "--dataset", "fashion-mnist", "--noise", "sym", "--noi
 @pytest.fixture(scope="module")
 def two_epoch_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
-    return tmp, run_cli(tmp, *BASE, "--epochs", "2")
+    return tmp, run_cli(tmp, *BASE, "--epochs", "2", "--experiment", "test")
 
 
 def test_summary_line(two_epoch_run):
@@ -53,7 +39,7 @@ def test_summary_line(two_epoch_run):
 
 def test_mlflow_has_metrics_params_tags_artifacts(two_epoch_run):
     tmp, s = two_epoch_run
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    client = MlflowClient(tracking_uri(tmp))
     run = client.get_run(s["run_id"])
     assert run.info.status == "FINISHED"
     for name in EPOCH_METRICS:
@@ -92,23 +78,10 @@ def test_run_folder_contents(two_epoch_run):
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    full = run_cli(tmp_path, *BASE, "--epochs", "3")
-    part = run_cli(tmp_path, *BASE, "--epochs", "3", "--stop-after", "1")
-    assert part["status"] == "stopped" and part["epochs_done"] == 1
-    resumed = run_cli(tmp_path, "--resume", part["run_dir"])
-    assert resumed["run_id"] == part["run_id"]  # continued into the same MLflow run
-    assert resumed["epochs_done"] == 3
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-
-    def curve(run_id: str, name: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
-
-    for name in ("test_acc", "train_loss", "train_acc"):
-        assert curve(resumed["run_id"], name) == curve(full["run_id"], name), name
-    assert resumed["best_test_acc"] == full["best_test_acc"]
-    assert resumed["last_test_acc"] == full["last_test_acc"]
-    a = torch.load(Path(full["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]["models"]["net"]
-    b = torch.load(Path(resumed["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]["models"]["net"]
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    assert client.get_run(resumed["run_id"]).info.status == "FINISHED"
+    args = (*BASE, "--epochs", "3")
+    assert_resume_equals_uninterrupted(tmp_path, args, 1, ("test_acc", "train_loss", "train_acc"))
+    client = MlflowClient(tracking_uri(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    finals = {(r.data.metrics["best_test_acc"], r.data.metrics["last_test_acc"]) for r in runs}
+    assert len(finals) == 1  # the same best and last accuracy

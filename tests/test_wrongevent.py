@@ -2,9 +2,6 @@
 a hand computation, every ablation option on a Fashion-MNIST subset, and resume in stage 2."""
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,11 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
+from helpers import assert_resume_equals_uninterrupted, make_trainer
 
-from bench.cli import main
-from bench.config import RunConfig
-from bench.trainer import Trainer
 from methods.base import Phase, build_options
 from methods.mixtures import BetaMixture, ClasswiseMixture, GaussianMixture2
 from methods.wrongevent import WrongEvent, label_wave_base, wrong_event_loss
@@ -254,13 +248,8 @@ ABLATIONS = [{}, {"metric": "loss"}, {"metric": "accumulated_loss"}, {"mixture":
 
 @pytest.mark.parametrize("opts", ABLATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 def test_each_ablation_runs(tmp_path, opts):
-    cfg = RunConfig(method="wrongevent", noise="sym", noise_rate=0.4, subset=400, epochs=2, batch_size=100,
-                    out=str(tmp_path / "runs"), method_options={"stage1_epochs": 1, **opts})
-    cfg.validate()
-    run_dir = tmp_path / "runs" / "r"
-    run_dir.mkdir(parents=True)
-    tr = Trainer(cfg, run_dir, progress=False)
-    tr._build()
+    tr = make_trainer(tmp_path, method="wrongevent", noise="sym", noise_rate=0.4, subset=400, epochs=2, batch_size=100,
+                      method_options={"stage1_epochs": 1, **opts})
     m1, m2 = tr.run_epoch(0), tr.run_epoch(1)
     assert m1["stage"] == 1 and m2["stage"] == 2
     assert 0 <= m1["clean_auc"] <= 1 and 0 <= m2["clean_auc"] <= 1
@@ -273,38 +262,17 @@ def test_each_ablation_runs(tmp_path, opts):
     if opts.get("sim_weight") == "0":
         assert m2["loss_sim"] == 0
     for name in ("wrong_events.npy", "wrong_events_hist.png", "prediction_change.png"):
-        assert (run_dir / "artifacts" / name).is_file()
+        assert (tr.run_dir / "artifacts" / name).is_file()
 
 
 # --- resume in the middle of stage 2 ------------------------------------------------------------------
 
-def run_cli(tmp: Path, *extra: str) -> dict:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["run", "--out", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp}/m.db", *extra])
-    assert code == 0
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
-
-
 def test_resume_in_stage2_equals_uninterrupted(tmp_path):
-    base = ("--method", "wrongevent", "--noise", "instance", "--noise-rate", "0.4", "--subset", "300",
+    args = ("--method", "wrongevent", "--noise", "instance", "--noise-rate", "0.4", "--subset", "300",
             "--batch-size", "100", "--epochs", "4", "--set", "stage1_epochs=2")
-    full = run_cli(tmp_path, *base)
-    part = run_cli(tmp_path, *base, "--stop-after", "3")
-    assert part["status"] == "stopped"
-    resumed = run_cli(tmp_path, "--resume", part["run_dir"])
-    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
-
-    def curve(run_id: str, name: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
-
-    for name in ("test_acc", "train_loss", "loss_c", "loss_sim", "loss_n", "clean_auc", "mix_alpha_clean"):
-        assert curve(resumed["run_id"], name) == curve(full["run_id"], name), name
-    a = np.load(Path(full["run_dir"]) / "artifacts" / "wrong_events.npy")
-    b = np.load(Path(resumed["run_dir"]) / "artifacts" / "wrong_events.npy")
-    np.testing.assert_array_equal(a, b)
-    ka = torch.load(Path(full["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
-    kb = torch.load(Path(resumed["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
-    for key, value in ka["models"]["net"].items():
-        assert torch.equal(value, kb["models"]["net"][key]), key
+    names = ("test_acc", "train_loss", "loss_c", "loss_sim", "loss_n", "clean_auc", "mix_alpha_clean")
+    ka, kb = assert_resume_equals_uninterrupted(tmp_path, args, 3, names)
+    np.testing.assert_array_equal(ka["state"]["wrong_events"], kb["state"]["wrong_events"])
     assert ka["extra"]["base_epoch"] == kb["extra"]["base_epoch"]
+    mix_a, mix_b = ka["extra"]["mixture"]["parts"], kb["extra"]["mixture"]["parts"]
+    assert [p["alphas"].tolist() for p in mix_a] == [p["alphas"].tolist() for p in mix_b]

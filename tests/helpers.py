@@ -1,0 +1,69 @@
+"""Shared test helpers: run the command line in-process, read metric curves back from MLflow,
+build a trainer on a small Fashion-MNIST subset, and check that resume equals no interruption."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from bench.cli import main
+from bench.config import RunConfig
+from bench.trainer import Trainer
+
+
+def tracking_uri(tmp: Path) -> str:
+    return f"sqlite:///{tmp}/m.db"
+
+
+def run_cli(tmp: Path, *extra: str) -> dict:
+    """``python -m bench run`` in-process with a store and run folders under ``tmp``; the summary."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["run", "--out", str(tmp / "runs"), "--tracking-uri", tracking_uri(tmp), *extra])
+    assert code == 0
+    return json.loads(buf.getvalue().strip().splitlines()[-1])  # the last stdout line is the summary
+
+
+def metric_curve(tmp: Path, run_id: str, name: str) -> list[float]:
+    history = MlflowClient(tracking_uri(tmp)).get_metric_history(run_id, name)
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+def make_trainer(tmp: Path, **values: Any) -> Trainer:
+    """A built Trainer (data, method, models) for ``RunConfig(**values)``, run folder under ``tmp``."""
+    values.setdefault("out", str(tmp / "runs"))
+    cfg = RunConfig(**values)
+    cfg.validate()
+    run_dir = tmp / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    trainer = Trainer(cfg, run_dir, progress=False)
+    trainer._build()
+    return trainer
+
+
+def checkpoint(summary: dict) -> dict:
+    return torch.load(Path(summary["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]
+
+
+def assert_resume_equals_uninterrupted(tmp: Path, args: tuple[str, ...], stop_after: int,
+                                       metrics: tuple[str, ...]) -> tuple[dict, dict]:
+    """Run ``args`` whole, and again stopped after ``stop_after`` epochs then resumed: the metric
+    curves and every model's weights must be equal. Returns both runs' checkpoints."""
+    full = run_cli(tmp, *args)
+    part = run_cli(tmp, *args, "--stop-after", str(stop_after))
+    assert part["status"] == "stopped" and part["epochs_done"] == stop_after
+    resumed = run_cli(tmp, "--resume", part["run_dir"])
+    assert resumed["run_id"] == part["run_id"]  # continued into the same MLflow run
+    assert resumed["epochs_done"] == full["epochs_done"]
+    for name in metrics:
+        assert metric_curve(tmp, resumed["run_id"], name) == metric_curve(tmp, full["run_id"], name), name
+    ka, kb = checkpoint(full), checkpoint(resumed)
+    for net, weights in ka["models"].items():
+        for key, value in weights.items():
+            assert torch.equal(value, kb["models"][net][key]), (net, key)
+    return ka, kb
