@@ -182,9 +182,9 @@ class Trainer:
         self.train_set = train
         method_cls = METHODS.get(cfg.method)
         options = build_options(method_cls, {k: str(v) for k, v in cfg.method_options.items()})
-        cfg.method_options = asdict(options)  # the resolved values are what gets logged
         self.method: Method = method_cls(options, self._context(ds, train))
         self.method.setup()
+        cfg.method_options = self.method.resolved_options()  # the values in use are what gets logged
 
     def _context(self, ds: Dataset, train: TrainSet) -> MethodContext:
         cfg = self.cfg

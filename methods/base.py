@@ -143,6 +143,11 @@ class Method:
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.models["net"](x)
 
+    def resolved_options(self) -> dict[str, Any]:
+        """The options as the method uses them after ``setup`` (per-setting defaults filled in);
+        this is what the run logs as ``method.<option>`` parameters and saves in config.json."""
+        return dataclasses.asdict(self.opts)
+
     def extra_state(self) -> dict[str, Any]:
         return {}
 

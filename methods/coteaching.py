@@ -31,7 +31,7 @@ epoch (the official ``num_iter_per_epoch``). Test accuracy is network 1's (basel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -119,6 +119,9 @@ class Coteaching(Method):
         n, dev = ctx.num_train, ctx.device
         self.state.update(loss1=torch.zeros(n, device=dev), kept1=torch.zeros(n, dtype=torch.bool, device=dev))
         self.rate = 0.0
+
+    def resolved_options(self) -> dict[str, Any]:
+        return {**super().resolved_options(), "forget_rate": self.forget_rate}
 
     def _final_forget_rate(self) -> float:
         if self.opts.forget_rate is not None:

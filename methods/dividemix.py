@@ -152,6 +152,10 @@ class DivideMix(Method):
         self._unlabeled: dict[str, dict[str, Any]] = {}
         self._steps: dict[str, int] = {}
 
+    def resolved_options(self) -> dict[str, Any]:
+        return {**super().resolved_options(), "warmup_epochs": self.warmup, "lambda_u": self.lambda_u,
+                "p_threshold": self.p_threshold, "alpha": self.alpha}
+
     # --- epoch structure -------------------------------------------------------------------
     def views(self, epoch: int) -> tuple[str, ...]:
         return ("weak",) if epoch < self.warmup else ("weak", "weak2")

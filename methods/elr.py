@@ -21,6 +21,7 @@ optimiser and schedule are used as they are (official: SGD lr 0.02, ResNet-34).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,9 @@ class ELR(Method):
 
     name = "elr"
     Options = ELROptions
+
+    def resolved_options(self) -> dict[str, Any]:
+        return {"beta": self.beta, "lam": self.lam}
 
     def setup(self) -> None:
         ctx = self.ctx

@@ -152,6 +152,9 @@ class WrongEvent(Method):
         self._weights: dict[str, torch.Tensor] = {}
         self._t0 = 0.0
 
+    def resolved_options(self) -> dict[str, Any]:
+        return {**super().resolved_options(), "stage1_epochs": self.e1}
+
     def _stage1_epochs(self) -> int:
         total = self.ctx.epochs
         if total < 2:

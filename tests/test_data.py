@@ -132,8 +132,8 @@ def test_channels_last_view():
 
 def test_unknown_view_raises():
     vm = make_view_maker(MEAN, STD, CPU, "crop-flip", channels_last=False)
-    with pytest.raises(ValueError, match="strong"):
-        vm(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), "strong", gen())
+    with pytest.raises(ValueError, match="valid: plain, weak, weak2, strong"):
+        vm(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), "extra-strong", gen())
 
 
 # --- in-memory loader ---------------------------------------------------------------------------------
