@@ -6,11 +6,13 @@ this module creates, artifacts go beside the database, not into the working dire
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import subprocess
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,24 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside a sqlite store while it is opened: MLflow creates its tables on
+    first use, and two runs starting at once on a new store otherwise both try ("table ...
+    already exists"). Other stores (a tracking server) handle concurrency themselves."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class Tracker:
     """One MLflow run: parameters, tags, metrics by epoch, artifacts."""
 
@@ -55,16 +75,15 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         _quiet_mlflow()  # after the import: importing mlflow sets its loggers' levels
-
         self.uri = uri or default_tracking_uri()
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_root(self.uri))
-        else:
-            self.experiment_id = exp.experiment_id
+        with _store_lock(self.uri):  # parallel runs must not race to create tables or experiments
+            self.client = MlflowClient(tracking_uri=self.uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=_artifact_root(self.uri))
+            else:
+                self.experiment_id = exp.experiment_id
         self.run_id: str | None = None
 
     def start(self, run_name: str, tags: Mapping[str, str]) -> str:

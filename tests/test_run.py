@@ -85,3 +85,20 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     finals = {(r.data.metrics["best_test_acc"], r.data.metrics["last_test_acc"]) for r in runs}
     assert len(finals) == 1  # the same best and last accuracy
+
+
+def _open_tracker(uri: str) -> str:
+    from bench.tracking import Tracker
+
+    return Tracker(uri, "parallel").experiment_id
+
+
+def test_parallel_runs_can_open_a_new_store(tmp_path):
+    """Runs of a sweep start at once on a new sqlite store: one of them must not die of the
+    other's table creation ("table ... already exists")."""
+    import multiprocessing as mp
+
+    uri = f"sqlite:///{tmp_path}/new.db"
+    with mp.get_context("spawn").Pool(3) as pool:
+        ids = pool.map(_open_tracker, [uri] * 3)
+    assert len(set(ids)) == 1  # and one experiment, not three
