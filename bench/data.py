@@ -3,12 +3,19 @@ in whole batches (airbench's manner), and a DataLoader path for on-disk data.
 
 Every batch is a dict: ``index`` (dataset indices, the key of per-sample state), ``label``
 (the given label), ``clean`` (the true label, for diagnostics only; absent when unknown) and
-one float tensor per requested view (``plain``: normalised only; ``weak``: random crop with
-padding and horizontal flip, as the run's ``augment`` setting says; ``strong``: the weak view
-followed by RandAugment n=2, m=10 drawn per sample, :mod:`bench.augment`; ``weak2``: a second,
-independent weak draw, for methods that use two augmentations of a sample). No per-sample Python
-work runs in the loop. The loaders know nothing about methods: a method names the views it
-needs, and the loader makes them.
+one float tensor per requested view:
+
+- ``plain``: normalised only (evaluation passes);
+- ``train``: the run's shared augmentation (``--augment``: none, flip, crop, crop-flip), the
+  view every method trains its plain steps on (CE, Co-teaching, ELR, IDO's stage 1,
+  DivideMix's warm-up), so that every method gets the same plain-view augmentation;
+- ``weak`` and ``weak2``: two independent draws of random crop (padding 4) + flip, and
+  ``strong``: crop + flip + RandAugment n=2, m=10 drawn per sample (:mod:`bench.augment`):
+  the views methods define for themselves (IDO's stage 2, DivideMix's two augmentations),
+  whatever ``--augment`` says.
+
+No per-sample Python work runs in the loop. The loaders know nothing about methods: a method
+names the views it needs, and the loader makes them.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 Batch = dict[str, torch.Tensor]
 AUGMENTS = ("none", "flip", "crop", "crop-flip")
-VIEWS = ("plain", "weak", "weak2", "strong")
+VIEWS = ("plain", "train", "weak", "weak2", "strong")
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -56,18 +63,18 @@ class ViewMaker:
     dtype: torch.dtype = torch.float32
 
     def __call__(self, images: torch.Tensor, view: str, gen: torch.Generator) -> torch.Tensor:
-        x = images
-        if view in ("weak", "weak2", "strong"):
-            if "crop" in self.augment:
-                x = random_crop(x, self.pad, gen)
-            if "flip" in self.augment:
-                x = random_flip(x, gen)
-            if view == "strong":
-                from bench.augment import rand_augment
-
-                x = rand_augment(x, gen)
-        elif view != "plain":
+        if view not in VIEWS:
             raise ValueError(f"unknown view {view!r}; valid: {', '.join(VIEWS)}")
+        x = images
+        augment = self.augment if view == "train" else "none" if view == "plain" else "crop-flip"
+        if "crop" in augment:
+            x = random_crop(x, self.pad, gen)
+        if "flip" in augment:
+            x = random_flip(x, gen)
+        if view == "strong":
+            from bench.augment import rand_augment
+
+            x = rand_augment(x, gen)
         x = (x.to(self.dtype) - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -20,8 +20,9 @@ options, each with ``metadata={"help": ..., "source": ...}``), registers itself 
     checkpointed and restored without further code; other state goes in
     :meth:`extra_state` / :meth:`load_extra_state`.
 ``views(epoch)``
-    The image views a batch must carry this epoch (``"plain"``; ``"weak"`` and ``"weak2"``: two
-    independent crop + flip draws; ``"strong"``: weak + RandAugment).
+    The image views a batch must carry this epoch: ``"train"`` (the run's shared
+    ``--augment``, default), ``"plain"``, and the method-defined ``"weak"``/``"weak2"`` (two
+    independent crop + flip draws) and ``"strong"`` (weak + RandAugment); see bench/data.py.
 ``phases(epoch)``
     The passes over the training data this epoch (default one). A two-network method that
     trains its networks one after the other (DivideMix) returns one :class:`Phase` per
@@ -126,7 +127,7 @@ class Method:
         raise NotImplementedError
 
     def views(self, epoch: int) -> tuple[str, ...]:
-        return ("weak",)
+        return ("train",)
 
     def phases(self, epoch: int) -> list[Phase]:
         return [Phase()]

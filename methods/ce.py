@@ -27,6 +27,6 @@ class CrossEntropy(Method):
             self.schedulers["net"] = sched
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
-        logits = self.models["net"](batch["weak"])
+        logits = self.models["net"](batch["train"])
         loss = F.cross_entropy(logits, batch["label"])
         return StepOutput(loss=loss, logits=logits)

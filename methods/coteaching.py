@@ -145,7 +145,7 @@ class Coteaching(Method):
                     group["betas"] = (beta1, group["betas"][1])  # only beta1 (main.py)
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
-        x, y, idx = batch["weak"], batch["label"], batch["index"]
+        x, y, idx = batch["train"], batch["label"], batch["index"]
         logits1 = self.models["net1"](x)
         logits2 = self.models["net2"](x)
         loss1 = F.cross_entropy(logits1.float(), y, reduction="none")

@@ -158,7 +158,7 @@ class DivideMix(Method):
 
     # --- epoch structure -------------------------------------------------------------------
     def views(self, epoch: int) -> tuple[str, ...]:
-        return ("weak",) if epoch < self.warmup else ("weak", "weak2")
+        return ("train",) if epoch < self.warmup else ("weak", "weak2")  # warm-up = CE's view
 
     def phases(self, epoch: int) -> list[Phase]:
         if epoch < self.warmup:  # each net its own CE pass (Train_cifar.py warmup(), twice)
@@ -229,7 +229,7 @@ class DivideMix(Method):
         return self._mix_step(batch, epoch, phase)
 
     def _warmup_step(self, batch: dict[str, torch.Tensor], key: str) -> StepOutput:
-        logits = self.models[key](batch["weak"])
+        logits = self.models[key](batch["train"])
         loss = F.cross_entropy(logits, batch["label"])
         terms = {"loss_x": loss.detach()}
         if self.ctx.noise in ASYMMETRIC:  # NegEntropy: mean sum p log p (Train_cifar.py conf_penalty)
@@ -282,7 +282,7 @@ class DivideMix(Method):
         mixed_t = lam * all_t + (1 - lam) * all_t[perm]
         logits = net(mixed_in)
         loss, terms = mixmatch_loss(logits.float(), mixed_t, 2 * n_l, lam_u)
-        terms["lambda_u_ramped"] = torch.tensor(lam_u)
+        terms["lambda_u_ramped"] = logits.new_tensor(lam_u)  # on the device, as the other terms
         return StepOutput(loss=loss, logits=None, terms=terms)
 
     def _refine(self, net: torch.nn.Module, batch: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:

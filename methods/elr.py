@@ -101,7 +101,7 @@ class ELR(Method):
         return {"elr_beta": self.beta, "elr_lam": self.lam} if epoch == 0 else {}
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
-        logits = self.models["net"](batch["weak"])
+        logits = self.models["net"](batch["train"])
         loss, terms = elr_loss(logits.float(), batch["label"], self.state["target"], batch["index"],
                                self.beta, self.lam)
         return StepOutput(loss=loss, logits=logits, terms=terms)

@@ -180,7 +180,7 @@ class WrongEvent(Method):
 
     # --- per-epoch hooks ------------------------------------------------------------------
     def views(self, epoch: int) -> tuple[str, ...]:
-        return ("weak",) if epoch < self.e1 else ("weak", "strong")
+        return ("train",) if epoch < self.e1 else ("weak", "strong")  # stage 1: the shared view
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         self._t0 = time.perf_counter()
@@ -314,7 +314,7 @@ class WrongEvent(Method):
 
     def _stage1_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         idx, y = batch["index"], batch["label"]
-        logits = self.models["net"](batch["weak"])
+        logits = self.models["net"](batch["train"])
         ce = F.cross_entropy(logits, y, reduction="none")
         self.state["pred_cur"][idx] = self._record(idx, logits, y, ce)
         self.state["loss_last"][idx] = ce.detach().float()

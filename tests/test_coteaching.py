@@ -107,7 +107,7 @@ def test_each_net_learns_from_what_its_peer_kept():
     m.on_epoch_start(1)  # tk = 1: the full rate from epoch 1
     assert m.rate == 0.3
     ids, labels, index = [0, 1, 2, 3], [0, 1, 2, 1], [7, 3, 5, 0]
-    batch = {"weak": torch.tensor(ids, dtype=torch.float64)[:, None], "label": torch.tensor(labels),
+    batch = {"train": torch.tensor(ids, dtype=torch.float64)[:, None], "label": torch.tensor(labels),
              "index": torch.tensor(index)}
     out = m.train_step(batch, 1, Phase())
     # by hand: num_keep = int(0.7 * 4) = int(2.8) = 2 (truncation, loss.py)
@@ -141,7 +141,7 @@ def test_each_net_learns_from_what_its_peer_kept():
 def test_num_keep_is_never_zero():
     m = fake_method([TableNet(T1), TableNet(T2)], num_train=8, forget_rate=0.4, tk=1)
     m.on_epoch_start(1)
-    batch = {"weak": torch.tensor([[4.0]], dtype=torch.float64), "label": torch.tensor([0]),
+    batch = {"train": torch.tensor([[4.0]], dtype=torch.float64), "label": torch.tensor([0]),
              "index": torch.tensor([6])}  # a last batch of one: int(0.6 * 1) = 0
     out = m.train_step(batch, 1, Phase())
     assert torch.isfinite(out.loss) and out.terms["loss_net1"].item() == pytest.approx(ce(T1[4], 0))

@@ -100,16 +100,18 @@ def test_plain_view_is_normalised_exactly():
     assert torch.equal(out, (x.float() - mean) / std)
 
 
-def test_weak_view_without_augmentation_equals_plain():
+def test_train_view_without_augmentation_equals_plain_but_weak_still_augments():
     vm = make_view_maker(MEAN, STD, CPU, "none", channels_last=False)
-    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
-    assert torch.equal(vm(x, "weak", gen()), vm(x, "plain", gen()))
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(vm(x, "train", gen()), vm(x, "plain", gen()))
+    # the methods' own views do not follow --augment: crop + flip always
+    assert not torch.equal(vm(x, "weak", gen()), vm(x, "plain", gen()))
 
 
 def test_weak_view_crops_and_flips():
     vm = ViewMaker(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1), augment="crop-flip", pad=2)
     x = torch.randint(1, 256, (64, 1, 6, 6), dtype=torch.uint8)
-    out = vm(x, "weak", gen(3))
+    out = vm(x, "train", gen(3))
     # each output is a window of the padded input, possibly mirrored
     plain_or_mirrored = torch.stack([out, out.flip(3)], 1)
     for i in range(64):
@@ -132,7 +134,7 @@ def test_channels_last_view():
 
 def test_unknown_view_raises():
     vm = make_view_maker(MEAN, STD, CPU, "crop-flip", channels_last=False)
-    with pytest.raises(ValueError, match="valid: plain, weak, weak2, strong"):
+    with pytest.raises(ValueError, match="valid: plain, train, weak, weak2, strong"):
         vm(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), "extra-strong", gen())
 
 

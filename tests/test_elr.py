@@ -111,7 +111,7 @@ def test_target_update_and_loss_equal_the_formula():
 def test_train_step_stores_targets_by_dataset_index():
     table = [[2.0, 0.0, 1.0], [0.0, 0.0, 3.0]]
     m = fake_method(num_train=6, net=TableNet(table), beta=0.5, lam=2)
-    batch = {"weak": torch.tensor([[0.0], [1.0]], dtype=torch.float64), "label": torch.tensor([0, 1]),
+    batch = {"train": torch.tensor([[0.0], [1.0]], dtype=torch.float64), "label": torch.tensor([0, 1]),
              "index": torch.tensor([5, 2])}
     out = m.train_step(batch, 0, Phase())
     p = np_clamped_softmax(np.array(table))

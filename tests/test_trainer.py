@@ -48,7 +48,7 @@ class _Probe(Method):
     def train_step(self, batch, epoch, phase) -> StepOutput:
         self.state["visits"][batch["index"]] += 1
         self.label_mismatch += int((self.ctx.given_labels[batch["index"]] != batch["label"]).sum())
-        logits = self.models["net"](batch["weak"])
+        logits = self.models["net"](batch["train"])
         loss = F.cross_entropy(logits, batch["label"])
         return StepOutput(loss=loss, logits=logits, terms={"probe_term": loss.detach() * 0 + 1.5})
 
@@ -110,9 +110,9 @@ def test_cpu_forms_of_gpu_paths(tmp_path, amp, channels_last):
     if amp == "on":
         assert tr.amp_dtype == torch.bfloat16  # the CPU form of autocast
         assert not tr.scaler.is_enabled()  # loss scaling is for fp16 on CUDA only
-    batch = next(tr.train_loader.iterate(("weak",)))
+    batch = next(tr.train_loader.iterate(("train",)))
     # with one channel both layouts are the same bytes; the conv weights show the format
-    assert batch["weak"].is_contiguous(memory_format=torch.channels_last)
+    assert batch["train"].is_contiguous(memory_format=torch.channels_last)
     weight = tr.method.models["net"].features[3].weight  # 32 x 16 x 3 x 3
     assert weight.is_contiguous(memory_format=torch.channels_last) == (channels_last == "on")
     metrics = tr.run_epoch(0)

@@ -165,14 +165,14 @@ def test_wrong_events_counted_by_dataset_index():
     m.models["net"] = FixedLogits(table)
     # samples 4, 1, 5 in the batch; predictions 0, 1, 2; given labels 1, 1, 2 -> only index 4 is wrong
     batch = {"index": torch.tensor([4, 1, 5]), "label": torch.tensor([1, 1, 2]),
-             "weak": torch.tensor([[0.0], [1.0], [2.0]])}
+             "train": torch.tensor([[0.0], [1.0], [2.0]])}
     m.train_step(batch, 0, Phase())
     assert m.state["wrong_events"].tolist() == [0, 0, 0, 0, 1, 0]
     assert m.state["pred_cur"][[4, 1, 5]].tolist() == [0, 1, 2]
     # stage 2: +1 per view; weak right / strong wrong for index 1; both wrong for index 4
     m.e1 = 0
     m._weights = {k: torch.full((6,), 0.5) for k in ("p_c", "p_n", "f_c", "f_n")}
-    batch2 = dict(batch, strong=torch.tensor([[0.0], [0.0], [2.0]]))
+    batch2 = dict(batch, weak=batch["train"], strong=torch.tensor([[0.0], [0.0], [2.0]]))
     m.train_step(batch2, 1, Phase())
     assert m.state["wrong_events"].tolist() == [0, 1, 0, 0, 3, 0]
 
