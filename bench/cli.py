@@ -204,7 +204,10 @@ def resume_config(args: argparse.Namespace, run_dir: Path) -> RunConfig:
     if not (run_dir / CHECKPOINT).is_file() or not (run_dir / "config.json").is_file():
         raise UsageError(f"--resume {run_dir}: no checkpoint there ({CHECKPOINT} and config.json); "
                          "give a run folder under results/runs/")
-    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    try:
+        cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError; a missing key a TypeError
+        raise UsageError(f"--resume {run_dir}: config.json is damaged ({exc}); the run cannot be resumed") from None
     saved = cfg.to_dict()
     # a flag that repeats the saved value is harmless; one that changes it is refused
     changed = [k for k in RUN_FLAGS if getattr(args, k) is not None and k not in RESUME_FLAGS

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,12 @@ class RunConfig:
         _check(0 <= self.noise_rate < 1, f"--noise-rate {self.noise_rate} is outside [0, 1)")
         _check(self.subset is None or self.subset >= 1, f"--subset {self.subset}: must be at least 1")
         _check(self.workers >= 0, f"--workers {self.workers}: must be >= 0")
+        _check(0 <= self.seed < 2**32, f"--seed {self.seed}: must lie in [0, 2**32)")
+        _check(0 <= self.noise_seed < 2**32, f"--noise-seed {self.noise_seed}: must lie in [0, 2**32)")
+        _check(self.momentum >= 0, f"--momentum {self.momentum}: must be >= 0")
+        for name in ("lr", "weight_decay", "momentum", "noise_rate"):
+            value = getattr(self, name)
+            _check(math.isfinite(value), f"--{name.replace('_', '-')} {value}: must be a finite number")
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--scheduler", self.scheduler, SCHEDULERS)
         _choice("--device", self.device, DEVICES)

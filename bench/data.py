@@ -112,10 +112,6 @@ class InMemoryLoader:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def num_batches(self, n: int | None = None) -> int:
-        n = len(self) if n is None else n
-        return (n + self.batch_size - 1) // self.batch_size
-
     def batch(self, index: torch.Tensor, views: Sequence[str], gen: torch.Generator) -> Batch:
         """The batch of the samples with dataset indices ``index``, with the given views."""
         imgs = self.images[index]

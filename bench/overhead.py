@@ -67,7 +67,7 @@ def time_bare(cfg: RunConfig, trainer: Trainer) -> tuple[float, float]:
     for epoch in range(cfg.epochs):
         t1 = time.perf_counter()
         gen = epoch_generator(cfg.seed, epoch, device)
-        perm = torch.randperm(len(labels), generator=gen)
+        perm = torch.randperm(len(labels), generator=gen, device=gen.device).to(device)
         net.train()
         for start in range(0, len(perm), cfg.batch_size):
             idx = perm[start:start + cfg.batch_size]
@@ -91,6 +91,10 @@ def time_bare(cfg: RunConfig, trainer: Trainer) -> tuple[float, float]:
 
 
 def cmd_overhead(args: argparse.Namespace) -> int:
+    from bench.errors import UsageError
+
+    if args.epochs < 1 or args.repeats < 1:
+        raise UsageError("--epochs and --repeats must be at least 1")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         cfg = _config(args, tmp)

@@ -113,11 +113,6 @@ class Tracker:
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=subdir)
 

@@ -329,6 +329,9 @@ class Trainer:
         return ckpt
 
     def load_checkpoint(self, ckpt: dict[str, Any]) -> tuple[History, str]:
+        if ckpt.get("config_hash") != self.cfg.hash():
+            raise UsageError(f"--resume {self.run_dir}: its config.json does not match the checkpoint "
+                             "(edited, or copied from another run); the run cannot be resumed")
         self.method.load_state_dict(ckpt["method"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])

@@ -32,6 +32,10 @@ import numpy as np
 from scipy.stats import truncnorm
 
 NOISE_MODELS: tuple[str, ...] = ("none", "sym", "sym-biased", "pairflip", "asym", "instance")
+# Class-dependent ("asymmetric") models: methods whose published settings differ for asymmetric
+# noise (DivideMix's penalty and lambda_u, ELR's beta and lambda) treat both alike; IDO's
+# CIFAR-10 "asym" is pair-flip (ido-method.md).
+CLASS_DEPENDENT: tuple[str, ...] = ("asym", "pairflip")
 
 # Xia et al. draw each sample's flip rate from N(r, 0.1^2) truncated to [0, 1].
 INSTANCE_FLIP_STD = 0.1

@@ -45,6 +45,7 @@ with the epoch as step.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -204,9 +205,12 @@ def _coerce(key: str, raw: str, tp: Any) -> Any:
             return False
         raise UsageError(f"--set {key}={raw}: expected a boolean (true or false)")
     try:
-        return tp(raw)
+        value = tp(raw)
     except (TypeError, ValueError):
         raise UsageError(f"--set {key}={raw}: expected {getattr(tp, '__name__', tp)}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"--set {key}={raw}: expected a finite number")
+    return value
 
 
 def build_options(method_cls: type[Method], raw: dict[str, str]) -> Any:

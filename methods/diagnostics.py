@@ -11,6 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def clean_mask(ctx: object) -> np.ndarray | None:
+    """Truly clean samples (given label == true label) of a method context, None if unknown."""
+    clean, given = getattr(ctx, "clean_labels", None), getattr(ctx, "given_labels", None)
+    if clean is None:
+        return None
+    return (clean == given).cpu().numpy()
+
+
 def clean_auc(score: np.ndarray, is_clean: np.ndarray) -> float:
     """ROC AUC of ``score`` for the truly clean samples; NaN when only one class is present."""
     from sklearn.metrics import roc_auc_score

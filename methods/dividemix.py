@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import UsageError
+from datasets.noise import CLASS_DEPENDENT
 from methods.base import METHODS, Method, Phase, StepOutput
-from methods.diagnostics import detection_metrics
+from methods.diagnostics import clean_mask, detection_metrics
 from methods.mixtures import GaussianMixture2
 
-ASYMMETRIC = ("asym", "pairflip")  # class-dependent noise: the warm-up gets the confidence penalty
 RAMPUP_EPOCHS = 16  # linear_rampup(..., rampup_length=16) in Train_cifar.py
 HISTORY = 5  # epochs of loss averaged at 90% noise (Train_cifar.py eval_train)
 
@@ -58,7 +58,7 @@ def dividemix_defaults(dataset: str, noise: str, rate: float | None, num_classes
         return {"warmup_epochs": 1, "lambda_u": 0.0, "p_threshold": 0.5, "alpha": 0.5}
     rate = rate or 0.0
     if num_classes <= 10:  # CIFAR-10 (paper App. / README): warm-up 10
-        lam = 0.0 if noise in ASYMMETRIC else nearest(rate, {0.2: 0.0, 0.5: 25.0, 0.8: 25.0, 0.9: 50.0})
+        lam = 0.0 if noise in CLASS_DEPENDENT else nearest(rate, {0.2: 0.0, 0.5: 25.0, 0.8: 25.0, 0.9: 50.0})
         warmup = 10
     else:  # CIFAR-100: warm-up 30; lambda_u 25 at 20%, 150 from 50% up
         lam = nearest(rate, {0.2: 25.0, 0.5: 150.0, 0.8: 150.0, 0.9: 150.0})
@@ -209,7 +209,7 @@ class DivideMix(Method):
         if (self.ctx.noise_rate or 0) >= 0.9:  # average the last 5 epochs at 90% noise
             filled = int(min(self.state["hist_len"].item() + 1, HISTORY))
             loss = hist[-filled:].mean(dim=0)
-        gmm = GaussianMixture2(warm_start=False)
+        gmm = GaussianMixture2(warm_start=False, normalise=False)  # losses are normalised above
         values = loss.double().cpu().numpy()
         gmm.fit(values, 10)
         return gmm.posterior(values)[0]
@@ -217,7 +217,7 @@ class DivideMix(Method):
     def _truth_metrics(self) -> dict[str, float]:
         if self.ctx.clean_labels is None:
             return {}
-        mask = (self.ctx.clean_labels == self.ctx.given_labels).cpu().numpy()
+        mask = clean_mask(self.ctx)
         out = detection_metrics(self.state["prob1"].cpu().numpy(), mask, self.p_threshold)
         out["clean_auc_net2"] = detection_metrics(self.state["prob2"].cpu().numpy(), mask)["clean_auc"]
         return out
@@ -232,7 +232,7 @@ class DivideMix(Method):
         logits = self.models[key](batch["train"])
         loss = F.cross_entropy(logits, batch["label"])
         terms = {"loss_x": loss.detach()}
-        if self.ctx.noise in ASYMMETRIC:  # NegEntropy: mean sum p log p (Train_cifar.py conf_penalty)
+        if self.ctx.noise in CLASS_DEPENDENT:  # NegEntropy: mean sum p log p (Train_cifar.py conf_penalty)
             p = F.softmax(logits, dim=1)
             penalty = (p * p.clamp_min(1e-12).log()).sum(dim=1).mean()
             loss = loss + penalty

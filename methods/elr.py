@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from datasets.noise import CLASS_DEPENDENT
 from methods.base import METHODS, Method, Phase, StepOutput
 
 PROB_CLAMP = 1e-4  # loss.py: torch.clamp(y_pred, 1e-4, 1.0 - 1e-4)
@@ -41,7 +42,7 @@ def elr_defaults(dataset: str, noise: str, num_classes: int) -> tuple[float, flo
     name = dataset.lower().replace("-", "").replace("_", "")
     if name == "cifar100" or (name != "cifar10" and num_classes > 10):
         return CIFAR100
-    return CIFAR10_ASYM if noise == "asym" else CIFAR10_SYM
+    return CIFAR10_ASYM if noise in CLASS_DEPENDENT else CIFAR10_SYM
 
 
 @dataclass

@@ -143,6 +143,7 @@ class GaussianMixture2:
     tol: float = 1e-2
     reg_covar: float = 5e-4
     warm_start: bool = True  # False: a fresh GMM per fit, as DivideMix's eval_train
+    normalise: bool = True  # False: fit the scores as given (DivideMix normalises them itself)
     gmm: Any = None
     norm: Normaliser = field(default_factory=Normaliser)
 
@@ -152,7 +153,8 @@ class GaussianMixture2:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.mixture import GaussianMixture
 
-        self.norm.refit(values)
+        if self.normalise:
+            self.norm.refit(values)
         x = self.norm(values)[:, None]
         if self.gmm is None or not self.warm_start:
             self.gmm = GaussianMixture(n_components=2, max_iter=iterations, tol=self.tol,
@@ -203,23 +205,31 @@ class GaussianMixture2:
 
 class ClasswiseMixture:
     """One mixture per given-label class (IDO official ``stage_2_class.py``): each sample is
-    scored by the mixture of its given class, fitted on that class's samples alone."""
+    scored by the mixture of its given class, fitted on that class's samples alone. A class with
+    fewer than ``MIN_CLASS`` samples (a small ``--subset``) cannot carry a mixture of its own:
+    its samples are scored by one mixture fitted on all samples."""
+
+    MIN_CLASS = 2
 
     def __init__(self, labels: np.ndarray, num_classes: int, make: Any) -> None:
         self.labels = labels
         self.members = [np.flatnonzero(labels == c) for c in range(num_classes)]
         self.parts = [make() for _ in range(num_classes)]
+        self.small = [len(idx) < self.MIN_CLASS for idx in self.members]
+        self.fallback = make() if any(self.small) else None
 
     def fit(self, values: np.ndarray, iterations: int) -> None:
-        for part, idx in zip(self.parts, self.members, strict=True):
-            if len(idx) > 1:
+        for part, idx, small in zip(self.parts, self.members, self.small, strict=True):
+            if not small:
                 part.fit(values[idx], iterations)
+        if self.fallback is not None:
+            self.fallback.fit(values, iterations)
 
     def _apply(self, fn: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, b = np.zeros(len(values)), np.zeros(len(values))
-        for part, idx in zip(self.parts, self.members, strict=True):
+        for part, idx, small in zip(self.parts, self.members, self.small, strict=True):
             if len(idx):
-                a[idx], b[idx] = getattr(part, fn)(values[idx])
+                a[idx], b[idx] = getattr(self.fallback if small else part, fn)(values[idx])
         return a, b
 
     def posterior(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -245,8 +255,11 @@ class ClasswiseMixture:
         return {k: float(np.median([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"parts": [p.state_dict() for p in self.parts]}
+        return {"parts": [p.state_dict() for p in self.parts],
+                "fallback": None if self.fallback is None else self.fallback.state_dict()}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         for part, ps in zip(self.parts, s["parts"], strict=True):
             part.load_state_dict(ps)
+        if self.fallback is not None:
+            self.fallback.load_state_dict(s["fallback"])

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from bench.errors import UsageError
 from methods.base import METHODS, Method, Phase, StepOutput
-from methods.diagnostics import clean_auc, detection_metrics
+from methods.diagnostics import clean_auc, clean_mask, detection_metrics
 from methods.mixtures import BetaMixture, ClasswiseMixture, GaussianMixture2
 
 # EM iterations: 20 before stage 2; then 1 per epoch for the global mixture (stage_2.py),
@@ -265,9 +265,7 @@ class WrongEvent(Method):
 
     # --- diagnostics ------------------------------------------------------------------------
     def _clean_mask(self) -> np.ndarray | None:
-        if self.ctx.clean_labels is None:
-            return None
-        return (self.ctx.clean_labels == self.ctx.given_labels).cpu().numpy()
+        return clean_mask(self.ctx)
 
     def _truth_metrics(self, stage1: bool) -> dict[str, float]:
         mask = self._clean_mask()

@@ -104,6 +104,10 @@ def offline_pretrained(request: pytest.FixtureRequest, tmp_path_factory: pytest.
 
 # (id, arguments after `run`, fragments the error line must contain, a name listed as valid)
 PRE_VALIDATION = [
+    ("negative-seed", ["--method", "ce", "--seed", "-1"], ["--seed -1"], None),
+    ("nan-lr", ["--method", "ce", "--lr", "nan"], ["--lr nan"], None),
+    ("negative-momentum", ["--method", "ce", "--optimizer", "sgd", "--momentum", "-1"], ["--momentum -1"], None),
+    ("nan-option", ["--method", "dividemix", "--set", "alpha=nan"], ["alpha=nan", "finite"], None),
     ("no-method", [], ["--method is required"], "ce"),
     ("unknown-method", ["--method", "nosuchmethod"], ["unknown method 'nosuchmethod'"], "ce"),
     ("unknown-dataset", ["--method", "ce", "--dataset", "nosuchdata"], ["unknown data set 'nosuchdata'"],
@@ -339,3 +343,13 @@ def test_pretrained_timm_without_weights_fails_fast_offline(offline_pretrained):
     assert "--weights" in line and "resnet18" in line
     assert len(err.splitlines()) == 1, err
     assert_nothing_written(tmp)
+
+
+def test_resume_with_a_damaged_config_fails_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (run / "config.json").write_text("{ not json")
+    code, _, err = bench(["run", "--resume", str(run)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "config.json is damaged" in error_line(err)

@@ -80,6 +80,18 @@ def test_classwise_mixture_scores_each_sample_with_its_class():
     assert (part0.norm.hi, part1.norm.hi) == (2.0, 29.0)  # each class normalised on its own range
 
 
+@pytest.mark.parametrize("make", [BetaMixture, GaussianMixture2])
+def test_classwise_mixture_scores_a_one_sample_class_with_the_global_fallback(make):
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 500 + [1] * 500 + [2])
+    v = np.concatenate([rng.integers(0, 3, 500), rng.integers(0, 9, 500), [8]]).astype(float)
+    mix = ClasswiseMixture(labels, 3, make)
+    mix.fit(v, 20)
+    p_c, p_n = mix.posterior(v)
+    assert np.all(np.isfinite(p_c)) and p_n[-1] == pytest.approx(mix.fallback.posterior(v[-1:])[1][0])
+    assert p_n[-1] > 0.5  # the fallback, fitted on all samples, calls the highest count noisy
+
+
 def test_gmm_clean_component_is_the_lower_mean():
     rng = np.random.default_rng(0)
     v = np.concatenate([rng.normal(0.8, 0.05, 3000), rng.normal(0.2, 0.05, 7000)])
