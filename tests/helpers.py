@@ -67,3 +67,26 @@ def assert_resume_equals_uninterrupted(tmp: Path, args: tuple[str, ...], stop_af
         for key, value in weights.items():
             assert torch.equal(value, kb["models"][net][key]), (net, key)
     return ka, kb
+
+
+class TableNet(torch.nn.Module):
+    """Logits = a learnable row per input id (the input row's first feature)."""
+
+    def __init__(self, table: list[list[float]]) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.tensor(table, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x[:, 0].long()]
+
+
+class FixedLogits(torch.nn.Module):
+    """Logits looked up by each input row's first value (an id); a scale makes it trainable."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = table
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x[:, 0].long()] * self.scale

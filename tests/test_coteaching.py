@@ -10,23 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import assert_resume_equals_uninterrupted, make_trainer, metric_curve, tracking_uri
+from helpers import TableNet, assert_resume_equals_uninterrupted, make_trainer, metric_curve, tracking_uri
 from mlflow.tracking import MlflowClient
 
 from bench.errors import UsageError
 from methods.base import Phase, build_options
 from methods.coteaching import Coteaching, forget_rate_at, official_lr_plan
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: with background jobs on the cores, two threads make a training step
-    several times slower (measured 0.26 s vs 0.04 s for a smallcnn step of 100 images)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # --- the forget-rate schedule ---------------------------------------------------------------------
 
@@ -56,16 +45,6 @@ def test_forget_rate_with_fewer_epochs_than_tk():
 
 
 # --- a fake context with nets whose per-sample logits are parameters -----------------------------------
-
-class TableNet(torch.nn.Module):
-    """Logits = a learnable row per input id (the input row's first feature)."""
-
-    def __init__(self, table: list[list[float]]) -> None:
-        super().__init__()
-        self.table = torch.nn.Parameter(torch.tensor(table, dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.table[x[:, 0].long()]
 
 
 def fake_method(nets=None, num_train: int = 8, epochs: int = 10, noise_rate: float | None = 0.4,

@@ -10,22 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_resume_equals_uninterrupted, make_trainer
+from helpers import FixedLogits, assert_resume_equals_uninterrupted, make_trainer
 
 from methods.base import Phase, build_options
 from methods.dividemix import DivideMix, dividemix_defaults, linear_rampup, mixmatch_loss, sharpen
-
-
-class FixedLogits(torch.nn.Module):
-    """Logits looked up by each input row's first value (an id); a scale makes it trainable."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = table
-        self.scale = torch.nn.Parameter(torch.ones(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.table[x[:, 0].long()] * self.scale
 
 
 def fake_dividemix(n: int = 8, noise_rate: float = 0.4, **opts) -> DivideMix:

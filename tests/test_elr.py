@@ -9,23 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import assert_resume_equals_uninterrupted, make_trainer, tracking_uri
+from helpers import TableNet, assert_resume_equals_uninterrupted, make_trainer, tracking_uri
 from mlflow.tracking import MlflowClient
 
 from bench.errors import UsageError
 from methods.base import Phase, build_options
 from methods.elr import ELR, elr_defaults, elr_loss
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: with background jobs on the cores, two threads make a training step
-    several times slower (measured 0.26 s vs 0.04 s for a smallcnn step of 100 images)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # --- by hand, in numpy ------------------------------------------------------------------------------
 
@@ -55,17 +44,6 @@ def fake_method(num_train: int = 6, net=None, dataset: str = "fashion-mnist", no
     m = ELR(build_options(ELR, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
     return m
-
-
-class TableNet(torch.nn.Module):
-    """Logits = a learnable row per input id (the input row's first feature)."""
-
-    def __init__(self, table: list[list[float]]) -> None:
-        super().__init__()
-        self.table = torch.nn.Parameter(torch.tensor(table, dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.table[x[:, 0].long()]
 
 
 def test_target_update_and_loss_equal_the_formula():

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import assert_resume_equals_uninterrupted, make_trainer
+from helpers import FixedLogits, assert_resume_equals_uninterrupted, make_trainer
 
 from methods.base import Phase, build_options
 from methods.mixtures import BetaMixture, ClasswiseMixture, GaussianMixture2
@@ -158,17 +158,6 @@ def test_base_is_the_last_model_when_changes_keep_falling():
 
 
 # --- wrong events ----------------------------------------------------------------------------------
-
-class FixedLogits(torch.nn.Module):
-    """Returns the logits stored for each input row's first feature (an id)."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = table
-        self.scale = torch.nn.Parameter(torch.ones(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.table[x[:, 0].long()] * self.scale
 
 
 def test_wrong_events_counted_by_dataset_index():
