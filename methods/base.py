@@ -14,7 +14,8 @@ options, each with ``metadata={"help": ..., "source": ...}``), registers itself 
 ``@METHODS.register()``, and overrides:
 
 ``setup()``
-    Build ``self.models`` / ``self.optimizers`` / ``self.schedulers`` (dicts by name) and
+    Build ``self.models`` / ``self.optimizers`` / ``self.schedulers`` (dicts by name; the
+    helper :meth:`Method.add_network` adds one backbone with the run's optimiser) and
     per-sample state in ``self.state`` (tensors sized ``ctx.num_train`` on ``ctx.device``,
     indexed by dataset index, never by batch position). Everything in these four dicts is
     checkpointed and restored without further code; other state goes in
@@ -176,6 +177,18 @@ class Method:
         for k, v in sd["state"].items():
             self.state[k] = v.to(self.ctx.device)
         self.load_extra_state(sd["extra"])
+
+    def add_network(self, name: str = "net", schedule_epochs: int | None = None) -> nn.Module:
+        """A fresh backbone under ``name`` with the run's optimiser and, when ``schedule_epochs``
+        is given, the run's scheduler over that many epochs (none if the run has none)."""
+        net = self.ctx.make_backbone()
+        opt = self.ctx.make_optimizer(net.parameters())
+        self.models[name], self.optimizers[name] = net, opt
+        if schedule_epochs is not None:
+            sched = self.ctx.make_scheduler(opt, schedule_epochs)
+            if sched is not None:
+                self.schedulers[name] = sched
+        return net
 
     def train_mode(self, training: bool) -> None:
         for m in self.models.values():

@@ -18,13 +18,7 @@ class CrossEntropy(Method):
     name = "ce"
 
     def setup(self) -> None:
-        net = self.ctx.make_backbone()
-        opt = self.ctx.make_optimizer(net.parameters())
-        self.models["net"] = net
-        self.optimizers["net"] = opt
-        sched = self.ctx.make_scheduler(opt, self.ctx.epochs)
-        if sched is not None:
-            self.schedulers["net"] = sched
+        self.add_network("net", schedule_epochs=self.ctx.epochs)
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
         logits = self.models["net"](batch["train"])

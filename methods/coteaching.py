@@ -109,13 +109,8 @@ class Coteaching(Method):
         ctx = self.ctx
         self.forget_rate = self._final_forget_rate()
         for name in ("net1", "net2"):
-            net = ctx.make_backbone()  # two calls: two initialisations
-            self.models[name] = net
-            self.optimizers[name] = ctx.make_optimizer(net.parameters())
-            if self.opts.lr_schedule == "trainer":
-                sched = ctx.make_scheduler(self.optimizers[name], ctx.epochs)
-                if sched is not None:
-                    self.schedulers[name] = sched
+            # two calls: two initialisations; the run's scheduler only with lr_schedule=trainer
+            self.add_network(name, ctx.epochs if self.opts.lr_schedule == "trainer" else None)
         # the initial lr of every group: the official plan is derived from it at every epoch
         self.base_lr = {k: [g["lr"] for g in o.param_groups] for k, o in self.optimizers.items()}
         share = DECAY_START if ctx.num_classes <= 10 else DECAY_START_MANY_CLASSES

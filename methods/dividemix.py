@@ -137,11 +137,7 @@ class DivideMix(Method):
             raise UsageError(f"dividemix: warm-up of {self.warmup} epochs leaves no training epoch of "
                              f"--epochs {ctx.epochs}; raise --epochs or --set warmup_epochs=N")
         for k in ("net1", "net2"):
-            self.models[k] = ctx.make_backbone()
-            self.optimizers[k] = ctx.make_optimizer(self.models[k].parameters())
-            sched = ctx.make_scheduler(self.optimizers[k], ctx.epochs)
-            if sched is not None and o.lr_schedule == "trainer":
-                self.schedulers[k] = sched
+            self.add_network(k, ctx.epochs if o.lr_schedule == "trainer" else None)
         n = ctx.num_train
         self.base_lr = [g["lr"] for g in self.optimizers["net1"].param_groups]
         self.state.update(prob1=torch.zeros(n, device=ctx.device), prob2=torch.zeros(n, device=ctx.device),

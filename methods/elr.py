@@ -89,12 +89,7 @@ class ELR(Method):
         beta, lam = elr_defaults(ctx.dataset, ctx.noise, ctx.num_classes)
         self.beta = beta if self.opts.beta is None else self.opts.beta
         self.lam = lam if self.opts.lam is None else self.opts.lam
-        net = ctx.make_backbone()
-        self.models["net"] = net
-        self.optimizers["net"] = ctx.make_optimizer(net.parameters())
-        sched = ctx.make_scheduler(self.optimizers["net"], ctx.epochs)
-        if sched is not None:
-            self.schedulers["net"] = sched
+        self.add_network("net", schedule_epochs=ctx.epochs)
         self.state["target"] = torch.zeros(ctx.num_train, ctx.num_classes, device=ctx.device)
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:

@@ -127,12 +127,7 @@ class WrongEvent(Method):
     def setup(self) -> None:
         ctx, n = self.ctx, self.ctx.num_train
         self.e1 = self._stage1_epochs()
-        net = ctx.make_backbone()
-        self.models["net"] = net
-        self.optimizers["net"] = ctx.make_optimizer(net.parameters())
-        sched = ctx.make_scheduler(self.optimizers["net"], self.e1)
-        if sched is not None:
-            self.schedulers["net"] = sched
+        self.add_network("net", schedule_epochs=self.e1)  # stage 1's schedule; stage 2 gets its own
         dev = ctx.device
         self.state.update(
             wrong_events=torch.zeros(n, dtype=torch.int32, device=dev),
