@@ -25,6 +25,7 @@ from bench.registry import UnknownNameError
 # run options that map one-to-one onto RunConfig fields (flag -> type)
 RUN_FLAGS: dict[str, tuple[type, str]] = {
     "method": (str, "method name (see `bench list methods`)"),
+    "preset": (str, "a named protocol (see `bench list presets`); other flags override its values"),
     "dataset": (str, "data set name (default fashion-mnist)"),
     "noise": (str, "noise model: none, sym, sym-biased, pairflip, asym, instance"),
     "noise_rate": (float, "noise rate in [0, 1)"),
@@ -40,6 +41,7 @@ RUN_FLAGS: dict[str, tuple[type, str]] = {
     "backbone": (str, "backbone name or timm:NAME (see `bench list backbones`)"),
     "weights": (str, "local weights file for --pretrained"),
     "augment": (str, "weak-view augmentation: none, flip, crop, crop-flip"),
+    "image_size": (int, "side in pixels of the images the backbone sees (default: the data set's)"),
     "subset": (int, "train on N samples, stratified by class, chosen by the noise seed"),
     "data_root": (str, "folder holding the data set"),
     "device": (str, f"one of {', '.join(DEVICES)}"),
@@ -68,17 +70,27 @@ def build_parser() -> Parser:
     run = sub.add_parser("run", help="train one method on one data set and noise setting")
     for name, (tp, help_) in RUN_FLAGS.items():
         run.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, default=None, help=help_)
-    run.add_argument("--pretrained", action="store_true", default=None, help="load pretrained timm weights")
+    run.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                     help="load pretrained timm weights (--no-pretrained overrides a preset)")
     run.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
-                     help="a method option (repeatable; see `bench list methods --verbose`)")
+                     help="a method or data-set option (repeatable; see `bench list methods --verbose`, "
+                          "`bench list datasets --verbose`)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     run.add_argument("--stop-after", type=int, metavar="N",
                      help="stop (resumably) once N epochs are done, e.g. to split a run across jobs")
     run.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
                      help="tqdm bar (default on a terminal) or plain lines")
     lst = sub.add_parser("list", help="list registered methods, data sets, backbones and noise models")
-    lst.add_argument("what", nargs="?", choices=("all", "methods", "datasets", "backbones", "noise"), default="all")
-    lst.add_argument("--verbose", "-v", action="store_true", help="also list each method's options")
+    lst.add_argument("what", nargs="?", choices=("all", "methods", "datasets", "backbones", "noise", "presets"),
+                     default="all")
+    lst.add_argument("--verbose", "-v", action="store_true", help="also list options and preset values")
+    data = sub.add_parser("data", help="inspect a data set's files without training")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    chk = data_sub.add_parser("check", help="counts, label ranges, missing and unreadable files, noise rate")
+    chk.add_argument("--dataset", required=True)
+    chk.add_argument("--data-root", default=None)
+    chk.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", help="a data-set option")
+    chk.add_argument("--no-decode", action="store_true", help="skip decoding every image (existence only)")
     ui = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store")
     ui.add_argument("--tracking-uri", default=None)
     ui.add_argument("--host", default="127.0.0.1")
@@ -94,31 +106,56 @@ def build_parser() -> Parser:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Command line over the data set's protocol defaults over RunConfig's own defaults."""
+    from bench.presets import get_preset
     from datasets.base import DATASETS
     from methods.base import METHODS
 
     if args.method is None:
         raise UsageError(f"--method is required; valid: {', '.join(METHODS.names())}")
     method = METHODS.canonical(args.method)
-    dataset = DATASETS.canonical(args.dataset or "fashion-mnist")
+    preset = get_preset(args.preset) if args.preset else None
+    dataset = DATASETS.canonical(args.dataset or (preset.values["dataset"] if preset else "fashion-mnist"))
     values: dict[str, Any] = dict(DATASETS.get(dataset).defaults)
+    dataset_sets: dict[str, str] = {}
+    if preset is not None:
+        values.update(preset.values)
+        if dataset == preset.values["dataset"]:
+            dataset_sets.update(preset.dataset_options)
     values.update({k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k) is not None})
     values.update(method=method, dataset=dataset)
-    if args.pretrained:
-        values["pretrained"] = True
-    values["method_options"] = parse_set(args.sets)
+    if args.pretrained is not None:
+        values["pretrained"] = args.pretrained
+    method_sets, ds_sets = split_sets(parse_set(args.sets), METHODS.get(method), DATASETS.get(dataset))
+    dataset_sets.update(ds_sets)
+    values["method_options"], values["dataset_options"] = method_sets, dataset_sets
     cfg = RunConfig.from_dict(values)
     cfg.validate()
     return cfg
+
+
+def split_sets(sets: dict[str, str], method_cls: Any, dataset_cls: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """``--set`` pairs by owner: the data set's option names, else the method's. A key neither
+    has fails with both lists of valid names."""
+    from bench.options import option_names
+
+    ds_names, m_names = option_names(dataset_cls), option_names(method_cls)
+    unknown = [k for k in sets if k not in ds_names and k not in m_names]
+    if unknown:
+        valid = ", ".join(sorted(m_names)) or "(none)"
+        dvalid = ", ".join(sorted(ds_names)) or "(none)"
+        raise UsageError(f"--set {unknown[0]}: neither method {method_cls.name!r} nor data set {dataset_cls.name!r} "
+                         f"has an option {unknown[0]!r}; method options: {valid}; data-set options: {dvalid}")
+    return ({k: v for k, v in sets.items() if k not in ds_names}, {k: v for k, v in sets.items() if k in ds_names})
 
 
 def check_run_config(cfg: RunConfig) -> None:
     """Fail on names and options before any data is read."""
     from bench.data import AUGMENTS
     from bench.models import check_backbone_name
+    from bench.options import build_options
     from datasets.base import DATASETS
     from datasets.noise import NoiseError, NoiseSpec
-    from methods.base import METHODS, build_options
+    from methods.base import METHODS
 
     if cfg.augment not in AUGMENTS:
         raise UsageError(f"--augment {cfg.augment}: valid values are {', '.join(AUGMENTS)}")
@@ -129,7 +166,8 @@ def check_run_config(cfg: RunConfig) -> None:
     from bench.trainer import resolve_device
 
     resolve_device(cfg.device)
-    dataset = DATASETS.get(cfg.dataset)()
+    ds_cls = DATASETS.get(cfg.dataset)
+    dataset = ds_cls(build_options(ds_cls, {k: str(v) for k, v in cfg.dataset_options.items()}, "data set"))
     dataset.check_noise(cfg.noise)
     dataset.check_root(cfg.data_root)
     check_backbone_name(cfg.backbone)
@@ -212,7 +250,7 @@ def resume_config(args: argparse.Namespace, run_dir: Path) -> RunConfig:
     # a flag that repeats the saved value is harmless; one that changes it is refused
     changed = [k for k in RUN_FLAGS if getattr(args, k) is not None and k not in RESUME_FLAGS
                and _canonical(k, getattr(args, k)) != saved[k]]
-    if changed or args.sets or args.pretrained:
+    if changed or args.sets or args.pretrained is not None:
         names = ", ".join("--" + k.replace("_", "-") for k in changed) or "--set/--pretrained"
         raise UsageError(f"--resume continues a run with its saved configuration; drop {names}")
     for k in RESUME_FLAGS:
@@ -238,12 +276,14 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from bench.models import backbone_descriptions
+    from bench.options import describe_options as describe_dataset_options
+    from bench.presets import PRESETS
     from bench.registry import describe
     from datasets.base import DATASETS
     from datasets.noise import NOISE_MODELS
     from methods.base import METHODS, describe_options
 
-    sections = ("methods", "datasets", "backbones", "noise") if args.what == "all" else (args.what,)
+    sections = ("methods", "datasets", "backbones", "noise", "presets") if args.what == "all" else (args.what,)
     for section in sections:
         print(f"{section}:")
         if section == "methods":
@@ -256,7 +296,17 @@ def cmd_list(args: argparse.Namespace) -> int:
                         print(f"      {line}")
         elif section == "datasets":
             for name in DATASETS.names():
-                print(f"  {name:<18} {describe(DATASETS.get(name))}")
+                cls = DATASETS.get(name)
+                print(f"  {name:<18} {describe(cls)}")
+                if args.verbose:
+                    for line in describe_dataset_options(cls) or ["(no options)"]:
+                        print(f"      {line}")
+        elif section == "presets":
+            for name, preset in sorted(PRESETS.items()):
+                print(f"  {name:<18} {preset.description}")
+                if args.verbose:
+                    values = {**preset.values, **{f"set {k}": v for k, v in preset.dataset_options.items()}}
+                    print("      " + ", ".join(f"{k}={v}" for k, v in values.items()))
         elif section == "backbones":
             for name, text in backbone_descriptions():
                 print(f"  {name:<18} {text}")
@@ -264,6 +314,19 @@ def cmd_list(args: argparse.Namespace) -> int:
             for name in NOISE_MODELS:
                 print(f"  {name}")
     return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """``data check``: print the report; exit 1 when it found faults, 0 when none."""
+    from bench.options import build_options
+    from datasets.base import DATASETS
+    from datasets.check import check_dataset
+
+    cls = DATASETS.get(args.dataset)
+    ds = cls(build_options(cls, parse_set(args.sets), "data set"))
+    lines, faults = check_dataset(ds, args.data_root, decode=not args.no_decode)
+    print("\n".join(lines))
+    return 1 if faults else 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -289,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "ui":
             return cmd_ui(args)
+        if args.command == "data":
+            return cmd_data(args)
         from bench.overhead import cmd_overhead
 
         return cmd_overhead(args)

@@ -43,6 +43,7 @@ class RunConfig:
     pretrained: bool = False
     weights: str | None = None
     augment: str = "crop-flip"
+    image_size: int | None = None  # side of the images the backbone sees; None: the data set's
     subset: int | None = None
     data_root: str | None = None
     device: str = "auto"
@@ -53,7 +54,9 @@ class RunConfig:
     tracking_uri: str | None = None
     experiment: str = "bench"
     out: str = "results/runs"
+    preset: str | None = None  # the preset the values came from (for the record)
     method_options: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -64,14 +67,15 @@ class RunConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def flatten(self) -> dict[str, str]:
-        """Parameters for MLflow: every field, method options as ``method.<option>``."""
-        flat = {k: v for k, v in self.to_dict().items() if k != "method_options"}
+        """Parameters for MLflow: every field, options as ``method.<option>`` / ``dataset.<option>``."""
+        flat = {k: v for k, v in self.to_dict().items() if k not in ("method_options", "dataset_options")}
         flat.update({f"method.{k}": v for k, v in self.method_options.items()})
+        flat.update({f"dataset.{k}": v for k, v in self.dataset_options.items()})
         return {k: "" if v is None else str(v) for k, v in flat.items()}
 
     def hash(self) -> str:
         """Hash of what determines the results (not where they are logged or stored)."""
-        skip = {"tracking_uri", "experiment", "out", "data_root", "device", "workers"}
+        skip = {"tracking_uri", "experiment", "out", "data_root", "device", "workers", "preset"}
         d = {k: v for k, v in self.to_dict().items() if k not in skip}
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -91,6 +95,8 @@ class RunConfig:
         _check(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
         _check(0 <= self.noise_rate < 1, f"--noise-rate {self.noise_rate} is outside [0, 1)")
         _check(self.subset is None or self.subset >= 1, f"--subset {self.subset}: must be at least 1")
+        _check(self.image_size is None or 8 <= self.image_size <= 1024,
+               f"--image-size {self.image_size}: must lie in [8, 1024]")
         _check(self.workers >= 0, f"--workers {self.workers}: must be >= 0")
         _check(0 <= self.seed < 2**32, f"--seed {self.seed}: must lie in [0, 2**32)")
         _check(0 <= self.noise_seed < 2**32, f"--noise-seed {self.noise_seed}: must lie in [0, 2**32)")

@@ -61,8 +61,11 @@ class ViewMaker:
     pad: int = 4  # the usual CIFAR padding; 4 px of 28 or 32
     channels_last: bool = False
     dtype: torch.dtype = torch.float32
+    size: int | None = None  # output side length; None: the data's own
 
     def __call__(self, images: torch.Tensor, view: str, gen: torch.Generator) -> torch.Tensor:
+        """The ``view`` of a uint8 batch (B, C, H, W) held in memory: augmentation, then
+        :meth:`normalise`."""
         if view not in VIEWS:
             raise ValueError(f"unknown view {view!r}; valid: {', '.join(VIEWS)}")
         x = images
@@ -75,18 +78,27 @@ class ViewMaker:
             from bench.augment import rand_augment
 
             x = rand_augment(x, gen)
+        return self.normalise(x)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> normalised float, resized to ``size`` when set (e.g. 32-px
+        CIFAR batches to a 224-px pretrained backbone: resized on the device, per batch, so
+        the data set stays small in memory)."""
         x = (x.to(self.dtype) - self.mean) / self.std
+        if self.size is not None and x.shape[-1] != self.size:
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                                                align_corners=False)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
 
 def make_view_maker(mean: Sequence[float], std: Sequence[float], device: torch.device, augment: str,
-                    channels_last: bool) -> ViewMaker:
+                    channels_last: bool, size: int | None = None) -> ViewMaker:
     to = dict(device=device, dtype=torch.float32)
     m = torch.tensor([v * 255 for v in mean], **to).view(1, -1, 1, 1)
     s = torch.tensor([v * 255 for v in std], **to).view(1, -1, 1, 1)
-    return ViewMaker(m, s, augment=augment, channels_last=channels_last)
+    return ViewMaker(m, s, augment=augment, channels_last=channels_last, size=size)
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -134,17 +146,19 @@ class InMemoryLoader:
             yield self.batch(idx[start:start + bs], views, gen)
 
 
-class DiskImageDataset(TorchDataset):
-    """Images read from files by a DataLoader's workers (for data too large for memory).
+class FileViews(TorchDataset):
+    """Image files decoded and augmented by a DataLoader's workers (data too large for memory).
 
-    ``transforms`` maps view names to callables from a PIL image to a tensor; decoding and
-    augmentation run in the workers, off the training loop.
+    ``transforms`` maps view names to callables from a PIL image to a uint8 tensor (C, H, W):
+    decoding and augmentation run in the workers, off the training loop; the float conversion
+    and normalisation run on the device. A file that fails to decode gives ``ok = False`` and a
+    black image; the loader drops it from its batch and counts it, so one damaged JPEG in a
+    million never ends a run.
     """
 
-    def __init__(self, files: Sequence[str], labels: np.ndarray, clean: np.ndarray | None,
-                 transforms: dict[str, Callable], views: Sequence[str]) -> None:
-        self.files, self.labels, self.clean = list(files), labels.astype(np.int64), clean
-        self.transforms, self.views = transforms, tuple(views)
+    def __init__(self, files: Sequence[str], transforms: dict[str, Callable], views: Sequence[str],
+                 size: int) -> None:
+        self.files, self.transforms, self.views, self.size = files, transforms, tuple(views), size
 
     def __len__(self) -> int:
         return len(self.files)
@@ -152,26 +166,106 @@ class DiskImageDataset(TorchDataset):
     def __getitem__(self, i: int) -> dict:
         from PIL import Image
 
-        with Image.open(self.files[i]) as im:
-            im = im.convert("RGB")
-            item = {view: self.transforms[view](im) for view in self.views}
-        item["index"] = i
-        item["label"] = int(self.labels[i])
-        if self.clean is not None:
-            item["clean"] = int(self.clean[i])
+        item: dict = {"index": i, "ok": True}
+        try:
+            with Image.open(self.files[i]) as im:
+                im = im.convert("RGB")
+                for view in self.views:
+                    item[view] = self.transforms[view](im)
+        except (OSError, ValueError, SyntaxError):  # PIL's decode errors (UnidentifiedImageError is an OSError)
+            item["ok"] = False
+            for view in self.views:
+                item[view] = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
         return item
 
 
-def disk_loader(dataset: DiskImageDataset, batch_size: int, shuffle: bool, workers: int, seed: int,
-                epoch: int, device: torch.device) -> DataLoader:
-    """A DataLoader over ``dataset`` with workers and pinned memory; order fixed by (seed, epoch)."""
-    gen = torch.Generator()
-    gen.manual_seed(seed * 1_000_003 + epoch)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      pin_memory=device.type == "cuda", generator=gen,
-                      persistent_workers=False, drop_last=False)
+def file_transforms(size: int, resize: int | None, augment: str) -> dict[str, Callable]:
+    """PIL -> uint8 tensor transforms per view for on-disk images.
+
+    ``resize`` (e.g. 256 for 224-px crops, the usual ImageNet-style protocol of DivideMix's and
+    IDO's Clothing1M/WebVision loaders) scales the shorter side first; the plain view then takes
+    the centre crop, the augmented views a random crop (padding 4 when there is no resize, the
+    CIFAR-style crop of the in-memory path). ``strong`` adds torchvision's RandAugment (n=2, m=10),
+    the same policy :mod:`bench.augment` applies batched on the device.
+    """
+    from torchvision import transforms as T
+
+    head = [T.Resize(resize), T.CenterCrop(size)] if resize else [T.Resize(size), T.CenterCrop(size)]
+    pad = None if resize else 4
+    crop = [T.Resize(resize)] if resize else [T.Resize(size), T.CenterCrop(size)]
+    crop.append(T.RandomCrop(size, padding=pad))
+
+    def chain(aug: str, strong: bool = False) -> Callable:
+        steps = list(crop) if "crop" in aug else list(head)
+        if "flip" in aug:
+            steps.append(T.RandomHorizontalFlip())
+        if strong:
+            steps.append(T.RandAugment(num_ops=2, magnitude=10))
+        return T.Compose([*steps, T.PILToTensor()])
+
+    return {"plain": chain("none"), "train": chain(augment), "weak": chain("crop-flip"),
+            "weak2": chain("crop-flip"), "strong": chain("crop-flip", strong=True)}
 
 
-def to_device(batch: dict, device: torch.device) -> Batch:
-    """Move a DataLoader batch to ``device`` (non-blocking from pinned memory)."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+class DiskLoader:
+    """The in-memory loader's interface over image files: batches come from DataLoader workers
+    with pinned memory, in an order drawn from the epoch's generator (so a resumed run sees the
+    same order), normalised on the device. ``skipped`` counts images that failed to decode."""
+
+    def __init__(self, files: Sequence[str], labels: np.ndarray, clean: np.ndarray | None,
+                 views: ViewMaker, transforms: dict[str, Callable], size: int, batch_size: int,
+                 device: torch.device, workers: int) -> None:
+        self.files = [str(f) for f in files]
+        self.device, self.views, self.transforms, self.size = device, views, transforms, size
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        self.clean = None if clean is None else torch.from_numpy(np.asarray(clean, dtype=np.int64)).to(device)
+        self.batch_size, self.workers = batch_size, workers
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _finish(self, raw: dict, views: Sequence[str]) -> Batch | None:
+        ok = raw["ok"]
+        if not bool(ok.all()):
+            self.skipped += int((~ok).sum())
+            raw = {k: v[ok] for k, v in raw.items()}
+            if len(raw["index"]) == 0:
+                return None
+        index = raw["index"].to(self.device)
+        out: Batch = {"index": index, "label": self.labels[index]}
+        if self.clean is not None:
+            out["clean"] = self.clean[index]
+        for view in views:
+            out[view] = self.views.normalise(raw[view].to(self.device, non_blocking=True))
+        return out
+
+    def batch(self, index: torch.Tensor, views: Sequence[str], gen: torch.Generator) -> Batch:
+        """The samples with dataset indices ``index``, read in this process (e.g. DivideMix's
+        unlabeled batches); failed decodes are dropped as in :meth:`iterate`."""
+        from torch.utils.data import default_collate
+
+        ds = FileViews(self.files, self.transforms, views, self.size)
+        out = self._finish(default_collate([ds[i] for i in index.tolist()]), views)
+        if out is None:  # every image of the batch failed: an empty batch of the right shapes
+            empty = torch.zeros(0, dtype=torch.int64, device=self.device)
+            out = {"index": empty, "label": empty}
+            out.update({v: torch.zeros(0, 3, self.size, self.size, device=self.device) for v in views})
+        return out
+
+    def iterate(self, views: Sequence[str], gen: torch.Generator | None = None, shuffle: bool = True,
+                indices: torch.Tensor | None = None, batch_size: int | None = None) -> Iterator[Batch]:
+        idx = torch.arange(len(self)) if indices is None else indices.cpu()
+        gen = gen if gen is not None else epoch_generator(0, 0, torch.device("cpu"))
+        if shuffle:
+            idx = idx[torch.randperm(len(idx), generator=gen, device=gen.device).cpu()]
+        # the workers' seeds (their augmentation draws) come from the epoch's generator too
+        wgen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=gen, device=gen.device)))
+        loader = DataLoader(FileViews(self.files, self.transforms, views, self.size),
+                            batch_size=batch_size or self.batch_size, sampler=idx.tolist(),
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda", generator=wgen,
+                            persistent_workers=False)
+        for raw in loader:
+            out = self._finish(raw, views)
+            if out is not None:
+                yield out

@@ -106,23 +106,37 @@ def _hub_offline():
         hub.HF_HUB_OFFLINE = old
 
 
-def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool,
-                 weights: str | None) -> nn.Module:
+def _timm_create(name: str, image_size: int | None, **kwargs: object) -> nn.Module:
+    """``timm.create_model``, telling models built for one input size (ViTs and the like) the
+    run's image size; convolutional nets take any size and refuse the argument."""
     import timm
 
+    default = timm.get_pretrained_cfg(name.split(".")[0])
+    if image_size is None or (default is not None and default.input_size[-1] == image_size):
+        return timm.create_model(name, **kwargs)
+    try:
+        return timm.create_model(name, img_size=image_size, **kwargs)
+    except TypeError:  # "unexpected keyword argument 'img_size'": the net is size-agnostic
+        return timm.create_model(name, **kwargs)
+
+
+def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool,
+                 weights: str | None, image_size: int | None = None) -> nn.Module:
+
     _check_timm_name(name)
+    common = {"num_classes": num_classes, "in_chans": in_chans}
     if not pretrained:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        return _timm_create(name, image_size, pretrained=False, **common)
     if weights:
         path = Path(weights)
         if not path.is_file():
             raise UsageError(f"--weights {weights}: no such file")
-        cfg = {"file": str(path.resolve())}
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=cfg,
-                                 num_classes=num_classes, in_chans=in_chans)
+        net = _timm_create(name, image_size, pretrained=False, **common)
+        load_weights_file(net, path, name)
+        return net
     try:
         with _hub_offline():
-            return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans)
+            return _timm_create(name, image_size, pretrained=True, **common)
     except Exception as exc:  # timm raises several types when weights are not cached
         raise UsageError(
             f"pretrained weights for timm:{name} are not in the local cache and cannot be "
@@ -130,11 +144,57 @@ def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool,
         ) from None
 
 
+def load_weights_file(net: nn.Module, path: Path, name: str) -> None:
+    """Load a local state dict into a timm model, strictly.
+
+    timm's own file loading (``pretrained_cfg_overlay``) is not strict: a file of another model
+    loads with only a logged warning and leaves random weights. Here every tensor of the model
+    must come from the file, except the classifier (re-initialised when the run's class count
+    differs) and the first convolution adapted to other input channels as timm does; anything
+    else fails in one line.
+    """
+    import timm.models
+
+    def fail(why: str) -> UsageError:
+        return UsageError(f"--weights {path} does not load into timm:{name}: {why}")
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise fail(f"unreadable ({type(exc).__name__})") from None
+    for key in ("state_dict", "model", "state_dict_ema"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise fail("not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    cfg = getattr(net, "pretrained_cfg", {}) or {}
+    heads = cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    first = cfg.get("first_conv")
+    own = net.state_dict()
+    for key in list(state):
+        if key not in own or own[key].shape == state[key].shape:
+            continue
+        if any(key.startswith(h + ".") for h in heads):
+            del state[key]  # the run's own classifier
+        elif first and key == first + ".weight" and state[key].dim() == 4:
+            state[key] = timm.models.adapt_input_conv(own[key].shape[1], state[key])
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that differ
+        raise fail(str(exc).splitlines()[-1].strip()[:160]) from None
+    missing = [k for k in missing if not any(k.startswith(h + ".") for h in heads)]
+    if missing or unexpected:
+        bad = missing or unexpected
+        raise fail(f"{len(missing)} tensors missing from the file, {len(unexpected)} unexpected (e.g. {bad[0]})")
+
+
 def create_backbone(name: str, num_classes: int, in_chans: int, image_size: int,
                     pretrained: bool = False, weights: str | None = None) -> nn.Module:
     """Build backbone ``name`` (a registered name or ``timm:NAME``)."""
     if name.startswith("timm:"):
-        return _create_timm(name[5:], num_classes, in_chans, pretrained, weights)
+        return _create_timm(name[5:], num_classes, in_chans, pretrained, weights, image_size)
     factory = BACKBONES.get(name)
     if pretrained or weights:
         raise UsageError(f"backbone {name!r} has no pretrained weights; use a timm:NAME backbone")

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from bench.config import RunConfig
-from bench.data import InMemoryLoader, epoch_generator, make_view_maker
+from bench.data import DiskLoader, InMemoryLoader, epoch_generator, file_transforms, make_view_maker
 from bench.errors import UsageError
 from bench.models import create_backbone
+from bench.options import build_options
 from bench.tracking import Tracker, git_commit
 from datasets.base import DATASETS, Dataset, NoiseReport, TrainSet, make_train_set
 from datasets.noise import NoiseError, NoiseSpec
-from methods.base import METHODS, Method, MethodContext, build_options
+from methods.base import METHODS, Method, MethodContext
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -159,7 +160,8 @@ class Trainer:
 
     # --- setup ------------------------------------------------------------------------------
     def _load_data(self) -> tuple[Dataset, TrainSet, NoiseReport, Any]:
-        ds = DATASETS.get(self.cfg.dataset)()
+        ds_cls = DATASETS.get(self.cfg.dataset)
+        ds = ds_cls(build_options(ds_cls, {k: str(v) for k, v in self.cfg.dataset_options.items()}, "data set"))
         try:
             spec = NoiseSpec(self.cfg.noise, self.cfg.noise_rate, self.cfg.noise_seed)
         except NoiseError as exc:
@@ -175,10 +177,15 @@ class Trainer:
         seed_everything(cfg.seed)
         ds, train, self.noise, raw = self._load_data()
         self.dataset = ds
-        views = make_view_maker(ds.mean, ds.std, self.device, cfg.augment, self.channels_last)
-        self.train_loader = InMemoryLoader(train.images, train.given, train.clean, views, cfg.batch_size, self.device)
-        self.test_loader = InMemoryLoader(raw.test_images, raw.test_labels, None, views, cfg.eval_batch_size,
-                                          self.device)
+        cfg.dataset_options = ds.resolved_options()
+        self.image_size = cfg.image_size or ds.image_size
+        self.train_loader = self._loader(ds, train.images, train.given, train.clean, cfg.batch_size)
+        self.test_loaders = {"": self._loader(ds, raw.test_images, raw.test_labels, None, cfg.eval_batch_size)}
+        for name, (images, labels) in raw.extra_tests.items():
+            self.test_loaders[name] = self._loader(ds, images, labels, None, cfg.eval_batch_size)
+        self.test_loader = self.test_loaders[""]
+        self.epoch_samples = ds.epoch_samples(cfg.batch_size)
+        self.pool: torch.Tensor | None = None
         self.train_set = train
         method_cls = METHODS.get(cfg.method)
         options = build_options(method_cls, {k: str(v) for k, v in cfg.method_options.items()})
@@ -186,13 +193,46 @@ class Trainer:
         self.method.setup()
         cfg.method_options = self.method.resolved_options()  # the values in use are what gets logged
 
+    def _loader(self, ds: Dataset, images: Any, labels: Any, clean: Any, batch_size: int) -> Any:
+        """In memory on the device for array data; DataLoader workers for image files."""
+        cfg = self.cfg
+        if not ds.on_disk:
+            views = make_view_maker(ds.mean, ds.std, self.device, cfg.augment, self.channels_last, cfg.image_size)
+            return InMemoryLoader(images, labels, clean, views, batch_size, self.device)
+        size = self.image_size
+        if ds.resize:  # keep the data set's resize : crop ratio (256 : 224)
+            resize = round(size * ds.resize / ds.image_size)
+        else:  # native size: pad-and-crop; another size: the ImageNet-style 8 : 7
+            resize = None if size == ds.image_size else round(size * 8 / 7)
+        views = make_view_maker(ds.mean, ds.std, self.device, cfg.augment, self.channels_last)
+        return DiskLoader(images, labels, clean, views, file_transforms(size, resize, cfg.augment), size,
+                          batch_size, self.device, cfg.workers)
+
+    def _draw_pool(self, epoch: int) -> torch.Tensor | None:
+        """This epoch's class-balanced sample of training indices (Clothing1M's epoch), or None.
+
+        Drawn from (seed, epoch) alone, so a resumed run draws the same pool; about
+        ``samples / C`` per given class, fewer where a class has fewer samples (DivideMix's
+        dataloader_clothing1M.py does the same)."""
+        n = self.epoch_samples
+        if n is None or n >= len(self.train_loader):
+            return None
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch + 7919)
+        labels = self.train_loader.labels.cpu()
+        per_class = n // self.dataset.num_classes
+        picks = []
+        for c in range(self.dataset.num_classes):
+            members = torch.nonzero(labels == c).squeeze(1)
+            picks.append(members[torch.randperm(len(members), generator=gen)[:per_class]])
+        return torch.sort(torch.cat(picks)).values.to(self.device)
+
     def _context(self, ds: Dataset, train: TrainSet) -> MethodContext:
         cfg = self.cfg
         art = self.run_dir / "artifacts"
         art.mkdir(parents=True, exist_ok=True)
 
         def backbone() -> torch.nn.Module:
-            net = create_backbone(cfg.backbone, ds.num_classes, ds.channels, ds.image_size,
+            net = create_backbone(cfg.backbone, ds.num_classes, ds.channels, self.image_size,
                                   cfg.pretrained, cfg.weights).to(self.device)
             return net.to(memory_format=torch.channels_last) if self.channels_last else net
 
@@ -207,7 +247,7 @@ class Trainer:
             predict_train=self.predict_train,
             fetch=lambda index, views: self.train_loader.batch(index.to(self.device), views, self._gen),
             clean_labels=self.train_loader.clean, given_labels=self.train_loader.labels,
-            artifact_dir=art,
+            artifact_dir=art, epoch_pool=lambda: self.pool,
         )
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -217,27 +257,42 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     @torch.no_grad()
-    def _logits(self, fn: Any, loader: InMemoryLoader) -> torch.Tensor:
-        outs = []
-        for batch in loader.iterate(("plain",), shuffle=False, batch_size=self.cfg.eval_batch_size):
+    def _logits(self, fn: Any, loader: Any, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and indices of the samples a plain pass over ``loader`` returns (on-disk
+        loaders drop images that fail to decode)."""
+        outs, idx = [], []
+        for batch in loader.iterate(("plain",), shuffle=False, indices=indices, batch_size=self.cfg.eval_batch_size):
             with self._autocast():
                 outs.append(fn(batch["plain"]).float())
-        return torch.cat(outs)
+            idx.append(batch["index"])
+        return torch.cat(outs), torch.cat(idx)
 
-    def predict_train(self, model: torch.nn.Module) -> torch.Tensor:
-        """Logits of ``model`` for every training sample, in dataset-index order (plain view)."""
+    def predict_train(self, model: torch.nn.Module, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``model`` for the training samples ``indices`` (default: all), in that order
+        (plain view). A sample whose image failed to decode gets all-zero logits."""
         was = model.training
         model.eval()
         try:
-            return self._logits(model, self.train_loader)
+            logits, got = self._logits(model, self.train_loader, indices)
         finally:
             model.train(was)
+        want = torch.arange(len(self.train_loader), device=self.device) if indices is None else indices.to(self.device)
+        if len(got) == len(want):
+            return logits
+        full = torch.zeros(len(self.train_loader), logits.shape[1], device=self.device)
+        full[got] = logits
+        return full[want]
 
-    def evaluate(self) -> float:
+    def evaluate(self) -> dict[str, float]:
+        """Accuracy on each test set: ``test_acc``, and ``test_acc_<name>`` for extra ones."""
         self.method.train_mode(False)
-        logits = self._logits(self.method.predict, self.test_loader)
+        out = {}
+        for name, loader in self.test_loaders.items():
+            logits, idx = self._logits(self.method.predict, loader)
+            acc = (logits.argmax(1) == loader.labels[idx]).float().sum().item() / max(len(loader), 1)
+            out["test_acc" + (f"_{name}" if name else "")] = acc
         self.method.train_mode(True)
-        return (logits.argmax(1) == self.test_loader.labels).float().mean().item()
+        return out
 
     # --- training ------------------------------------------------------------------------------
     def _step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Any, opts: list) -> Any:
@@ -266,7 +321,8 @@ class Trainer:
         bar = self._bar(epoch)
         for phase in m.phases(epoch):
             opts = [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))]
-            for batch in self.train_loader.iterate(views, gen, indices=phase.indices, batch_size=phase.batch_size):
+            indices = self.pool if phase.indices is None else phase.indices
+            for batch in self.train_loader.iterate(views, gen, indices=indices, batch_size=phase.batch_size):
                 stats.add(self._step(batch, epoch, phase, opts), batch)
                 if bar is not None:
                     bar.update(1)
@@ -279,7 +335,7 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        n = len(self.train_loader)
+        n = len(self.train_loader) if self.pool is None else len(self.pool)
         total = sum(-(-(n if p.indices is None else len(p.indices)) // (p.batch_size or self.cfg.batch_size))
                     for p in self.method.phases(epoch))
         return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, file=sys.stderr)
@@ -291,6 +347,7 @@ class Trainer:
     def run_epoch(self, epoch: int) -> dict[str, float]:
         """Hooks, training, evaluation and timing of one epoch (``epoch`` counts from 0)."""
         t0 = time.perf_counter()
+        self.pool = self._draw_pool(epoch)
         metrics = dict(self.method.on_epoch_start(epoch))
         opt = next(iter(self.method.optimizers.values()), None)
         if opt is not None:  # the rate this epoch trains with (schedulers step after it)
@@ -303,8 +360,13 @@ class Trainer:
         for sched in self.method.schedulers.values():
             sched.step()
         t3 = time.perf_counter()
-        metrics["test_acc"] = self.evaluate()
+        metrics.update(self.evaluate())
         t4 = time.perf_counter()
+        if isinstance(self.train_loader, DiskLoader):  # images that failed to decode this epoch
+            loaders = [self.train_loader, *self.test_loaders.values()]
+            metrics["skipped_images"] = float(sum(ld.skipped for ld in loaders))
+            for ld in loaders:
+                ld.skipped = 0
         metrics.update(train_time_s=t2 - t1, eval_time_s=t4 - t3, hooks_time_s=(t1 - t0) + (t3 - t2),
                        epoch_time_s=t4 - t0)
         return metrics

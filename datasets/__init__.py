@@ -3,4 +3,14 @@
 Each module registers its data set on import; add a data set by adding a module and its
 import line below.
 """
-from datasets import fashion_mnist  # noqa: F401
+from datasets import (  # noqa: F401
+    animal10n,
+    cifar,
+    cifar_n,
+    clothing1m,
+    fashion_mnist,
+    folder,
+    food101n,
+    tiny_imagenet,
+    webvision,
+)

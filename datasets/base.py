@@ -29,18 +29,31 @@ DATASETS: Registry = Registry("data set")
 
 @dataclass
 class RawSplits:
-    """What a loader reads from disk, before any synthetic noise."""
+    """What a loader reads from disk, before any synthetic noise.
 
-    train_images: np.ndarray  # uint8 (N, C, H, W)
+    Images are uint8 arrays (N, C, H, W) for data held in memory, or arrays of file paths (N,)
+    for data sets streamed from disk (``Dataset.on_disk``).
+    """
+
+    train_images: np.ndarray
     train_labels: np.ndarray  # int64 (N,): the labels the data set ships
-    test_images: np.ndarray   # uint8 (M, C, H, W)
+    test_images: np.ndarray
     test_labels: np.ndarray   # int64 (M,)
     train_clean: np.ndarray | None = None  # real-noise data sets: clean labels where known
+    # further labelled test sets, logged as test_acc_<name> (mini-WebVision's ImageNet val)
+    extra_tests: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+@dataclass
+class NoOptions:
+    """A data set without options of its own."""
 
 
 class Dataset:
-    """Base class of a registered data set. Subclasses set the class attributes and ``load``."""
+    """Base class of a registered data set. Subclasses set the class attributes and ``load``;
+    options (``--set KEY=VALUE``, e.g. CIFAR-N's label set) are an ``Options`` dataclass."""
 
+    Options: ClassVar[type] = NoOptions
     name: ClassVar[str]
     classes: ClassVar[tuple[str, ...]]
     channels: ClassVar[int]
@@ -53,13 +66,45 @@ class Dataset:
     real_noise: ClassVar[bool] = False
     # Protocol defaults a run uses unless the command line overrides them.
     defaults: ClassVar[dict[str, object]] = {}
+    # streamed from image files by DataLoader workers (else held in memory on the device)
+    on_disk: ClassVar[bool] = False
+    # on-disk data: shorter side before the crop of ``image_size`` (None: crop with padding 4)
+    resize: ClassVar[int | None] = None
+    # sizes of the real data set, from its documentation (``data check`` prints them beside
+    # what it finds)
+    expected: ClassVar[dict[str, int]] = {}
+
+    def __init__(self, options: object | None = None) -> None:
+        self.opts = options if options is not None else self.Options()
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def load(self, root: str | None) -> RawSplits:  # pragma: no cover - abstract
+    def epoch_samples(self, batch_size: int) -> int | None:
+        """Samples drawn afresh (class-balanced) for each epoch; None: every epoch sees all."""
+        return None
+
+    def resolved_options(self) -> dict[str, object]:
+        """The option values in use (logged as ``dataset.<option>``)."""
+        import dataclasses
+
+        return dataclasses.asdict(self.opts)
+
+    def read(self, root: str | None) -> RawSplits:  # pragma: no cover - abstract
+        """The splits as the files give them, without validation (``data check`` reports
+        what is wrong with them; :meth:`load` refuses it)."""
         raise NotImplementedError
+
+    def load(self, root: str | None) -> RawSplits:
+        """The splits, validated: labels in range and, for on-disk data, every listed file
+        present; else one :class:`UsageError` naming the first fault."""
+        raw = self.read(root)
+        problems = find_problems(self, raw)
+        if problems:
+            raise UsageError(f"data set {self.name}: {problems[0]} (run `python -m bench data check "
+                             f"--dataset {self.name} --data-root DIR` for the full list)")
+        return raw
 
     def check_root(self, root: str | None) -> None:
         """Raise :class:`UsageError` naming the expected files if the data is not there.
@@ -74,11 +119,38 @@ class Dataset:
                              f"valid: none, sym, sym-biased, pairflip, instance")
 
 
+def label_problems(split: str, labels: np.ndarray, num_classes: int) -> list[str]:
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad) == 0:
+        return []
+    first = f"first: sample {bad[0]}, label {labels[bad[0]]}"
+    return [f"{len(bad)} {split} labels outside [0, {num_classes - 1}] ({first})"]
+
+
+def missing_files(files: np.ndarray) -> list[str]:
+    return [str(f) for f in files if not os.path.isfile(f)]
+
+
+def find_problems(ds: Dataset, raw: RawSplits) -> list[str]:
+    """Label-range and missing-file faults of the splits (cheap: no image is decoded)."""
+    problems = label_problems("train", raw.train_labels, ds.num_classes)
+    problems += label_problems("test", raw.test_labels, ds.num_classes)
+    if raw.train_clean is not None:
+        problems += label_problems("clean train", raw.train_clean, ds.num_classes)
+    splits = {"train": raw.train_images, "test": raw.test_images, **{k: v[0] for k, v in raw.extra_tests.items()}}
+    for split, images in splits.items():
+        if images.dtype != np.uint8:
+            gone = missing_files(images)
+            if gone:
+                problems.append(f"{len(gone)} {split} image files are missing, e.g. {gone[0]}")
+    return problems
+
+
 @dataclass
 class TrainSet:
     """The training data a run uses: images, given labels, clean labels when known, indices."""
 
-    images: np.ndarray           # uint8 (n, C, H, W)
+    images: np.ndarray           # uint8 (n, C, H, W), or file paths (n,) for on-disk data
     given: np.ndarray            # int64 (n,): the labels methods train on
     clean: np.ndarray | None     # int64 (n,) or None when the truth is unknown
     source_index: np.ndarray     # position of each sample in the data set's full training set
@@ -113,8 +185,28 @@ def _fingerprint(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec) -> str:
     h = hashlib.sha1(raw.train_labels.astype(np.int64).tobytes())
     h.update(repr(sorted((ds.asym_map or {}).items())).encode())
     if spec.model == "instance":
-        h.update(np.ascontiguousarray(raw.train_images).tobytes())
+        imgs = raw.train_images
+        h.update(np.ascontiguousarray(imgs).tobytes() if imgs.dtype == np.uint8
+                 else "\n".join(map(str, imgs)).encode())  # pixels, or the file list
     return h.hexdigest()
+
+
+def instance_features(ds: Dataset, images: np.ndarray) -> np.ndarray:
+    """Xia et al.'s features: flattened pixels minus the data set's mean image (our convention;
+    noise.py then L2-normalises each sample). On-disk images are decoded once, resized to
+    ``ds.image_size``. Raw non-negative pixels all point the same way, so every sample of a
+    class would flip alike; centred pixels make the flip distribution depend on the image."""
+    if images.dtype == np.uint8:
+        flat = images.reshape(len(images), -1).astype(np.float32)
+    else:
+        from PIL import Image
+
+        side = ds.image_size
+        flat = np.zeros((len(images), side * side * 3), np.float32)
+        for i, path in enumerate(images):
+            with Image.open(path) as im:
+                flat[i] = np.asarray(im.convert("RGB").resize((side, side)), np.float32).ravel()
+    return flat - flat.mean(axis=0, keepdims=True)
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -143,14 +235,7 @@ def noisy_labels(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec, cache_d
         saved = np.load(path, allow_pickle=False)
         if len(saved) == len(raw.train_labels):
             return saved, path
-    features = None
-    if spec.model == "instance":
-        # Our convention for Xia et al.'s features (noise-models.md leaves it open): pixels
-        # minus the data set's mean image; noise.py then L2-normalises each sample. Raw
-        # non-negative pixels all point the same way, so every sample of a class would flip
-        # alike; centred pixels make the flip distribution depend on the image.
-        flat = raw.train_images.reshape(len(raw.train_images), -1).astype(np.float32)
-        features = flat - flat.mean(axis=0, keepdims=True)
+    features = instance_features(ds, raw.train_images) if spec.model == "instance" else None
     try:
         given = noise_lib.apply_noise(raw.train_labels, ds.num_classes, spec, asym_map=ds.asym_map,
                                       features=features, dataset=ds.name)
@@ -190,9 +275,15 @@ def make_train_set(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec, subse
     ds.check_noise(spec.model)
     if ds.real_noise:
         given, clean = raw.train_labels.astype(np.int64), raw.train_clean
-        path = cache_dir / f"{ds.name}_real.npy"
+        opts = repr(sorted(ds.resolved_options().items()))
+        path = cache_dir / f"{ds.name}_real_{hashlib.sha1(opts.encode()).hexdigest()[:8]}.npy"
         cache_dir.mkdir(parents=True, exist_ok=True)
-        np.save(path, given)
+
+        def save_labels(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, given)
+
+        _write_atomic(path, save_labels)
     else:
         given, path = noisy_labels(ds, raw, spec, cache_dir)
         clean = raw.train_labels.astype(np.int64)

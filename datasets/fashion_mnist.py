@@ -61,7 +61,7 @@ class FashionMNIST(Dataset):
     defaults = {"backbone": "smallcnn", "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
                 "batch_size": 128, "epochs": 20, "augment": "crop-flip"}
 
-    def load(self, root: str | None) -> RawSplits:
+    def read(self, root: str | None) -> RawSplits:
         folder = self._find(root)
         arrays = {key: read_idx(folder / name) for key, name in FILES.items()}
         return RawSplits(

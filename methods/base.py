@@ -46,17 +46,15 @@ with the epoch as step.
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
-from bench.errors import UsageError
+from bench.options import build_options, describe_options  # noqa: F401  (re-exported)
 from bench.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -102,12 +100,16 @@ class MethodContext:
     make_backbone: Callable[[], nn.Module]
     make_optimizer: Callable[[Any], torch.optim.Optimizer]
     make_scheduler: Callable[[torch.optim.Optimizer, int], Any]
-    predict_train: Callable[[nn.Module], torch.Tensor]
+    # logits of a model for training samples (default all), in the order of the indices given
+    predict_train: Callable[..., torch.Tensor]
     # batch of arbitrary dataset indices with the given views (e.g. DivideMix's unlabeled batches)
     fetch: Callable[[torch.Tensor, tuple[str, ...]], dict[str, torch.Tensor]]
     clean_labels: torch.Tensor | None  # diagnostics only (AUC of noise detection etc.)
     given_labels: torch.Tensor
     artifact_dir: Path
+    # this epoch's training indices when the data set samples its epochs (Clothing1M: a fresh
+    # class-balanced sample each epoch); None: every sample. Phases without indices visit it.
+    epoch_pool: Callable[[], torch.Tensor | None] = lambda: None
 
 
 class Method:
@@ -193,67 +195,3 @@ class Method:
     def train_mode(self, training: bool) -> None:
         for m in self.models.values():
             m.train(training)
-
-
-# --- options: typed, validated, documented -----------------------------------------------
-
-def _coerce(key: str, raw: str, tp: Any) -> Any:
-    """Turn the string ``raw`` into type ``tp`` or raise a one-line :class:`UsageError`."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        for c in choices:
-            if str(c) == raw:
-                return c
-        raise UsageError(f"--set {key}={raw}: valid values are {', '.join(map(str, choices))}")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if raw.lower() in ("none", "null", ""):
-            return None
-        return _coerce(key, raw, args[0])
-    if tp is bool:
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise UsageError(f"--set {key}={raw}: expected a boolean (true or false)")
-    try:
-        value = tp(raw)
-    except (TypeError, ValueError):
-        raise UsageError(f"--set {key}={raw}: expected {getattr(tp, '__name__', tp)}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise UsageError(f"--set {key}={raw}: expected a finite number")
-    return value
-
-
-def build_options(method_cls: type[Method], raw: dict[str, str]) -> Any:
-    """The method's options dataclass from ``--set`` strings, every key and value checked."""
-    opts_cls = method_cls.Options
-    hints = typing.get_type_hints(opts_cls)
-    fields = {f.name for f in dataclasses.fields(opts_cls)}
-    for key in raw:
-        if key not in fields:
-            valid = ", ".join(sorted(fields)) or "(none: this method has no options)"
-            raise UsageError(f"--set {key}: method {method_cls.name!r} has no option {key!r}; valid: {valid}")
-    values = {k: _coerce(k, v, hints[k]) for k, v in raw.items()}
-    try:
-        return opts_cls(**values)
-    except ValueError as exc:
-        raise UsageError(f"--set: {exc}") from None
-
-
-def describe_options(method_cls: type[Method]) -> list[str]:
-    """One line per option: name, type, default, help and source (for ``bench list --verbose``)."""
-    hints = typing.get_type_hints(method_cls.Options)
-    lines = []
-    for f in dataclasses.fields(method_cls.Options):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        tp = hints[f.name]
-        if typing.get_origin(tp) is Literal:
-            tname = "|".join(map(str, typing.get_args(tp)))
-        else:
-            tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-        help_ = f.metadata.get("help", "")
-        src = f.metadata.get("source", "")
-        lines.append(f"{f.name} ({tname}, default {default!r}): {help_}" + (f" [{src}]" if src else ""))
-    return lines

@@ -182,14 +182,22 @@ class DivideMix(Method):
         metrics: dict[str, float] = {}
         for k in ("1", "2"):
             t0 = time.perf_counter()
-            logits = self.ctx.predict_train(self.models["net" + k])
-            loss = F.cross_entropy(logits, self.ctx.given_labels, reduction="none")
+            # the epoch's sample when the data set draws one (Clothing1M: the official
+            # eval_train loader draws num_batches x batch_size samples too), else every sample
+            pool = self.ctx.epoch_pool()
+            logits = self.ctx.predict_train(self.models["net" + k], pool)
+            given = self.ctx.given_labels if pool is None else self.ctx.given_labels[pool]
+            loss = F.cross_entropy(logits, given, reduction="none")
             loss = (loss - loss.min()) / (loss.max() - loss.min()).clamp_min(1e-12)
             t1 = time.perf_counter()
-            prob = self._fit_gmm(k, loss)
+            prob = torch.as_tensor(self._fit_gmm(k, loss, pool), dtype=torch.float32, device=self.ctx.device)
             t_gmm += time.perf_counter() - t1
             t_eval += t1 - t0
-            self.state["prob" + k] = torch.as_tensor(prob, dtype=torch.float32, device=self.ctx.device)
+            if pool is None:
+                self.state["prob" + k] = prob
+            else:  # samples outside the epoch's sample are neither labeled nor unlabeled
+                self.state["prob" + k] = torch.zeros_like(self.state["prob" + k])
+                self.state["prob" + k][pool] = prob
         self.state["hist_len"] += 1
         metrics.update(divide_eval_s=t_eval, divide_gmm_s=t_gmm, lambda_u=self.lambda_u,
                        p_threshold=self.p_threshold,
@@ -198,13 +206,18 @@ class DivideMix(Method):
         metrics.update(self._truth_metrics())
         return metrics
 
-    def _fit_gmm(self, k: str, loss: torch.Tensor) -> np.ndarray:
+    def _fit_gmm(self, k: str, loss: torch.Tensor, pool: torch.Tensor | None = None) -> np.ndarray:
         hist = self.state["hist" + k]
         hist.copy_(torch.roll(hist, -1, dims=0))
-        hist[-1] = loss
+        if pool is None:
+            hist[-1] = loss
+        else:
+            hist[-1] = hist[-2]
+            hist[-1][pool] = loss
         if (self.ctx.noise_rate or 0) >= 0.9:  # average the last 5 epochs at 90% noise
             filled = int(min(self.state["hist_len"].item() + 1, HISTORY))
             loss = hist[-filled:].mean(dim=0)
+            loss = loss if pool is None else loss[pool]
         gmm = GaussianMixture2(warm_start=False, normalise=False)  # losses are normalised above
         values = loss.double().cpu().numpy()
         gmm.fit(values, 10)
@@ -241,6 +254,11 @@ class DivideMix(Method):
         if key not in self._unlabeled:
             labeled = torch.zeros(self.ctx.num_train, dtype=torch.bool, device=self.ctx.device)
             labeled[phase.indices] = True
+            epoch_pool = self.ctx.epoch_pool()
+            if epoch_pool is not None:  # only the epoch's sample is unlabeled data
+                outside = torch.ones_like(labeled)
+                outside[epoch_pool] = False
+                labeled |= outside
             pool = torch.nonzero(~labeled).squeeze(1)
             self._unlabeled[key] = {"pool": pool, "order": pool[:0], "pos": 0}
         u = self._unlabeled[key]

@@ -22,7 +22,7 @@ def fake_dividemix(n: int = 8, noise_rate: float = 0.4, **opts) -> DivideMix:
         dataset="fashion-mnist", noise="sym", pretrained=False,
         make_backbone=lambda: torch.nn.Linear(2, 3), make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
         make_scheduler=lambda opt, e: None, clean_labels=None, given_labels=torch.zeros(n, dtype=torch.long),
-        artifact_dir=Path("."))
+        artifact_dir=Path("."), epoch_pool=lambda: None)
     m = DivideMix(build_options(DivideMix, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
     return m
@@ -154,3 +154,27 @@ def test_resume_equals_uninterrupted(tmp_path):
         tmp_path, args, 2, ("test_acc", "loss_x", "loss_u", "clean_auc", "labeled_frac_net1"))
     assert set(ka["models"]) == {"net1", "net2"}
     assert torch.equal(ka["state"]["prob1"], kb["state"]["prob1"])
+
+
+def test_with_an_epoch_sample_only_its_samples_are_divided_and_unlabeled():
+    """Clothing1M-style epochs: the evaluation pass, GMM and unlabeled set cover the epoch's
+    sample only (official dataloader_clothing1M.py eval_train draws the sample too)."""
+    m = fake_dividemix(n=8, warmup_epochs=0)
+    pool = torch.tensor([1, 2, 5, 6])
+    m.ctx.epoch_pool = lambda: pool
+    asked = {}
+
+    def predict_train(model, indices=None):
+        asked["indices"] = indices
+        return torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 5.0, 0], [0, 5.0, 0]])  # 1, 2 right; 5, 6 wrong
+
+    m.ctx.predict_train = predict_train
+    m.on_epoch_start(0)
+    assert torch.equal(asked["indices"], pool)
+    prob = m.state["prob1"]
+    assert torch.all(prob[[0, 3, 4, 7]] == 0)  # outside the sample: neither labeled nor scored
+    assert prob[1] > 0.5 and prob[2] > 0.5 and prob[5] < 0.5 and prob[6] < 0.5
+    phase = m.phases(0)[0]
+    assert sorted(phase.indices.tolist()) == [1, 2]
+    unlabeled = torch.cat([m._next_unlabeled(phase, 1) for _ in range(4)])
+    assert sorted(set(unlabeled.tolist())) == [5, 6]

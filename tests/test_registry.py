@@ -163,14 +163,19 @@ def test_dataset_class_attributes(name):
     cls = DATASETS.get(name)
     assert issubclass(cls, Dataset)
     assert cls.name == name
-    assert len(cls.classes) >= 2 and len(set(cls.classes)) == len(cls.classes)
-    assert cls().num_classes == len(cls.classes)
+    ds = cls()
+    if name == "folder":  # classes are the folder names: unknown before the data is read
+        with pytest.raises(UsageError, match="unknown before the data is read"):
+            ds.classes  # noqa: B018
+    else:  # before reading (tiny-imagenet, food101n: their real class count until then)
+        assert len(ds.classes) >= 2 and len(set(ds.classes)) == len(ds.classes)
+        assert ds.num_classes == len(ds.classes)
     assert cls.channels in (1, 3)
     assert isinstance(cls.image_size, int) and cls.image_size > 0
     assert len(cls.mean) == cls.channels and len(cls.std) == cls.channels
     assert all(0 < s for s in cls.std) and all(0 <= m <= 1 for m in cls.mean)
-    if cls.asym_map is not None:
-        assert set(cls.asym_map) | set(cls.asym_map.values()) <= set(range(len(cls.classes)))
+    if cls.asym_map and name != "folder":
+        assert set(cls.asym_map) | set(cls.asym_map.values()) <= set(range(ds.num_classes))
     doc = (cls.__doc__ or "").strip()  # a class's own docstring (not inherited)
     assert doc and len(doc.splitlines()) == 1, "one-line docstring: its `bench list` description"
     assert describe(cls) == doc
@@ -210,17 +215,19 @@ def sections(text: str) -> dict[str, list[str]]:
 
 
 def test_bench_list_names_every_entry(capsys):
+    from bench.presets import PRESETS
     from datasets.noise import NOISE_MODELS
 
     assert main(["list"]) == 0
     cap = capsys.readouterr()
     assert cap.err == ""
     listed = sections(cap.out)
-    assert list(listed) == ["methods", "datasets", "backbones", "noise"]
+    assert list(listed) == ["methods", "datasets", "backbones", "noise", "presets"]
     assert listed["methods"] == METHODS.names()
     assert listed["datasets"] == DATASETS.names()
     assert listed["backbones"] == [*BACKBONES.names(), "timm:NAME"]
     assert listed["noise"] == list(NOISE_MODELS)
+    assert listed["presets"] == sorted(PRESETS)
     for name in METHODS.names():
         assert describe(METHODS.get(name)) in cap.out
 

@@ -1,0 +1,80 @@
+"""Typed, validated, documented options for methods and data sets (``--set KEY=VALUE``).
+
+An owner class (a :class:`methods.base.Method` or a :class:`datasets.base.Dataset`) declares
+``Options``, a dataclass whose fields carry ``metadata={"help": ..., "source": ...}``. The
+strings of ``--set`` become typed values here, each checked, with one-line errors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any, Literal
+
+from bench.errors import UsageError
+
+
+def _coerce(key: str, raw: str, tp: Any) -> Any:
+    """Turn the string ``raw`` into type ``tp`` or raise a one-line :class:`UsageError`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for c in choices:
+            if str(c) == raw:
+                return c
+        raise UsageError(f"--set {key}={raw}: valid values are {', '.join(map(str, choices))}")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if raw.lower() in ("none", "null", ""):
+            return None
+        return _coerce(key, raw, args[0])
+    if tp is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"--set {key}={raw}: expected a boolean (true or false)")
+    try:
+        value = tp(raw)
+    except (TypeError, ValueError):
+        raise UsageError(f"--set {key}={raw}: expected {getattr(tp, '__name__', tp)}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"--set {key}={raw}: expected a finite number")
+    return value
+
+
+def option_names(owner: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(owner.Options)}
+
+
+def build_options(owner: type, raw: dict[str, str], kind: str = "method") -> Any:
+    """``owner.Options`` from ``--set`` strings, every key and value checked."""
+    opts_cls = owner.Options
+    hints = typing.get_type_hints(opts_cls)
+    fields = option_names(owner)
+    for key in raw:
+        if key not in fields:
+            valid = ", ".join(sorted(fields)) or f"(none: this {kind} has no options)"
+            raise UsageError(f"--set {key}: {kind} {owner.name!r} has no option {key!r}; valid: {valid}")
+    values = {k: _coerce(k, v, hints[k]) for k, v in raw.items()}
+    try:
+        return opts_cls(**values)
+    except ValueError as exc:
+        raise UsageError(f"--set: {exc}") from None
+
+
+def describe_options(owner: type) -> list[str]:
+    """One line per option: name, type, default, help and source (for ``bench list --verbose``)."""
+    hints = typing.get_type_hints(owner.Options)
+    lines = []
+    for f in dataclasses.fields(owner.Options):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        tp = hints[f.name]
+        if typing.get_origin(tp) is Literal:
+            tname = "|".join(map(str, typing.get_args(tp)))
+        else:
+            tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        help_ = f.metadata.get("help", "")
+        src = f.metadata.get("source", "")
+        lines.append(f"{f.name} ({tname}, default {default!r}): {help_}" + (f" [{src}]" if src else ""))
+    return lines

@@ -1,0 +1,74 @@
+"""Presets: named protocols (``--preset NAME``) that pin a benchmark's settings.
+
+A preset fills run settings between the data set's defaults and the command line: anything
+given on the command line wins, and the resolved values (not the preset's) are what gets
+logged, with the preset's name. The paper presets follow IDO's official code (ido-method.md,
+"Protocol in the code"): ImageNet-pretrained timm backbones at 224 px, stage 1 = 5 and stage 2
+= 10 epochs (wrongevent's default split of a 15-epoch pretrained run), batch 128; ResNet-50
+with AdamW lr 1e-3 wd 1e-5, ViT-B/16 with SGD lr 1e-2 wd 1e-5 and no momentum.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    values: dict[str, Any]  # RunConfig fields, including the data set
+    dataset_options: dict[str, str] = field(default_factory=dict)
+
+
+# IDO official code: ResNet-50 AdamW lr 1e-3 wd 1e-5; ViT-B/16 SGD lr 1e-2 wd 1e-5, momentum 0
+RESNET50 = {"backbone": "timm:resnet50", "pretrained": True, "optimizer": "adamw", "lr": 1e-3,
+            "weight_decay": 1e-5, "scheduler": "none"}
+VIT_B16 = {"backbone": "timm:vit_base_patch16_224", "pretrained": True, "optimizer": "sgd", "lr": 1e-2,
+           "momentum": 0.0, "weight_decay": 1e-5, "scheduler": "none"}
+# paper: 5 + 10 epochs; batch 128 (official configs), 224 px, crop + flip
+PROTOCOL = {"epochs": 15, "batch_size": 128, "image_size": 224, "augment": "crop-flip"}
+
+PAPER_DATASETS = {  # preset name -> (data set, protocol changes, data-set options)
+    "cifar100": ("cifar100", {}, {}),
+    "tiny-imagenet": ("tiny-imagenet", {}, {}),
+    "cifar100n": ("cifar100n", {}, {"label": "noisy"}),
+    # Clothing1M stage 2: batch 64 with 1000 x 64 class-balanced samples per epoch (official code)
+    "clothing1m": ("clothing1m", {"batch_size": 64}, {"samples_per_epoch": "64000"}),
+    "webvision": ("webvision", {}, {}),
+    # official CIFAR-10 stage 2 uses batch 256; one batch size serves both stages here
+    "cifar10": ("cifar10", {}, {}),
+    "food101n": ("food101n", {}, {}),
+}
+
+
+def _build() -> dict[str, Preset]:
+    presets: dict[str, Preset] = {}
+    for name, (dataset, extra, dopts) in PAPER_DATASETS.items():
+        for suffix, backbone, label in (("", RESNET50, "ResNet-50"), ("-vit", VIT_B16, "ViT-B/16")):
+            values = {"dataset": dataset, **PROTOCOL, **backbone, **extra}
+            presets[name + suffix] = Preset(
+                name + suffix, f"IDO protocol on {dataset}: pretrained {label}, 224 px, 5 + 10 epochs, "
+                f"batch {values['batch_size']}", values, dict(dopts))
+    # The CPU benchmark (cpu-benchmark.md): the memorisation regime, where CE's last accuracy
+    # falls clearly under its best at sym 40% (measured here with 6,000 images: best 0.845,
+    # 0.679 at epoch 30, 0.586 at 40). 5,000 training images and 30 epochs (no augmentation of
+    # the plain view; the small CNN, Adam lr 1e-3, batch 128) keep that regime and let the
+    # 5-method x 4-noise x 3-seed grid finish in under 100 minutes on 2 cores.
+    presets["fmnist-cpu"] = Preset(
+        "fmnist-cpu", "Fashion-MNIST on CPU in the memorisation regime: smallcnn, 5,000 samples, "
+        "no plain-view augmentation, 30 epochs",
+        {"dataset": "fashion-mnist", "backbone": "smallcnn", "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
+         "batch_size": 128, "subset": 5000, "augment": "none", "epochs": 30, "scheduler": "none"})
+    return presets
+
+
+PRESETS: dict[str, Preset] = _build()
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UsageError(f"--preset {name}: unknown preset; valid: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
