@@ -95,6 +95,7 @@ def build_parser() -> Parser:
     ui.add_argument("--tracking-uri", default=None)
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
+    add_sweep_parser(sub)
     ov = sub.add_parser("overhead", help="time the trainer against a bare PyTorch loop (same model and data)")
     ov.add_argument("--epochs", type=int, default=2)
     ov.add_argument("--repeats", type=int, default=3)
@@ -102,6 +103,60 @@ def build_parser() -> Parser:
     ov.add_argument("--batch-size", type=int, default=128)
     ov.add_argument("--backbone", default="smallcnn")
     return p
+
+
+# the grid's own dimensions, and where the sweep logs; every other run flag passes through
+SWEEP_OWN = {"method", "noise", "noise_rate", "seed", "workers", "tracking_uri", "experiment"}
+
+
+def add_sweep_parser(sub: Any) -> None:
+    sw = sub.add_parser("sweep", help="run a grid of methods x noise settings x seeds (resumable, shardable)")
+    sw.add_argument("--methods", required=True, help="comma-separated methods, e.g. ce,coteaching,wrongevent")
+    sw.add_argument("--noise", help="comma-separated MODEL:RATE settings, e.g. sym:0.2,pairflip:0.4, or none")
+    sw.add_argument("--seeds", default="1", help="comma-separated training seeds (default 1)")
+    sw.add_argument("--workers", type=int, default=1, help="runs at once on this machine (default 1)")
+    sw.add_argument("--shard", help="I/N: run only this job's share of the grid")
+    sw.add_argument("--dry-run", action="store_true", help="print the grid and what would run, run nothing")
+    sw.add_argument("--loader-workers", type=int, dest="loader_workers",
+                    help="DataLoader workers of each run (bench run --workers)")
+    sw.add_argument("--tracking-uri", default=None)
+    sw.add_argument("--experiment", default="bench")
+    for name, (tp, help_) in RUN_FLAGS.items():
+        if name not in SWEEP_OWN:
+            sw.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, default=None, help=help_)
+    sw.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
+    sw.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE")
+
+
+def sweep_run_args(args: argparse.Namespace) -> list[str]:
+    """The ``bench run`` flags every run of the sweep gets."""
+    out: list[str] = []
+    for name in RUN_FLAGS:
+        if name in SWEEP_OWN or getattr(args, name) is None:
+            continue
+        value = getattr(args, name)
+        if name == "preset" and value in ("paper", "paper-vit"):
+            value = args.dataset + ("-vit" if value == "paper-vit" else "")
+        out += ["--" + name.replace("_", "-"), str(value)]
+    if args.pretrained is not None:
+        out.append("--pretrained" if args.pretrained else "--no-pretrained")
+    if args.loader_workers is not None:
+        out += ["--workers", str(args.loader_workers)]
+    for pair in args.sets or []:
+        out += ["--set", pair]
+    return out
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.sweep import Sweep, parse_shard, shard, sweep_points
+    from bench.tracking import default_tracking_uri
+
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    points = shard(sweep_points(args), *parse_shard(args.shard))
+    uri = args.tracking_uri or default_tracking_uri()
+    log_dir = Path(args.out or "results/runs").parent / "sweeps" / args.experiment
+    return Sweep(points, sweep_run_args(args), uri, args.experiment, args.workers, log_dir).run(args.dry_run)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -354,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ui(args)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "sweep":
+            return cmd_sweep(args)
         from bench.overhead import cmd_overhead
 
         return cmd_overhead(args)

@@ -118,3 +118,28 @@ class Tracker:
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def runs_by_tag(uri: str | None, experiment: str, tag: str, values: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """Runs of ``experiment`` whose ``tag`` is one of ``values``: {value: [{run_id, status,
+    run_dir}, ...]} oldest first. Works against a file/SQLite store or a tracking server."""
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri or default_tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    out: dict[str, list[dict[str, Any]]] = {}
+    if exp is None:
+        return out
+    token = None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time ASC"])
+        for r in page:
+            value = r.data.tags.get(tag)
+            if value in values:
+                out.setdefault(value, []).append({"run_id": r.info.run_id, "status": r.info.status,
+                                                  "run_dir": r.data.tags.get("run_dir")})
+        token = page.token
+        if not token:
+            return out

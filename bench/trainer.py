@@ -146,6 +146,9 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, progress: bool | None = None,
                  stop_after: int | None = None) -> None:
         self.cfg = cfg
+        # the hash of the configuration as requested (before methods and data sets resolve
+        # their defaults): what `bench sweep` looks runs up by
+        self.request_hash = cfg.hash()
         self.run_dir = run_dir
         self.stop_after = stop_after
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -451,7 +454,8 @@ class Trainer:
         noise = f"{cfg.noise}:{cfg.noise_rate:g}" if cfg.noise != "none" else "none"
         name = self.run_dir.name
         run_id = tracker.start(name, tags={"git_commit": git_commit(), "method": cfg.method, "dataset": cfg.dataset,
-                                           "noise": noise, "config_hash": cfg.hash(), "run_dir": str(self.run_dir)})
+                                           "noise": noise, "config_hash": cfg.hash(), "run_dir": str(self.run_dir),
+                                           "request_hash": self.request_hash, "seed": str(cfg.seed)})
         tracker.log_params(cfg.flatten())
         art = self.run_dir
         (art / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")

@@ -1,0 +1,220 @@
+"""``python -m bench sweep``: a grid of methods x noise settings x seeds, run as separate
+``bench run`` processes, resumable and shardable.
+
+- Every run of the grid gets the sweep's other ``bench run`` options (``--preset``,
+  ``--subset``, ``--set`` ...). A run is recognised by the hash of its requested configuration
+  (the ``request_hash`` tag ``bench run`` logs): a sweep started again skips the runs that
+  finished in the experiment and resumes the interrupted ones from their checkpoints, so
+  stopping and restarting a sweep neither loses nor repeats work.
+- ``--workers K`` runs K runs at once: on CPU each gets cores / K threads; on several GPUs
+  each run gets one GPU (``CUDA_VISIBLE_DEVICES``), round robin.
+- ``--shard I/N`` keeps the grid points whose position modulo N is I - 1: N jobs of a job
+  array cover the grid, disjointly, with no coordinator (they share an MLflow server through
+  ``--tracking-uri``).
+- ``--preset paper`` (or ``paper-vit``) expands to the IDO paper's protocol and noise grid for
+  the data set (paper-numbers.md): e.g. CIFAR-100 sym 20/40/60, asym 40, instance 40.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UsageError
+
+# The IDO paper's noise grid per benchmark (paper-numbers.md; README of the official code)
+PAPER_NOISE = {
+    "cifar100": "sym:0.2,sym:0.4,sym:0.6,asym:0.4,instance:0.4",
+    "cifar10": "sym:0.2,sym:0.4,sym:0.6,asym:0.4,instance:0.4",
+    "tiny-imagenet": "sym:0.2,sym:0.5,instance:0.4",
+    "cifar100n": "none", "clothing1m": "none", "webvision": "none", "food101n": "none",
+}
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    method: str
+    noise: str
+    rate: float
+    seed: int
+
+    @property
+    def label(self) -> str:
+        noise = "none" if self.noise == "none" else f"{self.noise}:{self.rate:g}"
+        return f"{self.method} {noise} seed {self.seed}"
+
+    def flags(self) -> list[str]:
+        out = ["--method", self.method, "--noise", self.noise, "--seed", str(self.seed)]
+        return out + (["--noise-rate", f"{self.rate:g}"] if self.noise != "none" else [])
+
+
+def parse_list(flag: str, text: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise UsageError(f"{flag}: give a comma-separated list")
+    return items
+
+
+def parse_noise(text: str) -> list[tuple[str, float]]:
+    """``sym:0.2,pairflip:0.4,none`` -> [(model, rate)]."""
+    out = []
+    for item in parse_list("--noise", text):
+        model, _, rate = item.partition(":")
+        if model == "none":
+            out.append(("none", 0.0))
+            continue
+        try:
+            out.append((model, float(rate)))
+        except ValueError:
+            raise UsageError(f"--noise {item}: expected MODEL:RATE (e.g. sym:0.4) or none") from None
+    return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in parse_list("--seeds", text)]
+    except ValueError:
+        raise UsageError(f"--seeds {text}: expected integers, e.g. 1,2,3") from None
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return 1, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text}: expected I/N, e.g. 2/4") from None
+    if not 1 <= i <= n:
+        raise UsageError(f"--shard {text}: I must lie in [1, N]")
+    return i, n
+
+
+def expand(methods: list[str], noises: list[tuple[str, float]], seeds: list[int]) -> list[GridPoint]:
+    """The grid in a fixed order: seed, then noise, then method (so the first runs of a sweep
+    already give one seed of every cell)."""
+    return [GridPoint(m, n, r, s) for s in seeds for n, r in noises for m in methods]
+
+
+def shard(points: list[GridPoint], i: int, n: int) -> list[GridPoint]:
+    return [p for k, p in enumerate(points) if k % n == i - 1]
+
+
+def cpu_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+class Sweep:
+    """Runs the grid points not yet finished, K at a time."""
+
+    def __init__(self, points: list[GridPoint], run_args: list[str], tracking_uri: str, experiment: str,
+                 workers: int, log_dir: Path) -> None:
+        self.points, self.run_args, self.uri, self.experiment = points, run_args, tracking_uri, experiment
+        self.workers, self.log_dir = workers, log_dir
+        self.lock = threading.Lock()
+        self.results: dict[GridPoint, str] = {}
+
+    def request_hash(self, point: GridPoint) -> str:
+        from bench.cli import build_parser, check_run_config, config_from_args
+
+        args = build_parser().parse_args(["run", *point.flags(), *self.run_args])
+        cfg = config_from_args(args)
+        check_run_config(cfg)
+        return cfg.hash()
+
+    def state(self, hashes: dict[GridPoint, str]) -> dict[GridPoint, tuple[str, str | None]]:
+        """Per point: ('finished', None), ('resume', run_dir) or ('new', None)."""
+        from bench.tracking import runs_by_tag
+
+        runs = runs_by_tag(self.uri, self.experiment, "request_hash", set(hashes.values()))
+        out = {}
+        for point, h in hashes.items():
+            mine = runs.get(h, [])
+            if any(r["status"] == "FINISHED" for r in mine):
+                out[point] = ("finished", None)
+                continue
+            resumable = [r for r in mine if r["run_dir"] and (Path(r["run_dir"]) / "checkpoint.pt").is_file()]
+            out[point] = ("resume", resumable[-1]["run_dir"]) if resumable else ("new", None)
+        return out
+
+    def command(self, point: GridPoint, action: str, run_dir: str | None) -> list[str]:
+        base = [sys.executable, "-m", "bench", "run", "--progress", "lines"]
+        if action == "resume":
+            return [*base, "--resume", str(run_dir), "--tracking-uri", self.uri]
+        return [*base, *point.flags(), *self.run_args, "--tracking-uri", self.uri, "--experiment", self.experiment]
+
+    def env(self, slot: int) -> dict[str, str]:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])  # the project, wherever the sweep runs from
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        gpus = _gpu_count()
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+        else:
+            threads = str(cpu_threads(self.workers))
+            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        return env
+
+    def run(self, dry_run: bool = False) -> int:
+        hashes = {p: self.request_hash(p) for p in self.points}
+        state = self.state(hashes)
+        todo = [p for p in self.points if state[p][0] != "finished"]
+        for p in self.points:
+            action = state[p][0]
+            print(f"{'skip (finished)' if action == 'finished' else action:<16} {p.label}", flush=True)
+        print(f"{len(self.points)} runs in this share of the grid: {len(self.points) - len(todo)} finished, "
+              f"{sum(state[p][0] == 'resume' for p in todo)} to resume, "
+              f"{sum(state[p][0] == 'new' for p in todo)} to start", flush=True)
+        if dry_run or not todo:
+            return 0
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        slots = list(range(self.workers))
+
+        def one(point: GridPoint) -> str:
+            with self.lock:
+                slot = slots.pop(0)
+            try:
+                action, run_dir = state[point]
+                log = self.log_dir / (point.label.replace(" ", "_").replace(":", "") + ".log")
+                with open(log, "a") as f:
+                    proc = subprocess.run(self.command(point, action, run_dir), stdout=f, stderr=subprocess.STDOUT,
+                                          env=self.env(slot), check=False)
+                status = "finished" if proc.returncode == 0 else f"failed (exit {proc.returncode}, log {log})"
+                print(f"{status:<16} {point.label}", flush=True)
+                return status
+            finally:
+                with self.lock:
+                    slots.append(slot)
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            statuses = list(pool.map(one, todo))
+        failed = sum(s != "finished" for s in statuses)
+        print(f"sweep done: {len(statuses) - failed} runs finished, {failed} failed", flush=True)
+        return 1 if failed else 0
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # pragma: no cover - no torch CUDA runtime
+        return 0
+
+
+def sweep_points(args: Any) -> list[GridPoint]:
+    from methods.base import METHODS
+
+    methods = [METHODS.canonical(m) for m in parse_list("--methods", args.methods)]
+    noise = args.noise
+    if args.preset in ("paper", "paper-vit"):
+        if not args.dataset or args.dataset not in PAPER_NOISE:
+            raise UsageError(f"--preset {args.preset} needs --dataset, one of {', '.join(PAPER_NOISE)}")
+        noise = noise or PAPER_NOISE[args.dataset]
+    if not noise:
+        raise UsageError("--noise is required: a list like sym:0.2,sym:0.4,pairflip:0.4 (or none)")
+    return expand(methods, parse_noise(noise), parse_seeds(args.seeds))
