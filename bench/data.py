@@ -157,8 +157,9 @@ class FileViews(TorchDataset):
     """
 
     def __init__(self, files: Sequence[str], transforms: dict[str, Callable], views: Sequence[str],
-                 size: int) -> None:
+                 size: int, seed: int = 0) -> None:
         self.files, self.transforms, self.views, self.size = files, transforms, tuple(views), size
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.files)
@@ -168,11 +169,14 @@ class FileViews(TorchDataset):
 
         item: dict = {"index": i, "ok": True}
         try:
-            with Image.open(self.files[i]) as im:
+            # each sample's augmentation draws come from (pass seed, dataset index), so they do
+            # not depend on the number of workers or on which worker decodes the image
+            with Image.open(self.files[i]) as im, torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed + i * 1_000_003) % 2**63)
                 im = im.convert("RGB")
                 for view in self.views:
                     item[view] = self.transforms[view](im)
-        except (OSError, ValueError, SyntaxError):  # PIL's decode errors (UnidentifiedImageError is an OSError)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # PIL's decode errors
             item["ok"] = False
             for view in self.views:
                 item[view] = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
@@ -245,7 +249,8 @@ class DiskLoader:
         unlabeled batches); failed decodes are dropped as in :meth:`iterate`."""
         from torch.utils.data import default_collate
 
-        ds = FileViews(self.files, self.transforms, views, self.size)
+        seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
+        ds = FileViews(self.files, self.transforms, views, self.size, seed)
         out = self._finish(default_collate([ds[i] for i in index.tolist()]), views)
         if out is None:  # every image of the batch failed: an empty batch of the right shapes
             empty = torch.zeros(0, dtype=torch.int64, device=self.device)
@@ -259,11 +264,11 @@ class DiskLoader:
         gen = gen if gen is not None else epoch_generator(0, 0, torch.device("cpu"))
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=gen, device=gen.device).cpu()]
-        # the workers' seeds (their augmentation draws) come from the epoch's generator too
-        wgen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=gen, device=gen.device)))
-        loader = DataLoader(FileViews(self.files, self.transforms, views, self.size),
+        # the augmentation draws come from the epoch's generator too (per sample, see FileViews)
+        seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
+        loader = DataLoader(FileViews(self.files, self.transforms, views, self.size, seed),
                             batch_size=batch_size or self.batch_size, sampler=idx.tolist(),
-                            num_workers=self.workers, pin_memory=self.device.type == "cuda", generator=wgen,
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=False)
         for raw in loader:
             out = self._finish(raw, views)

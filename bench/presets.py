@@ -35,10 +35,11 @@ PAPER_DATASETS = {  # preset name -> (data set, protocol changes, data-set optio
     "cifar100": ("cifar100", {}, {}),
     "tiny-imagenet": ("tiny-imagenet", {}, {}),
     "cifar100n": ("cifar100n", {}, {"label": "noisy"}),
-    # Clothing1M stage 2: batch 64 with 1000 x 64 class-balanced samples per epoch (official code)
+    # Clothing1M stage 2: batch 64 with 1000 x 64 class-balanced samples per epoch (official code);
+    # one batch size serves both stages here, so stage 1 runs at 64 too (official: 128)
     "clothing1m": ("clothing1m", {"batch_size": 64}, {"samples_per_epoch": "64000"}),
     "webvision": ("webvision", {}, {}),
-    # official CIFAR-10 stage 2 uses batch 256; one batch size serves both stages here
+    # official CIFAR-10 stage 2 uses batch 256; one batch size serves both stages here (128)
     "cifar10": ("cifar10", {}, {}),
     "food101n": ("food101n", {}, {}),
 }

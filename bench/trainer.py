@@ -188,6 +188,9 @@ class Trainer:
             self.test_loaders[name] = self._loader(ds, images, labels, None, cfg.eval_batch_size)
         self.test_loader = self.test_loaders[""]
         self.epoch_samples = ds.epoch_samples(cfg.batch_size)
+        if self.epoch_samples is not None and self.epoch_samples < ds.num_classes:
+            raise UsageError(f"samples_per_epoch {self.epoch_samples} is smaller than the {ds.num_classes} "
+                             "classes it is balanced over; give at least that many")
         self.pool: torch.Tensor | None = None
         self.train_set = train
         method_cls = METHODS.get(cfg.method)
@@ -292,7 +295,8 @@ class Trainer:
         out = {}
         for name, loader in self.test_loaders.items():
             logits, idx = self._logits(self.method.predict, loader)
-            acc = (logits.argmax(1) == loader.labels[idx]).float().sum().item() / max(len(loader), 1)
+            # over the images that decoded (on-disk data); the skipped ones are counted apart
+            acc = (logits.argmax(1) == loader.labels[idx]).float().mean().item()
             out["test_acc" + (f"_{name}" if name else "")] = acc
         self.method.train_mode(True)
         return out
@@ -366,9 +370,10 @@ class Trainer:
         metrics.update(self.evaluate())
         t4 = time.perf_counter()
         if isinstance(self.train_loader, DiskLoader):  # images that failed to decode this epoch
-            loaders = [self.train_loader, *self.test_loaders.values()]
-            metrics["skipped_images"] = float(sum(ld.skipped for ld in loaders))
-            for ld in loaders:
+            metrics["skipped_images"] = float(self.train_loader.skipped)
+            self.train_loader.skipped = 0
+            for name, ld in self.test_loaders.items():
+                metrics["test_skipped_images" + (f"_{name}" if name else "")] = float(ld.skipped)
                 ld.skipped = 0
         metrics.update(train_time_s=t2 - t1, eval_time_s=t4 - t3, hooks_time_s=(t1 - t0) + (t3 - t2),
                        epoch_time_s=t4 - t0)

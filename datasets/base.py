@@ -133,7 +133,10 @@ def missing_files(files: np.ndarray) -> list[str]:
 
 def find_problems(ds: Dataset, raw: RawSplits) -> list[str]:
     """Label-range and missing-file faults of the splits (cheap: no image is decoded)."""
-    problems = label_problems("train", raw.train_labels, ds.num_classes)
+    problems = [f"the {split} split is empty" for split, labels in
+                (("train", raw.train_labels), ("test", raw.test_labels),
+                 *((k, v[1]) for k, v in raw.extra_tests.items())) if len(labels) == 0]
+    problems += label_problems("train", raw.train_labels, ds.num_classes)
     problems += label_problems("test", raw.test_labels, ds.num_classes)
     if raw.train_clean is not None:
         problems += label_problems("clean train", raw.train_clean, ds.num_classes)

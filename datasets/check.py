@@ -24,7 +24,7 @@ def _unreadable(files: np.ndarray) -> list[str]:
         try:
             with Image.open(f) as im:
                 im.load()
-        except (OSError, ValueError, SyntaxError):
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             bad.append(str(f))
     return bad
 

@@ -74,6 +74,11 @@ class HumanLabels:
             if len(human[k]) != len(raw.train_labels):
                 raise UsageError(f"{path}: '{k}' has {len(human[k])} labels for {len(raw.train_labels)} "
                                  "training images (the file must match the python version's order)")
+        fine_clean = human.get("clean_label")
+        if fine_clean is not None and not np.array_equal(fine_clean, raw.train_labels):
+            bad = int(np.flatnonzero(fine_clean != raw.train_labels)[0])
+            raise UsageError(f"{path}: its clean labels disagree with the CIFAR training labels (first at "
+                             f"sample {bad}): the CIFAR copy is not in the python version's order")
         raw.train_clean = human[clean_key]
         raw.train_labels = human[key]
         return raw

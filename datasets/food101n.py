@@ -47,7 +47,11 @@ class Food101N(FileDataset):
         for name in ("verified_train.tsv", "verified_val.tsv"):
             path = rel / "meta" / name
             if path.is_file():
-                flags = np.array([int(line.split()[-1]) for line in read_lines(path)[1:]])
+                try:
+                    flags = np.array([int(line.split()[-1]) for line in read_lines(path)[1:]])
+                except ValueError:
+                    notes.append(f"{name}: lines are not '<class>/<key> <0|1>'; verification flags not read")
+                    continue
                 notes.append(f"{name}: {len(flags)} verified samples, {np.mean(flags == 0):.2%} of them "
                              "marked wrong (an estimate of the noise rate)")
         return FileIndex(

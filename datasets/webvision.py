@@ -61,7 +61,11 @@ class WebVision(FileDataset):
                 for f in image_files(folder) if folder.is_dir() else []:
                     files.append(str(f))
                     labels.append(c)
-            extra["imagenet"] = (files, np.array(labels, dtype=np.int64))
+            if files:
+                extra["imagenet"] = (files, np.array(labels, dtype=np.int64))
+            else:
+                notes.append(f"{imagenet} holds no images in class-index folders 0..{NUM_CLASSES - 1}/ "
+                             "(DivideMix's layout): only the WebVision val is tested")
         else:
             notes.append(f"no ImageNet validation images at {imagenet}/<class>/: only the WebVision val is tested")
         return FileIndex(

@@ -201,10 +201,15 @@ class DivideMix(Method):
         self.state["hist_len"] += 1
         metrics.update(divide_eval_s=t_eval, divide_gmm_s=t_gmm, lambda_u=self.lambda_u,
                        p_threshold=self.p_threshold,
-                       labeled_frac_net1=float((self.state["prob2"] > self.p_threshold).float().mean()),
-                       labeled_frac_net2=float((self.state["prob1"] > self.p_threshold).float().mean()))
+                       labeled_frac_net1=self._labeled_frac("prob2"), labeled_frac_net2=self._labeled_frac("prob1"))
         metrics.update(self._truth_metrics())
         return metrics
+
+    def _labeled_frac(self, key: str) -> float:
+        """Share of the divided samples (the epoch's sample when there is one) labeled clean."""
+        pool = self.ctx.epoch_pool()
+        prob = self.state[key] if pool is None else self.state[key][pool]
+        return float((prob > self.p_threshold).float().mean())
 
     def _fit_gmm(self, k: str, loss: torch.Tensor, pool: torch.Tensor | None = None) -> np.ndarray:
         hist = self.state["hist" + k]

@@ -218,12 +218,15 @@ class ClasswiseMixture:
         self.small = [len(idx) < self.MIN_CLASS for idx in self.members]
         self.fallback = make() if any(self.small) else None
 
-    def fit(self, values: np.ndarray, iterations: int) -> None:
+    def fit(self, values: np.ndarray, iterations: int, mask: np.ndarray | None = None) -> None:
+        """Fit every class's mixture on its samples (those in ``mask`` when given; a class with
+        fewer than MIN_CLASS of them keeps its last fit)."""
         for part, idx, small in zip(self.parts, self.members, self.small, strict=True):
-            if not small:
+            idx = idx if mask is None else idx[mask[idx]]
+            if not small and len(idx) >= self.MIN_CLASS:
                 part.fit(values[idx], iterations)
         if self.fallback is not None:
-            self.fallback.fit(values, iterations)
+            self.fallback.fit(values if mask is None else values[mask], iterations)
 
     def _apply(self, fn: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, b = np.zeros(len(values)), np.zeros(len(values))

@@ -135,6 +135,8 @@ class WrongEvent(Method):
             pred_cur=torch.full((n,), -1, dtype=torch.int64, device=dev),
             loss_last=torch.zeros(n, device=dev),
             loss_accum=torch.zeros(n, device=dev),
+            # samples trained on so far: with sampled epochs (Clothing1M) many are not yet
+            seen=torch.zeros(n, dtype=torch.bool, device=dev),
         )
         self.stage = 1
         self.changes: list[float] = []
@@ -195,8 +197,18 @@ class WrongEvent(Method):
         self._stage2_optim()
         t = time.perf_counter()
         self.mixture = self._new_mixture()
-        self.mixture.fit(self._scores(), FIT_ITERS_START)
+        self._fit(FIT_ITERS_START)
         return {"mixture_fit_s": time.perf_counter() - t}
+
+    def _fit(self, iterations: int) -> None:
+        """Fit the mixture on the samples trained on so far: with sampled epochs the others have
+        no wrong events yet and would pile up as a spurious clean mode at 0."""
+        scores, seen = self._scores(), self.state["seen"].cpu().numpy()
+        mask = None if seen.all() else seen
+        if isinstance(self.mixture, ClasswiseMixture):
+            self.mixture.fit(scores, iterations, mask=mask)
+        else:
+            self.mixture.fit(scores if mask is None else scores[mask], iterations)
 
     def _stage2_optim(self) -> None:
         opt = self.ctx.make_optimizer(self.models["net"].parameters())
@@ -231,10 +243,14 @@ class WrongEvent(Method):
     def _end_stage1(self, epoch: int) -> dict[str, float]:
         st = self.state
         metrics: dict[str, float] = {}
-        if epoch > 0:
-            self.changes.append(float((st["pred_cur"] != st["pred_prev"]).sum()))
+        both = (st["pred_cur"] >= 0) & (st["pred_prev"] >= 0)  # predicted in this and the last epoch
+        if epoch > 0 and bool(both.any()):
+            changed = float((st["pred_cur"][both] != st["pred_prev"][both]).sum())
+            # with sampled epochs, scaled to the whole set (a count of all N otherwise)
+            self.changes.append(changed * len(both) / float(both.sum()))
             metrics["prediction_change"] = self.changes[-1]
         st["pred_prev"].copy_(st["pred_cur"])
+        st["pred_cur"].fill_(-1)
         if self.base is None:
             found = label_wave_base(self.changes)
             if found is not None:
@@ -252,7 +268,7 @@ class WrongEvent(Method):
 
     def _end_stage2_epoch(self) -> dict[str, float]:
         t = time.perf_counter()
-        self.mixture.fit(self._scores(), FIT_ITERS_EPOCH[self.opts.bmm_scope])
+        self._fit(FIT_ITERS_EPOCH[self.opts.bmm_scope])
         metrics = {"mixture_fit_s": time.perf_counter() - t}
         metrics.update({f"mix_{k}": float(v) for k, v in self.mixture.params().items()})
         metrics.update(self._truth_metrics(stage1=False))
@@ -301,6 +317,7 @@ class WrongEvent(Method):
 
     def _record(self, idx: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
         pred = logits.detach().argmax(dim=1)
+        self.state["seen"][idx] = True
         self.state["wrong_events"].index_add_(0, idx, (pred != y).int())
         self.state["loss_accum"].index_add_(0, idx, ce.detach().float())
         return pred

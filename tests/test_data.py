@@ -500,3 +500,18 @@ def test_disk_loader_skips_and_counts_undecodable_images(png_loader):
     batches = disk_batches(png_loader, 0)
     idx = torch.cat([b["index"] for b in batches]).tolist()
     assert sorted(idx) == [i for i in range(12) if i != 4] and png_loader.skipped == 1
+
+
+def test_disk_augmentation_does_not_depend_on_the_workers(png_loader):
+    views = ("weak", "strong")
+    runs = [disk_batches(png_loader, w, 1, 0, views=views) for w in (0, 0, 1, 2)]
+    for other in runs[1:]:
+        for x, y in zip(runs[0], other, strict=True):
+            assert torch.equal(x["index"], y["index"])
+            assert all(torch.equal(x[v], y[v]) for v in views)
+    again = disk_batches(png_loader, 0, 1, 1, views=views)
+    assert not torch.equal(runs[0][0]["weak"], again[0]["weak"]) or not torch.equal(
+        runs[0][0]["index"], again[0]["index"])  # another epoch draws anew
+    a = png_loader.batch(torch.tensor([3, 4]), views, epoch_generator(1, 0, CPU))
+    b = png_loader.batch(torch.tensor([3, 4]), views, epoch_generator(1, 0, CPU))
+    assert all(torch.equal(a[v], b[v]) for v in views)  # fetches by index too

@@ -245,3 +245,62 @@ def test_folder_with_a_labels_file_is_real_noise_with_clean_labels(tmp_path):
     assert np.array_equal(raw.train_labels, made.train_labels)
     assert np.array_equal(raw.train_clean, made.train_clean)
     assert not dataset("folder").real_noise  # without the file, synthetic noise applies
+
+
+def test_cifar_n_labels_in_another_order_than_the_images_fail(tmp_path):
+    import torch as th
+
+    made = make_cifar10n(tmp_path)
+    labels = th.load(tmp_path / "CIFAR-10_human.pt", weights_only=False)
+    labels["clean_label"] = np.roll(made.train_labels, 1)
+    th.save(labels, tmp_path / "CIFAR-10_human.pt")
+    with pytest.raises(UsageError, match="not in the python version's order"):
+        dataset("cifar10n").load(str(tmp_path))
+
+
+def test_webvision_imagenet_folders_by_synset_are_noted_not_tested(tmp_path):
+    from tests.fixtures_data import make_webvision
+
+    make_webvision(tmp_path, imagenet=False)
+    (tmp_path / "imagenet" / "val" / "n01440764").mkdir(parents=True)
+    ds = dataset("webvision")
+    raw = ds.load(str(tmp_path))
+    assert raw.extra_tests == {}
+    assert any("holds no images in class-index folders" in n for n in ds.notes(str(tmp_path)))
+
+
+def test_test_accuracy_counts_only_decodable_images(tmp_path):
+    from tests.fixtures_data import make_animal10n
+
+    make_animal10n(tmp_path / "data")
+    t = make_trainer(tmp_path, method="ce", dataset="animal10n", data_root=str(tmp_path / "data"),
+                     backbone="timm:test_resnet", image_size=32, workers=0)
+    Path(t.test_loader.files[0]).write_bytes(b"broken")
+    t.method.predict = lambda x: torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float()
+    acc = t.evaluate()["test_acc"]
+    labels = t.test_loader.labels[1:]
+    assert acc == pytest.approx(float((labels == 0).float().mean()))  # over the 9 images that decode
+    assert t.test_loader.skipped == 1
+
+
+def test_too_small_an_epoch_sample_fails_in_one_line(tmp_path):
+    make_clothing1m(tmp_path / "data")
+    with pytest.raises(UsageError, match="smaller than the 14 classes"):
+        make_trainer(tmp_path, method="ce", dataset="clothing1m", data_root=str(tmp_path / "data"),
+                     backbone="timm:test_resnet", image_size=32, workers=0, dataset_options={"samples_per_epoch": 10})
+
+
+def test_wrongevent_with_sampled_epochs_fits_on_seen_samples_only(tmp_path):
+    """Clothing1M-style epochs: the label wave compares samples predicted in both epochs and
+    the mixture is fitted on samples trained on so far, not on never-seen zeros."""
+    from tests.fixtures_data import make_clothing1m as make
+
+    make(tmp_path / "data")
+    s = run_cli(tmp_path, "--method", "wrongevent", "--dataset", "clothing1m", "--data-root", str(tmp_path / "data"),
+                "--backbone", "timm:test_resnet", "--image-size", "32", "--epochs", "4", "--workers", "0",
+                "--batch-size", "7", "--set", "samples_per_epoch=14", "--set", "stage1_epochs=3")
+    assert s["status"] == "finished"
+    state = torch.load(Path(s["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]["state"]
+    assert 14 <= int(state["seen"].sum()) < 28  # 4 samples of 14 out of 28: some never drawn
+    changes = metric_curve(tmp_path, s["run_id"], "prediction_change")
+    assert len(changes) == 2 and all(0 <= c <= 28 for c in changes)  # scaled to the whole set

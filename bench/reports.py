@@ -1,0 +1,206 @@
+"""Comparison tables from what MLflow holds (``python -m bench table``).
+
+One row per finished run is read from the experiment (method, data set, noise setting, seed,
+best and last test accuracy, wall-clock, epochs, final clean_auc); tables are pandas pivots
+with methods as rows and settings as columns, mean +- std over seeds, the best mean per column
+marked. ``--time`` gives the wall-clock table with each method's per-epoch ratio to DivideMix
+and to CE on the same setting; ``--detection`` the clean_auc table; ``--paper`` puts the IDO
+authors' reported numbers (bench/refdata/paper_numbers.csv) beside the measured ones where
+the data set and setting match.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import UsageError
+
+PAPER_CSV = Path(__file__).parent / "refdata" / "paper_numbers.csv"
+METRICS = ("best_test_acc", "last_test_acc")
+FORMATS = ("md", "latex", "csv")
+
+
+def load_runs(uri: str | None, experiment: str) -> pd.DataFrame:
+    """One row per FINISHED run of ``experiment``."""
+    from bench.tracking import _quiet_mlflow, default_tracking_uri
+
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri or default_tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = ", ".join(sorted(e.name for e in client.search_experiments())) or "(none)"
+        raise UsageError(f"--experiment {experiment}: no such experiment in the store; valid: {names}")
+    rows, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                  max_results=1000, page_token=token)
+        for r in page:
+            m, p, t = r.data.metrics, r.data.params, r.data.tags
+            epochs = float(p.get("epochs", "nan"))
+            rows.append({
+                "run_id": r.info.run_id, "method": p.get("method"), "dataset": p.get("dataset"),
+                "setting": t.get("noise", "none"), "seed": int(p.get("seed", 0)),
+                "best_test_acc": m.get("best_test_acc"), "last_test_acc": m.get("last_test_acc"),
+                "wall_clock_s": m.get("wall_clock_s"), "epochs": epochs,
+                "epoch_s": m.get("wall_clock_s", math.nan) / epochs if epochs else math.nan,
+                "clean_auc": m.get("clean_auc", math.nan),
+            })
+        token = page.token
+        if not token:
+            break
+    if not rows:
+        raise UsageError(f"--experiment {experiment}: no finished runs yet")
+    return pd.DataFrame(rows)
+
+
+def _setting_order(settings: list[str]) -> list[str]:
+    def key(s: str) -> tuple[int, str, float]:
+        model, _, rate = s.partition(":")
+        order = ["none", "sym", "sym-biased", "pairflip", "asym", "instance"]
+        return (order.index(model) if model in order else 99, model, float(rate or 0))
+
+    return sorted(settings, key=key)
+
+
+def _columns(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(data set, setting) pairs, data sets in name order, settings in noise order."""
+    out = []
+    for ds in sorted(df["dataset"].unique()):
+        out += [(ds, s) for s in _setting_order(list(df[df["dataset"] == ds]["setting"].unique()))]
+    return out
+
+
+def summary(df: pd.DataFrame, value: str) -> pd.DataFrame:
+    """mean, std and n of ``value`` per (method, data set, setting)."""
+    g = df.groupby(["method", "dataset", "setting"])[value]
+    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
+
+
+def _cell(mean: float, std: float, n: int, scale: float, digits: int) -> str:
+    if mean != mean:
+        return "-"
+    text = f"{mean * scale:.{digits}f}"
+    if n > 1 and std == std:
+        text += f" ± {std * scale:.{digits}f}"
+    return text
+
+
+def pivot(df: pd.DataFrame, value: str, scale: float = 100.0, digits: int = 2, higher_is_better: bool = True,
+          mark_best: bool = True, paper: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Methods x settings of 'mean ± std'; also returns the best method per column."""
+    s = summary(df, value)
+    cols = _columns(df)
+    methods = sorted(df["method"].unique())
+    table = pd.DataFrame(index=methods, columns=[_colname(c, len({d for d, _ in cols})) for c in cols], dtype=object)
+    best: dict[str, str] = {}  # column name -> best method
+    ref = paper_numbers() if paper else None
+    for col, name in zip(cols, table.columns, strict=True):
+        part = s[(s["dataset"] == col[0]) & (s["setting"] == col[1])].set_index("method")
+        means = part["mean"].dropna()
+        if mark_best and len(means):
+            best[name] = str(means.idxmax() if higher_is_better else means.idxmin())
+        for method in methods:
+            if method not in part.index:
+                table.loc[method, name] = "-"
+                continue
+            row = part.loc[method]
+            text = _cell(row["mean"], row["std"], int(row["n"]), scale, digits)
+            if ref is not None:
+                got = ref[(ref["method"] == method) & (ref["dataset"] == col[0]) & (ref["setting"] == col[1])]
+                if len(got):
+                    text += " (paper " + " / ".join(f"{a:g}" for a in got["accuracy"]) + ")"
+            table.loc[method, name] = text
+    return table, best
+
+
+def _colname(col: tuple[str, str], n_datasets: int) -> str:
+    return col[1] if n_datasets == 1 else f"{col[0]} {col[1]}"
+
+
+def paper_numbers() -> pd.DataFrame:
+    return pd.read_csv(PAPER_CSV, comment="#")
+
+
+def time_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method and setting: total wall-clock and seconds per epoch (means over seeds), and
+    the per-epoch ratio to DivideMix and to CE on the same setting."""
+    s = df.groupby(["method", "dataset", "setting"])[["wall_clock_s", "epoch_s"]].mean().reset_index()
+    rows = []
+    for _, r in s.iterrows():
+        same = s[(s["dataset"] == r["dataset"]) & (s["setting"] == r["setting"])].set_index("method")["epoch_s"]
+        rows.append({"method": r["method"], "dataset": r["dataset"], "setting": r["setting"],
+                     "total_s": r["wall_clock_s"], "s_per_epoch": r["epoch_s"],
+                     "ratio_to_dividemix": r["epoch_s"] / same["dividemix"] if "dividemix" in same else np.nan,
+                     "ratio_to_ce": r["epoch_s"] / same["ce"] if "ce" in same else np.nan})
+    return pd.DataFrame(rows)
+
+
+def time_pivot(df: pd.DataFrame) -> pd.DataFrame:
+    """Methods as rows: mean over settings of total and per-epoch time and of the ratios, and
+    per setting the seconds per epoch."""
+    t = time_table(df)
+    cols = _columns(df)
+    methods = sorted(t["method"].unique())
+    out = pd.DataFrame(index=methods)
+    nd = len({d for d, _ in cols})
+    for col in cols:
+        part = t[(t["dataset"] == col[0]) & (t["setting"] == col[1])].set_index("method")
+        out[f"s/epoch {_colname(col, nd)}"] = [f"{part.loc[m, 's_per_epoch']:.2f}" if m in part.index else "-"
+                                              for m in methods]
+    agg = t.groupby("method")[["total_s", "s_per_epoch", "ratio_to_dividemix", "ratio_to_ce"]].mean()
+    out["total s (mean)"] = [f"{agg.loc[m, 'total_s']:.0f}" for m in methods]
+    out["s/epoch (mean)"] = [f"{agg.loc[m, 's_per_epoch']:.2f}" for m in methods]
+    out["/ DivideMix"] = [_ratio(agg.loc[m, "ratio_to_dividemix"]) for m in methods]
+    out["/ CE"] = [_ratio(agg.loc[m, "ratio_to_ce"]) for m in methods]
+    return out
+
+
+def _ratio(x: float) -> str:
+    return "-" if x != x else f"{x:.3f}"
+
+
+def render(table: pd.DataFrame, fmt: str, best: dict[str, str] | None = None, title: str = "") -> str:
+    """Markdown (best in bold), LaTeX (best in \\textbf) or CSV (best marked with *)."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: valid values are {', '.join(FORMATS)}")
+    t = table.copy()
+    for name, method in (best or {}).items():
+        v = t.loc[method, name]
+        t.loc[method, name] = {"md": f"**{v}**", "latex": f"\\textbf{{{v}}}", "csv": f"{v} *"}[fmt]
+    t.index.name = "method"
+    if fmt == "md":
+        head = ["method", *map(str, t.columns)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join([str(i), *map(str, row)]) + " |" for i, row in zip(t.index, t.values, strict=True)]
+        return (f"{title}\n\n" if title else "") + "\n".join(lines) + "\n"
+    if fmt == "latex":
+        return t.to_latex(escape=False).replace("±", "$\\pm$")
+    return t.to_csv()
+
+
+def cmd_table(args: Any) -> int:
+    df = load_runs(args.tracking_uri, args.experiment)
+    if args.time:
+        table, best, title = time_pivot(df), None, f"Wall-clock time, experiment {args.experiment}"
+    elif args.detection:
+        table, best = pivot(df[df["clean_auc"].notna()], "clean_auc", scale=1.0, digits=3)
+        title = f"Noise detection: final clean_auc (mean ± std over seeds), experiment {args.experiment}"
+    else:
+        if args.metric not in METRICS:
+            raise UsageError(f"--metric {args.metric}: valid values are {', '.join(METRICS)}")
+        table, best = pivot(df, args.metric, paper=args.paper)
+        title = (f"{args.metric} in % (mean ± std over seeds; best mean in bold), experiment {args.experiment}")
+    text = render(table, args.format, best, title)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
