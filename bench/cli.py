@@ -96,6 +96,22 @@ def build_parser() -> Parser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     add_sweep_parser(sub)
+    tb = sub.add_parser("table", help="comparison table of an experiment's runs (mean ± std over seeds)")
+    tb.add_argument("--experiment", required=True)
+    tb.add_argument("--metric", default="best_test_acc", help="best_test_acc or last_test_acc")
+    tb.add_argument("--format", default="md", help="md, latex or csv")
+    tb.add_argument("--out", help="write the table to this file")
+    kind = tb.add_mutually_exclusive_group()
+    kind.add_argument("--time", action="store_true", help="the wall-clock table, with ratios to DivideMix and CE")
+    kind.add_argument("--detection", action="store_true", help="the clean_auc table")
+    tb.add_argument("--paper", action="store_true", help="the IDO paper's numbers beside matching settings")
+    tb.add_argument("--tracking-uri", default=None)
+    pl = sub.add_parser("plot", help="figures of an experiment's runs (PNG)")
+    pl.add_argument("--experiment", required=True)
+    pl.add_argument("--kind", required=True, help="curves, pareto, wrong-events or detection")
+    pl.add_argument("--out", default="results/plots", help="folder for the PNG files")
+    pl.add_argument("--metric", default="last_test_acc", help="accuracy of the pareto plot")
+    pl.add_argument("--tracking-uri", default=None)
     ov = sub.add_parser("overhead", help="time the trainer against a bare PyTorch loop (same model and data)")
     ov.add_argument("--epochs", type=int, default=2)
     ov.add_argument("--repeats", type=int, default=3)
@@ -411,6 +427,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_data(args)
         if args.command == "sweep":
             return cmd_sweep(args)
+        if args.command == "table":
+            from bench.reports import cmd_table
+
+            return cmd_table(args)
+        if args.command == "plot":
+            from bench.figures import cmd_plot
+
+            return cmd_plot(args)
         from bench.overhead import cmd_overhead
 
         return cmd_overhead(args)

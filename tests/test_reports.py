@@ -1,0 +1,118 @@
+"""`bench table` and `bench plot` on a tiny experiment written straight into an MLflow store:
+table cells equal the mean and std of the runs' logged metrics, time ratios are the ratios of
+mean seconds per epoch, and every plot kind renders."""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bench.cli import main
+from tests.helpers import tracking_uri
+
+RUNS = {  # (method, setting) -> [(best, last, wall_clock_s)] per seed
+    ("ce", "sym:0.4"): [(0.80, 0.60, 100.0), (0.82, 0.62, 110.0)],
+    ("dividemix", "sym:0.4"): [(0.85, 0.75, 400.0), (0.87, 0.77, 420.0)],
+    ("wrongevent", "sym:0.4"): [(0.84, 0.80, 200.0), (0.86, 0.82, 190.0)],
+    ("ce", "pairflip:0.4"): [(0.70, 0.55, 100.0)],
+    ("wrongevent", "pairflip:0.4"): [(0.78, 0.77, 210.0)],
+}
+EPOCHS = 10
+
+
+@pytest.fixture
+def store(tmp_path):
+    from datasets.fashion_mnist import FashionMNIST
+
+    uri = tracking_uri(tmp_path)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("tiny", artifact_location=(tmp_path / "art").as_uri())
+    labels = FashionMNIST().read(None).train_labels
+    for (method, setting), seeds in RUNS.items():
+        for seed, (best, last, wall) in enumerate(seeds, 1):
+            run = client.create_run(exp, tags={"noise": setting})
+            rid = run.info.run_id
+            for k, v in {"method": method, "dataset": "fashion-mnist", "seed": seed, "epochs": EPOCHS}.items():
+                client.log_param(rid, k, str(v))
+            for step in range(1, EPOCHS + 1):
+                client.log_metric(rid, "test_acc", best - 0.01 * (EPOCHS - step), step=step)
+                if method != "ce":
+                    client.log_metric(rid, "clean_auc", 0.9 + 0.001 * step, step=step)
+            for k, v in {"best_test_acc": best, "last_test_acc": last, "wall_clock_s": wall}.items():
+                client.log_metric(rid, k, v, step=EPOCHS)
+            if method == "wrongevent":
+                src = np.arange(50)
+                given = labels[src].copy()
+                given[:10] = (given[:10] + 1) % 10
+                for name, arr in (("wrong_events", np.r_[np.full(10, 9), np.zeros(40)].astype(np.int32)),
+                                  ("noisy_labels", given), ("train_source_index", src)):
+                    np.save(tmp_path / f"{name}.npy", arr)
+                client.log_artifact(rid, str(tmp_path / "wrong_events.npy"), "method")
+                client.log_artifact(rid, str(tmp_path / "noisy_labels.npy"), "noise")
+                client.log_artifact(rid, str(tmp_path / "train_source_index.npy"), "noise")
+            client.set_terminated(rid, "FINISHED")
+    return tmp_path
+
+
+def table(tmp, *argv: str) -> str:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["table", "--experiment", "tiny", "--tracking-uri", tracking_uri(tmp), *argv]) == 0
+    return buf.getvalue()
+
+
+def test_accuracy_table_is_mean_and_std_over_seeds(store):
+    out = table(store, "--metric", "last_test_acc", "--format", "csv")
+    t = pd.read_csv(io.StringIO(out), index_col=0)
+    assert list(t.columns) == ["sym:0.4", "pairflip:0.4"]
+    v = [0.80, 0.82]
+    assert t.loc["wrongevent", "sym:0.4"] == f"{np.mean(v) * 100:.2f} ± {np.std(v, ddof=1) * 100:.2f} *"  # best
+    assert t.loc["ce", "pairflip:0.4"] == "55.00"  # one seed: no spread
+    assert t.loc["dividemix", "pairflip:0.4"] == "-"
+    md = table(store)  # best_test_acc, markdown, best in bold
+    assert "| dividemix | **86.00 ± 1.41** |" in md
+
+
+def test_time_table_ratios(store):
+    out = table(store, "--time", "--format", "csv")
+    t = pd.read_csv(io.StringIO(out), index_col=0)
+    ce, dm, we = 105.0 / EPOCHS, 410.0 / EPOCHS, 195.0 / EPOCHS
+    assert t.loc["dividemix", "s/epoch sym:0.4"] == pytest.approx(dm, abs=0.01)
+    # wrongevent's ratios: mean over its settings (to DivideMix only where DivideMix ran)
+    assert t.loc["wrongevent", "/ DivideMix"] == pytest.approx(we / dm, abs=1e-3)
+    assert t.loc["wrongevent", "/ CE"] == pytest.approx(np.mean([we / ce, 210.0 / 100.0]), abs=1e-3)
+
+
+def test_detection_table_and_latex(store):
+    out = table(store, "--detection", "--format", "latex")
+    assert "\\textbf{" in out and "0.910" in out and "ce" not in out.split("midrule")[1]
+
+
+def test_paper_numbers_beside_matching_settings(store, tmp_path):
+    out = table(store, "--paper")
+    assert "(paper" not in out  # Fashion-MNIST: no reported setting matches
+    from bench.reports import paper_numbers
+
+    ref = paper_numbers()
+    assert len(ref) >= 50 and set(ref["method"]) <= {"ce", "elr", "dividemix", "wrongevent"}
+    row = ref[(ref["dataset"] == "cifar100") & (ref["setting"] == "instance:0.4") & (ref["backbone"] == "ResNet-50")]
+    assert list(row["accuracy"]) == [83.8]
+
+
+@pytest.mark.parametrize("kind", ["curves", "pareto", "wrong-events", "detection"])
+def test_every_plot_kind_renders(store, kind, tmp_path):
+    out = tmp_path / "plots"
+    assert main(["plot", "--experiment", "tiny", "--kind", kind, "--out", str(out),
+                 "--tracking-uri", tracking_uri(store)]) == 0
+    png = out / f"tiny-{kind}.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_experiment_and_kind(store, capsys):
+    assert main(["table", "--experiment", "nope", "--tracking-uri", tracking_uri(store)]) == 2
+    assert "valid: Default, tiny" in capsys.readouterr().err
+    assert main(["plot", "--experiment", "tiny", "--kind", "bars", "--tracking-uri", tracking_uri(store)]) == 2
