@@ -411,33 +411,28 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+def _lazy(module: str, name: str) -> Any:
+    """A command whose module (pandas, matplotlib, ...) is imported only when it runs."""
+    def call(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+
+    return call
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "ui": cmd_ui, "data": cmd_data, "sweep": cmd_sweep,
+            "table": _lazy("bench.reports", "cmd_table"), "plot": _lazy("bench.figures", "cmd_plot"),
+            "overhead": _lazy("bench.overhead", "cmd_overhead")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         import datasets  # noqa: F401  (registers the data sets)
         import methods  # noqa: F401  (registers the methods)
 
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "list":
-            return cmd_list(args)
-        if args.command == "ui":
-            return cmd_ui(args)
-        if args.command == "data":
-            return cmd_data(args)
-        if args.command == "sweep":
-            return cmd_sweep(args)
-        if args.command == "table":
-            from bench.reports import cmd_table
-
-            return cmd_table(args)
-        if args.command == "plot":
-            from bench.figures import cmd_plot
-
-            return cmd_plot(args)
-        from bench.overhead import cmd_overhead
-
-        return cmd_overhead(args)
+        return COMMANDS[args.command](args)
     except (UsageError, UnknownNameError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2

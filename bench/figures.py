@@ -19,7 +19,7 @@ import pandas as pd
 
 from bench.errors import UsageError
 from bench.plots import _pyplot
-from bench.reports import _setting_order, load_runs
+from bench.reports import _columns, load_runs
 
 KINDS = ("curves", "pareto", "wrong-events", "detection")
 
@@ -47,16 +47,9 @@ def _panels(n: int) -> tuple[Any, Any, np.ndarray]:
     return plt, fig, axes.ravel()
 
 
-def _settings(df: pd.DataFrame) -> list[tuple[str, str]]:
-    out = []
-    for ds in sorted(df["dataset"].unique()):
-        out += [(ds, s) for s in _setting_order(list(df[df["dataset"] == ds]["setting"].unique()))]
-    return out
-
-
 def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: str, title: str,
                scale: float) -> Path:
-    settings = _settings(df)
+    settings = _columns(df)
     plt, fig, axes = _panels(len(settings))
     for ax, (ds, setting) in zip(axes, settings, strict=False):
         part = df[(df["dataset"] == ds) & (df["setting"] == setting)]
@@ -131,7 +124,7 @@ def wrong_events(df: pd.DataFrame, client: Any, path: Path, experiment: str) -> 
     import tempfile
 
     runs = df[df["method"] == "wrongevent"].sort_values("seed")
-    settings = [s for s in _settings(df) if len(runs[(runs["dataset"] == s[0]) & (runs["setting"] == s[1])])]
+    settings = [s for s in _columns(df) if len(runs[(runs["dataset"] == s[0]) & (runs["setting"] == s[1])])]
     if not settings:
         raise UsageError(f"--kind wrong-events: experiment {experiment} has no finished wrongevent run")
     plt, fig, axes = _panels(len(settings))

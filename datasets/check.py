@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from datasets.base import Dataset, RawSplits, label_problems
+from datasets.base import Dataset, RawSplits, label_problems, missing_files
 
 
 def _unreadable(files: np.ndarray) -> list[str]:
@@ -57,7 +57,7 @@ def check_dataset(ds: Dataset, root: str | None, decode: bool = True) -> tuple[l
                      f"{labels.max() if len(labels) else '-'}; {_class_counts(labels, ds.num_classes)}")
         problems = label_problems(split, labels, ds.num_classes)
         if images.dtype != np.uint8:
-            gone = [str(f) for f in images if not os.path.isfile(f)]
+            gone = missing_files(images)
             if gone:
                 problems.append(f"{len(gone)} {split} image files are missing, e.g. {gone[0]}")
             if decode:

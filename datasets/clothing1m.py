@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.errors import UsageError
 from datasets.base import DATASETS
-from datasets.files import FileDataset, FileIndex, need, parse_pairs, read_lines
+from datasets.files import FileDataset, FileIndex, SampledEpochs, need, parse_pairs, read_lines
 
 LISTS = ("noisy_label_kv.txt", "clean_label_kv.txt", "noisy_train_key_list.txt", "clean_test_key_list.txt")
 
@@ -30,14 +30,10 @@ class Clothing1M(FileDataset):
     """Clothing1M: 1M web-labelled clothing images, 14 classes; clean test set of ~10.5k."""
 
     @dataclass
-    class Options:
+    class Options(SampledEpochs):
         samples_per_epoch: int | None = field(default=None, metadata={
             "help": "noisy images drawn (class-balanced) for each epoch; default 1000 x batch size",
             "source": "DivideMix Train_clothing1M.py num_batches=1000; IDO stage 2: 1000 x 64"})
-
-        def __post_init__(self) -> None:
-            if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
-                raise ValueError("samples_per_epoch must be at least 1")
 
     name = "clothing1m"
     classes = ("T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker", "Jacket",

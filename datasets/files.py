@@ -25,6 +25,18 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 
 
 @dataclass
+class SampledEpochs:
+    """Options of data sets whose epoch may be a fresh class-balanced sample; subclasses
+    redeclare ``samples_per_epoch`` with their own default's help and source."""
+
+    samples_per_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise ValueError("samples_per_epoch must be at least 1")
+
+
+@dataclass
 class FileIndex:
     """What a data set's lists say: paths (absolute) and labels per split."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.base import DATASETS
-from datasets.files import FileDataset, FileIndex, image_files, need, parse_pairs
+from datasets.files import FileDataset, FileIndex, SampledEpochs, image_files, need, parse_pairs
 
 NUM_CLASSES = 50  # mini-WebVision (DivideMix Train_webvision.py num_class=50)
 
@@ -27,14 +27,10 @@ class WebVision(FileDataset):
     """mini-WebVision: first 50 Google classes of WebVision 1.0; tested on its val and ImageNet val."""
 
     @dataclass
-    class Options:
+    class Options(SampledEpochs):
         samples_per_epoch: int | None = field(default=None, metadata={
             "help": "images drawn (class-balanced) per epoch; default: the whole set each epoch",
             "source": "DivideMix Train_webvision.py iterates the whole mini set"})
-
-        def __post_init__(self) -> None:
-            if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
-                raise ValueError("samples_per_epoch must be at least 1")
 
     name = "webvision"
     classes = tuple(f"class{i}" for i in range(NUM_CLASSES))  # ImageNet synsets 0-49 (info/synsets.txt)
