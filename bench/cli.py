@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run|list|ui|overhead``.
+"""Command line: ``python -m bench run|list|data|ui|sweep|table|plot|study|study-report|overhead``.
 
 Every user error ends in one line on standard error and exit code 2; a run's last line on
 standard output is one JSON object with its results.
@@ -43,6 +43,8 @@ RUN_FLAGS: dict[str, tuple[type, str]] = {
     "augment": (str, "weak-view augmentation: none, flip, crop, crop-flip"),
     "image_size": (int, "side in pixels of the images the backbone sees (default: the data set's)"),
     "subset": (int, "train on N samples, stratified by class, chosen by the noise seed"),
+    "val_fraction": (float, "hold out this fraction of the noisy training set (stratified by given label, "
+                            "chosen by the noise seed) and log accuracy on it as val_acc"),
     "data_root": (str, "folder holding the data set"),
     "device": (str, f"one of {', '.join(DEVICES)}"),
     "amp": (str, f"mixed precision: {', '.join(TRISTATE)} (auto: on for CUDA)"),
@@ -96,6 +98,7 @@ def build_parser() -> Parser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     add_sweep_parser(sub)
+    add_study_parsers(sub)
     tb = sub.add_parser("table", help="comparison table of an experiment's runs (mean ± std over seeds)")
     tb.add_argument("--experiment", required=True)
     tb.add_argument("--metric", default="best_test_acc", help="best_test_acc or last_test_acc")
@@ -142,6 +145,31 @@ def add_sweep_parser(sub: Any) -> None:
             sw.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, default=None, help=help_)
     sw.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
     sw.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE")
+
+
+def add_study_parsers(sub: Any) -> None:
+    st = sub.add_parser("study", help="hyperparameter-sensitivity study with Optuna (a worker; start more to share)")
+    for name, (tp, help_) in RUN_FLAGS.items():
+        st.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, default=None, help=help_)
+    st.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
+    st.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
+                    help="a method or data-set option every trial gets")
+    st.add_argument("--params", help="comma-separated parameters to tune (default: the method's own search space; "
+                                     "see `bench list methods --verbose`)")
+    st.add_argument("--trials", type=int, default=None,
+                    help="finished trials the study should hold (default 20; grid: the grid's size + defaults)")
+    st.add_argument("--sampler", default="tpe", help="tpe (default), random or grid")
+    st.add_argument("--sampler-seed", type=int, default=None, help="seed of the sampler (one worker: reproducible)")
+    st.add_argument("--pruner", default="median", help="median (default) or none")
+    st.add_argument("--storage", help="Optuna storage URL (default sqlite:///results/optuna.db; "
+                                      "postgresql://USER:PASS@HOST/DB for many machines)")
+    st.add_argument("--study-name", help="default METHOD-DATASET-NOISE")
+    st.add_argument("--heartbeat", type=int, default=30,
+                    help="seconds between a trial's heartbeats; a trial silent for 2x+1 is failed and re-queued")
+    sr = sub.add_parser("study-report", help="tables and plots of a study: trials, default vs best, importances")
+    sr.add_argument("--study-name", required=True)
+    sr.add_argument("--storage", help="Optuna storage URL (default sqlite:///results/optuna.db)")
+    sr.add_argument("--out", help="folder for the report (default results/studies/NAME/report)")
 
 
 def sweep_run_args(args: argparse.Namespace) -> list[str]:
@@ -365,6 +393,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 if args.verbose:
                     for line in describe_options(cls) or ["(no options)"]:
                         print(f"      {line}")
+                    print(f"      {describe_space(cls)}")
         elif section == "datasets":
             for name in DATASETS.names():
                 cls = DATASETS.get(name)
@@ -385,6 +414,18 @@ def cmd_list(args: argparse.Namespace) -> int:
             for name in NOISE_MODELS:
                 print(f"  {name}")
     return 0
+
+
+def describe_space(cls: Any) -> str:
+    """The method's study space, as it is at 40% synthetic noise and 30 epochs."""
+    from bench.search import Setting
+
+    space = cls.search_space(Setting(0.4, 30))
+    if not space:
+        return "study space: none (no method hyperparameters; --params lr,weight_decay,batch_size)"
+    parts = [f"{k} {p.choices}" if p.kind == "categorical" else f"{k} [{p.low:g}, {p.high:g}]{' log' if p.log else ''}"
+             for k, p in space.items()]
+    return "study space (at 40% noise, 30 epochs): " + ", ".join(parts)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -423,7 +464,8 @@ def _lazy(module: str, name: str) -> Any:
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "ui": cmd_ui, "data": cmd_data, "sweep": cmd_sweep,
             "table": _lazy("bench.reports", "cmd_table"), "plot": _lazy("bench.figures", "cmd_plot"),
-            "overhead": _lazy("bench.overhead", "cmd_overhead")}
+            "overhead": _lazy("bench.overhead", "cmd_overhead"), "study": _lazy("bench.study", "cmd_study"),
+            "study-report": _lazy("bench.study_report", "cmd_study_report")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,11 @@ TRISTATE = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+# fields added after runs were logged: left out of the hash at their default, so a sweep still
+# recognises the runs it finished before the field existed
+ADDED_LATER: dict[str, Any] = {"val_fraction": 0.0}
+
+
 @dataclass
 class RunConfig:
     """Every setting of a run. Defaults here are generic; a data set's own protocol
@@ -45,6 +50,7 @@ class RunConfig:
     augment: str = "crop-flip"
     image_size: int | None = None  # side of the images the backbone sees; None: the data set's
     subset: int | None = None
+    val_fraction: float = 0.0  # held out of the noisy training set for validation (studies: 0.1)
     data_root: str | None = None
     device: str = "auto"
     amp: str = "auto"            # auto: on for CUDA (fp16 + grad scaling), off on CPU
@@ -77,6 +83,9 @@ class RunConfig:
         """Hash of what determines the results (not where they are logged or stored)."""
         skip = {"tracking_uri", "experiment", "out", "data_root", "device", "workers", "preset"}
         d = {k: v for k, v in self.to_dict().items() if k not in skip}
+        for key, default in ADDED_LATER.items():  # at its default, a later field leaves old hashes as they were
+            if d.get(key) == default:
+                d.pop(key)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def validate(self) -> None:
@@ -95,13 +104,14 @@ class RunConfig:
         _check(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
         _check(0 <= self.noise_rate < 1, f"--noise-rate {self.noise_rate} is outside [0, 1)")
         _check(self.subset is None or self.subset >= 1, f"--subset {self.subset}: must be at least 1")
+        _check(0 <= self.val_fraction <= 0.5, f"--val-fraction {self.val_fraction}: must lie in [0, 0.5]")
         _check(self.image_size is None or 8 <= self.image_size <= 1024,
                f"--image-size {self.image_size}: must lie in [8, 1024]")
         _check(self.workers >= 0, f"--workers {self.workers}: must be >= 0")
         _check(0 <= self.seed < 2**32, f"--seed {self.seed}: must lie in [0, 2**32)")
         _check(0 <= self.noise_seed < 2**32, f"--noise-seed {self.noise_seed}: must lie in [0, 2**32)")
         _check(self.momentum >= 0, f"--momentum {self.momentum}: must be >= 0")
-        for name in ("lr", "weight_decay", "momentum", "noise_rate"):
+        for name in ("lr", "weight_decay", "momentum", "noise_rate", "val_fraction"):
             value = getattr(self, name)
             _check(math.isfinite(value), f"--{name.replace('_', '-')} {value}: must be a finite number")
         _choice("--optimizer", self.optimizer, OPTIMIZERS)

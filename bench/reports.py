@@ -165,7 +165,8 @@ def _ratio(x: float) -> str:
     return "-" if x != x else f"{x:.3f}"
 
 
-def render(table: pd.DataFrame, fmt: str, best: dict[str, str] | None = None, title: str = "") -> str:
+def render(table: pd.DataFrame, fmt: str, best: dict[str, str] | None = None, title: str = "",
+           index_name: str = "method") -> str:
     """Markdown (best in bold), LaTeX (best in \\textbf) or CSV (best marked with *)."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: valid values are {', '.join(FORMATS)}")
@@ -173,9 +174,9 @@ def render(table: pd.DataFrame, fmt: str, best: dict[str, str] | None = None, ti
     for name, method in (best or {}).items():
         v = t.loc[method, name]
         t.loc[method, name] = {"md": f"**{v}**", "latex": f"\\textbf{{{v}}}", "csv": f"{v} *"}[fmt]
-    t.index.name = "method"
+    t.index.name = index_name
     if fmt == "md":
-        head = ["method", *map(str, t.columns)]
+        head = [index_name, *map(str, t.columns)]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join([str(i), *map(str, row)]) + " |" for i, row in zip(t.index, t.values, strict=True)]
         return (f"{title}\n\n" if title else "") + "\n".join(lines) + "\n"

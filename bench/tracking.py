@@ -116,6 +116,9 @@ class Tracker:
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=subdir)
 
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 

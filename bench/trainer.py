@@ -39,6 +39,10 @@ class Stopped(Exception):
     """The run stopped before its last epoch (``--stop-after``); its checkpoint stands."""
 
 
+class Pruned(Stopped):
+    """The epoch callback (a study's pruner) stopped the run early."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -95,6 +99,7 @@ class History:
 
     epochs_done: int = 0
     test_acc: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)  # with --val-fraction
     wall_clock_s: float = 0.0
 
     @property
@@ -144,8 +149,13 @@ class Trainer:
     """Runs one configuration; ``run()`` returns the summary dict the command line prints."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, progress: bool | None = None,
-                 stop_after: int | None = None) -> None:
+                 stop_after: int | None = None, epoch_callback: Any = None,
+                 tags: dict[str, str] | None = None) -> None:
         self.cfg = cfg
+        # called after each epoch's checkpoint with (epoch, metrics); True stops the run
+        # (a study's pruner); the run ends with status "pruned", its MLflow run KILLED
+        self.epoch_callback = epoch_callback
+        self.extra_tags = dict(tags or {})  # e.g. mlflow.parentRunId of a study trial
         # the hash of the configuration as requested (before methods and data sets resolve
         # their defaults): what `bench sweep` looks runs up by
         self.request_hash = cfg.hash()
@@ -172,7 +182,7 @@ class Trainer:
         ds.check_noise(spec.model)
         raw = ds.load(self.cfg.data_root)
         cache = Path(self.cfg.out).parent / "noise"
-        train, report = make_train_set(ds, raw, spec, self.cfg.subset, cache)
+        train, report = make_train_set(ds, raw, spec, self.cfg.subset, cache, self.cfg.val_fraction)
         return ds, train, report, raw
 
     def _build(self) -> None:
@@ -187,6 +197,9 @@ class Trainer:
         for name, (images, labels) in raw.extra_tests.items():
             self.test_loaders[name] = self._loader(ds, images, labels, None, cfg.eval_batch_size)
         self.test_loader = self.test_loaders[""]
+        val = train.validation
+        self.val_loader = None if val is None else self._loader(ds, val.images, val.given, val.clean,
+                                                                 cfg.eval_batch_size)
         self.epoch_samples = ds.epoch_samples(cfg.batch_size)
         if self.epoch_samples is not None and self.epoch_samples < ds.num_classes:
             raise UsageError(f"samples_per_epoch {self.epoch_samples} is smaller than the {ds.num_classes} "
@@ -298,6 +311,12 @@ class Trainer:
             # over the images that decoded (on-disk data); the skipped ones are counted apart
             acc = (logits.argmax(1) == loader.labels[idx]).float().mean().item()
             out["test_acc" + (f"_{name}" if name else "")] = acc
+        if self.val_loader is not None:  # the held-out part of the noisy training set
+            logits, idx = self._logits(self.method.predict, self.val_loader)
+            pred = logits.argmax(1)
+            out["val_acc"] = (pred == self.val_loader.labels[idx]).float().mean().item()  # given labels
+            if self.val_loader.clean is not None:  # diagnostics only: a user of real noise has no truth
+                out["val_acc_clean"] = (pred == self.val_loader.clean[idx]).float().mean().item()
         self.method.train_mode(True)
         return out
 
@@ -417,6 +436,8 @@ class Trainer:
             history, run_id = self.load_checkpoint(ckpt)
             del ckpt
             tracker.reopen(run_id)
+            for key, value in self.extra_tags.items():  # e.g. the retried study trial's number
+                tracker.set_tag(key, value)
             print(f"resuming {self.run_dir} after epoch {history.epochs_done}", file=sys.stderr)
         else:
             print(f"run folder: {self.run_dir}", file=sys.stderr)
@@ -429,9 +450,10 @@ class Trainer:
         except KeyboardInterrupt:
             tracker.end("KILLED")
             raise
-        except Stopped:
+        except Stopped as stop:
+            tracker.set_tag("stopped", "pruned" if isinstance(stop, Pruned) else "stop-after")
             tracker.end("KILLED")
-            return self._summary(history, run_id, status="stopped")
+            return self._summary(history, run_id, status="pruned" if isinstance(stop, Pruned) else "stopped")
         summary = self._summary(history, run_id, status="finished")
         summary["setup_time_s"] = setup_s
         self._finish(tracker, history, summary)
@@ -442,12 +464,16 @@ class Trainer:
             metrics = self.run_epoch(epoch)
             history.epochs_done = epoch + 1
             history.test_acc.append(metrics["test_acc"])
+            if "val_acc" in metrics:
+                history.val_acc.append(metrics["val_acc"])
             history.wall_clock_s += metrics["epoch_time_s"]
             tracker.log_metrics(metrics, step=epoch + 1)
             self.save_checkpoint(history, run_id)
             self._report(epoch, metrics)
             if self.stop_after is not None and epoch + 1 >= self.stop_after and epoch + 1 < self.cfg.epochs:
                 raise Stopped
+            if self.epoch_callback is not None and self.epoch_callback(epoch, metrics) and epoch + 1 < self.cfg.epochs:
+                raise Pruned
 
     def _report(self, epoch: int, m: dict[str, float]) -> None:
         acc = f" train_acc {m['train_acc']:.4f}" if "train_acc" in m else ""
@@ -460,7 +486,8 @@ class Trainer:
         name = self.run_dir.name
         run_id = tracker.start(name, tags={"git_commit": git_commit(), "method": cfg.method, "dataset": cfg.dataset,
                                            "noise": noise, "config_hash": cfg.hash(), "run_dir": str(self.run_dir),
-                                           "request_hash": self.request_hash, "seed": str(cfg.seed)})
+                                           "request_hash": self.request_hash, "seed": str(cfg.seed),
+                                           **self.extra_tags})
         tracker.log_params(cfg.flatten())
         art = self.run_dir
         (art / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
@@ -489,13 +516,14 @@ class Trainer:
             "epochs_done": history.epochs_done, "backbone": cfg.backbone, "subset": cfg.subset,
             "best_test_acc": best, "best_epoch": best_epoch,
             "last_test_acc": history.test_acc[-1] if history.test_acc else float("nan"),
+            **({"best_val_acc": max(history.val_acc), "last_val_acc": history.val_acc[-1]} if history.val_acc else {}),
             "wall_clock_s": history.wall_clock_s, "peak_memory_mb": peak_memory_mb(self.device),
             "device": str(self.device), "run_dir": str(self.run_dir),
         }
 
     def _finish(self, tracker: Tracker, history: History, summary: dict[str, Any]) -> None:
         final = {k: summary[k] for k in ("best_test_acc", "last_test_acc", "wall_clock_s", "peak_memory_mb",
-                                         "setup_time_s")}
+                                         "setup_time_s", "best_val_acc", "last_val_acc") if k in summary}
         tracker.log_metrics(final, step=history.epochs_done)
         path = self.run_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -157,6 +157,8 @@ class TrainSet:
     given: np.ndarray            # int64 (n,): the labels methods train on
     clean: np.ndarray | None     # int64 (n,) or None when the truth is unknown
     source_index: np.ndarray     # position of each sample in the data set's full training set
+    # the validation split held out of the noisy training set (``--val-fraction``), or None
+    validation: TrainSet | None = None
     index: np.ndarray = field(init=False)  # 0..n-1: the key of all per-sample state
 
     def __post_init__(self) -> None:
@@ -272,9 +274,22 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
+def validation_split(given: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted positions of the held-out validation samples: ``fraction`` of the training set,
+    stratified by the GIVEN (noisy) labels, the only ones a user of real noisy data has, and
+    chosen by the noise seed, so every trial and method of a study sees the same split."""
+    n = max(1, round(fraction * len(given)))
+    if n >= len(given):
+        raise UsageError(f"--val-fraction {fraction}: leaves no training samples out of {len(given)}")
+    # a stream apart from the subset's (same seed): the split must not mirror the subset choice
+    return stratified_subset(given, n, int(np.random.default_rng([seed, 0x5EED]).integers(2**32)))
+
+
 def make_train_set(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec, subset: int | None,
-                   cache_dir: Path) -> tuple[TrainSet, NoiseReport]:
-    """Apply noise to the whole training set, then take the subset; report the realised noise."""
+                   cache_dir: Path, val_fraction: float = 0.0) -> tuple[TrainSet, NoiseReport]:
+    """Apply noise to the whole training set, take the subset, hold out the validation split
+    (in ``TrainSet.validation``, with its noisy labels); report the realised noise of what is
+    trained on."""
     ds.check_noise(spec.model)
     if ds.real_noise:
         given, clean = raw.train_labels.astype(np.int64), raw.train_clean
@@ -293,7 +308,13 @@ def make_train_set(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec, subse
     keep = np.arange(len(given))
     if subset is not None:
         keep = stratified_subset(clean if clean is not None else given, subset, spec.seed)
-    train = TrainSet(raw.train_images[keep], given[keep], None if clean is None else clean[keep], keep)
+    held: TrainSet | None = None
+    if val_fraction > 0:
+        val_pos = validation_split(given[keep], val_fraction, spec.seed)
+        vkeep = keep[val_pos]
+        held = TrainSet(raw.train_images[vkeep], given[vkeep], None if clean is None else clean[vkeep], vkeep)
+        keep = np.delete(keep, val_pos)
+    train = TrainSet(raw.train_images[keep], given[keep], None if clean is None else clean[keep], keep, held)
     report = NoiseReport(spec.model, spec.rate, spec.seed, None, None, path)
     if train.clean is not None:
         report.rate_realized = noise_lib.realized_rate(train.clean, train.given)

@@ -126,6 +126,12 @@ class Method:
         self.schedulers: dict[str, Any] = {}
         self.state: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def search_space(cls, setting: Any) -> dict[str, Any]:
+        """What ``bench study`` tunes by default: ``{option: bench.search.Param}`` for a
+        :class:`bench.search.Setting`. None here: a method without hyperparameters says so."""
+        return {}
+
     # --- to override -------------------------------------------------------------------
     def setup(self) -> None:
         raise NotImplementedError

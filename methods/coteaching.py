@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import UsageError
+from bench.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
 from methods.diagnostics import clean_auc, clean_mask, selection_metrics
 
@@ -104,6 +105,20 @@ class Coteaching(Method):
 
     name = "coteaching"
     Options = CoteachingOptions
+
+    @classmethod
+    def search_space(cls, setting: Setting) -> dict[str, Param]:
+        """forget_rate (the paper's tau) from half to 1.5 times its default, the noise rate
+        (main.py: forget_rate = noise_rate); Tk and the ramp exponent c around main.py's
+        defaults (10, 1). Ranges our choice, centred on the official values."""
+        r = setting.noise_rate
+        low, high = (round(0.5 * r, 6), round(min(1.5 * r, 0.95), 6)) if r else (0.0, 0.5)  # real noise: rate unknown
+        return {
+            "forget_rate": Param("float", low, high, grid=tuple(sorted({low, (low + high) / 2, high})),
+                                 source="main.py --forget_rate default noise_rate; 0.5x-1.5x our choice"),
+            "tk": Param("int", 1, 20, grid=(1, 5, 10, 15, 20), source="main.py --num_gradual 10"),
+            "exponent": Param("float", 0.5, 2.0, grid=(0.5, 1.0, 2.0), source="main.py --exponent 1"),
+        }
 
     def setup(self) -> None:
         ctx = self.ctx

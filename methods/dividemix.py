@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import UsageError
+from bench.search import Param, Setting
 from datasets.noise import CLASS_DEPENDENT
 from methods.base import METHODS, Method, Phase, StepOutput
 from methods.diagnostics import clean_mask, detection_metrics
@@ -124,6 +125,20 @@ class DivideMix(Method):
 
     name = "dividemix"
     Options = DivideMixOptions
+
+    @classmethod
+    def search_space(cls, setting: Setting) -> dict[str, Param]:
+        """The four MixMatch-side hyperparameters. lambda_u over the paper appendix's per-setting
+        values (0, 25, 50, 150); p_threshold around 0.5 (0.6 at 90% noise, paper appendix);
+        alpha between the official 0.5 (Train_clothing1M.py) and 4 (Train_cifar.py); T around
+        Train_cifar.py's 0.5. Range ends beyond the published values are our choice."""
+        return {
+            "lambda_u": Param("float", 0.0, 150.0, grid=(0.0, 25.0, 50.0, 150.0), source="paper appendix"),
+            "p_threshold": Param("float", 0.3, 0.8, grid=(0.3, 0.5, 0.6, 0.7), source="paper appendix (0.5, 0.6)"),
+            "alpha": Param("float", 0.5, 4.0, log=True, grid=(0.5, 1.0, 2.0, 4.0),
+                           source="Train_cifar.py 4, Train_clothing1M.py 0.5"),
+            "temperature": Param("float", 0.25, 1.0, grid=(0.25, 0.5, 1.0), source="Train_cifar.py --T 0.5"),
+        }
 
     def setup(self) -> None:
         ctx = self.ctx

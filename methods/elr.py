@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.search import Param, Setting
 from datasets.noise import CLASS_DEPENDENT
 from methods.base import METHODS, Method, Phase, StepOutput
 
@@ -80,6 +81,15 @@ class ELR(Method):
 
     name = "elr"
     Options = ELROptions
+
+    @classmethod
+    def search_space(cls, setting: Setting) -> dict[str, Param]:
+        """beta and lambda spanning the official configs' values (beta 0.7 / 0.9, lambda 1 / 3 / 7:
+        config_cifar10.json, config_cifar10_asym.json, config_cifar100.json); ends our choice."""
+        return {
+            "beta": Param("float", 0.1, 0.99, grid=(0.1, 0.5, 0.7, 0.9, 0.99), source="ELR configs 0.7, 0.9"),
+            "lam": Param("float", 0.5, 10.0, log=True, grid=(1.0, 3.0, 7.0, 10.0), source="ELR configs 1, 3, 7"),
+        }
 
     def resolved_options(self) -> dict[str, Any]:
         return {"beta": self.beta, "lam": self.lam}

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import UsageError
+from bench.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
 from methods.diagnostics import clean_auc, clean_mask, detection_metrics
 from methods.mixtures import BetaMixture, ClasswiseMixture, GaussianMixture2
@@ -122,6 +123,19 @@ class WrongEvent(Method):
 
     name = "wrongevent"
     Options = WrongEventOptions
+
+    @classmethod
+    def search_space(cls, setting: Setting) -> dict[str, Param]:
+        """IDO has no method hyperparameter (paper Sec. 1, 3): its one knob is the training
+        protocol's split of the epochs into stage 1 and stage 2 (default 30% from scratch, 1/3
+        pretrained). Its other options select ablation variants (metric, mixture, ...), which
+        are comparisons, not tuning; the run's lr, weight decay and batch size are studied
+        with --params like any method's."""
+        if setting.epochs < 2:
+            return {}
+        e = setting.epochs
+        return {"stage1_epochs": Param("int", 1, e - 1, grid=tuple(sorted({1, max(1, round(0.3 * e)), e // 2, e - 1})),
+                                       source="paper Sec. 4 (5 of 15), author response (30 of 100)")}
 
     # --- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
