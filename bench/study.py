@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import socket
@@ -91,14 +90,11 @@ def check_storage_url(url: str) -> None:
 def study_lock(url: str, name: str) -> Iterator[None]:
     """Exclusive across all workers of the study ``name`` (see the module docstring)."""
     if url.startswith("sqlite:///"):
+        from bench.tracking import file_lock
+
         db = Path(url[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.with_name(db.name + ".lock"), "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with file_lock(db.with_name(db.name + ".lock")):
+            yield
         return
     import sqlalchemy
 

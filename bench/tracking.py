@@ -51,6 +51,18 @@ def _artifact_root(uri: str) -> str | None:
 
 
 @contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created with its folder), across processes of one machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """An exclusive lock beside a sqlite store while it is opened: MLflow creates its tables on
     first use, and two runs starting at once on a new store otherwise both try ("table ...
@@ -59,13 +71,8 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
         return
     db = Path(uri[len("sqlite:///"):])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(db.with_name(db.name + ".lock")):
+        yield
 
 
 class Tracker:
