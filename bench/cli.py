@@ -108,6 +108,7 @@ def build_parser() -> Parser:
     kind.add_argument("--time", action="store_true", help="the wall-clock table, with ratios to DivideMix and CE")
     kind.add_argument("--detection", action="store_true", help="the clean_auc table")
     tb.add_argument("--paper", action="store_true", help="the IDO paper's numbers beside matching settings")
+    tb.add_argument("--range", action="store_true", help="also [min, max] over seeds in each cell")
     tb.add_argument("--tracking-uri", default=None)
     pl = sub.add_parser("plot", help="figures of an experiment's runs (PNG)")
     pl.add_argument("--experiment", required=True)

@@ -79,7 +79,8 @@ def _columns(df: pd.DataFrame) -> list[tuple[str, str]]:
 def summary(df: pd.DataFrame, value: str) -> pd.DataFrame:
     """mean, std and n of ``value`` per (method, data set, setting)."""
     g = df.groupby(["method", "dataset", "setting"])[value]
-    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
+    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count(), "min": g.min(),
+                         "max": g.max()}).reset_index()
 
 
 def _cell(mean: float, std: float, n: int, scale: float, digits: int) -> str:
@@ -92,8 +93,9 @@ def _cell(mean: float, std: float, n: int, scale: float, digits: int) -> str:
 
 
 def pivot(df: pd.DataFrame, value: str, scale: float = 100.0, digits: int = 2, higher_is_better: bool = True,
-          mark_best: bool = True, paper: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Methods x settings of 'mean ± std'; also returns the best method per column."""
+          mark_best: bool = True, paper: bool = False, show_range: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Methods x settings of 'mean ± std' (with ``show_range``: and '[min, max]' over seeds);
+    also returns the best method per column."""
     s = summary(df, value)
     cols = _columns(df)
     methods = sorted(df["method"].unique())
@@ -111,6 +113,8 @@ def pivot(df: pd.DataFrame, value: str, scale: float = 100.0, digits: int = 2, h
                 continue
             row = part.loc[method]
             text = _cell(row["mean"], row["std"], int(row["n"]), scale, digits)
+            if show_range and int(row["n"]) > 1:
+                text += f" [{row['min'] * scale:.{digits}f}, {row['max'] * scale:.{digits}f}]"
             if ref is not None:
                 got = ref[(ref["method"] == method) & (ref["dataset"] == col[0]) & (ref["setting"] == col[1])]
                 if len(got):
@@ -195,8 +199,9 @@ def cmd_table(args: Any) -> int:
     else:
         if args.metric not in METRICS:
             raise UsageError(f"--metric {args.metric}: valid values are {', '.join(METRICS)}")
-        table, best = pivot(df, args.metric, paper=args.paper)
-        title = (f"{args.metric} in % (mean ± std over seeds; best mean in bold), experiment {args.experiment}")
+        table, best = pivot(df, args.metric, paper=args.paper, show_range=args.range)
+        span = "; [min, max] over seeds" if args.range else ""
+        title = (f"{args.metric} in % (mean ± std over seeds{span}; best mean in bold), experiment {args.experiment}")
     text = render(table, args.format, best, title)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

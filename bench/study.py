@@ -87,8 +87,10 @@ def check_storage_url(url: str) -> None:
 
 
 @contextlib.contextmanager
-def study_lock(url: str, name: str) -> Iterator[None]:
-    """Exclusive across all workers of the study ``name`` (see the module docstring)."""
+def study_lock(url: str) -> Iterator[None]:
+    """Exclusive across all study workers on the storage ``url`` (see the module docstring).
+    One lock for every study there: it also covers the creation of Optuna's tables, and its
+    sections are short."""
     if url.startswith("sqlite:///"):
         from bench.tracking import file_lock
 
@@ -98,7 +100,7 @@ def study_lock(url: str, name: str) -> Iterator[None]:
         return
     import sqlalchemy
 
-    key = zlib.crc32(f"bench-study:{name}".encode()) & 0x7FFFFFFF
+    key = zlib.crc32(b"lnl-bench study lock") & 0x7FFFFFFF
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.connect() as conn:  # a killed worker's session ends, and its lock with it
@@ -212,7 +214,7 @@ class StudyWorker:
 
     def __init__(self, spec: StudySpec, storage_url: str) -> None:
         self.spec, self.url = spec, storage_url
-        self.storage = open_storage(storage_url, spec.heartbeat)
+        self.storage: Any = None
         self.study: Any = None
         self.parent_run_id: str | None = None
 
@@ -225,7 +227,10 @@ class StudyWorker:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         spec = self.spec
-        with study_lock(self.url, spec.name):
+        with study_lock(self.url):
+            # under the lock: workers starting together on a fresh database would all create
+            # Optuna's tables at once (PostgreSQL: "duplicate key ... pg_type_typname_nsp_index")
+            self.storage = open_storage(self.url, spec.heartbeat)
             self.study = optuna.create_study(study_name=spec.name, storage=self.storage, direction="maximize",
                                              sampler=make_sampler(spec), pruner=make_pruner(spec),
                                              load_if_exists=True)
@@ -291,7 +296,7 @@ class StudyWorker:
         """(a new trial or None, whether the study is done). Under the study lock."""
         import optuna
 
-        with study_lock(self.url, self.spec.name):
+        with study_lock(self.url):
             optuna.storages.fail_stale_trials(self.study)  # dead workers' trials: FAIL + re-queued
             wanted = int(self.study.user_attrs.get("trials", self.spec.trials))
             c = self.counts()

@@ -30,6 +30,7 @@ def _quiet_mlflow() -> None:
     """MLflow's database migrations and deprecation notes are not the user's business."""
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # plots download many small files
     warnings.filterwarnings("ignore", module="mlflow")
 
 

@@ -75,6 +75,8 @@ def test_accuracy_table_is_mean_and_std_over_seeds(store):
     assert t.loc["dividemix", "pairflip:0.4"] == "-"
     md = table(store)  # best_test_acc, markdown, best in bold
     assert "| dividemix | **86.00 ± 1.41** |" in md
+    ranged = table(store, "--metric", "last_test_acc", "--range")  # [min, max] over seeds
+    assert "| ce | 61.00 ± 1.41 [60.00, 62.00] | 55.00 |" in ranged
 
 
 def test_time_table_ratios(store):

@@ -42,7 +42,7 @@ def pg_url():
 
 
 def test_two_workers_at_once_finish_exactly_the_requested_trials(tmp_path, pg_url):
-    url, wanted = pg_url, 5
+    url, wanted = pg_url, 4
     workers = [worker(tmp_path, url, wanted) for _ in range(2)]
     assert [w.wait(timeout=400) for w in workers] == [0, 0]
     trials = trials_of(url)
