@@ -101,7 +101,7 @@ def study_lock(url: str) -> Iterator[None]:
     import sqlalchemy
 
     key = zlib.crc32(b"lnl-bench study lock") & 0x7FFFFFFF
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **pg_engine_kwargs())
     try:
         with engine.connect() as conn:  # a killed worker's session ends, and its lock with it
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
@@ -111,6 +111,12 @@ def study_lock(url: str) -> Iterator[None]:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
     finally:
         engine.dispose()
+
+
+def pg_engine_kwargs() -> dict[str, Any]:
+    """UTF-8 on the wire: with a SQL_ASCII server (a cluster made under LANG=C) psycopg would
+    otherwise return bytes where SQLAlchemy expects text, and fail."""
+    return {"connect_args": {"client_encoding": "utf8"}}
 
 
 def open_storage(url: str, heartbeat: int) -> Any:
@@ -123,9 +129,10 @@ def open_storage(url: str, heartbeat: int) -> Any:
         with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat + 1,
+                url, engine_kwargs=pg_engine_kwargs() if url.startswith("postgresql") else None,
+                heartbeat_interval=heartbeat, grace_period=2 * heartbeat + 1,
                 heartbeat_stale_trial_callback=_retry_callback()(max_retry=3, inherit_intermediate_values=True))
-    except Exception as exc:  # sqlalchemy/psycopg2 raise many types for a bad URL or server
+    except Exception as exc:  # sqlalchemy/psycopg raise many types for a bad URL or server
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"--storage {redact(url)}: cannot open it ({first})") from None
 
@@ -281,7 +288,7 @@ class StudyWorker:
                   "defaults trial", file=sys.stderr)
         # the identity last: it marks the study as initialised for the workers that follow
         for key, value in (("trials", spec.trials), ("mlflow_parent_run_id", run_id), ("defaults", defaults),
-                           ("base_config", spec.base.to_dict()), ("tracking_uri", spec.base.tracking_uri),
+                           ("base_config", spec.base.to_dict()), ("tracking_uri", tracker.uri),
                            ("experiment", spec.base.experiment), ("identity", spec.identity())):
             study.set_user_attr(key, _jsonable(value))
 

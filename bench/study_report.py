@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,12 @@ def log_to_parent(study: Any, files: list[Path]) -> bool:
     if not run_id:
         return False
     tracker = Tracker(attrs.get("tracking_uri"), attrs.get("experiment", f"study-{study.study_name}"))
+    try:
+        tracker.client.get_run(run_id)
+    except Exception:  # the store the study logged to is not reachable from here
+        print(f"bench: note: the study's MLflow run {run_id} is not in {tracker.uri}; report not logged there",
+              file=sys.stderr)
+        return False
     tracker.run_id = run_id
     for f in files:
         tracker.log_artifact(f, "report")

@@ -287,8 +287,10 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def trials_of(url: str, name: str = "s") -> list:
-    try:
-        return optuna.load_study(study_name=name, storage=url).get_trials()
+    from bench.study import open_storage
+
+    try:  # through the harness's storage settings (UTF-8 on the wire for PostgreSQL)
+        return optuna.load_study(study_name=name, storage=open_storage(url, 30)).get_trials()
     except KeyError:
         return []
 

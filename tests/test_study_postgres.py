@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy
 from mlflow.tracking import MlflowClient
 
+from bench.study import pg_engine_kwargs
 from tests.test_study import check_killed_and_continued, mlflow_uri, trials_of, wait_for, worker
 
 SERVER = os.environ.get("BENCH_TEST_POSTGRES")
@@ -32,7 +33,8 @@ def pg_url():
             pytest.fail(message)
         pytest.skip(message)
     name = f"bench_test_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(SERVER, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+    admin = sqlalchemy.create_engine(SERVER, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool,
+                                     **pg_engine_kwargs())
     with admin.connect() as c:
         c.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
     yield SERVER.rsplit("/", 1)[0] + "/" + name
