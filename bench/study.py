@@ -133,8 +133,7 @@ def open_storage(url: str, heartbeat: int) -> Any:
                 heartbeat_interval=heartbeat, grace_period=2 * heartbeat + 1,
                 heartbeat_stale_trial_callback=_retry_callback()(max_retry=3, inherit_intermediate_values=True))
     except Exception as exc:  # sqlalchemy/psycopg raise many types for a bad URL or server
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"--storage {redact(url)}: cannot open it ({first})") from None
+        raise UsageError(f"--storage {redact(url)}: cannot open it ({_first_line(exc)})") from None
 
 
 def _retry_callback() -> Any:
@@ -364,16 +363,14 @@ class StudyWorker:
                 values = {name: p.suggest(trial, name) for name, p in self.spec.space.items()}
                 label = label[:-1] + ": " + ", ".join(f"{k}={_short(v)}" for k, v in values.items()) + ")"
                 summary = self._train(trial, values, role)
-            for key in ("last_test_acc", "best_test_acc", "best_val_acc", "last_val_acc_clean", "wall_clock_s",
-                        "run_id"):
+            for key in ("last_test_acc", "best_test_acc", "best_val_acc", "wall_clock_s", "run_id"):
                 if key in summary:
                     trial.set_user_attr(key, summary[key])
         except optuna.exceptions.UpdateFinishedTrialError:
             return not self._tell(trial, state=optuna.trial.TrialState.FAIL)  # declared dead: not our error
         except Exception as exc:  # a trial's error must not leave it RUNNING for ever
             self._tell(trial, state=optuna.trial.TrialState.FAIL)
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"bench: error: {label} failed: {msg}", file=sys.stderr, flush=True)
+            print(f"bench: error: {label} failed: {_first_line(exc)}", file=sys.stderr, flush=True)
             return False
         if summary["status"] == "pruned":
             self._tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -417,11 +414,7 @@ class StudyWorker:
         if resume:  # epochs the dead worker checkpointed but did not live to report
             self._report_checkpointed(trial, run_dir / CHECKPOINT)
         trainer = Trainer(cfg, run_dir, progress=False, epoch_callback=report, tags=tags)
-        summary = trainer.run(resume=resume)
-        summary["last_val_acc_clean"] = trial.user_attrs.get("last_val_acc_clean")
-        if summary["last_val_acc_clean"] is None:
-            summary.pop("last_val_acc_clean")
-        return summary
+        return trainer.run(resume=resume)
 
     def _report_checkpointed(self, trial: Any, path: Path) -> None:
         import torch
@@ -444,6 +437,11 @@ class StudyWorker:
         path = self.spec.out / f"trial-{trial.number:04d}-{uuid.uuid4().hex[:6]}"
         path.mkdir(parents=True, exist_ok=False)
         return path, False
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _jsonable(value: Any) -> Any:
