@@ -19,11 +19,28 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine")
 TRISTATE = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
+AUGMENTS = ("none", "flip", "crop", "crop-flip")  # of the shared training view (bench/data.py)
 
 
 # fields added after runs were logged: left out of the hash at their default, so a sweep still
 # recognises the runs it finished before the field existed
 ADDED_LATER: dict[str, Any] = {"val_fraction": 0.0}
+# where a run happens and is recorded, not what decides its result
+LOCATION: frozenset[str] = frozenset({"tracking_uri", "experiment", "out", "data_root", "device", "workers",
+                                      "preset"})
+
+
+def result_params(params: dict[str, str], drop: frozenset[str] = frozenset()) -> dict[str, str]:
+    """A run's logged parameters (strings, as in MLflow) that decide its result: without the
+    LOCATION fields, the noise file's path, ``drop``, and fields added later that are at their
+    default (so runs logged before a field existed compare equal to runs at its default)."""
+    later = {k: str(v) for k, v in ADDED_LATER.items()}
+    return {k: v for k, v in params.items()
+            if k not in LOCATION and k != "noise_file" and k not in drop and later.get(k) != v}
+
+
+def params_key(params: dict[str, str]) -> str:
+    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -64,6 +81,12 @@ class RunConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def run_name(self) -> str:
+        """The run's name, method and setting first: ``wrongevent-cifar100-sym0.4-s1``."""
+        noise = "clean" if self.noise == "none" else f"{self.noise}{self.noise_rate:g}"
+        return f"{self.method}-{self.dataset}-{noise}-s{self.seed}"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -81,8 +104,7 @@ class RunConfig:
 
     def hash(self) -> str:
         """Hash of what determines the results (not where they are logged or stored)."""
-        skip = {"tracking_uri", "experiment", "out", "data_root", "device", "workers", "preset"}
-        d = {k: v for k, v in self.to_dict().items() if k not in skip}
+        d = {k: v for k, v in self.to_dict().items() if k not in LOCATION}
         for key, default in ADDED_LATER.items():  # at its default, a later field leaves old hashes as they were
             if d.get(key) == default:
                 d.pop(key)

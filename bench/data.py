@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 Batch = dict[str, torch.Tensor]
-AUGMENTS = ("none", "flip", "crop", "crop-flip")
 VIEWS = ("plain", "train", "weak", "weak2", "strong")
 
 

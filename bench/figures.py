@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from bench.errors import UsageError
-from bench.plots import _pyplot
+from bench.plots import _pyplot, method_colours, save_figure, wrap_title
 from bench.reports import _columns, load_runs
 
 KINDS = ("curves", "pareto", "wrong-events", "detection")
@@ -41,60 +42,75 @@ def _panels(n: int) -> tuple[Any, Any, np.ndarray]:
     plt = _pyplot()
     cols = min(n, 2)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 4.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 4.0 * rows), squeeze=False, layout="constrained")
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     return plt, fig, axes.ravel()
 
 
+def _title(fig: Any, text: str) -> None:
+    fig.suptitle(wrap_title(text, fig.get_figwidth()))
+
+
+def _styles(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Line style of each table row: its method's colour (the same in every figure), and a dash
+    pattern per variant where a method has several rows."""
+    colours = method_colours(sorted(df["method"].unique()))
+    dashes = ["-", "--", ":", "-."]
+    out = {}
+    for method, part in df.groupby("method"):
+        for i, row in enumerate(sorted(part["row"].unique())):
+            out[row] = {"color": colours[method], "linestyle": dashes[i % len(dashes)]}
+    return out
+
+
 def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: str, title: str,
-               scale: float) -> Path:
+               scale: float) -> list[Path]:
     settings = _columns(df)
+    styles = _styles(df)
     plt, fig, axes = _panels(len(settings))
     for ax, (ds, setting) in zip(axes, settings, strict=False):
         part = df[(df["dataset"] == ds) & (df["setting"] == setting)]
-        for method in sorted(part["method"].unique()):
-            curves = [_history(client, r, metric) for r in part[part["method"] == method]["run_id"]]
+        for row in sorted(part["row"].unique()):
+            curves = [_history(client, r, metric) for r in part[part["row"] == row]["run_id"]]
             curves = [c for c in curves if len(c)]
             if not curves:
                 continue
             table = pd.concat(curves, axis=1) * scale
-            line, = ax.plot(table.index, table.mean(axis=1), label=f"{method} (n={table.shape[1]})")
+            ax.plot(table.index, table.mean(axis=1), label=f"{row} (n={table.shape[1]})", **styles[row])
             if table.shape[1] > 1:
-                ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=line.get_color(), alpha=0.2)
+                ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=styles[row]["color"],
+                                alpha=0.2)
         ax.set_title(f"{ds}, {setting}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _title(fig, title)
+    return save_figure(fig, path)
 
 
-def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str) -> Path:
+def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str) -> list[Path]:
     plt, fig, axes = _panels(1)
     ax = axes[0]
-    g = df.groupby(["method", "dataset", "setting"]).agg(acc=(metric, "mean"), time=("wall_clock_s", "mean"))
+    g = df.groupby(["row", "method", "dataset", "setting"]).agg(acc=(metric, "mean"), time=("wall_clock_s", "mean"))
     g = g.reset_index()
+    styles = _styles(df)
     markers = "osD^v<>P*X"
-    for i, method in enumerate(sorted(g["method"].unique())):
-        part = g[g["method"] == method]
-        ax.scatter(part["time"] / 60, part["acc"] * 100, marker=markers[i % len(markers)], s=50, label=method)
+    for i, row in enumerate(sorted(g["row"].unique())):
+        part = g[g["row"] == row]
+        ax.scatter(part["time"] / 60, part["acc"] * 100, marker=markers[i % len(markers)], s=50, label=row,
+                   color=styles[row]["color"])
         for _, r in part.iterrows():
             ax.annotate(r["setting"], (r["time"] / 60, r["acc"] * 100), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
     ax.set_xlabel("wall-clock time per run (minutes, mean over seeds)")
     ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
-    ax.set_title(f"Accuracy vs time, experiment {experiment}")
+    ax.set_title(wrap_title(f"Accuracy vs time, experiment {experiment}", fig.get_figwidth(), fontsize=11))
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
 
 
 def _clean_mask(client: Any, run: pd.Series, tmp: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -120,19 +136,21 @@ def _clean_mask(client: Any, run: pd.Series, tmp: Path) -> tuple[np.ndarray, np.
     return we, clean[src] == given
 
 
-def wrong_events(df: pd.DataFrame, client: Any, path: Path, experiment: str) -> Path:
+def wrong_events(df: pd.DataFrame, client: Any, path: Path, experiment: str) -> list[Path]:
     import tempfile
 
     runs = df[df["method"] == "wrongevent"].sort_values("seed")
-    settings = [s for s in _columns(df) if len(runs[(runs["dataset"] == s[0]) & (runs["setting"] == s[1])])]
-    if not settings:
+    panels = [(ds, setting, row) for ds, setting in _columns(df) for row in sorted(runs["row"].unique())
+              if len(runs[(runs["dataset"] == ds) & (runs["setting"] == setting) & (runs["row"] == row)])]
+    if not panels:
         raise UsageError(f"--kind wrong-events: experiment {experiment} has no finished wrongevent run")
-    plt, fig, axes = _panels(len(settings))
+    plt, fig, axes = _panels(len(panels))
     with tempfile.TemporaryDirectory() as tmp:
-        for ax, (ds, setting) in zip(axes, settings, strict=False):
-            run = runs[(runs["dataset"] == ds) & (runs["setting"] == setting)].iloc[0]
+        for ax, (ds, setting, row) in zip(axes, panels, strict=False):
+            run = runs[(runs["dataset"] == ds) & (runs["setting"] == setting) & (runs["row"] == row)].iloc[0]
             got = _clean_mask(client, run, Path(tmp) / run["run_id"])
-            ax.set_title(f"{ds}, {setting}, seed {run['seed']}")
+            variant = "" if row == "wrongevent" else row[len("wrongevent"):] + ", "
+            ax.set_title(wrap_title(f"{ds}, {setting}, {variant}seed {run['seed']}", 6.0, fontsize=11))
             if got is None:
                 ax.text(0.5, 0.5, "no clean labels or artifacts", ha="center", transform=ax.transAxes)
                 continue
@@ -143,11 +161,8 @@ def wrong_events(df: pd.DataFrame, client: Any, path: Path, experiment: str) -> 
             ax.set_xlabel("wrong events at the end of training (count)")
             ax.set_ylabel("samples")
             ax.legend(fontsize=8)
-    fig.suptitle(f"Wrong events of clean and noisy samples, experiment {experiment}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _title(fig, f"Wrong events of clean and noisy samples, experiment {experiment}")
+    return save_figure(fig, path)
 
 
 def cmd_plot(args: Any) -> int:
@@ -159,17 +174,19 @@ def cmd_plot(args: Any) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{args.experiment}-{args.kind}.png"
     if args.kind == "curves":
-        _per_epoch(df, client, "test_acc", path, "test accuracy (%)",
-                   f"Test accuracy per epoch (mean over seeds, band: min-max), experiment {args.experiment}", 100.0)
+        paths = _per_epoch(df, client, "test_acc", path, "test accuracy (%)",
+                           f"Test accuracy per epoch (mean over seeds, band: min-max), experiment {args.experiment}",
+                           100.0)
     elif args.kind == "detection":
         det = df[df["clean_auc"].notna()]
         if det.empty:
             raise UsageError(f"--kind detection: experiment {args.experiment} has no run that logs clean_auc")
-        _per_epoch(det, client, "clean_auc", path, "clean AUC (noise detection)",
-                   f"Noise detection per epoch (mean over seeds, band: min-max), experiment {args.experiment}", 1.0)
+        paths = _per_epoch(det, client, "clean_auc", path, "clean AUC (noise detection)",
+                           f"Noise detection per epoch (mean over seeds, band: min-max), experiment {args.experiment}",
+                           1.0)
     elif args.kind == "pareto":
-        pareto(df, args.metric, path, args.experiment)
+        paths = pareto(df, args.metric, path, args.experiment)
     else:
-        wrong_events(df, client, path, args.experiment)
-    print(f"wrote {path}")
+        paths = wrong_events(df, client, path, args.experiment)
+    print("wrote " + ", ".join(map(str, paths)))
     return 0

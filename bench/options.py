@@ -14,7 +14,7 @@ from typing import Any, Literal
 from bench.errors import UsageError
 
 
-def _coerce(key: str, raw: str, tp: Any) -> Any:
+def coerce(key: str, raw: str, tp: Any) -> Any:
     """Turn the string ``raw`` into type ``tp`` or raise a one-line :class:`UsageError`."""
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -27,7 +27,7 @@ def _coerce(key: str, raw: str, tp: Any) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if raw.lower() in ("none", "null", ""):
             return None
-        return _coerce(key, raw, args[0])
+        return coerce(key, raw, args[0])
     if tp is bool:
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
@@ -47,18 +47,22 @@ def option_names(owner: type) -> set[str]:
     return {f.name for f in dataclasses.fields(owner.Options)}
 
 
+def typed_values(owner: str, hints: dict[str, Any], raw: dict[str, str], kind: str = "method") -> dict[str, Any]:
+    """``--set`` strings as typed values by the option types ``hints`` ({name: type}) of the
+    ``kind`` named ``owner``: an unknown key or a value of the wrong type fails in one line.
+    (What the owner's ``__post_init__`` checks beyond the type is not checked here.)"""
+    for key in raw:
+        if key not in hints:
+            valid = ", ".join(sorted(hints)) or f"(none: this {kind} has no options)"
+            raise UsageError(f"--set {key}: {kind} {owner!r} has no option {key!r}; valid: {valid}")
+    return {k: coerce(k, v, hints[k]) for k, v in raw.items()}
+
+
 def build_options(owner: type, raw: dict[str, str], kind: str = "method") -> Any:
     """``owner.Options`` from ``--set`` strings, every key and value checked."""
-    opts_cls = owner.Options
-    hints = typing.get_type_hints(opts_cls)
-    fields = option_names(owner)
-    for key in raw:
-        if key not in fields:
-            valid = ", ".join(sorted(fields)) or f"(none: this {kind} has no options)"
-            raise UsageError(f"--set {key}: {kind} {owner.name!r} has no option {key!r}; valid: {valid}")
-    values = {k: _coerce(k, v, hints[k]) for k, v in raw.items()}
+    values = typed_values(owner.name, typing.get_type_hints(owner.Options), raw, kind)
     try:
-        return opts_cls(**values)
+        return owner.Options(**values)
     except ValueError as exc:
         raise UsageError(f"--set: {exc}") from None
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+DPI = 300  # print resolution
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -14,6 +16,37 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: Path, pdf: bool = True) -> list[Path]:
+    """``path`` as a 300 dpi PNG and, with ``pdf``, the same figure as a vector PDF beside it."""
+    plt = _pyplot()
+    paths = [path] + ([path.with_suffix(".pdf")] if pdf else [])
+    for out in paths:
+        fig.savefig(out, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def wrap_title(text: str, width_in: float, fontsize: float = 12) -> str:
+    """``text`` broken into lines that fit a figure ``width_in`` inches wide."""
+    import textwrap
+
+    return textwrap.fill(text, width=max(20, int(width_in * 72 / (0.55 * fontsize))))
+
+
+def method_colours(names: list[str]) -> dict[str, Any]:
+    """One colour per method, the same in every figure: its place among all registered methods
+    (and the names given that are not registered) picks it from a 40-colour palette."""
+    import matplotlib
+
+    from bench.catalogue import catalogue
+
+    known = catalogue().methods.names()
+    order = known + sorted(set(names) - set(known))
+    palette = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["tab20b"].colors,
+               *matplotlib.colormaps["Dark2"].colors, *matplotlib.colormaps["Set1"].colors]
+    return {n: palette[order.index(n) % len(palette)] for n in names}
 
 
 def score_histogram(values: np.ndarray, is_clean: np.ndarray | None, path: Path, *, xlabel: str,
@@ -39,8 +72,7 @@ def score_histogram(values: np.ndarray, is_clean: np.ndarray | None, path: Path,
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, pdf=False)
     return path
 
 
@@ -57,6 +89,5 @@ def prediction_change_curve(changes: list[float], base_epoch: int | None, path: 
     ax.set_ylabel("samples whose prediction changed")
     ax.set_title("Label wave (stage 1)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, pdf=False)
     return path

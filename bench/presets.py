@@ -70,7 +70,34 @@ def _build() -> dict[str, Preset]:
 PRESETS: dict[str, Preset] = _build()
 
 
-def get_preset(name: str) -> Preset:
+# presets that stand for a data set's paper preset: `--preset paper --dataset cifar100` is
+# `--preset cifar100`; a sweep also takes the paper's noise grid for the data set from them
+PAPER_ALIASES = {"paper": "", "paper-vit": "-vit"}
+
+
+def get_preset(name: str, dataset: str | None = None) -> Preset:
+    """The preset ``name``; ``paper``/``paper-vit`` resolve to ``dataset``'s paper preset."""
+    if name in PAPER_ALIASES:
+        valid = ", ".join(PAPER_DATASETS)
+        if dataset is None:
+            raise UsageError(f"--preset {name} stands for a data set's paper protocol; give --dataset ({valid})")
+        if dataset not in PAPER_DATASETS:
+            raise UsageError(f"--preset {name}: the IDO paper has no protocol for {dataset}; valid data sets: {valid}")
+        return PRESETS[dataset + PAPER_ALIASES[name]]
     if name not in PRESETS:
-        raise UsageError(f"--preset {name}: unknown preset; valid: {', '.join(sorted(PRESETS))}")
+        valid = ", ".join([*sorted(PRESETS), *PAPER_ALIASES])
+        raise UsageError(f"--preset {name}: unknown preset; valid: {valid}")
     return PRESETS[name]
+
+
+def describe_presets() -> list[tuple[str, str, str]]:
+    """(name, description, values) of every preset, the paper aliases included."""
+    rows = []
+    for name, preset in sorted(PRESETS.items()):
+        values = {**preset.values, **{f"set {k}": v for k, v in preset.dataset_options.items()}}
+        rows.append((name, preset.description, ", ".join(f"{k}={v}" for k, v in values.items())))
+    for alias, suffix in PAPER_ALIASES.items():
+        label = "ViT-B/16" if suffix else "ResNet-50"
+        rows.append((alias, f"the --dataset's IDO paper preset with {label} ({', '.join(PAPER_DATASETS)}); "
+                            "in a sweep also the paper's noise grid", ""))
+    return rows

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.config import params_key, result_params
 from bench.errors import UsageError
 
 PAPER_CSV = Path(__file__).parent / "refdata" / "paper_numbers.csv"
@@ -25,7 +26,7 @@ FORMATS = ("md", "latex", "csv")
 
 
 def load_runs(uri: str | None, experiment: str) -> pd.DataFrame:
-    """One row per FINISHED run of ``experiment``."""
+    """One row per FINISHED run of ``experiment``, labelled by :func:`label_rows`."""
     from bench.tracking import _quiet_mlflow, default_tracking_uri
 
     _quiet_mlflow()
@@ -49,14 +50,46 @@ def load_runs(uri: str | None, experiment: str) -> pd.DataFrame:
                 "best_test_acc": m.get("best_test_acc"), "last_test_acc": m.get("last_test_acc"),
                 "wall_clock_s": m.get("wall_clock_s"), "epochs": epochs,
                 "epoch_s": m.get("wall_clock_s", math.nan) / epochs if epochs else math.nan,
-                "clean_auc": m.get("clean_auc", math.nan),
+                "clean_auc": m.get("clean_auc", math.nan), "params": dict(p),
             })
         token = page.token
         if not token:
             break
     if not rows:
         raise UsageError(f"--experiment {experiment}: no finished runs yet")
-    return pd.DataFrame(rows)
+    return label_rows(pd.DataFrame(rows))
+
+
+def label_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Add the keys runs are grouped by, so that runs differing in anything but the seed are
+    never averaged together.
+
+    - ``group``: everything that decides the result except the seed (the configuration hash
+      without the seed): runs of one group are the seeds of one cell;
+    - ``protocol``: the same without the method and its options: the like-for-like baseline of a
+      time ratio is the CE (or DivideMix) run with the same protocol;
+    - ``row``: the table row, the method's name, followed where one method has several groups in
+      one setting by the parameters that set them apart, e.g. ``ce [epochs=3, subset=2000]``.
+    """
+    df = df.copy()
+    seedless = [result_params(p, drop=frozenset({"seed"})) for p in df["params"]]
+    df["group"] = [params_key(p) for p in seedless]
+    df["protocol"] = [params_key({k: v for k, v in p.items() if k != "method" and not k.startswith("method.")})
+                      for p in seedless]
+    by_group = dict(zip(df["group"], seedless, strict=True))
+    rows = pd.Series(df["method"], index=df.index, dtype=object)
+    for method, part in df.groupby("method"):
+        differ: set[str] = set()
+        for _, cell in part.groupby(["dataset", "setting"]):
+            variants = [by_group[g] for g in cell["group"].unique()]
+            if len(variants) > 1:
+                keys = set().union(*variants)
+                differ |= {k for k in keys if len({v.get(k) for v in variants}) > 1}
+        if differ:
+            for i, g in zip(part.index, part["group"], strict=True):
+                rows[i] = f"{method} [" + ", ".join(f"{k}={by_group[g].get(k) or '-'}" for k in sorted(differ)) + "]"
+    df["row"] = rows
+    return df
 
 
 def _setting_order(settings: list[str]) -> list[str]:
@@ -77,8 +110,8 @@ def _columns(df: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def summary(df: pd.DataFrame, value: str) -> pd.DataFrame:
-    """mean, std and n of ``value`` per (method, data set, setting)."""
-    g = df.groupby(["method", "dataset", "setting"])[value]
+    """mean, std and n of ``value`` per (row, data set, setting): over the seeds of one group."""
+    g = df.groupby(["row", "dataset", "setting"])[value]
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count(), "min": g.min(),
                          "max": g.max()}).reset_index()
 
@@ -98,16 +131,17 @@ def pivot(df: pd.DataFrame, value: str, scale: float = 100.0, digits: int = 2, h
     also returns the best method per column."""
     s = summary(df, value)
     cols = _columns(df)
-    methods = sorted(df["method"].unique())
-    table = pd.DataFrame(index=methods, columns=[_colname(c, len({d for d, _ in cols})) for c in cols], dtype=object)
-    best: dict[str, str] = {}  # column name -> best method
+    rows = sorted(df["row"].unique())
+    method_of = dict(zip(df["row"], df["method"], strict=True))
+    table = pd.DataFrame(index=rows, columns=[_colname(c, len({d for d, _ in cols})) for c in cols], dtype=object)
+    best: dict[str, str] = {}  # column name -> best row
     ref = paper_numbers() if paper else None
     for col, name in zip(cols, table.columns, strict=True):
-        part = s[(s["dataset"] == col[0]) & (s["setting"] == col[1])].set_index("method")
+        part = s[(s["dataset"] == col[0]) & (s["setting"] == col[1])].set_index("row")
         means = part["mean"].dropna()
         if mark_best and len(means):
             best[name] = str(means.idxmax() if higher_is_better else means.idxmin())
-        for method in methods:
+        for method in rows:
             if method not in part.index:
                 table.loc[method, name] = "-"
                 continue
@@ -116,7 +150,8 @@ def pivot(df: pd.DataFrame, value: str, scale: float = 100.0, digits: int = 2, h
             if show_range and int(row["n"]) > 1:
                 text += f" [{row['min'] * scale:.{digits}f}, {row['max'] * scale:.{digits}f}]"
             if ref is not None:
-                got = ref[(ref["method"] == method) & (ref["dataset"] == col[0]) & (ref["setting"] == col[1])]
+                got = ref[(ref["method"] == method_of[method]) & (ref["dataset"] == col[0])
+                          & (ref["setting"] == col[1])]
                 if len(got):
                     text += " (paper " + " / ".join(f"{a:g}" for a in got["accuracy"]) + ")"
             table.loc[method, name] = text
@@ -132,36 +167,40 @@ def paper_numbers() -> pd.DataFrame:
 
 
 def time_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per method and setting: total wall-clock and seconds per epoch (means over seeds), and
-    the per-epoch ratio to DivideMix and to CE on the same setting."""
-    s = df.groupby(["method", "dataset", "setting"])[["wall_clock_s", "epoch_s"]].mean().reset_index()
-    rows = []
-    for _, r in s.iterrows():
-        same = s[(s["dataset"] == r["dataset"]) & (s["setting"] == r["setting"])].set_index("method")["epoch_s"]
-        rows.append({"method": r["method"], "dataset": r["dataset"], "setting": r["setting"],
-                     "total_s": r["wall_clock_s"], "s_per_epoch": r["epoch_s"],
-                     "ratio_to_dividemix": r["epoch_s"] / same["dividemix"] if "dividemix" in same else np.nan,
-                     "ratio_to_ce": r["epoch_s"] / same["ce"] if "ce" in same else np.nan})
-    return pd.DataFrame(rows)
+    """Per row and setting: total wall-clock and seconds per epoch (means over seeds), and the
+    per-epoch ratio to DivideMix and to CE run under the same protocol (every parameter but the
+    method's own equal) on the same setting; NaN where there is no such run, or more than one."""
+    keys = ["row", "method", "protocol", "dataset", "setting"]
+    s = df.groupby(keys)[["wall_clock_s", "epoch_s"]].mean().reset_index()
+
+    def ratio(r: pd.Series, baseline: str) -> float:
+        same = s[(s["method"] == baseline) & (s["protocol"] == r["protocol"]) & (s["dataset"] == r["dataset"])
+                 & (s["setting"] == r["setting"])]["epoch_s"]
+        return r["epoch_s"] / same.iloc[0] if len(same) == 1 else np.nan
+
+    return pd.DataFrame([{"row": r["row"], "dataset": r["dataset"], "setting": r["setting"],
+                          "total_s": r["wall_clock_s"], "s_per_epoch": r["epoch_s"],
+                          "ratio_to_dividemix": ratio(r, "dividemix"), "ratio_to_ce": ratio(r, "ce")}
+                         for _, r in s.iterrows()])
 
 
 def time_pivot(df: pd.DataFrame) -> pd.DataFrame:
-    """Methods as rows: mean over settings of total and per-epoch time and of the ratios, and
-    per setting the seconds per epoch."""
+    """Rows as in the accuracy table: mean over settings of total and per-epoch time and of the
+    ratios, and per setting the seconds per epoch."""
     t = time_table(df)
     cols = _columns(df)
-    methods = sorted(t["method"].unique())
-    out = pd.DataFrame(index=methods)
+    rows = sorted(t["row"].unique())
+    out = pd.DataFrame(index=rows)
     nd = len({d for d, _ in cols})
     for col in cols:
-        part = t[(t["dataset"] == col[0]) & (t["setting"] == col[1])].set_index("method")
+        part = t[(t["dataset"] == col[0]) & (t["setting"] == col[1])].set_index("row")
         out[f"s/epoch {_colname(col, nd)}"] = [f"{part.loc[m, 's_per_epoch']:.2f}" if m in part.index else "-"
-                                              for m in methods]
-    agg = t.groupby("method")[["total_s", "s_per_epoch", "ratio_to_dividemix", "ratio_to_ce"]].mean()
-    out["total s (mean)"] = [f"{agg.loc[m, 'total_s']:.0f}" for m in methods]
-    out["s/epoch (mean)"] = [f"{agg.loc[m, 's_per_epoch']:.2f}" for m in methods]
-    out["/ DivideMix"] = [_ratio(agg.loc[m, "ratio_to_dividemix"]) for m in methods]
-    out["/ CE"] = [_ratio(agg.loc[m, "ratio_to_ce"]) for m in methods]
+                                              for m in rows]
+    agg = t.groupby("row")[["total_s", "s_per_epoch", "ratio_to_dividemix", "ratio_to_ce"]].mean()
+    out["total s (mean)"] = [f"{agg.loc[m, 'total_s']:.0f}" for m in rows]
+    out["s/epoch (mean)"] = [f"{agg.loc[m, 's_per_epoch']:.2f}" for m in rows]
+    out["/ DivideMix"] = [_ratio(agg.loc[m, "ratio_to_dividemix"]) for m in rows]
+    out["/ CE"] = [_ratio(agg.loc[m, "ratio_to_ce"]) for m in rows]
     return out
 
 
@@ -202,6 +241,9 @@ def cmd_table(args: Any) -> int:
         table, best = pivot(df, args.metric, paper=args.paper, show_range=args.range)
         span = "; [min, max] over seeds" if args.range else ""
         title = (f"{args.metric} in % (mean ± std over seeds{span}; best mean in bold), experiment {args.experiment}")
+    if (df["row"] != df["method"]).any():
+        title += ("; a method run with different settings in one column has one row per setting, named by the "
+                  "parameters that differ (runs are averaged over seeds only)")
     text = render(table, args.format, best, title)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

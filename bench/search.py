@@ -135,3 +135,13 @@ def _set_text(value: Any) -> str:
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else str(value)
     return str(value)
+
+
+def describe_space(cls: Any) -> str:
+    """A method's study space in one line, as it is at 40% synthetic noise and 30 epochs."""
+    space = cls.search_space(Setting(0.4, 30))
+    if not space:
+        return "study space: none (no method hyperparameters; --params lr,weight_decay,batch_size)"
+    parts = [f"{k} {p.choices}" if p.kind == "categorical" else f"{k} [{p.low:g}, {p.high:g}]{' log' if p.log else ''}"
+             for k, p in space.items()]
+    return "study space (at 40% noise, 30 epochs): " + ", ".join(parts)

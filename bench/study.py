@@ -460,8 +460,8 @@ def default_study_name(cfg: RunConfig) -> str:
 
 def spec_from_args(args: Any) -> tuple[StudySpec, str]:
     """The study from the command line: ``bench run`` flags make the base configuration."""
+    from bench.catalogue import method_class
     from bench.cli import check_run_config, config_from_args
-    from methods.base import METHODS
 
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials {args.trials}: must be at least 1")
@@ -480,7 +480,7 @@ def spec_from_args(args: Any) -> tuple[StudySpec, str]:
         raise UsageError(f"--val-fraction {cfg.val_fraction}: a study needs a validation split, e.g. 0.1")
     setting = Setting(None if cfg.noise == "none" else cfg.noise_rate, cfg.epochs)
     names = [n.strip() for n in args.params.split(",") if n.strip()] if args.params else None
-    space = choose_params(METHODS.get(cfg.method), setting, names)
+    space = choose_params(method_class(cfg.method), setting, names)
     clash = sorted(set(space) & set(cfg.method_options))
     if clash:
         raise UsageError(f"--set {clash[0]}=... fixes a parameter the study tunes; drop it or leave it out of --params")

@@ -132,6 +132,8 @@ def plots(study: Any, params: list[str], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
 
+    from bench.plots import save_figure, wrap_title
+
     written = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
@@ -139,12 +141,12 @@ def plots(study: Any, params: list[str], out: Path) -> list[Path]:
         for kind, fn in kinds:
             fn(study, params=params, target_name="validation accuracy (last epoch)")
             fig = plt.gcf()
-            fig.suptitle(f"{study.study_name}: {kind} of validation accuracy over {', '.join(params)}")
-            fig.set_size_inches(max(6, 4 * len(params)), 4.5 if kind == "slice" else 4 * len(params))
-            path = out / f"{kind}.png"
-            fig.savefig(path, dpi=110, bbox_inches="tight")
+            width = max(6, 4 * len(params))
+            fig.set_size_inches(width, 4.5 if kind == "slice" else 4 * len(params))
+            fig.suptitle(wrap_title(f"{study.study_name}: {kind} of validation accuracy over {', '.join(params)}",
+                                    width))
+            written += save_figure(fig, out / f"{kind}.png")
             plt.close("all")
-            written.append(path)
     return written
 
 

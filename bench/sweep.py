@@ -207,9 +207,9 @@ def _gpu_count() -> int:
 
 
 def sweep_points(args: Any) -> list[GridPoint]:
-    from methods.base import METHODS
+    from bench.catalogue import catalogue
 
-    methods = [METHODS.canonical(m) for m in parse_list("--methods", args.methods)]
+    methods = [catalogue().methods.canonical(m) for m in parse_list("--methods", args.methods)]
     noise = args.noise
     if args.preset in ("paper", "paper-vit"):
         if not args.dataset or args.dataset not in PAPER_NOISE:

@@ -6,6 +6,7 @@ this module creates, artifacts go beside the database, not into the working dire
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -16,7 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.errors import UsageError
+
 DEFAULT_RESULTS = Path("results")
+# MLflow 3's UI shows an experiment of this kind as training runs (metrics, parameters), not as
+# a GenAI experiment with traces
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def default_tracking_uri() -> str:
@@ -31,6 +37,7 @@ def _quiet_mlflow() -> None:
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # plots download many small files
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # a benchmark sends nothing anywhere by default
     warnings.filterwarnings("ignore", module="mlflow")
 
 
@@ -89,20 +96,28 @@ class Tracker:
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
                 self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=_artifact_root(self.uri))
+                    experiment, artifact_location=_artifact_root(self.uri), tags=EXPERIMENT_TAGS)
             else:
                 self.experiment_id = exp.experiment_id
         self.run_id: str | None = None
+        self._logged: set[tuple[str, int]] = set()  # (metric, step) already in the store, on resume
 
     def start(self, run_name: str, tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
         self.run_id = run.info.run_id
         return self.run_id
 
-    def reopen(self, run_id: str) -> None:
-        """Continue an interrupted run (``--resume``): same run id, status back to running."""
+    def reopen(self, run_id: str, from_step: int = 0) -> None:
+        """Continue an interrupted run (``--resume``): same run id, status back to running.
+
+        The metrics it already holds at ``from_step`` (the checkpoint's epoch) and later are
+        remembered and never logged again, whatever instant the kill came at: each step of
+        each metric is in the record once, as in an uninterrupted run."""
         self.run_id = run_id
         self.client.update_run(run_id, status="RUNNING")
+        for key in self.client.get_run(run_id).data.metrics:
+            self._logged.update((key, m.step) for m in self.client.get_metric_history(run_id, key)
+                                if m.step >= from_step)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -117,9 +132,10 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if (k, step) not in self._logged]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
+            self._logged.update((m.key, step) for m in items)
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=subdir)
@@ -127,8 +143,163 @@ class Tracker:
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
 
+    def flush(self) -> None:
+        """Everything logged so far is in the store (it always is, in-process)."""
+
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+    def close(self) -> None:
+        """Done with the store (nothing to release in-process)."""
+
+
+class TrackingError(UsageError):
+    """The MLflow store refused an operation, or the logging process died; one line."""
+
+
+class TrackerProcess:
+    """A :class:`Tracker` in a child process, with the same methods.
+
+    Importing MLflow and opening its store cost a run 3-5 seconds of start-up on this
+    project's 2-core reference machine; in a child process started first, they overlap the
+    import of torch and the loading of the data. Calls are sent down a pipe and return at once,
+    except those with an answer (``start``, ``reopen``) and :meth:`flush` / :meth:`end`, which
+    wait until the store holds everything sent and raise the first error the child met.
+
+    The child ignores Ctrl-C and SIGTERM (its own session): when the run is interrupted or
+    killed, the child still writes everything it was sent, then exits when the pipe closes.
+    """
+
+    def __init__(self) -> None:
+        """Start the child; it imports MLflow at once, and opens no store before :meth:`open`
+        (so a run refused by a later check writes nothing)."""
+        import sys
+
+        self.uri = ""
+        self.run_id: str | None = None
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+        self.proc = subprocess.Popen([sys.executable, "-c", "from bench.tracking import serve; serve()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                     start_new_session=True)
+        self._waiting = 0
+
+    def open(self, uri: str | None, experiment: str) -> TrackerProcess:
+        """Open the store and the experiment (created if missing), as ``Tracker(uri, experiment)``."""
+        self.uri = uri or default_tracking_uri()
+        self._send("open", uri=self.uri, experiment=experiment)
+        return self
+
+    def _send(self, op: str, **kwargs: Any) -> None:
+        import json
+
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):  # the child is gone: its last reply says why
+            self.flush()
+            raise TrackingError("the MLflow logging process has ended") from None
+        self._waiting += 1
+
+    def flush(self) -> Any:
+        """Wait for the answers to everything sent; raise the first error; the last result."""
+        import json
+
+        assert self.proc.stdout is not None
+        result = None
+        while self._waiting:
+            line = self.proc.stdout.readline()
+            if not line:
+                self._waiting = 0
+                raise TrackingError(f"the MLflow logging process ended unexpectedly (exit code {self.proc.wait()})")
+            self._waiting -= 1
+            reply = json.loads(line)
+            if "error" in reply:
+                raise TrackingError(reply["error"])
+            result = reply["result"]
+        return result
+
+    def start(self, run_name: str, tags: Mapping[str, str]) -> str:
+        self._send("start", run_name=run_name, tags=dict(tags))
+        self.run_id = self.flush()
+        return self.run_id
+
+    def reopen(self, run_id: str, from_step: int = 0) -> None:
+        self.run_id = run_id
+        self._send("reopen", run_id=run_id, from_step=from_step)
+        self.flush()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._send("log_params", params={k: str(v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self._send("log_metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        self._send("log_artifact", path=str(Path(path).resolve()), subdir=subdir)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self._send("set_tag", key=key, value=value)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._send("end", status=status)
+        self.close()
+
+    def close(self) -> None:
+        """Wait for everything sent to be written, then let the child exit (at once, if no
+        store was ever opened: there is nothing to write)."""
+        if not self.uri:
+            self.proc.kill()
+        try:
+            self.flush()
+        finally:
+            if self.proc.stdin is not None and not self.proc.stdin.closed:
+                with contextlib.suppress(BrokenPipeError):
+                    self.proc.stdin.close()
+            self.proc.wait()
+
+
+def serve() -> None:
+    """The child of :class:`TrackerProcess`: one JSON request per line on standard input, one
+    JSON answer per line on standard output, until standard input closes."""
+    import json
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # the answers get the pipe to themselves: whatever MLflow prints ("View run ... at ...")
+    # goes to standard error, which the run shares
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    _quiet_mlflow()
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the slow imports, before the first request)
+    from mlflow.tracking import MlflowClient  # noqa: F401
+
+    tracker: Tracker | None = None
+    uri = ""
+    for line in sys.stdin:
+        request = json.loads(line)
+        op = request.pop("op")
+        try:
+            if op == "open":
+                uri = request["uri"]
+                tracker, result = Tracker(**request), None
+            else:
+                if "path" in request:
+                    request["path"] = Path(request["path"])
+                result = getattr(tracker, op)(**request)
+            reply: dict[str, Any] = {"result": result}
+        except Exception as exc:  # every failure goes back to the run as one line
+            reply = {"error": f"MLflow store {uri}: {op} failed: {type(exc).__name__}: {exc}"}
+        try:
+            print(json.dumps(reply), file=answers, flush=True)
+        except BrokenPipeError:  # the run is gone (killed): keep writing what it sent
+            answers = open(os.devnull, "w")  # noqa: SIM115
+    # every operation is committed; skip the interpreter's second-long teardown of MLflow
+    os._exit(0)
 
 
 def runs_by_tag(uri: str | None, experiment: str, tag: str, values: set[str]) -> dict[str, list[dict[str, Any]]]:
@@ -154,3 +325,64 @@ def runs_by_tag(uri: str | None, experiment: str, tag: str, values: set[str]) ->
         token = page.token
         if not token:
             return out
+
+
+def experiment_url(uri: str | None, experiment: str, base: str) -> str:
+    """The UI address of ``experiment``'s runs page (the UI's home page when there is no such
+    experiment yet); marks the experiment as one of training runs for the UI."""
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri or default_tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return base + "/"
+    for key, value in EXPERIMENT_TAGS.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return f"{base}/#/experiments/{exp.experiment_id}/runs"
+
+
+def serve_ui(uri: str | None, host: str, port: int, workers: int, url: str, open_browser: bool = True) -> int:
+    """Run ``mlflow ui`` on the store with ``workers`` workers, print ``url`` (and open it in a
+    browser where there is one) once the server answers; Ctrl-C stops it."""
+    import signal
+    import socket
+    import sys
+    import time
+    import webbrowser
+
+    uri = uri or default_tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", str(workers)]
+    artifacts = _artifact_root(uri)
+    if artifacts:
+        cmd += ["--default-artifact-root", artifacts]
+    # MLflow's own dependencies' deprecation notes are not the user's business (Starlette's is a UserWarning)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore:starlette.middleware.wsgi is deprecated"}
+    proc = subprocess.Popen(cmd, env=env)
+
+    def stop(signum: int, frame: Any) -> None:  # a service manager's SIGTERM stops the server too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                socket.create_connection((host if host != "0.0.0.0" else "127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        if proc.poll() is None:
+            print(f"MLflow UI: {url}  (store {uri}; Ctrl-C stops it)", file=sys.stderr, flush=True)
+            if open_browser:
+                webbrowser.open(url)
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return 0

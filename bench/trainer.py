@@ -15,22 +15,23 @@ import random
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.catalogue import method_class
 from bench.config import RunConfig
 from bench.data import DiskLoader, InMemoryLoader, epoch_generator, file_transforms, make_view_maker
 from bench.errors import UsageError
 from bench.models import create_backbone
 from bench.options import build_options
-from bench.tracking import Tracker, git_commit
+from bench.tracking import Tracker, TrackerProcess, git_commit
 from datasets.base import DATASETS, Dataset, NoiseReport, TrainSet, make_train_set
 from datasets.noise import NoiseError, NoiseSpec
-from methods.base import METHODS, Method, MethodContext
+from methods.base import Method, MethodContext
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -98,6 +99,9 @@ class History:
     """What the run has done so far; saved in every checkpoint."""
 
     epochs_done: int = 0
+    # the metrics of the last finished epoch: logged after the checkpoint that holds them, and
+    # logged again on resume if a kill came in between
+    last_metrics: dict[str, float] = field(default_factory=dict)
     test_acc: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)  # with --val-fraction
     wall_clock_s: float = 0.0
@@ -150,8 +154,15 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, progress: bool | None = None,
                  stop_after: int | None = None, epoch_callback: Any = None,
-                 tags: dict[str, str] | None = None) -> None:
+                 tags: dict[str, str] | None = None, started: float | None = None,
+                 tracker: Any = None) -> None:
         self.cfg = cfg
+        # the MLflow logger: a TrackerProcess the caller started early (its imports overlap
+        # ours), or one started by run(); anything with Tracker's methods (open, start, ...)
+        self.tracker = tracker
+        # perf_counter() when the command started: setup_time_s counts from there (imports
+        # included); None: from run()
+        self.started = started
         # called after each epoch's checkpoint with (epoch, metrics); True stops the run
         # (a study's pruner); the run ends with status "pruned", its MLflow run KILLED
         self.epoch_callback = epoch_callback
@@ -206,7 +217,7 @@ class Trainer:
                              "classes it is balanced over; give at least that many")
         self.pool: torch.Tensor | None = None
         self.train_set = train
-        method_cls = METHODS.get(cfg.method)
+        method_cls = method_class(cfg.method)
         options = build_options(method_cls, {k: str(v) for k, v in cfg.method_options.items()})
         self.method: Method = method_cls(options, self._context(ds, train))
         self.method.setup()
@@ -424,18 +435,34 @@ class Trainer:
         self.method.load_state_dict(ckpt["method"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        return History(**ckpt["history"]), ckpt["run_id"]
+        known = {f.name for f in fields(History)}  # checkpoints may predate a field
+        return History(**{k: v for k, v in ckpt["history"].items() if k in known}), ckpt["run_id"]
 
     # --- the run ---------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
-        t_setup = time.perf_counter()
+        t_setup = self.started if self.started is not None else time.perf_counter()
         ckpt = self.read_checkpoint() if resume else None  # a damaged file fails before any work
+        tracker = self.tracker if self.tracker is not None else TrackerProcess()
+        try:
+            summary = self._run(tracker, ckpt, t_setup)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error in flight is the one to report
+                tracker.close()
+            raise
+        tracker.close()
+        return summary
+
+    def _run(self, tracker: Any, ckpt: dict[str, Any] | None, t_setup: float) -> dict[str, Any]:
         self._build()
-        tracker = Tracker(self.cfg.tracking_uri, self.cfg.experiment)
+        # only now: a run that fails to build (weights not found offline) leaves no store behind
+        tracker.open(self.cfg.tracking_uri, self.cfg.experiment)
         if ckpt is not None:
             history, run_id = self.load_checkpoint(ckpt)
             del ckpt
-            tracker.reopen(run_id)
+            tracker.reopen(run_id, from_step=history.epochs_done)
+            # a kill after the last checkpoint but before its metrics reached MLflow: log them now
+            # (the tracker skips what is there already, so every step is logged exactly once)
+            tracker.log_metrics(history.last_metrics, step=history.epochs_done)
             for key, value in self.extra_tags.items():  # e.g. the retried study trial's number
                 tracker.set_tag(key, value)
             print(f"resuming {self.run_dir} after epoch {history.epochs_done}", file=sys.stderr)
@@ -445,6 +472,7 @@ class Trainer:
             run_id = self._start_tracking(tracker)
             self.save_checkpoint(history, run_id)  # a run killed in epoch 1 can be resumed too
         setup_s = time.perf_counter() - t_setup
+        print(f"setup_time_s {setup_s:.1f} (start-up, data, noise, models, MLflow)", file=sys.stderr, flush=True)
         try:
             self._loop(history, tracker, run_id)
         except KeyboardInterrupt:
@@ -467,8 +495,10 @@ class Trainer:
             if "val_acc" in metrics:
                 history.val_acc.append(metrics["val_acc"])
             history.wall_clock_s += metrics["epoch_time_s"]
+            history.last_metrics = metrics
+            tracker.flush()  # the epochs before this one are in the store before its checkpoint
+            self.save_checkpoint(history, run_id)  # first the checkpoint, then the record of it
             tracker.log_metrics(metrics, step=epoch + 1)
-            self.save_checkpoint(history, run_id)
             self._report(epoch, metrics)
             if self.stop_after is not None and epoch + 1 >= self.stop_after and epoch + 1 < self.cfg.epochs:
                 raise Stopped
@@ -483,11 +513,10 @@ class Trainer:
     def _start_tracking(self, tracker: Tracker) -> str:
         cfg = self.cfg
         noise = f"{cfg.noise}:{cfg.noise_rate:g}" if cfg.noise != "none" else "none"
-        name = self.run_dir.name
-        run_id = tracker.start(name, tags={"git_commit": git_commit(), "method": cfg.method, "dataset": cfg.dataset,
-                                           "noise": noise, "config_hash": cfg.hash(), "run_dir": str(self.run_dir),
-                                           "request_hash": self.request_hash, "seed": str(cfg.seed),
-                                           **self.extra_tags})
+        tags = {"git_commit": git_commit(), "method": cfg.method, "dataset": cfg.dataset, "noise": noise,
+                "config_hash": cfg.hash(), "run_dir": str(self.run_dir), "request_hash": self.request_hash,
+                "seed": str(cfg.seed), **self.extra_tags}
+        run_id = tracker.start(cfg.run_name, tags=tags)
         tracker.log_params(cfg.flatten())
         art = self.run_dir
         (art / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")

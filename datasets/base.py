@@ -43,6 +43,11 @@ class RawSplits:
     # further labelled test sets, logged as test_acc_<name> (mini-WebVision's ImageNet val)
     extra_tests: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
+    def splits(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(name, images, labels) of the training split, the test split and any extra test sets."""
+        return [("train", self.train_images, self.train_labels), ("test", self.test_images, self.test_labels),
+                *((name, images, labels) for name, (images, labels) in self.extra_tests.items())]
+
 
 @dataclass
 class NoOptions:
@@ -131,21 +136,23 @@ def missing_files(files: np.ndarray) -> list[str]:
     return [str(f) for f in files if not os.path.isfile(f)]
 
 
+def split_problems(split: str, images: np.ndarray, labels: np.ndarray, num_classes: int) -> list[str]:
+    """An empty split, labels out of range and missing image files (cheap: nothing decoded)."""
+    problems = [f"the {split} split is empty"] if len(labels) == 0 else []
+    problems += label_problems(split, labels, num_classes)
+    if images.dtype != np.uint8:
+        gone = missing_files(images)
+        if gone:
+            problems.append(f"{len(gone)} {split} image files are missing, e.g. {gone[0]}")
+    return problems
+
+
 def find_problems(ds: Dataset, raw: RawSplits) -> list[str]:
-    """Label-range and missing-file faults of the splits (cheap: no image is decoded)."""
-    problems = [f"the {split} split is empty" for split, labels in
-                (("train", raw.train_labels), ("test", raw.test_labels),
-                 *((k, v[1]) for k, v in raw.extra_tests.items())) if len(labels) == 0]
-    problems += label_problems("train", raw.train_labels, ds.num_classes)
-    problems += label_problems("test", raw.test_labels, ds.num_classes)
+    """The faults of every split that a run refuses (``data check`` lists the same ones)."""
+    problems = [p for split, images, labels in raw.splits()
+                for p in split_problems(split, images, labels, ds.num_classes)]
     if raw.train_clean is not None:
         problems += label_problems("clean train", raw.train_clean, ds.num_classes)
-    splits = {"train": raw.train_images, "test": raw.test_images, **{k: v[0] for k, v in raw.extra_tests.items()}}
-    for split, images in splits.items():
-        if images.dtype != np.uint8:
-            gone = missing_files(images)
-            if gone:
-                problems.append(f"{len(gone)} {split} image files are missing, e.g. {gone[0]}")
     return problems
 
 
@@ -180,38 +187,58 @@ class NoiseReport:
     labels_file: Path
 
 
-def noise_file_name(dataset: str, spec: noise_lib.NoiseSpec) -> str:
-    return f"{dataset}_{spec.model}_{spec.rate:g}_seed{spec.seed}.npy"
+# Instance noise on image files: features are the images decoded at this side (Xia et al.'s
+# CIFAR features are the 32 x 32 x 3 pixels), whatever size the run trains at, so the noise
+# does not depend on --image-size and the feature matrix stays N x 3072 floats.
+INSTANCE_SIDE = 32
+
+
+def noise_file_name(dataset: str, spec: noise_lib.NoiseSpec, fingerprint: str) -> str:
+    return f"{dataset}_{spec.model}_{spec.rate:g}_seed{spec.seed}_{fingerprint[:12]}.npy"
 
 
 def _fingerprint(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec) -> str:
-    """What the noisy labels depend on besides the spec: the clean labels, the class map and,
-    for instance noise, the images."""
-    h = hashlib.sha1(raw.train_labels.astype(np.int64).tobytes())
+    """Everything the noisy labels depend on besides the spec: the number of classes, the clean
+    label vector, the class map and, for instance noise, the images and how they become
+    features. It is part of the noise file's name, so two data sets (or two versions of one
+    ``folder`` tree) never share a file."""
+    h = hashlib.sha1(f"classes={ds.num_classes};".encode())
+    h.update(raw.train_labels.astype(np.int64).tobytes())
     h.update(repr(sorted((ds.asym_map or {}).items())).encode())
     if spec.model == "instance":
         imgs = raw.train_images
-        h.update(np.ascontiguousarray(imgs).tobytes() if imgs.dtype == np.uint8
-                 else "\n".join(map(str, imgs)).encode())  # pixels, or the file list
+        if imgs.dtype == np.uint8:
+            h.update(repr(imgs.shape).encode())
+            h.update(np.ascontiguousarray(imgs).tobytes())
+        else:  # the file list and the size the files are decoded at
+            h.update(f"files@{INSTANCE_SIDE}px:".encode())
+            h.update("\n".join(map(str, imgs)).encode())
     return h.hexdigest()
 
 
 def instance_features(ds: Dataset, images: np.ndarray) -> np.ndarray:
     """Xia et al.'s features: flattened pixels minus the data set's mean image (our convention;
-    noise.py then L2-normalises each sample). On-disk images are decoded once, resized to
-    ``ds.image_size``. Raw non-negative pixels all point the same way, so every sample of a
-    class would flip alike; centred pixels make the flip distribution depend on the image."""
+    noise.py then L2-normalises each sample). Raw non-negative pixels all point the same way,
+    so every sample of a class would flip alike; centred pixels make the flip distribution
+    depend on the image.
+
+    In-memory images are the features as they are. Image files are decoded one at a time at
+    ``INSTANCE_SIDE`` px (JPEG draft mode where the format has one) into one preallocated
+    float32 matrix; centring is done in place. Peak memory is that matrix (N x 3072 x 4 bytes)
+    and one image, whatever the image count or the training size."""
     if images.dtype == np.uint8:
         flat = images.reshape(len(images), -1).astype(np.float32)
     else:
         from PIL import Image
 
-        side = ds.image_size
-        flat = np.zeros((len(images), side * side * 3), np.float32)
+        side = INSTANCE_SIDE
+        flat = np.empty((len(images), side * side * 3), np.float32)
         for i, path in enumerate(images):
             with Image.open(path) as im:
-                flat[i] = np.asarray(im.convert("RGB").resize((side, side)), np.float32).ravel()
-    return flat - flat.mean(axis=0, keepdims=True)
+                im.draft("RGB", (side, side))  # JPEG: decode at a reduced scale (no-op otherwise)
+                flat[i] = np.asarray(im.convert("RGB").resize((side, side), Image.BILINEAR), np.float32).ravel()
+    flat -= flat.mean(axis=0, keepdims=True)
+    return flat
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -225,18 +252,24 @@ def _write_atomic(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _save_labels(path: Path, labels: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
+            np.save(f, labels)
+
+    _write_atomic(path, write)
+
+
 def noisy_labels(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec, cache_dir: Path) -> tuple[np.ndarray, Path]:
     """Given labels of the FULL training set, read from the noise file or drawn and saved there.
 
-    The file is keyed by data set, model, rate and seed; a ``.sha1`` beside it fingerprints
-    what else the labels depend on (clean labels, class map, images for instance noise), so a
-    stale file is redrawn, never silently reused.
+    The file's name holds the data set, model, rate, seed and a fingerprint of everything else
+    the labels depend on (:func:`_fingerprint`), so a file is reused only for exactly the same
+    noise, never for a data set whose classes, labels or images changed.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / noise_file_name(ds.name, spec)
-    meta = path.with_suffix(".sha1")
-    fingerprint = _fingerprint(ds, raw, spec)
-    if path.exists() and meta.exists() and meta.read_text().strip() == fingerprint:
+    path = cache_dir / noise_file_name(ds.name, spec, _fingerprint(ds, raw, spec))
+    if path.exists():
         saved = np.load(path, allow_pickle=False)
         if len(saved) == len(raw.train_labels):
             return saved, path
@@ -246,12 +279,7 @@ def noisy_labels(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec, cache_d
                                       features=features, dataset=ds.name)
     except noise_lib.NoiseError as exc:
         raise UsageError(str(exc)) from None
-    def save_labels(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
-            np.save(f, given)
-
-    _write_atomic(path, save_labels)
-    _write_atomic(meta, lambda tmp: tmp.write_text(fingerprint + "\n"))
+    _save_labels(path, given)
     return given, path
 
 
@@ -293,15 +321,11 @@ def make_train_set(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec, subse
     ds.check_noise(spec.model)
     if ds.real_noise:
         given, clean = raw.train_labels.astype(np.int64), raw.train_clean
-        opts = repr(sorted(ds.resolved_options().items()))
-        path = cache_dir / f"{ds.name}_real_{hashlib.sha1(opts.encode()).hexdigest()[:8]}.npy"
+        key = hashlib.sha1(repr(sorted(ds.resolved_options().items())).encode())
+        key.update(given.tobytes())
+        path = cache_dir / f"{ds.name}_real_{key.hexdigest()[:12]}.npy"
         cache_dir.mkdir(parents=True, exist_ok=True)
-
-        def save_labels(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, given)
-
-        _write_atomic(path, save_labels)
+        _save_labels(path, given)
     else:
         given, path = noisy_labels(ds, raw, spec, cache_dir)
         clean = raw.train_labels.astype(np.int64)

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from datasets.base import Dataset, RawSplits, label_problems, missing_files
+from datasets.base import Dataset, split_problems
 
 
 def _unreadable(files: np.ndarray) -> list[str]:
@@ -37,12 +37,6 @@ def _class_counts(labels: np.ndarray, num_classes: int) -> str:
     return f"per class: min {counts.min()}, max {counts.max()}, classes with no sample {empty}"
 
 
-def _splits(raw: RawSplits) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    out = [("train", raw.train_images, raw.train_labels), ("test", raw.test_images, raw.test_labels)]
-    out += [(name, images, labels) for name, (images, labels) in raw.extra_tests.items()]
-    return out
-
-
 def check_dataset(ds: Dataset, root: str | None, decode: bool = True) -> tuple[list[str], int]:
     """The report's lines and the number of faults found."""
     ds.check_root(root)
@@ -50,20 +44,16 @@ def check_dataset(ds: Dataset, root: str | None, decode: bool = True) -> tuple[l
     lines = [f"data set {ds.name} at {root or '(default location)'}; options {ds.resolved_options() or '{}'}; "
              f"{ds.num_classes} classes"]
     faults = 0
-    for split, images, labels in _splits(raw):
+    for split, images, labels in raw.splits():
         expected = ds.expected.get(split if split != "imagenet" else "imagenet_val")
         exp = f" (the real data set: {expected:,})" if expected else ""
         lines.append(f"{split}: {len(labels):,} samples{exp}; labels {labels.min() if len(labels) else '-'}.."
                      f"{labels.max() if len(labels) else '-'}; {_class_counts(labels, ds.num_classes)}")
-        problems = label_problems(split, labels, ds.num_classes)
-        if images.dtype != np.uint8:
-            gone = missing_files(images)
-            if gone:
-                problems.append(f"{len(gone)} {split} image files are missing, e.g. {gone[0]}")
-            if decode:
-                bad = _unreadable(images)
-                if bad:
-                    problems.append(f"{len(bad)} {split} image files cannot be decoded, e.g. {bad[0]}")
+        problems = split_problems(split, images, labels, ds.num_classes)
+        if images.dtype != np.uint8 and decode:
+            bad = _unreadable(images)
+            if bad:
+                problems.append(f"{len(bad)} {split} image files cannot be decoded, e.g. {bad[0]}")
         for p in problems:
             lines.append(f"  FAULT: {p}")
         faults += len(problems)

@@ -73,8 +73,10 @@ def parse_pairs(path: Path) -> Iterator[tuple[str, int]]:
             raise UsageError(f"{path}, line {n}: expected '<path> <label>', found {line[:80]!r}") from None
 
 
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files in ``folder`` (with ``recursive``: in its subfolders too), sorted by path."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 class FileDataset(Dataset):

@@ -1,7 +1,12 @@
 """Any ImageFolder-style tree, so users can bring their own data.
 
 Layout: ``train/<class>/<images>`` and ``test/<class>/<images>`` (or ``val/``); classes are the
-sorted folder names of ``train/``. By default the folder names are the labels and synthetic
+sorted folder names of ``train/``, and each class folder is searched with its subfolders, as
+torchvision's ``ImageFolder`` does. A test class that ``train/`` lacks is an error (its images
+could never be predicted right), and so is a tree with a single class folder: that is almost
+always the images one level deeper (``train/images/<class>/``) than the layout expects.
+
+By default the folder names are the labels and synthetic
 noise can be applied to them. With ``--set labels=FILE`` (lines ``<path relative to train/>
 <label index>``) the file gives the training labels instead: real noise, and the folder names
 become the clean labels, so the realised noise rate and detection AUCs are logged. The crop
@@ -46,8 +51,14 @@ class Folder(FileDataset):
         test = root / "test" if (root / "test").is_dir() else root / "val"
         need(test, "folder of test classes (test/ or val/)")
         names = sorted(p.name for p in train.iterdir() if p.is_dir())
-        if not names:
-            raise UsageError(f"{train} holds no class folders (expected train/<class>/<images>)")
+        if len(names) < 2:
+            found = f"only the folder {names[0]!r}" if names else "no class folders"
+            raise UsageError(f"{train} holds {found}; expected train/<class>/<images> with one folder per "
+                             "class (at least 2): are the class folders one level deeper?")
+        unknown = sorted(p.name for p in test.iterdir() if p.is_dir() and p.name not in names)
+        if unknown:
+            raise UsageError(f"{test} has class folders that {train} lacks: {', '.join(unknown)}; "
+                             f"the classes are those of train/: {', '.join(names)}")
         self._classes = tuple(names)
         train_files, train_labels = self._walk(train, names)
         test_files, test_labels = self._walk(test, names)
@@ -66,7 +77,7 @@ class Folder(FileDataset):
         files, labels = [], []
         for i, name in enumerate(names):
             sub = folder / name
-            for f in image_files(sub) if sub.is_dir() else []:
+            for f in image_files(sub, recursive=True) if sub.is_dir() else []:
                 files.append(str(f))
                 labels.append(i)
         return files, np.array(labels, dtype=np.int64)

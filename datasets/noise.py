@@ -29,9 +29,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import truncnorm
 
 NOISE_MODELS: tuple[str, ...] = ("none", "sym", "sym-biased", "pairflip", "asym", "instance")
+_DESCRIPTIONS = {
+    "none": "labels as the data set ships them",
+    "sym": "exactly round(rN) samples get one of the other C-1 classes (Co-teaching)",
+    "sym-biased": "exactly int(rN) samples get one of all C classes; realised rate r(1-1/C) (DivideMix)",
+    "pairflip": "exactly round(rN) samples go from class i to (i+1) mod C (Co-teaching)",
+    "asym": "exactly int(rN) samples go through the data set's semantic class map (DivideMix)",
+    "instance": "part-dependent noise of Xia et al. 2020 (features: mean-centred pixels)",
+}
 # Class-dependent ("asymmetric") models: methods whose published settings differ for asymmetric
 # noise (DivideMix's penalty and lambda_u, ELR's beta and lambda) treat both alike; IDO's
 # CIFAR-10 "asym" is pair-flip (ido-method.md).
@@ -42,6 +49,11 @@ INSTANCE_FLIP_STD = 0.1
 # Rows per matmul in the instance model: bounds the float64 copy of the features
 # (8192 x 3072 x 8 bytes = 200 MB for CIFAR) without changing the result.
 _INSTANCE_BLOCK = 8192
+
+
+def describe_noise(model: str) -> str:
+    """One line on what noise model ``model`` does (``bench list noise``)."""
+    return _DESCRIPTIONS[model]
 
 
 class NoiseError(ValueError):
@@ -248,6 +260,8 @@ def _instance(
     q, about r: the truncated normal's mean, which exceeds r for small r.
     """
     n = labels.size
+    from scipy.stats import truncnorm  # here, not at import: the command line starts without scipy
+
     flip = truncnorm.rvs(
         -rate / INSTANCE_FLIP_STD,
         (1 - rate) / INSTANCE_FLIP_STD,
@@ -424,6 +438,8 @@ def expected_rate(
     if spec.model == "sym-biased":
         return r * (1 - 1 / num_classes)
     if spec.model == "instance":
+        from scipy.stats import truncnorm
+
         a, b = -r / INSTANCE_FLIP_STD, (1 - r) / INSTANCE_FLIP_STD
         return float(truncnorm.mean(a, b, loc=r, scale=INSTANCE_FLIP_STD))
     moved = _map_lookup(asym_map, num_classes, None) != np.arange(num_classes)

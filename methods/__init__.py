@@ -1,6 +1,18 @@
 """Methods, registered by name in :data:`methods.base.METHODS`.
 
-Add a method by adding one module (see :mod:`methods.base` for the interface) and its
-import line below.
+Add a method by adding one module (see :mod:`methods.base` for the interface) and its name to
+:data:`MODULES`. Modules are imported on demand: a run imports its own method only
+(:func:`bench.catalogue.method_class`), so a CE run never pays for scipy or scikit-learn;
+:func:`load_all` registers every method.
 """
-from methods import ce, coteaching, dividemix, elr, wrongevent  # noqa: F401
+from __future__ import annotations
+
+import importlib
+
+MODULES = ("ce", "coteaching", "dividemix", "elr", "wrongevent")
+
+
+def load_all() -> None:
+    """Import (and so register) every method module."""
+    for name in MODULES:
+        importlib.import_module(f"methods.{name}")

@@ -304,7 +304,7 @@ class DivideMix(Method):
         u_idx = self._next_unlabeled(phase, n_l)
         ub = self.ctx.fetch(u_idx, ("weak", "weak2")) if u_idx is not None else None
         with torch.no_grad():
-            targets_x = self._refine(net, batch, prob[idx])
+            targets_x, weak_logits = self._refine(net, batch, prob[idx])
             targets_u = self._co_guess(net, other, ub) if ub is not None else None
         inputs = [batch["weak"], batch["weak2"]] + ([ub["weak"], ub["weak2"]] if ub is not None else [])
         targets = [targets_x, targets_x] + ([targets_u, targets_u] if ub is not None else [])
@@ -317,14 +317,19 @@ class DivideMix(Method):
         logits = net(mixed_in)
         loss, terms = mixmatch_loss(logits.float(), mixed_t, 2 * n_l, lam_u)
         terms["lambda_u_ramped"] = logits.new_tensor(lam_u)  # on the device, as the other terms
-        return StepOutput(loss=loss, logits=None, terms=terms)
+        # train_acc: net 1's training-mode prediction of the labeled samples' weak view, against
+        # their given labels (the warm-up reports net 1's too)
+        return StepOutput(loss=loss, logits=weak_logits if key == "net1" else None, terms=terms)
 
-    def _refine(self, net: torch.nn.Module, batch: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:
-        """Label refinement: w * onehot(y) + (1 - w) * mean of the net's two predictions, sharpened."""
-        px = (F.softmax(net(batch["weak"]), dim=1) + F.softmax(net(batch["weak2"]), dim=1)) / 2
+    def _refine(self, net: torch.nn.Module, batch: dict[str, torch.Tensor],
+                w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label refinement: w * onehot(y) + (1 - w) * mean of the net's two predictions,
+        sharpened; also the logits of the first view (for train_acc)."""
+        weak = net(batch["weak"])
+        px = (F.softmax(weak, dim=1) + F.softmax(net(batch["weak2"]), dim=1)) / 2
         w = w[:, None]
         px = w * self.onehot_eye[batch["label"]] + (1 - w) * px.float()
-        return sharpen(px, self.opts.temperature)
+        return sharpen(px, self.opts.temperature), weak
 
     def _co_guess(self, net: torch.nn.Module, other: torch.nn.Module, ub: dict[str, torch.Tensor]) -> torch.Tensor:
         """Co-guessing: both nets' softmax on both views of the unlabeled batch, averaged, sharpened."""

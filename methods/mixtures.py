@@ -19,9 +19,10 @@ from typing import Any, Protocol
 
 import numpy as np
 from scipy import stats
+from scipy.special import logsumexp
 
 EPS = 1e-6  # IDO squeezes normalised scores into [eps, 1 - eps] (ido-method.md)
-EPS_NAN = 1e-12  # floor of a likelihood in the E-step (M-Correction's BetaMixture1D)
+EPS_NAN = 1e-12  # floor of the moment estimates in the M-step (M-Correction's BetaMixture1D)
 
 
 class Mixture(Protocol):
@@ -56,7 +57,9 @@ class Normaliser:
 def weighted_beta_moments(x: np.ndarray, w: np.ndarray) -> tuple[float, float]:
     """Beta (alpha, beta) by the weighted method of moments (M-Correction's M-step)."""
     wsum = max(float(w.sum()), EPS_NAN)
-    mean = float((w * x).sum() / wsum)
+    # x lies in [eps, 1 - eps], so the mean does too, unless no sample has any weight (exact
+    # posteriors can give a component none; the official 1e-12 floor never does)
+    mean = min(max(float((w * x).sum() / wsum), EPS), 1 - EPS)
     var = max(float((w * (x - mean) ** 2).sum() / wsum), EPS_NAN)
     common = mean * (1 - mean) / var - 1
     alpha = max(mean * common, EPS_NAN)
@@ -74,6 +77,8 @@ class BetaMixture:
     """
 
     clamp: bool = True
+    # None: exact posteriors (log space); EPS_NAN: the official floor of each weighted density
+    floor: float | None = None
     alphas: np.ndarray = field(default_factory=lambda: np.array([1.0, 2.0]))
     betas: np.ndarray = field(default_factory=lambda: np.array([2.0, 1.0]))
     weights: np.ndarray = field(default_factory=lambda: np.array([0.5, 0.5]))
@@ -81,13 +86,27 @@ class BetaMixture:
 
     def _likelihood(self, x: np.ndarray) -> np.ndarray:
         """(2, N) weighted component densities."""
-        pdf = stats.beta.pdf(x[None, :], self.alphas[:, None], self.betas[:, None])
-        return self.weights[:, None] * pdf
+        return np.exp(self._log_likelihood(x))
+
+    def _log_likelihood(self, x: np.ndarray) -> np.ndarray:
+        """(2, N) logs of the weighted component densities."""
+        with np.errstate(divide="ignore"):  # a component of weight 0 has log-weight -inf
+            logw = np.log(self.weights)
+        return logw[:, None] + stats.beta.logpdf(x[None, :], self.alphas[:, None], self.betas[:, None])
 
     def _responsibilities(self, x: np.ndarray) -> np.ndarray:
-        r = self._likelihood(x)
-        r = np.where(r <= EPS_NAN, EPS_NAN, r)
-        return r / r.sum(axis=0, keepdims=True)
+        """Posteriors of the two components, computed in log space.
+
+        M-Correction's ``BetaMixture1D`` (and IDO's copy of it) floors each weighted density at
+        1e-12 before normalising; where both densities underflow the floor (the highest
+        wrong-event counts, far in both tails) that gives 0.5 / 0.5 instead of the limit,
+        which is the component with the heavier tail there. Log space has no floor; ``floor``
+        reproduces the official behaviour."""
+        if self.floor is not None:
+            r = np.maximum(self._likelihood(x), self.floor)
+            return r / r.sum(axis=0, keepdims=True)
+        ll = self._log_likelihood(x)
+        return np.exp(ll - logsumexp(ll, axis=0, keepdims=True))
 
     def em_step(self, x: np.ndarray) -> None:
         r = self._responsibilities(x)
@@ -205,9 +224,12 @@ class GaussianMixture2:
 
 class ClasswiseMixture:
     """One mixture per given-label class (IDO official ``stage_2_class.py``): each sample is
-    scored by the mixture of its given class, fitted on that class's samples alone. A class with
-    fewer than ``MIN_CLASS`` samples (a small ``--subset``) cannot carry a mixture of its own:
-    its samples are scored by one mixture fitted on all samples."""
+    scored by the mixture of its given class, fitted on that class's samples alone.
+
+    A class that has not been fitted yet (fewer than ``MIN_CLASS`` samples in all, as in a small
+    ``--subset``, or fewer than that among the samples seen so far, with sampled epochs) has no
+    mixture of its own: its samples are scored by one mixture fitted on all (seen) samples. A
+    class fitted once keeps its last fit when a later call sees too few of its samples."""
 
     MIN_CLASS = 2
 
@@ -215,24 +237,25 @@ class ClasswiseMixture:
         self.labels = labels
         self.members = [np.flatnonzero(labels == c) for c in range(num_classes)]
         self.parts = [make() for _ in range(num_classes)]
-        self.small = [len(idx) < self.MIN_CLASS for idx in self.members]
-        self.fallback = make() if any(self.small) else None
+        self.fitted = np.zeros(num_classes, dtype=bool)
+        self.fallback = make()
 
     def fit(self, values: np.ndarray, iterations: int, mask: np.ndarray | None = None) -> None:
-        """Fit every class's mixture on its samples (those in ``mask`` when given; a class with
-        fewer than MIN_CLASS of them keeps its last fit)."""
-        for part, idx, small in zip(self.parts, self.members, self.small, strict=True):
+        """Fit every class's mixture on its samples (those in ``mask`` when given), and the
+        global fallback whenever a class is left without a fit of its own."""
+        for c, (part, idx) in enumerate(zip(self.parts, self.members, strict=True)):
             idx = idx if mask is None else idx[mask[idx]]
-            if not small and len(idx) >= self.MIN_CLASS:
+            if len(idx) >= self.MIN_CLASS:
                 part.fit(values[idx], iterations)
-        if self.fallback is not None:
+                self.fitted[c] = True
+        if not self.fitted.all():
             self.fallback.fit(values if mask is None else values[mask], iterations)
 
     def _apply(self, fn: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, b = np.zeros(len(values)), np.zeros(len(values))
-        for part, idx, small in zip(self.parts, self.members, self.small, strict=True):
+        for part, idx, fitted in zip(self.parts, self.members, self.fitted, strict=True):
             if len(idx):
-                a[idx], b[idx] = getattr(self.fallback if small else part, fn)(values[idx])
+                a[idx], b[idx] = getattr(part if fitted else self.fallback, fn)(values[idx])
         return a, b
 
     def posterior(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -242,27 +265,30 @@ class ClasswiseMixture:
         return self._apply("cdf", values)
 
     def raw_density(self, v: np.ndarray) -> np.ndarray:
-        """The class mixtures' densities summed with the classes' shares of the samples."""
+        """The fitted class mixtures' densities summed with the classes' shares of the samples."""
         total = sum(len(idx) for idx in self.members)
         out = np.zeros((2, len(v)))
-        for part, idx in zip(self.parts, self.members, strict=True):
-            if len(idx) > 1:
+        for part, idx, fitted in zip(self.parts, self.members, self.fitted, strict=True):
+            if fitted:
                 out += len(idx) / total * part.raw_density(v)
         return out
 
     def params(self) -> dict[str, float]:
-        """Each parameter's median over the classes (the per-class values are in state_dict).
-        A median, because a class whose clean samples all share one count gets a near-zero
-        variance and so moment estimates in the billions, which would swamp a mean."""
-        rows = [p.params() for p, idx in zip(self.parts, self.members, strict=True) if len(idx) > 1]
+        """Each parameter's median over the fitted classes (the per-class values are in
+        state_dict). A median, because a class whose clean samples all share one count gets a
+        near-zero variance and so moment estimates in the billions, which would swamp a mean."""
+        rows = [p.params() for p, fitted in zip(self.parts, self.fitted, strict=True) if fitted]
         return {k: float(np.median([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"parts": [p.state_dict() for p in self.parts],
-                "fallback": None if self.fallback is None else self.fallback.state_dict()}
+        return {"parts": [p.state_dict() for p in self.parts], "fitted": self.fitted.copy(),
+                "fallback": self.fallback.state_dict()}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         for part, ps in zip(self.parts, s["parts"], strict=True):
             part.load_state_dict(ps)
-        if self.fallback is not None:
+        # checkpoints written before the fitted flags existed: every class big enough was fitted
+        default = np.array([len(idx) >= self.MIN_CLASS for idx in self.members])
+        self.fitted = np.array(s.get("fitted", default), dtype=bool)
+        if s.get("fallback") is not None:
             self.fallback.load_state_dict(s["fallback"])

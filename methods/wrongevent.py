@@ -30,6 +30,7 @@ epoch; each sample is visited once per epoch, so this equals the official per-ba
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -42,7 +43,7 @@ from bench.errors import UsageError
 from bench.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
 from methods.diagnostics import clean_auc, clean_mask, detection_metrics
-from methods.mixtures import BetaMixture, ClasswiseMixture, GaussianMixture2
+from methods.mixtures import EPS_NAN, BetaMixture, ClasswiseMixture, GaussianMixture2
 
 # EM iterations: 20 before stage 2; then 1 per epoch for the global mixture (stage_2.py),
 # 2 per epoch for the class-wise one (stage_2_class.py) (ido-method.md).
@@ -73,6 +74,10 @@ class WrongEventOptions:
     entropy: Literal["per_sample", "official"] = field(default="per_sample", metadata={
         "help": "L_N per sample (paper) or the official code's (B, B) broadcast",
         "source": "utils/lnl_methods.py WELoss"})
+    posterior: Literal["exact", "official"] = field(default="exact", metadata={
+        "help": "BMM posteriors in log space (exact), or with each weighted density floored at 1e-12 "
+                "as the official utils/bmm.py (0.5 / 0.5 where both underflow, at the highest counts)",
+        "source": "utils/bmm.py, after M-Correction's BetaMixture1D (eps_nan 1e-12)"})
     base_weights: Literal["previous", "official"] = field(default="previous", metadata={
         "help": "copy the weights of epoch e-1 (paper) or keep the official code's live reference (epoch e)",
         "source": "stage_1.py quirk (ido-method.md)"})
@@ -183,7 +188,11 @@ class WrongEvent(Method):
         return copy.deepcopy(self.models["net"].state_dict())
 
     def _new_mixture(self) -> Any:
-        make = BetaMixture if self.opts.mixture == "bmm" else GaussianMixture2
+        if self.opts.mixture == "gmm":
+            make: Any = GaussianMixture2
+        else:
+            floor = EPS_NAN if self.opts.posterior == "official" else None
+            make = functools.partial(BetaMixture, floor=floor)
         if self.opts.bmm_scope == "global":
             return make()
         labels = self.ctx.given_labels.cpu().numpy()

@@ -12,6 +12,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bench.data import (
     DiskLoader,
@@ -25,7 +26,7 @@ from bench.data import (
 )
 from bench.errors import UsageError
 from datasets import noise as noise_lib
-from datasets.base import Dataset, RawSplits, make_train_set, noise_file_name, stratified_subset
+from datasets.base import Dataset, RawSplits, make_train_set, stratified_subset
 from datasets.fashion_mnist import FILES, FashionMNIST, read_idx
 
 CPU = torch.device("cpu")
@@ -311,39 +312,60 @@ def test_make_train_set_takes_the_subset_after_the_noise(tmp_path):
 def test_noise_file_is_saved_and_reused(tmp_path):
     raw = fake_raw()
     first, report = make_train_set(FakeData(), raw, SYM, None, tmp_path)
-    path = tmp_path / noise_file_name("fake", SYM)
-    assert report.labels_file == path
+    path = report.labels_file
+    assert path.parent == tmp_path and path.name.startswith("fake_sym_0.4_seed7_")
     assert np.array_equal(np.load(path), first.given)
-    assert path.with_suffix(".sha1").is_file()
     # Reuse, not a redraw that happens to agree: change the file and get the change back.
     tampered = first.given.copy()
     tampered[:5] = (tampered[:5] + 1) % 10
     np.save(path, tampered)
-    second, _ = make_train_set(FakeData(), raw, SYM, None, tmp_path)
-    assert np.array_equal(second.given, tampered)
+    second, again = make_train_set(FakeData(), raw, SYM, None, tmp_path)
+    assert again.labels_file == path and np.array_equal(second.given, tampered)
 
 
 def test_noise_file_is_redrawn_when_the_clean_labels_change(tmp_path):
     raw = fake_raw(seed=0)
-    make_train_set(FakeData(), raw, SYM, None, tmp_path)
-    path = tmp_path / noise_file_name("fake", SYM)
-    fingerprint = path.with_suffix(".sha1").read_text()
+    first, r1 = make_train_set(FakeData(), raw, SYM, None, tmp_path)
     other = fake_raw(seed=1)  # same size, other labels
     assert not np.array_equal(other.train_labels, raw.train_labels)
-    train, _ = make_train_set(FakeData(), other, SYM, None, tmp_path)
+    train, r2 = make_train_set(FakeData(), other, SYM, None, tmp_path)
     assert np.array_equal(train.given, noise_lib.apply_noise(other.train_labels, 10, SYM))
-    assert np.array_equal(np.load(path), train.given)
-    assert path.with_suffix(".sha1").read_text() != fingerprint
+    assert r2.labels_file != r1.labels_file  # both files stand: neither setting overwrites the other
+    assert np.array_equal(np.load(r1.labels_file), first.given) and np.array_equal(np.load(r2.labels_file), train.given)
+
+
+def test_noise_file_is_keyed_by_the_class_count(tmp_path):
+    """A `folder` tree that gains an (empty) class folder keeps its label vector but not its
+    noise: sym noise draws from the other C - 1 classes."""
+    from datasets.folder import Folder
+
+    root = tmp_path / "tree"
+    for split, n in (("train", 40), ("test", 4)):
+        for i in range(n):
+            d = root / split / f"c{i % 4}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(d / f"{i}.png")
+    spec = noise_lib.NoiseSpec("sym", 0.5, 3)
+    ds = Folder()
+    four, r4 = make_train_set(ds, ds.load(str(root)), spec, None, tmp_path / "noise")
+    (root / "train" / "c4").mkdir()  # a fifth class, no images yet
+    ds5 = Folder()
+    raw5 = ds5.load(str(root))
+    assert ds5.num_classes == 5 and np.array_equal(raw5.train_labels, ds.load(str(root)).train_labels)
+    five, r5 = make_train_set(ds5, raw5, spec, None, tmp_path / "noise")
+    assert r5.labels_file != r4.labels_file
+    assert np.array_equal(five.given, noise_lib.apply_noise(raw5.train_labels, 5, spec))
+    assert not np.array_equal(five.given, four.given)
 
 
 def test_noise_files_are_keyed_by_model_rate_and_seed(tmp_path):
     raw = fake_raw()
     specs = [SYM, noise_lib.NoiseSpec("sym", 0.2, 7), noise_lib.NoiseSpec("sym", 0.4, 8),
              noise_lib.NoiseSpec("pairflip", 0.4, 7)]
-    givens = [make_train_set(FakeData(), raw, s, None, tmp_path)[0].given for s in specs]
-    assert len({noise_file_name("fake", s) for s in specs}) == len(specs)
-    for s, g in zip(specs, givens, strict=True):
-        assert np.array_equal(np.load(tmp_path / noise_file_name("fake", s)), g)
+    made = [make_train_set(FakeData(), raw, s, None, tmp_path) for s in specs]
+    assert len({report.labels_file for _, report in made}) == len(specs)
+    for train, report in made:
+        assert np.array_equal(np.load(report.labels_file), train.given)
 
 
 def test_real_noise_dataset_rejects_synthetic_noise(tmp_path):

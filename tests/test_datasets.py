@@ -247,6 +247,75 @@ def test_folder_with_a_labels_file_is_real_noise_with_clean_labels(tmp_path):
     assert not dataset("folder").real_noise  # without the file, synthetic noise applies
 
 
+def _nest(root: Path, level: str) -> None:
+    """Move every class folder of train/ and test/ one level deeper, under ``level``."""
+    for split in ("train", "test"):
+        inner = root / split / level
+        inner.mkdir()
+        for d in list((root / split).iterdir()):
+            if d != inner:
+                d.rename(inner / d.name)
+
+
+def test_folder_one_level_too_deep_is_refused_alike_by_run_and_data_check(tmp_path, capsys):
+    from tests.fixtures_data import make_folder
+
+    make_folder(tmp_path)
+    _nest(tmp_path, "images")
+    code = main(["data", "check", "--dataset", "folder", "--data-root", str(tmp_path)])
+    check_err = capsys.readouterr().err.strip()
+    assert code == 2 and "only the folder 'images'" in check_err and "one level deeper" in check_err
+    code = main(["run", "--method", "ce", "--dataset", "folder", "--data-root", str(tmp_path), "--epochs", "1"])
+    assert code == 2 and capsys.readouterr().err.strip() == check_err
+
+
+def test_folder_searches_class_subfolders_like_imagefolder(tmp_path):
+    from tests.fixtures_data import _jpeg, make_folder
+
+    made = make_folder(tmp_path)
+    _jpeg(tmp_path / "train" / "dog" / "more" / "deep" / "x.jpg", 99)
+    raw = dataset("folder").load(str(tmp_path))
+    assert len(raw.train_labels) == len(made.train_labels) + 1
+    assert raw.train_labels[list(raw.train_images).index(str(tmp_path / "train/dog/more/deep/x.jpg"))] == 1
+
+
+def test_folder_test_class_unknown_to_train_is_an_error_naming_it(tmp_path):
+    from tests.fixtures_data import _jpeg, make_folder
+
+    make_folder(tmp_path)
+    _jpeg(tmp_path / "test" / "wolf" / "0.jpg", 5)
+    with pytest.raises(UsageError, match="class folders that .* lacks: wolf; the classes are those of train/: "
+                                         "cat, dog, fox"):
+        dataset("folder").load(str(tmp_path))
+
+
+def test_data_check_fails_on_an_empty_split(tmp_path):
+    from tests.fixtures_data import make_folder
+
+    make_folder(tmp_path)
+    for f in (tmp_path / "test").rglob("*.jpg"):
+        f.unlink()
+    code, out = check(tmp_path, "folder")
+    assert code == 1 and "FAULT: the test split is empty" in out and "1 fault(s) found" in out
+    with pytest.raises(UsageError, match="the test split is empty"):  # and a run refuses it alike
+        dataset("folder").load(str(tmp_path))
+
+
+def test_instance_features_of_image_files_are_small_and_streamed(tmp_path):
+    """Features are decoded at 32 px whatever the data set's crop (224 for `folder`), so their
+    memory is N x 3072 floats; centred in place (zero mean per pixel)."""
+    from datasets.base import INSTANCE_SIDE, instance_features
+    from tests.fixtures_data import make_folder
+
+    make_folder(tmp_path)
+    ds = dataset("folder")
+    raw = ds.load(str(tmp_path))
+    feats = instance_features(ds, raw.train_images)
+    assert feats.shape == (len(raw.train_labels), INSTANCE_SIDE * INSTANCE_SIDE * 3) and feats.dtype == np.float32
+    np.testing.assert_allclose(feats.mean(axis=0), 0, atol=1e-3)
+    assert np.abs(feats).max() > 1  # pixels, not zeros
+
+
 def test_cifar_n_labels_in_another_order_than_the_images_fail(tmp_path):
     import torch as th
 

@@ -99,7 +99,8 @@ def test_refinement_and_co_guessing_by_hand():
     batch = {"weak": torch.tensor([[0.0], [1.0]]), "weak2": torch.tensor([[1.0], [1.0]]),
              "label": torch.tensor([0, 2])}
     w = torch.tensor([0.75, 0.0])
-    got = m._refine(net, batch, w)
+    got, weak = m._refine(net, batch, w)
+    torch.testing.assert_close(weak, t1)  # the first view's logits, for train_acc
     p = F.softmax(t1, 1)
     px0 = 0.75 * torch.tensor([1.0, 0, 0]) + 0.25 * (p[0] + p[1]) / 2
     px1 = (p[1] + p[1]) / 2  # w = 0: the net's own prediction only
@@ -132,6 +133,8 @@ def test_mix_step_refines_with_the_peer_probabilities_and_mixes_unlabeled():
     assert seen["w"].tolist() == [1.0, 1.0]  # prob2 of indices 3 and 7: the peer's division
     assert set(fetched["idx"].tolist()) <= {0, 2, 4, 6}  # unlabeled = not in the labeled set
     assert torch.isfinite(out.loss) and out.terms["loss_u"] >= 0
+    # train_acc after the warm-up too: net 1's logits of the labeled samples' weak view
+    torch.testing.assert_close(out.logits, torch.eye(3)[[0, 1]])
 
 
 # --- a short run on a Fashion-MNIST subset, and resume -------------------------------------------
@@ -142,7 +145,7 @@ def test_short_run_logs_division_metrics(tmp_path):
     m1, m2 = tr.run_epoch(0), tr.run_epoch(1)
     assert "clean_auc" not in m1 and m1["train_acc"] >= 0
     for key in ("clean_auc", "clean_precision", "clean_recall", "clean_auc_net2", "divide_eval_s", "divide_gmm_s",
-                "loss_x", "loss_u", "penalty", "labeled_frac_net1", "train_time_s"):
+                "loss_x", "loss_u", "penalty", "labeled_frac_net1", "train_time_s", "train_acc"):
         assert math.isfinite(m2[key]), key
     assert 0 < m2["labeled_frac_net1"] < 1
 

@@ -114,6 +114,84 @@ def test_every_plot_kind_renders(store, kind, tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_runs_with_other_settings_are_separate_rows_not_seeds(tmp_path):
+    """The README's main job (60k samples, 5 epochs) and a `--subset 2000 --epochs 3` run, both
+    seed 1 in one experiment, beside DivideMix on the subset: never averaged as seeds; the time
+    ratio compares DivideMix with the CE run of the same protocol."""
+    uri = tracking_uri(tmp_path)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("bench", artifact_location=(tmp_path / "art").as_uri())
+    base = {"dataset": "fashion-mnist", "noise": "sym", "noise_rate": "0.4", "seed": "1", "batch_size": "128",
+            "lr": "0.001", "out": str(tmp_path / "runs"), "device": "cpu"}
+    for method, epochs, subset, acc, wall in (("ce", 5, "", 0.8440, 60.0), ("ce", 3, "2000", 0.6152, 6.0),
+                                              ("dividemix", 3, "2000", 0.7000, 15.0)):
+        rid = client.create_run(exp, tags={"noise": "sym:0.4"}).info.run_id
+        params = {**base, "method": method, "epochs": str(epochs), "subset": subset}
+        if method == "dividemix":
+            params["method.lambda_u"] = "25.0"
+        for k, v in params.items():
+            client.log_param(rid, k, v)
+        for k, v in {"best_test_acc": acc, "last_test_acc": acc, "wall_clock_s": wall}.items():
+            client.log_metric(rid, k, v, step=epochs)
+        client.set_terminated(rid, "FINISHED")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["table", "--experiment", "bench", "--tracking-uri", uri, "--format", "csv"]) == 0
+    t = pd.read_csv(io.StringIO(buf.getvalue()), index_col=0)
+    assert set(t.index) == {"ce [epochs=3, subset=2000]", "ce [epochs=5, subset=-]", "dividemix"}
+    assert t.loc["ce [epochs=5, subset=-]", "sym:0.4"] == "84.40 *"  # alone: no ± over "seeds", and the best
+    assert t.loc["ce [epochs=3, subset=2000]", "sym:0.4"] == "61.52"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["table", "--experiment", "bench", "--tracking-uri", uri, "--format", "csv", "--time"]) == 0
+    t = pd.read_csv(io.StringIO(buf.getvalue()), index_col=0)
+    assert float(t.loc["dividemix", "/ CE"]) == pytest.approx((15.0 / 3) / (6.0 / 3), abs=1e-3)  # 2.5, like for like
+    assert t.loc["ce [epochs=5, subset=-]", "/ DivideMix"] == "-"  # no DivideMix run of that protocol
+    assert float(t.loc["ce [epochs=3, subset=2000]", "/ DivideMix"]) == pytest.approx(0.4, abs=1e-3)
+
+
+def test_figures_are_print_ready(store, tmp_path):
+    """300 dpi PNG and a PDF beside it; integer epoch ticks; a title that fits; each method one
+    colour in every figure."""
+    from PIL import Image
+
+    from bench.plots import method_colours
+
+    out = tmp_path / "plots"
+    assert main(["plot", "--experiment", "tiny", "--kind", "curves", "--out", str(out),
+                 "--tracking-uri", tracking_uri(store)]) == 0
+    png, pdf = out / "tiny-curves.png", out / "tiny-curves.pdf"
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    dpi = Image.open(png).info["dpi"]
+    assert round(dpi[0]) == 300
+    assert method_colours(["wrongevent", "ce"]) == {k: v for k, v in method_colours(["ce", "dividemix",
+                                                                                     "wrongevent"]).items()
+                                                    if k != "dividemix"}
+    assert len(set(method_colours(["ce", "coteaching", "dividemix", "elr", "wrongevent"]).values())) == 5
+
+
+def test_curves_have_integer_epoch_ticks_and_a_title_inside_the_figure(store, tmp_path, monkeypatch):
+    import bench.figures as figures
+
+    seen = {}
+    real = figures.save_figure
+
+    def spy(fig, path, pdf=True):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        seen["ticks"] = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        box = fig._suptitle.get_window_extent()
+        seen["title"] = (box.x0, box.x1, fig.bbox.width)
+        return real(fig, path, pdf)
+
+    monkeypatch.setattr(figures, "save_figure", spy)
+    assert main(["plot", "--experiment", "tiny", "--kind", "curves", "--out", str(tmp_path),
+                 "--tracking-uri", tracking_uri(store)]) == 0
+    assert seen["ticks"] and all(float(t).is_integer() for t in seen["ticks"])
+    x0, x1, width = seen["title"]
+    assert 0 <= x0 and x1 <= width  # not cut at either edge
+
+
 def test_unknown_experiment_and_kind(store, capsys):
     assert main(["table", "--experiment", "nope", "--tracking-uri", tracking_uri(store)]) == 2
     assert "valid: Default, tiny" in capsys.readouterr().err

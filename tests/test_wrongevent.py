@@ -92,6 +92,51 @@ def test_classwise_mixture_scores_a_one_sample_class_with_the_global_fallback(ma
     assert p_n[-1] > 0.5  # the fallback, fitted on all samples, calls the highest count noisy
 
 
+def test_bmm_posterior_is_exact_where_both_densities_underflow():
+    # at the highest count (x = 1 - eps) both weighted densities are far below 1e-12: the
+    # official floor makes the posterior 0.5 / 0.5; the limit is the heavier tail, the noisy one
+    bmm = BetaMixture(alphas=np.array([1.0, 3.0]), betas=np.array([30.0, 4.0]))
+    bmm.norm.refit(np.array([0.0, 10.0]))
+    assert bmm._likelihood(bmm.norm(np.array([10.0]))).max() < 1e-12
+    p_c, p_n = bmm.posterior(np.array([0.0, 5.0, 10.0]))
+    assert p_n[-1] > 0.999 and p_c[0] > 0.999
+    np.testing.assert_allclose(p_c + p_n, 1.0, atol=1e-12)
+    official = BetaMixture(alphas=bmm.alphas.copy(), betas=bmm.betas.copy(), floor=1e-12, norm=bmm.norm)
+    assert official.posterior(np.array([10.0]))[1][0] == pytest.approx(0.5)  # the official behaviour
+    # where the densities are ordinary, the floor changes nothing
+    np.testing.assert_allclose(official.posterior(np.array([5.0]))[0], bmm.posterior(np.array([5.0]))[0])
+
+
+def test_a_component_without_weight_gets_finite_moments():
+    from methods.mixtures import weighted_beta_moments
+
+    x = np.linspace(0.1, 0.9, 50)
+    alpha, beta = weighted_beta_moments(x, np.zeros(50))  # exact posteriors can leave a component empty
+    assert np.isfinite(alpha) and np.isfinite(beta) and alpha > 0 and beta > 0
+
+
+def test_classwise_mixture_falls_back_for_a_class_with_too_few_seen_samples():
+    # with sampled epochs a class may have fewer than 2 seen samples at the first fit: it has no
+    # fit of its own and must be scored by the global fit, not by the unfitted initial mixture
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 500 + [1] * 500 + [2] * 50)
+    v = np.concatenate([rng.integers(0, 3, 500), rng.integers(0, 9, 500), rng.integers(0, 9, 50)]).astype(float)
+    seen = np.ones(len(v), dtype=bool)
+    seen[1000:1049] = False  # one seen sample of class 2
+    mix = ClasswiseMixture(labels, 3, BetaMixture)
+    mix.fit(v, 20, mask=seen)
+    assert list(mix.fitted) == [True, True, False]
+    p_c, _ = mix.posterior(v)
+    np.testing.assert_allclose(p_c[1000:], mix.fallback.posterior(v[1000:])[0])
+    assert p_c[1000:][v[1000:] <= 1].min() > 0.5  # low counts are clean, as the global fit says
+    mix.fit(v, 2)  # once seen, the class gets its own fit
+    assert mix.fitted.all()
+    np.testing.assert_allclose(mix.posterior(v)[0][1000:], mix.parts[2].posterior(v[1000:])[0])
+    restored = ClasswiseMixture(labels, 3, BetaMixture)
+    restored.load_state_dict(mix.state_dict())
+    np.testing.assert_array_equal(restored.posterior(v)[0], mix.posterior(v)[0])
+
+
 def test_gmm_clean_component_is_the_lower_mean():
     rng = np.random.default_rng(0)
     v = np.concatenate([rng.normal(0.8, 0.05, 3000), rng.normal(0.2, 0.05, 7000)])

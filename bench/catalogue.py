@@ -1,0 +1,167 @@
+"""What the command line must know of the registered methods and backbones before it imports
+torch: names, aliases, one-line descriptions, options (name, type, default, help, source) and
+study spaces.
+
+``bench list``, ``--help`` and every usage error that concerns names or ``--set`` types are
+answered from this catalogue in milliseconds, where importing the method modules costs
+seconds (torch, scipy). It is built by importing the registries, and kept in
+``bench/catalogue.json`` together with a fingerprint of the source files it was built from
+(:data:`SOURCES`). While the fingerprint matches the files on disk the JSON is used as it is;
+when a source changes, the next command rebuilds it (seconds, once) and rewrites the file
+(where it is writable; a test checks that the committed file is fresh). Data sets need no
+catalogue: their modules import only numpy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from bench.registry import Registry
+
+ROOT = Path(__file__).resolve().parent.parent
+PATH = Path(__file__).with_name("catalogue.json")
+# the files whose content decides the catalogue
+SOURCES = ("methods/*.py", "bench/models.py", "bench/options.py", "bench/search.py", "bench/catalogue.py")
+BASE_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``--set`` option of a method, as the catalogue knows it."""
+
+    name: str
+    type: dict[str, Any]  # {"kind": "int"|"float"|"str"|"bool"|"literal", "choices": [...], "optional": bool}
+    line: str  # its line in `bench list --verbose`
+
+    def annotation(self) -> Any:
+        """The option's type as a typing object, for :func:`bench.options.coerce`."""
+        kind = self.type["kind"]
+        tp: Any = Literal[tuple(self.type["choices"])] if kind == "literal" else BASE_TYPES[kind]
+        return tp | None if self.type.get("optional") else tp
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered method or backbone: what ``bench list`` shows and the checks use."""
+
+    name: str
+    doc: str
+    aliases: tuple[str, ...] = ()
+    options: tuple[Option, ...] = ()
+    space: str = ""  # the study space, described (methods)
+    module: str = ""  # the module that registers it
+
+    @property
+    def option_names(self) -> set[str]:
+        return {o.name for o in self.options}
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    methods: Registry
+    backbones: Registry
+
+
+def fingerprint() -> str:
+    h = hashlib.sha1()
+    for pattern in SOURCES:
+        for path in sorted(ROOT.glob(pattern)):
+            h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def type_spec(tp: Any) -> dict[str, Any]:
+    """A JSON form of an option's type: a base type or a Literal, optionally with None."""
+    args = typing.get_args(tp)
+    if type(None) in args:  # X | None
+        inner = [a for a in args if a is not type(None)]
+        return {**type_spec(inner[0]), "optional": True}
+    if typing.get_origin(tp) is Literal:
+        return {"kind": "literal", "choices": list(args)}
+    name = getattr(tp, "__name__", "")
+    if name not in BASE_TYPES:
+        raise TypeError(f"option type {tp!r} is not one the command line can parse")
+    return {"kind": name}
+
+
+def _entry(name: str, obj: Any, aliases: list[str], space: str = "") -> dict[str, Any]:
+    from bench.options import describe_options
+    from bench.registry import describe
+
+    options = []
+    if hasattr(obj, "Options"):
+        hints = typing.get_type_hints(obj.Options)
+        lines = describe_options(obj)
+        for f, line in zip(dataclasses.fields(obj.Options), lines, strict=True):
+            options.append({"name": f.name, "type": type_spec(hints[f.name]), "line": line})
+    return {"doc": describe(obj), "aliases": aliases, "options": options, "space": space, "module": obj.__module__}
+
+
+def build() -> dict[str, Any]:
+    """The catalogue, from the registries themselves (imports torch and every method)."""
+    import methods
+    from bench.models import BACKBONES
+    from bench.search import describe_space
+    from methods.base import METHODS
+
+    methods.load_all()
+    ours = {f"methods.{m}" for m in methods.MODULES}  # not what a test registered on the side
+    names = [n for n in METHODS.names() if METHODS.get(n).__module__ in ours]
+    return {
+        "fingerprint": fingerprint(),
+        "methods": {n: _entry(n, METHODS.get(n), METHODS.aliases_of(n), describe_space(METHODS.get(n)))
+                    for n in names},
+        "backbones": {n: _entry(n, BACKBONES.get(n), BACKBONES.aliases_of(n)) for n in BACKBONES.names()},
+    }
+
+
+def _load_or_build() -> dict[str, Any]:
+    want = fingerprint()
+    try:
+        data = json.loads(PATH.read_text())
+        if data.get("fingerprint") == want:
+            return data
+    except (OSError, ValueError):
+        pass
+    data = build()
+    if os.environ.get("BENCH_CATALOGUE_READONLY") != "1":
+        try:
+            tmp = PATH.with_name(f".{PATH.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            tmp.replace(PATH)
+        except OSError:  # a read-only checkout: rebuilt in memory each time, still correct
+            pass
+    return data
+
+
+def _registry(kind: str, entries: dict[str, Any]) -> Registry:
+    reg: Registry = Registry(kind)
+    for name, e in entries.items():
+        options = tuple(Option(o["name"], o["type"], o["line"]) for o in e["options"])
+        reg.register(name, aliases=tuple(e["aliases"]))(Entry(name, e["doc"], tuple(e["aliases"]), options,
+                                                               e["space"], e["module"]))
+    return reg
+
+
+@lru_cache(maxsize=1)
+def catalogue() -> Catalogue:
+    data = _load_or_build()
+    return Catalogue(_registry("method", data["methods"]), _registry("backbone", data["backbones"]))
+
+
+def method_class(name: str) -> Any:
+    """The registered class of method ``name`` (or an alias), importing its module alone."""
+    import importlib
+
+    from methods.base import METHODS
+
+    if name not in METHODS:  # not registered yet in this process: import its module
+        importlib.import_module(catalogue().methods.get(name).module)
+    return METHODS.get(name)
