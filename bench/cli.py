@@ -14,14 +14,13 @@ import signal
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.config import AUGMENTS, DEVICES, OPTIMIZERS, SCHEDULERS, TRISTATE, RunConfig, parse_set
-from bench.errors import UsageError
-from bench.registry import UnknownNameError
+from bench.common.errors import UsageError
+from bench.common.registry import UnknownNameError
+from bench.training.config import AUGMENTS, DEVICES, OPTIMIZERS, SCHEDULERS, TRISTATE, Placement, RunConfig, parse_set
 
 # run options that map one-to-one onto RunConfig fields (flag -> type, help). Defaults are not
 # argparse's: a flag left out takes the preset's value, then the data set's protocol default,
@@ -58,9 +57,7 @@ RUN_FLAGS: dict[str, tuple[type, str]] = {
     "experiment": (str, "MLflow experiment the run is logged to"),
     "out": (str, "folder for run folders"),
 }
-# options that still apply when resuming (where to log and what to run on)
-RESUME_FLAGS = {"tracking_uri", "device", "data_root", "workers"}
-GENERIC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)
+GENERIC_DEFAULTS = {f.name: f.default for cls in (RunConfig, Placement) for f in dataclasses.fields(cls)
                     if f.default is not dataclasses.MISSING and f.default is not None}
 
 
@@ -171,6 +168,13 @@ def build_parser() -> Parser:
                epilog="examples:\n  python -m bench run --method ce --noise sym --noise-rate 0.4 --epochs 5\n"
                       "  python -m bench list\n  python -m bench COMMAND --help")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    for add in (add_run_parser, add_list_parser, add_data_parser, add_ui_parser, add_sweep_parser,
+                add_study_parsers, add_table_parser, add_plot_parser, add_overhead_parser):
+        add(sub)
+    return p
+
+
+def add_run_parser(sub: Any) -> None:
     run = _add(sub, "run", "train one method on one data set and noise setting",
                "Train one method on one data set and noise setting; the last line on standard output is the "
                "run's summary as JSON. " + RESOLUTION)
@@ -181,10 +185,16 @@ def build_parser() -> Parser:
                      help="stop (resumably) once N epochs are done, e.g. to split a run across jobs")
     run.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
                      help="tqdm bar (auto: on a terminal) or one line per epoch")
+
+
+def add_list_parser(sub: Any) -> None:
     lst = _add(sub, "list", "list registered methods, data sets, backbones, noise models and presets")
     lst.add_argument("what", nargs="?", choices=("all", "methods", "datasets", "backbones", "noise", "presets"),
                      default="all", help="what to list (default: all)")
     lst.add_argument("--verbose", "-v", action="store_true", help="also list options, study spaces and preset values")
+
+
+def add_data_parser(sub: Any) -> None:
     data = _add(sub, "data", "inspect a data set's files without training")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser, metavar="COMMAND")
     chk = _add(data_sub, "check", "counts, label ranges, missing and unreadable files, noise rate",
@@ -194,6 +204,9 @@ def build_parser() -> Parser:
     chk.add_argument("--data-root", default=None, help="folder holding the data set")
     chk.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", help="a data-set option")
     chk.add_argument("--no-decode", action="store_true", help="skip decoding every image (existence only)")
+
+
+def add_ui_parser(sub: Any) -> None:
     ui = _add(sub, "ui", "start the MLflow UI on the project's tracking store, at an experiment's runs")
     ui.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
     ui.add_argument("--experiment", default="bench", help="experiment whose runs page the UI opens on")
@@ -201,8 +214,9 @@ def build_parser() -> Parser:
     ui.add_argument("--port", type=int, default=5000, help="port the UI listens on")
     ui.add_argument("--workers", type=int, default=1, help="server worker processes")
     ui.add_argument("--no-browser", action="store_true", help="print the address only; open no browser")
-    add_sweep_parser(sub)
-    add_study_parsers(sub)
+
+
+def add_table_parser(sub: Any) -> None:
     tb = _add(sub, "table", "comparison table of an experiment's runs (mean ± std over seeds)",
               "Comparison table of an experiment's finished runs: methods as rows, settings as columns, mean ± "
               "std over seeds. Runs that differ in anything but the seed are never averaged: they are separate "
@@ -212,24 +226,30 @@ def build_parser() -> Parser:
     tb.add_argument("--format", default="md", help="md, latex or csv")
     tb.add_argument("--out", help="write the table to this file (default: standard output)")
     kind = tb.add_mutually_exclusive_group()
-    kind.add_argument("--time", action="store_true", help="the wall-clock table, with ratios to DivideMix and CE")
+    kind.add_argument("--time", action="store_true",
+                      help="the wall-clock table, with ratios to the time-reference methods (CE, DivideMix)")
     kind.add_argument("--detection", action="store_true", help="the clean_auc table")
     tb.add_argument("--paper", action="store_true", help="the IDO paper's numbers beside matching settings")
     tb.add_argument("--range", action="store_true", help="also [min, max] over seeds in each cell")
     tb.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
+
+
+def add_plot_parser(sub: Any) -> None:
     pl = _add(sub, "plot", "figures of an experiment's runs (300 dpi PNG and PDF)")
     pl.add_argument("--experiment", required=True, help="MLflow experiment to read; required")
-    pl.add_argument("--kind", required=True, help="curves, pareto, wrong-events or detection; required")
+    pl.add_argument("--kind", required=True, help="curves, pareto, scores or detection; required")
     pl.add_argument("--out", default="results/plots", help="folder for the figures")
     pl.add_argument("--metric", default="last_test_acc", help="accuracy of the pareto plot")
     pl.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
+
+
+def add_overhead_parser(sub: Any) -> None:
     ov = _add(sub, "overhead", "time the trainer against a bare PyTorch loop (same model and data)")
-    ov.add_argument("--epochs", type=int, default=2, help="epochs per timed run (the first is excluded)")
+    ov.add_argument("--epochs", type=int, default=2, help="epochs per timed run")
     ov.add_argument("--repeats", type=int, default=3, help="interleaved repeats of trainer and bare loop")
     ov.add_argument("--subset", type=int, default=None, help="train on N Fashion-MNIST samples (default: all)")
     ov.add_argument("--batch-size", type=int, default=128, help="training batch size")
     ov.add_argument("--backbone", default="smallcnn", help="backbone of both loops")
-    return p
 
 
 # the grid's own dimensions, and where the sweep logs; every other run flag passes through
@@ -276,138 +296,24 @@ def add_study_parsers(sub: Any) -> None:
     sr.add_argument("--out", help="folder for the report (default results/studies/NAME/report)")
 
 
-def sweep_run_args(args: argparse.Namespace) -> list[str]:
-    """The ``bench run`` flags every run of the sweep gets."""
-    out: list[str] = []
-    for name in RUN_FLAGS:
-        if name in SWEEP_OWN or getattr(args, name) is None:
-            continue
-        value = getattr(args, name)
-        if name == "preset" and value in ("paper", "paper-vit"):
-            value = args.dataset + ("-vit" if value == "paper-vit" else "")
-        out += ["--" + name.replace("_", "-"), str(value)]
-    if args.pretrained is not None:
-        out.append("--pretrained" if args.pretrained else "--no-pretrained")
-    if args.loader_workers is not None:
-        out += ["--workers", str(args.loader_workers)]
-    for pair in args.sets or []:
-        out += ["--set", pair]
-    return out
+def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The run options of a `run`, `sweep` or `study` command line as a request dict (what
+    :func:`bench.training.resolve.resolve` takes); flags not given are left out."""
+    request = {k: getattr(args, k, None) for k in RUN_FLAGS}
+    request.update(pretrained=args.pretrained, sets=args.sets)
+    if getattr(args, "progress", "auto") != "auto":
+        request["progress"] = args.progress == "bar"
+    return {k: v for k, v in request.items() if v is not None}
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.sweep import Sweep, parse_shard, shard, sweep_points
-    from bench.tracking import default_tracking_uri
+    from bench.drivers.sweep import run_sweep
 
-    if args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: must be at least 1")
-    points = shard(sweep_points(args), *parse_shard(args.shard))
-    uri = args.tracking_uri or default_tracking_uri()
-    log_dir = Path(args.out or "results/runs").parent / "sweeps" / args.experiment
-    return Sweep(points, sweep_run_args(args), uri, args.experiment, args.workers, log_dir).run(args.dry_run)
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Command line over the preset, over the data set's protocol defaults, over RunConfig's own
-    defaults. Needs neither torch nor the method modules (their names and options come from
-    :mod:`bench.catalogue`)."""
-    from bench.catalogue import catalogue
-    from bench.presets import get_preset
-    from datasets.base import DATASETS
-
-    methods = catalogue().methods
-    if args.method is None:
-        raise UsageError(f"--method is required; valid: {', '.join(methods.names())}")
-    method = methods.canonical(args.method)
-    dataset_arg = args.dataset if args.dataset is None else DATASETS.canonical(args.dataset)
-    preset = get_preset(args.preset, dataset_arg) if args.preset else None
-    dataset = DATASETS.canonical(dataset_arg or (preset.values["dataset"] if preset else "fashion-mnist"))
-    values: dict[str, Any] = dict(DATASETS.get(dataset).defaults)
-    dataset_sets: dict[str, str] = {}
-    if preset is not None:
-        values.update(preset.values)
-        if dataset == preset.values["dataset"]:
-            dataset_sets.update(preset.dataset_options)
-        values["preset"] = preset.name
-    values.update({k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k) is not None and k != "preset"})
-    values.update(method=method, dataset=dataset)
-    if args.pretrained is not None:
-        values["pretrained"] = args.pretrained
-    method_sets, ds_sets = split_sets(parse_set(args.sets), methods.get(method), DATASETS.get(dataset))
-    dataset_sets.update(ds_sets)
-    values["method_options"], values["dataset_options"] = method_sets, dataset_sets
-    cfg = RunConfig.from_dict(values)
-    cfg.validate()
-    return cfg
-
-
-def split_sets(sets: dict[str, str], method: Any, dataset_cls: Any) -> tuple[dict[str, str], dict[str, str]]:
-    """``--set`` pairs by owner: the data set's option names, else the method's (``method`` is
-    its catalogue entry). A key neither has fails with both lists of valid names, or, for a
-    run option, with the flag to use instead."""
-    from bench.options import option_names
-
-    ds_names, m_names = option_names(dataset_cls), method.option_names
-    unknown = [k for k in sets if k not in ds_names and k not in m_names]
-    if unknown:
-        key = unknown[0]
-        flag = key.replace("-", "_")
-        if flag in RUN_FLAGS or flag == "pretrained":
-            raise UsageError(f"--set {key}={sets[key]}: {key} is a run option, not a method or data-set option; "
-                             f"use --{flag.replace('_', '-')} {sets[key]}")
-        valid = ", ".join(sorted(m_names)) or "(none)"
-        dvalid = ", ".join(sorted(ds_names)) or "(none)"
-        raise UsageError(f"--set {key}: neither method {method.name!r} nor data set {dataset_cls.name!r} "
-                         f"has an option {key!r}; method options: {valid}; data-set options: {dvalid}")
-    return ({k: v for k, v in sets.items() if k not in ds_names}, {k: v for k, v in sets.items() if k in ds_names})
-
-
-def check_run_config(cfg: RunConfig) -> None:
-    """Fail on names and options before any data is read or anything is written: first what
-    needs no torch (names, values, files, the types of ``--set`` values), then what does
-    (timm model names, CUDA, the method options' own checks)."""
-    from bench.catalogue import catalogue
-    from bench.options import build_options, typed_values
-    from datasets.base import DATASETS
-    from datasets.noise import NoiseError, NoiseSpec
-
-    if cfg.augment not in AUGMENTS:
-        raise UsageError(f"--augment {cfg.augment}: valid values are {', '.join(AUGMENTS)}")
-    try:
-        NoiseSpec(cfg.noise, cfg.noise_rate, cfg.noise_seed)
-    except NoiseError as exc:
-        raise UsageError(str(exc)) from None
-    ds_cls = DATASETS.get(cfg.dataset)
-    dataset = ds_cls(build_options(ds_cls, {k: str(v) for k, v in cfg.dataset_options.items()}, "data set"))
-    dataset.check_noise(cfg.noise)
-    dataset.check_root(cfg.data_root)
-    timm = cfg.backbone.startswith("timm:")
-    if not timm:
-        catalogue().backbones.canonical(cfg.backbone)
-    if (cfg.pretrained or cfg.weights) and not timm:
-        raise UsageError(f"backbone {cfg.backbone!r} has no pretrained weights; use a timm:NAME backbone")
-    if cfg.weights and not Path(cfg.weights).is_file():
-        raise UsageError(f"--weights {cfg.weights}: no such file")
-    entry = catalogue().methods.get(cfg.method)
-    typed_values(entry.name, {o.name: o.annotation() for o in entry.options},
-                 {k: str(v) for k, v in cfg.method_options.items()})
-    # what needs torch, timm or the method's own code
-    from bench.catalogue import method_class
-    from bench.models import check_backbone_name
-    from bench.trainer import resolve_device
-
-    resolve_device(cfg.device)
-    if timm:
-        check_backbone_name(cfg.backbone)
-    build_options(method_class(cfg.method), {k: str(v) for k, v in cfg.method_options.items()})
-
-
-def new_run_dir(cfg: RunConfig) -> Path:
-    """``<out>/<run name>-<time>-<id>``: listed by method and setting, unique per start."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(cfg.out) / f"{cfg.run_name}-{stamp}-{uuid.uuid4().hex[:6]}"
-    path.mkdir(parents=True, exist_ok=False)
-    return path
+    request = request_from_args(args)
+    request.pop("workers", None)  # the sweep's --workers is how many runs at once
+    if args.loader_workers is not None:  # the runs' own --workers
+        request["workers"] = args.loader_workers
+    return run_sweep(args, request)
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -427,12 +333,12 @@ def _run_trainer(trainer: Any, resume: bool) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.tracking import TrackerProcess
+    from bench.training.tracking import new_tracker
 
     signal.signal(signal.SIGTERM, _terminate)
-    # MLflow's imports (seconds) run in this child while this process resolves the request and
+    # MLflow's imports (seconds) run in a child process while this one resolves the request and
     # imports torch; the child opens the store only once every check has passed
-    tracker = TrackerProcess()
+    tracker = new_tracker()
     try:
         return _run(args, tracker)
     finally:
@@ -440,27 +346,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, tracker: Any) -> int:
-    progress = None if args.progress == "auto" else args.progress == "bar"
+    from bench.training.resolve import resolve, resolve_resume
+
+    request = request_from_args(args)
     if args.resume:
         run_dir = Path(args.resume)
-        cfg = resume_config(args, run_dir)
+        spec = resolve_resume(run_dir, request)
         if (run_dir / "summary.json").exists():
             print(f"run in {run_dir} has already finished; its summary follows", file=sys.stderr)
             print(json.dumps(json.loads((run_dir / "summary.json").read_text())))
             return 0
-        from bench.trainer import Trainer
+        from bench.training.trainer import Trainer
 
-        trainer = Trainer(cfg, run_dir, progress=progress, stop_after=args.stop_after, started=args.started,
-                          tracker=tracker)
+        trainer = Trainer(spec, run_dir, stop_after=args.stop_after, started=args.started, tracker=tracker)
         summary = _run_trainer(trainer, True)
     else:
-        cfg = config_from_args(args)
-        check_run_config(cfg)
-        from bench.trainer import Trainer
+        spec = resolve(request)
+        from bench.training.trainer import Trainer, new_run_dir
 
-        run_dir = new_run_dir(cfg)
-        trainer = Trainer(cfg, run_dir, progress=progress, stop_after=args.stop_after, started=args.started,
-                          tracker=tracker)
+        run_dir = new_run_dir(spec)
+        trainer = Trainer(spec, run_dir, stop_after=args.stop_after, started=args.started, tracker=tracker)
         try:
             summary = _run_trainer(trainer, False)
         except UsageError:
@@ -475,52 +380,16 @@ def _run(args: argparse.Namespace, tracker: Any) -> int:
     return 0
 
 
-def resume_config(args: argparse.Namespace, run_dir: Path) -> RunConfig:
-    from bench.trainer import CHECKPOINT
-
-    if not run_dir.is_dir():
-        raise UsageError(f"--resume {run_dir}: no such folder; give a run folder under results/runs/")
-    if not (run_dir / CHECKPOINT).is_file() or not (run_dir / "config.json").is_file():
-        raise UsageError(f"--resume {run_dir}: no checkpoint there ({CHECKPOINT} and config.json); "
-                         "give a run folder under results/runs/")
-    try:
-        cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError; a missing key a TypeError
-        raise UsageError(f"--resume {run_dir}: config.json is damaged ({exc}); the run cannot be resumed") from None
-    saved = cfg.to_dict()
-    # a flag that repeats the saved value is harmless; one that changes it is refused
-    changed = [k for k in RUN_FLAGS if getattr(args, k) is not None and k not in RESUME_FLAGS
-               and _canonical(k, getattr(args, k)) != saved[k]]
-    if changed or args.sets or args.pretrained is not None:
-        names = ", ".join("--" + k.replace("_", "-") for k in changed) or "--set/--pretrained"
-        raise UsageError(f"--resume continues a run with its saved configuration; drop {names}")
-    for k in RESUME_FLAGS:
-        if getattr(args, k) is not None:
-            setattr(cfg, k, getattr(args, k))
-    return cfg
-
-
-def _canonical(key: str, value: Any) -> Any:
-    """Registered name for method and data-set flags, so an alias is no change."""
-    from bench.catalogue import catalogue
-    from datasets.base import DATASETS
-
-    registry = {"method": catalogue().methods, "dataset": DATASETS}.get(key)
-    if registry is None or value not in registry:
-        return value
-    return registry.canonical(value)
-
-
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Everything registered, from the catalogue and the data-set modules: no torch import."""
-    from bench.catalogue import catalogue
-    from bench.options import describe_options
-    from bench.presets import describe_presets
-    from bench.registry import describe
+    from bench.common.options import describe_options
+    from bench.common.registry import describe
+    from bench.training.catalogue import catalogue
+    from bench.training.presets import describe_presets
     from datasets.base import DATASETS
     from datasets.noise import NOISE_MODELS, describe_noise
 
@@ -560,7 +429,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     """``data check``: print the report; exit 1 when it found faults, 0 when none."""
-    from bench.options import build_options
+    from bench.common.options import build_options
     from datasets.base import DATASETS
     from datasets.check import check_dataset
 
@@ -573,7 +442,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """The MLflow UI on the store, one worker, opened on the experiment's runs page."""
-    from bench.tracking import experiment_url, serve_ui
+    from bench.training.tracking import experiment_url, serve_ui
 
     url = experiment_url(args.tracking_uri, args.experiment, f"http://{args.host}:{args.port}")
     return serve_ui(args.tracking_uri, args.host, args.port, args.workers, url, open_browser=not args.no_browser)
@@ -589,10 +458,16 @@ def _lazy(module: str, name: str) -> Any:
     return call
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "ui": cmd_ui, "data": cmd_data, "sweep": cmd_sweep,
-            "table": _lazy("bench.reports", "cmd_table"), "plot": _lazy("bench.figures", "cmd_plot"),
-            "overhead": _lazy("bench.overhead", "cmd_overhead"), "study": _lazy("bench.study", "cmd_study"),
-            "study-report": _lazy("bench.study_report", "cmd_study_report")}
+def cmd_study(args: argparse.Namespace) -> int:
+    from bench.drivers.study import run_study
+
+    return run_study(args, request_from_args(args))
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "ui": cmd_ui, "data": cmd_data, "sweep": cmd_sweep, "study": cmd_study,
+            "table": _lazy("bench.records.reports", "cmd_table"), "plot": _lazy("bench.records.figures", "cmd_plot"),
+            "overhead": _lazy("bench.drivers.overhead", "cmd_overhead"),
+            "study-report": _lazy("bench.drivers.study_report", "cmd_study_report")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,8 +20,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from bench.errors import UsageError
-from bench.registry import Registry
+from bench.common.errors import UsageError
+from bench.common.registry import Registry
 from datasets import noise as noise_lib
 
 DATASETS: Registry = Registry("data set")

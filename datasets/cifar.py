@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.errors import UsageError
+from bench.common.errors import UsageError
 from datasets.base import DATASETS, Dataset, RawSplits
 
 

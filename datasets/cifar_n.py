@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from bench.errors import UsageError
+from bench.common.errors import UsageError
 from datasets.base import DATASETS, RawSplits
 from datasets.cifar import CIFAR10, CIFAR100, find_folder, unpickle
 

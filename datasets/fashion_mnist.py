@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import UsageError
+from bench.common.errors import UsageError
 from datasets.base import DATASETS, Dataset, RawSplits
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -3,7 +3,7 @@ Animal-10N, Food-101N, any ImageFolder tree).
 
 A subclass parses its list files into a :class:`FileIndex` (paths and labels; no image is
 opened), and the base turns that into :class:`datasets.base.RawSplits` of file paths. The
-trainer streams them through DataLoader workers (:class:`bench.data.DiskLoader`); an image
+trainer streams them through DataLoader workers (:class:`bench.training.data.DiskLoader`); an image
 that fails to decode is skipped and counted there, not a crash. A missing list file or
 folder fails at once with the path that was expected.
 """
@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from bench.errors import UsageError
+from bench.common.errors import UsageError
 from datasets.base import Dataset, RawSplits
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pretrained backbones' normalisation (timm / torchvision)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import UsageError
+from bench.common.errors import UsageError
 from datasets.base import DATASETS
 from datasets.files import FileDataset, FileIndex, image_files, need, parse_pairs
 

@@ -30,30 +30,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NOISE_MODELS: tuple[str, ...] = ("none", "sym", "sym-biased", "pairflip", "asym", "instance")
-_DESCRIPTIONS = {
-    "none": "labels as the data set ships them",
-    "sym": "exactly round(rN) samples get one of the other C-1 classes (Co-teaching)",
-    "sym-biased": "exactly int(rN) samples get one of all C classes; realised rate r(1-1/C) (DivideMix)",
-    "pairflip": "exactly round(rN) samples go from class i to (i+1) mod C (Co-teaching)",
-    "asym": "exactly int(rN) samples go through the data set's semantic class map (DivideMix)",
-    "instance": "part-dependent noise of Xia et al. 2020 (features: mean-centred pixels)",
-}
-# Class-dependent ("asymmetric") models: methods whose published settings differ for asymmetric
-# noise (DivideMix's penalty and lambda_u, ELR's beta and lambda) treat both alike; IDO's
-# CIFAR-10 "asym" is pair-flip (ido-method.md).
-CLASS_DEPENDENT: tuple[str, ...] = ("asym", "pairflip")
+from bench.common.noise_models import CLASS_DEPENDENT, NOISE_MODELS, describe_noise  # noqa: F401  (re-exported)
 
 # Xia et al. draw each sample's flip rate from N(r, 0.1^2) truncated to [0, 1].
 INSTANCE_FLIP_STD = 0.1
 # Rows per matmul in the instance model: bounds the float64 copy of the features
 # (8192 x 3072 x 8 bytes = 200 MB for CIFAR) without changing the result.
 _INSTANCE_BLOCK = 8192
-
-
-def describe_noise(model: str) -> str:
-    """One line on what noise model ``model`` does (``bench list noise``)."""
-    return _DESCRIPTIONS[model]
 
 
 class NoiseError(ValueError):

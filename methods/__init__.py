@@ -2,14 +2,14 @@
 
 Add a method by adding one module (see :mod:`methods.base` for the interface) and its name to
 :data:`MODULES`. Modules are imported on demand: a run imports its own method only
-(:func:`bench.catalogue.method_class`), so a CE run never pays for scipy or scikit-learn;
+(:func:`bench.training.catalogue.method_class`), so a CE run never pays for scipy or scikit-learn;
 :func:`load_all` registers every method.
 """
 from __future__ import annotations
 
 import importlib
 
-MODULES = ("ce", "coteaching", "dividemix", "elr", "wrongevent")
+MODULES = ("ce", "coteaching", "dividemix", "elr", "gce", "wrongevent")
 
 
 def load_all() -> None:

@@ -2,7 +2,7 @@
 
 Division of labour (after USB's ``AlgorithmBase``; see ../shared/style.md):
 
-- The **trainer** (:mod:`bench.trainer`) owns devices, precision (autocast, grad scaling),
+- The **trainer** (:mod:`bench.training.trainer`) owns devices, precision (autocast, grad scaling),
   the loops, ``zero_grad``/``backward``/optimiser steps, per-epoch scheduler steps,
   evaluation on the test set, logging, timing, checkpoints and resume.
 - A **method** owns its models, optimisers and schedulers (built in :meth:`Method.setup`
@@ -23,7 +23,7 @@ options, each with ``metadata={"help": ..., "source": ...}``), registers itself 
 ``views(epoch)``
     The image views a batch must carry this epoch: ``"train"`` (the run's shared
     ``--augment``, default), ``"plain"``, and the method-defined ``"weak"``/``"weak2"`` (two
-    independent crop + flip draws) and ``"strong"`` (weak + RandAugment); see bench/data.py.
+    independent crop + flip draws) and ``"strong"`` (weak + RandAugment); see bench/training/data.py.
 ``phases(epoch)``
     The passes over the training data this epoch (default one). A two-network method that
     trains its networks one after the other (DivideMix) returns one :class:`Phase` per
@@ -38,10 +38,22 @@ options, each with ``metadata={"help": ..., "source": ...}``), registers itself 
     ``loss`` and steps the optimisers. Loss terms in ``terms`` are logged as epoch means.
 ``predict(x)``
     Test-time logits (default: ``self.models["net"]``; DivideMix sums two networks).
+``detections(epoch)``
+    The method's per-sample guesses of which samples are clean (:class:`Detection`), after
+    each epoch. A method never sees the clean labels: the trainer, which keeps them, turns the
+    guesses into noise-detection metrics (``clean_auc``, ``clean_precision``,
+    ``clean_recall``) where the truth is known.
 
-Files a method writes into ``ctx.artifact_dir`` (figures, per-sample vectors) are logged to
-MLflow under ``method/`` when the run ends; metrics it returns from the hooks are logged
-with the epoch as step.
+Randomness: a method draws only from ``ctx.generators()`` (the run's torch and numpy
+generators of the current epoch, made from the seed and the epoch), never from a global RNG,
+so a resumed run draws what an uninterrupted one does.
+
+Class data: ``score_artifacts`` names the per-sample score files the method writes into
+``ctx.artifact_dir`` (``bench plot --kind scores`` draws them split by the truth) and
+``time_reference`` marks a method other methods' time is measured against (``bench table
+--time`` has a ratio column per such method). Files a method writes into ``ctx.artifact_dir``
+(figures, per-sample vectors) are logged to MLflow under ``method/`` when the run ends;
+metrics it returns from the hooks are logged with the epoch as step.
 """
 from __future__ import annotations
 
@@ -54,8 +66,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from bench.options import build_options, describe_options  # noqa: F401  (re-exported)
-from bench.registry import Registry
+from bench.common.registry import Registry
 
 METHODS: Registry = Registry("method")
 
@@ -85,6 +96,30 @@ class StepOutput:
 
 
 @dataclass
+class Detection:
+    """A per-sample guess of which training samples are clean, for the noise-detection metrics
+    the trainer computes against the truth it keeps (the method never sees it).
+
+    ``score``: one value per training sample (dataset index), higher = more likely clean;
+    ``selected``: the clean set the method trains on, if it has one (precision and recall);
+    the metric names default to ``clean_auc``, ``clean_precision`` and ``clean_recall``."""
+
+    score: Any  # torch.Tensor or np.ndarray of shape (num_train,)
+    selected: Any = None
+    auc: str = "clean_auc"
+    precision: str = "clean_precision"
+    recall: str = "clean_recall"
+
+
+@dataclass
+class Generators:
+    """The run's random generators for the current epoch (seeded from the seed and the epoch)."""
+
+    torch: torch.Generator  # on the run's device
+    numpy: Any  # np.random.Generator
+
+
+@dataclass
 class MethodContext:
     """What the trainer gives a method: sizes, devices and shared factories."""
 
@@ -93,7 +128,7 @@ class MethodContext:
     device: torch.device
     epochs: int
     batch_size: int  # the run's training batch size
-    noise_rate: float | None  # the requested synthetic rate; None for real noise
+    noise_rate: float | None  # the nominal rate of synthetic noise, as official code takes it; None for real noise
     dataset: str
     noise: str
     pretrained: bool  # the backbone starts from pretrained weights (IDO's epoch split depends on it)
@@ -104,9 +139,10 @@ class MethodContext:
     predict_train: Callable[..., torch.Tensor]
     # batch of arbitrary dataset indices with the given views (e.g. DivideMix's unlabeled batches)
     fetch: Callable[[torch.Tensor, tuple[str, ...]], dict[str, torch.Tensor]]
-    clean_labels: torch.Tensor | None  # diagnostics only (AUC of noise detection etc.)
     given_labels: torch.Tensor
     artifact_dir: Path
+    # the run's generators of the current epoch: every random draw of a method comes from them
+    generators: Callable[[], Generators]
     # this epoch's training indices when the data set samples its epochs (Clothing1M: a fresh
     # class-balanced sample each epoch); None: every sample. Phases without indices visit it.
     epoch_pool: Callable[[], torch.Tensor | None] = lambda: None
@@ -117,6 +153,13 @@ class Method:
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
+    # per-sample score files in ctx.artifact_dir -> what the score is (an axis label)
+    score_artifacts: ClassVar[dict[str, str]] = {}
+    # the label of the ratio column `bench table --time` gives other methods' time against this one's
+    time_reference: ClassVar[str | None] = None
+    # `--set` options under which a 3-epoch run goes through every phase of the method (a 1-epoch
+    # warm-up, say): the registry's smoke test (tests/test_registry_entries.py) runs each method so
+    smoke_options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, options: Any, ctx: MethodContext) -> None:
         self.opts = options
@@ -128,8 +171,8 @@ class Method:
 
     @classmethod
     def search_space(cls, setting: Any) -> dict[str, Any]:
-        """What ``bench study`` tunes by default: ``{option: bench.search.Param}`` for a
-        :class:`bench.search.Setting`. None here: a method without hyperparameters says so."""
+        """What ``bench study`` tunes by default: ``{option: bench.common.search.Param}`` for a
+        :class:`bench.common.search.Setting`. None here: a method without hyperparameters says so."""
         return {}
 
     # --- to override -------------------------------------------------------------------
@@ -153,6 +196,10 @@ class Method:
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.models["net"](x)
+
+    def detections(self, epoch: int) -> list[Detection]:
+        """The method's guesses of the clean samples after ``epoch`` (none by default)."""
+        return []
 
     def resolved_options(self) -> dict[str, Any]:
         """The options as the method uses them after ``setup`` (per-setting defaults filled in);

@@ -16,6 +16,7 @@ class CrossEntropy(Method):
     """Cross-entropy on the given labels: one network, no noise handling (the baseline floor)."""
 
     name = "ce"
+    time_reference = "CE"  # `bench table --time`: every method's time per epoch against CE's
 
     def setup(self) -> None:
         self.add_network("net", schedule_epochs=self.ctx.epochs)

@@ -41,10 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.errors import UsageError
-from bench.search import Param, Setting
-from methods.base import METHODS, Method, Phase, StepOutput
-from methods.diagnostics import clean_auc, clean_mask, selection_metrics
+from bench.common.errors import UsageError
+from bench.common.search import Param, Setting
+from methods.base import METHODS, Detection, Method, Phase, StepOutput
 
 DECAY_START = 0.4  # main.py: epoch_decay_start 80 of n_epoch 200 (mnist, cifar10)
 DECAY_START_MANY_CLASSES = 0.5  # main.py: 100 of 200 in the cifar100 branch
@@ -105,6 +104,7 @@ class Coteaching(Method):
 
     name = "coteaching"
     Options = CoteachingOptions
+    smoke_options = {"tk": "1"}  # the forget-rate ramp done after one epoch
 
     @classmethod
     def search_space(cls, setting: Setting) -> dict[str, Param]:
@@ -138,15 +138,14 @@ class Coteaching(Method):
         return {**super().resolved_options(), "forget_rate": self.forget_rate}
 
     def _final_forget_rate(self) -> float:
+        """The given forget rate, else the nominal rate of the synthetic noise, as main.py
+        (``forget_rate = noise_rate``); real noise has no nominal rate, and the paper gives no
+        estimate of one, so the user must give it."""
         if self.opts.forget_rate is not None:
             return self.opts.forget_rate
-        # the realised rate where the truth is known: e.g. asym on Fashion-MNIST flips 0.7 r,
-        # sym-biased r (1 - 1/C); forgetting the nominal r would drop clean samples too
-        mask = clean_mask(self.ctx)
-        if mask is not None:
-            return float(1 - mask.mean())
         if self.ctx.noise_rate is None:
-            raise UsageError("coteaching needs --set forget_rate=R: the noise rate of this data set is unknown")
+            raise UsageError(f"coteaching needs --set forget_rate=R on {self.ctx.dataset}: its noise is real, so "
+                             "there is no nominal rate to forget (main.py takes --forget_rate or the noise rate)")
         return float(self.ctx.noise_rate)
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
@@ -178,13 +177,9 @@ class Coteaching(Method):
         return StepOutput(loss=l1 + l2, logits=logits1,
                           terms={"loss_net1": l1.detach(), "loss_net2": l2.detach()})
 
-    def on_epoch_end(self, epoch: int) -> dict[str, float]:
-        if self.ctx.clean_labels is None:
-            return {}
-        is_clean = clean_mask(self.ctx)
-        metrics = {"clean_auc": clean_auc(-self.state["loss1"].double().cpu().numpy(), is_clean)}
-        metrics.update(selection_metrics(self.state["kept1"].cpu().numpy(), is_clean))
-        return metrics
+    def detections(self, epoch: int) -> list[Detection]:
+        """Net 1's small-loss ranking (minus its last loss per sample) and its kept set."""
+        return [Detection(-self.state["loss1"], selected=self.state["kept1"])]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.models["net1"](x)  # baselines.md: report net 1

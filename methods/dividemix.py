@@ -31,11 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.errors import UsageError
-from bench.search import Param, Setting
-from datasets.noise import CLASS_DEPENDENT
-from methods.base import METHODS, Method, Phase, StepOutput
-from methods.diagnostics import clean_mask, detection_metrics
+from bench.common.errors import UsageError
+from bench.common.noise_models import CLASS_DEPENDENT
+from bench.common.search import Param, Setting
+from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.mixtures import GaussianMixture2
 
 RAMPUP_EPOCHS = 16  # linear_rampup(..., rampup_length=16) in Train_cifar.py
@@ -124,6 +123,8 @@ class DivideMix(Method):
     """DivideMix (ICLR 2020): two nets, GMM co-divide on per-sample loss, MixMatch-style training."""
 
     name = "dividemix"
+    time_reference = "DivideMix"  # the IDO paper's time claim is against DivideMix
+    smoke_options = {"warmup_epochs": "1"}  # warm-up, then co-divide and MixMatch
     Options = DivideMixOptions
 
     @classmethod
@@ -217,7 +218,6 @@ class DivideMix(Method):
         metrics.update(divide_eval_s=t_eval, divide_gmm_s=t_gmm, lambda_u=self.lambda_u,
                        p_threshold=self.p_threshold,
                        labeled_frac_net1=self._labeled_frac("prob2"), labeled_frac_net2=self._labeled_frac("prob1"))
-        metrics.update(self._truth_metrics())
         return metrics
 
     def _labeled_frac(self, key: str) -> float:
@@ -243,13 +243,13 @@ class DivideMix(Method):
         gmm.fit(values, 10)
         return gmm.posterior(values)[0]
 
-    def _truth_metrics(self) -> dict[str, float]:
-        if self.ctx.clean_labels is None:
-            return {}
-        mask = clean_mask(self.ctx)
-        out = detection_metrics(self.state["prob1"].cpu().numpy(), mask, self.p_threshold)
-        out["clean_auc_net2"] = detection_metrics(self.state["prob2"].cpu().numpy(), mask)["clean_auc"]
-        return out
+    def detections(self, epoch: int) -> list[Detection]:
+        """Each network's clean probability from its GMM (after the warm-up): network 1's with
+        its labeled set (p > p_threshold), network 2's as ``clean_auc_net2``."""
+        if epoch < self.warmup:
+            return []
+        return [Detection(self.state["prob1"], selected=self.state["prob1"] > self.p_threshold),
+                Detection(self.state["prob2"], auc="clean_auc_net2")]
 
     # --- steps ----------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
@@ -285,7 +285,8 @@ class DivideMix(Method):
         if len(u["pool"]) == 0:
             return None
         if u["pos"] + size > len(u["order"]):
-            u["order"], u["pos"] = u["pool"][torch.randperm(len(u["pool"]), device=u["pool"].device)], 0
+            gen = self.ctx.generators().torch
+            u["order"], u["pos"] = u["pool"][torch.randperm(len(u["pool"]), generator=gen, device=gen.device)], 0
         out = u["order"][u["pos"]:u["pos"] + size]
         u["pos"] += size
         return out
@@ -309,9 +310,10 @@ class DivideMix(Method):
         inputs = [batch["weak"], batch["weak2"]] + ([ub["weak"], ub["weak2"]] if ub is not None else [])
         targets = [targets_x, targets_x] + ([targets_u, targets_u] if ub is not None else [])
         all_in, all_t = torch.cat(inputs), torch.cat(targets)
-        lam = float(np.random.beta(self.alpha, self.alpha))
+        gens = self.ctx.generators()  # the run's, not the global RNG (Train_cifar.py: np.random, torch.randperm)
+        lam = float(gens.numpy.beta(self.alpha, self.alpha))
         lam = max(lam, 1 - lam)
-        perm = torch.randperm(all_in.shape[0], device=all_in.device)
+        perm = torch.randperm(all_in.shape[0], generator=gens.torch, device=gens.torch.device).to(all_in.device)
         mixed_in = lam * all_in + (1 - lam) * all_in[perm]
         mixed_t = lam * all_t + (1 - lam) * all_t[perm]
         logits = net(mixed_in)

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.search import Param, Setting
-from datasets.noise import CLASS_DEPENDENT
+from bench.common.noise_models import CLASS_DEPENDENT
+from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
 
 PROB_CLAMP = 1e-4  # loss.py: torch.clamp(y_pred, 1e-4, 1.0 - 1e-4)

@@ -39,10 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.errors import UsageError
-from bench.search import Param, Setting
-from methods.base import METHODS, Method, Phase, StepOutput
-from methods.diagnostics import clean_auc, clean_mask, detection_metrics
+from bench.common.errors import UsageError
+from bench.common.search import Param, Setting
+from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.mixtures import EPS_NAN, BetaMixture, ClasswiseMixture, GaussianMixture2
 
 # EM iterations: 20 before stage 2; then 1 per epoch for the global mixture (stage_2.py),
@@ -127,6 +126,8 @@ class WrongEvent(Method):
     """IDO (NeurIPS 2025): wrong-event counts, label-wave base model, BMM-weighted 3-term loss."""
 
     name = "wrongevent"
+    score_artifacts = {"wrong_events.npy": "wrong events at the end of training (count)"}
+    smoke_options = {"stage1_epochs": "1"}  # stage 1, then stage 2
     Options = WrongEventOptions
 
     @classmethod
@@ -283,10 +284,8 @@ class WrongEvent(Method):
             elif epoch == self.e1 - 1:  # still falling at the end of stage 1: the last model
                 self.base_epoch, self.base = epoch + 1, self._snapshot()
         self.candidate = self._snapshot() if self.base is None else None
-        metrics.update(self._truth_metrics(stage1=True))
         if epoch == self.e1 - 1:
             metrics["base_epoch"] = float(self.base_epoch)
-            metrics.update(self._stage1_aucs())
         return metrics
 
     def _end_stage2_epoch(self) -> dict[str, float]:
@@ -294,41 +293,34 @@ class WrongEvent(Method):
         self._fit(FIT_ITERS_EPOCH[self.opts.bmm_scope])
         metrics = {"mixture_fit_s": time.perf_counter() - t}
         metrics.update({f"mix_{k}": float(v) for k, v in self.mixture.params().items()})
-        metrics.update(self._truth_metrics(stage1=False))
         return metrics
 
     # --- diagnostics ------------------------------------------------------------------------
-    def _clean_mask(self) -> np.ndarray | None:
-        return clean_mask(self.ctx)
-
-    def _truth_metrics(self, stage1: bool) -> dict[str, float]:
-        mask = self._clean_mask()
-        if mask is None:
-            return {}
-        scores = self._scores()
-        if stage1:  # no mixture yet: minus the score ranks the clean samples first
-            return {"clean_auc": clean_auc(-scores, mask)}
-        return detection_metrics(self.mixture.posterior(scores)[0], mask)
-
-    def _stage1_aucs(self) -> dict[str, float]:
-        """Noise detection after stage 1 by wrong events vs by the per-sample loss."""
-        mask = self._clean_mask()
-        if mask is None:
-            return {}
-        st = self.state
-        return {"stage1_auc_wrong_event": clean_auc(-st["wrong_events"].double().cpu().numpy(), mask),
-                "stage1_auc_loss": clean_auc(-st["loss_last"].double().cpu().numpy(), mask),
-                "stage1_auc_accumulated_loss": clean_auc(-st["loss_accum"].double().cpu().numpy(), mask)}
+    def detections(self, epoch: int) -> list[Detection]:
+        """Stage 1: minus the score (no mixture yet), and after the last stage-1 epoch detection
+        by wrong events, the last loss and the accumulated loss side by side; stage 2: the
+        mixture's p_c, with p_c > 0.5 as the clean set."""
+        scores = torch.as_tensor(self._scores())
+        if epoch >= self.e1:
+            p_c = torch.as_tensor(self.mixture.posterior(scores.numpy())[0])
+            return [Detection(p_c, selected=p_c > 0.5)]
+        out = [Detection(-scores)]
+        if epoch == self.e1 - 1:
+            st = self.state
+            out += [Detection(-st[key].double(), auc=f"stage1_auc_{name}")
+                    for key, name in (("wrong_events", "wrong_event"), ("loss_last", "loss"),
+                                      ("loss_accum", "accumulated_loss"))]
+        return out
 
     def _write_artifacts(self) -> None:
-        from bench.plots import prediction_change_curve, score_histogram
+        from bench.common.figures import prediction_change_curve, score_histogram
 
         out = self.ctx.artifact_dir
         we = self.state["wrong_events"].cpu().numpy()
         np.save(out / "wrong_events.npy", we)
-        mask = self._clean_mask()
         mix = self.mixture if self.opts.metric == "wrong_event" else None  # fitted on another score otherwise
-        score_histogram(we, mask, out / "wrong_events_hist.png", xlabel="wrong events", mixture=mix,
+        # all samples, as the method sees them (`bench plot --kind scores` splits them by the truth)
+        score_histogram(we, None, out / "wrong_events_hist.png", xlabel="wrong events", mixture=mix,
                         title=f"wrong events after {self.ctx.epochs} epochs")
         prediction_change_curve(self.changes, self.base_epoch, out / "prediction_change.png")
 

@@ -8,12 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
 from bench.cli import main
-from bench.config import RunConfig
-from bench.trainer import Trainer
+from bench.training.config import Placement, RunConfig
+from bench.training.resolve import RunSpec
+from bench.training.trainer import Trainer
+from methods.base import Generators
 
 
 def tracking_uri(tmp: Path) -> str:
@@ -34,16 +37,27 @@ def metric_curve(tmp: Path, run_id: str, name: str) -> list[float]:
     return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
+def fake_generators() -> Generators:
+    """The generators a fake method context hands out (fixed seeds)."""
+    return Generators(torch=torch.Generator().manual_seed(0), numpy=np.random.default_rng(0))
+
+
+def spec_of(**values: Any) -> RunSpec:
+    """A RunSpec of ``values`` (fields of RunConfig and Placement), without the resolver's
+    defaults from presets and data sets: what tests that build trainers by hand start from."""
+    config = RunConfig.from_dict(values)
+    place = Placement.from_dict({"progress": False, **values})
+    config.validate()
+    place.validate()
+    return RunSpec(config, place, None, config.hash())
+
+
 def make_trainer(tmp: Path, **values: Any) -> Trainer:
-    """A built Trainer (data, method, models) for ``RunConfig(**values)``, run folder under ``tmp``."""
+    """A built Trainer (data, method, models) for ``values``, run folder under ``tmp``."""
     values.setdefault("out", str(tmp / "runs"))
-    cfg = RunConfig(**values)
-    cfg.validate()
     run_dir = tmp / "runs" / "r"
     run_dir.mkdir(parents=True)
-    trainer = Trainer(cfg, run_dir, progress=False)
-    trainer._build()
-    return trainer
+    return Trainer(spec_of(**values), run_dir).build()
 
 
 def checkpoint(summary: dict) -> dict:

@@ -27,9 +27,10 @@ import pytest
 import datasets  # noqa: F401  (registers the data sets)
 import methods  # noqa: F401  (registers the methods)
 from bench.cli import main
-from bench.config import RunConfig
-from bench.errors import UsageError
-from methods.base import Method, build_options
+from bench.common.errors import UsageError
+from bench.common.options import build_options
+from bench.training.config import RunConfig
+from methods.base import Method
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE_LIMIT_S = 30.0

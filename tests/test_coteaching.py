@@ -10,11 +10,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import TableNet, assert_resume_equals_uninterrupted, make_trainer, metric_curve, tracking_uri
+from helpers import (
+    TableNet,
+    assert_resume_equals_uninterrupted,
+    fake_generators,
+    make_trainer,
+    metric_curve,
+    tracking_uri,
+)
 from mlflow.tracking import MlflowClient
 
-from bench.errors import UsageError
-from methods.base import Phase, build_options
+from bench.common.errors import UsageError
+from bench.common.options import build_options
+from methods.base import Phase
 from methods.coteaching import Coteaching, forget_rate_at, official_lr_plan
 
 # --- the forget-rate schedule ---------------------------------------------------------------------
@@ -48,7 +56,7 @@ def test_forget_rate_with_fewer_epochs_than_tk():
 
 
 def fake_method(nets=None, num_train: int = 8, epochs: int = 10, noise_rate: float | None = 0.4,
-                num_classes: int = 3, clean=None, optimizer: str = "adam", scheduler=None, **opts) -> Coteaching:
+                num_classes: int = 3, optimizer: str = "adam", scheduler=None, **opts) -> Coteaching:
     nets = iter(nets or [torch.nn.Linear(4, num_classes), torch.nn.Linear(4, num_classes)])
 
     def make_optimizer(params):
@@ -60,7 +68,7 @@ def fake_method(nets=None, num_train: int = 8, epochs: int = 10, noise_rate: flo
         num_classes=num_classes, num_train=num_train, device=torch.device("cpu"), epochs=epochs,
         noise_rate=noise_rate, dataset="fake", noise="sym", pretrained=False,
         make_backbone=lambda: next(nets), make_optimizer=make_optimizer,
-        make_scheduler=scheduler or (lambda opt, n: None), clean_labels=clean,
+        make_scheduler=scheduler or (lambda opt, n: None), generators=fake_generators,
         given_labels=torch.zeros(num_train, dtype=torch.long), artifact_dir=Path("."))
     m = Coteaching(build_options(Coteaching, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
@@ -132,8 +140,10 @@ def test_forget_rate_defaults_to_the_noise_rate():
     assert fake_method(noise_rate=0.4).forget_rate == 0.4
     assert fake_method(noise_rate=0.4, forget_rate=0.25).forget_rate == 0.25
     assert fake_method(noise_rate=None, forget_rate=0.3).forget_rate == 0.3
-    with pytest.raises(UsageError, match="coteaching needs --set forget_rate=R"):
+    with pytest.raises(UsageError, match="coteaching needs --set forget_rate=R on fake: its noise is real"):
         fake_method(noise_rate=None)
+    # the context carries no clean labels to estimate a realised rate from (official: the nominal rate)
+    assert not hasattr(fake_method().ctx, "clean_labels")
 
 
 @pytest.mark.parametrize("key,value", [("forget_rate", "1.0"), ("forget_rate", "-0.1"), ("tk", "0"),
@@ -193,16 +203,16 @@ def test_short_run_logs_diagnostics(tmp_path):
     tr = make_trainer(tmp_path, method="coteaching", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=100,
                       method_options={"tk": 1})
     m1, m2 = tr.run_epoch(0), tr.run_epoch(1)
-    realised = tr.noise.rate_realized  # the default forget rate: the realised, not the nominal 0.4
+    realised = tr.noise.rate_realized  # the default forget rate: the nominal 0.4 (main.py), not the realised
     assert realised != 0.4
-    assert m1["forget_rate"] == 0.0 and m2["forget_rate"] == pytest.approx(realised)
+    assert m1["forget_rate"] == 0.0 and m2["forget_rate"] == pytest.approx(0.4)
     for m in (m1, m2):
         for key in ("clean_auc", "clean_precision", "clean_recall", "forget_rate", "loss_net1", "loss_net2"):
             assert math.isfinite(m[key]), key
         assert 0 <= m["clean_auc"] <= 1
     assert m1["clean_recall"] == 1.0  # rate 0: every sample kept
     kept = tr.method.state["kept1"]
-    assert int(kept.sum()) == 3 * int((1 - realised) * 100)  # three batches of 100
+    assert int(kept.sum()) == 3 * int((1 - 0.4) * 100)  # three batches of 100
 
 
 # --- resume ------------------------------------------------------------------------------------------------

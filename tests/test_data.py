@@ -1,4 +1,4 @@
-"""Tests for the data layer: :mod:`bench.data` (augmentation, views, the in-memory loader,
+"""Tests for the data layer: :mod:`bench.training.data` (augmentation, views, the in-memory loader,
 the on-disk loader), :mod:`datasets.base` (noise file, subset, train set) and
 :mod:`datasets.fashion_mnist` (the IDX reader on the real files)."""
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.data import (
+from bench.common.errors import UsageError
+from bench.training.data import (
     DiskLoader,
     InMemoryLoader,
     ViewMaker,
@@ -24,7 +25,6 @@ from bench.data import (
     random_crop,
     random_flip,
 )
-from bench.errors import UsageError
 from datasets import noise as noise_lib
 from datasets.base import Dataset, RawSplits, make_train_set, stratified_subset
 from datasets.fashion_mnist import FILES, FashionMNIST, read_idx

@@ -13,8 +13,8 @@ import torch
 
 import datasets  # noqa: F401  (registers the data sets)
 from bench.cli import main
-from bench.errors import UsageError
-from bench.options import build_options
+from bench.common.errors import UsageError
+from bench.common.options import build_options
 from datasets.base import DATASETS
 from tests.fixtures_data import MAKERS, make_cifar10n, make_cifar100, make_cifar100n, make_clothing1m
 from tests.helpers import make_trainer, metric_curve, run_cli
@@ -188,12 +188,12 @@ def test_clothing1m_epochs_are_fresh_class_balanced_samples(tmp_path):
     t = make_trainer(tmp_path, method="ce", dataset="clothing1m", data_root=str(tmp_path / "data"),
                      backbone="timm:test_resnet", image_size=32, batch_size=4, workers=0,
                      dataset_options={"samples_per_epoch": 14})
-    pools = [t._draw_pool(e) for e in range(3)]
+    pools = [t.draw_pool(e) for e in range(3)]
     labels = t.train_loader.labels
     for p in pools:
         assert len(p) == 14 and torch.equal(torch.bincount(labels[p], minlength=14), torch.ones(14, dtype=torch.long))
     assert not torch.equal(pools[0], pools[1])  # fresh each epoch
-    assert torch.equal(pools[1], t._draw_pool(1))  # a function of (seed, epoch): resume draws the same
+    assert torch.equal(pools[1], t.draw_pool(1))  # a function of (seed, epoch): resume draws the same
     default = dataset("clothing1m")
     assert default.epoch_samples(64) == 64_000  # 1000 batches (DivideMix num_batches)
 
@@ -211,7 +211,7 @@ def test_an_epoch_visits_only_its_pool(tmp_path):
         return original(batch, epoch, phase)
 
     t.method.train_step = spy
-    t.pool = t._draw_pool(0)
+    t.pool = t.draw_pool(0)
     t.train_epoch(0)
     assert torch.equal(torch.sort(torch.cat(seen)).values, t.pool)
 

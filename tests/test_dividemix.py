@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import FixedLogits, assert_resume_equals_uninterrupted, make_trainer
+from helpers import FixedLogits, assert_resume_equals_uninterrupted, fake_generators, make_trainer
 
-from methods.base import Phase, build_options
+from bench.common.options import build_options
+from methods.base import Phase
 from methods.dividemix import DivideMix, dividemix_defaults, linear_rampup, mixmatch_loss, sharpen
 
 
@@ -21,7 +22,7 @@ def fake_dividemix(n: int = 8, noise_rate: float = 0.4, **opts) -> DivideMix:
         num_classes=3, num_train=n, device=torch.device("cpu"), epochs=20, batch_size=4, noise_rate=noise_rate,
         dataset="fashion-mnist", noise="sym", pretrained=False,
         make_backbone=lambda: torch.nn.Linear(2, 3), make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-        make_scheduler=lambda opt, e: None, clean_labels=None, given_labels=torch.zeros(n, dtype=torch.long),
+        make_scheduler=lambda opt, e: None, generators=fake_generators, given_labels=torch.zeros(n, dtype=torch.long),
         artifact_dir=Path("."), epoch_pool=lambda: None)
     m = DivideMix(build_options(DivideMix, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()

@@ -9,11 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import TableNet, assert_resume_equals_uninterrupted, make_trainer, tracking_uri
+from helpers import TableNet, assert_resume_equals_uninterrupted, fake_generators, make_trainer, tracking_uri
 from mlflow.tracking import MlflowClient
 
-from bench.errors import UsageError
-from methods.base import Phase, build_options
+from bench.common.errors import UsageError
+from bench.common.options import build_options
+from methods.base import Phase
 from methods.elr import ELR, elr_defaults, elr_loss
 
 # --- by hand, in numpy ------------------------------------------------------------------------------
@@ -40,7 +41,7 @@ def fake_method(num_train: int = 6, net=None, dataset: str = "fashion-mnist", no
         num_classes=num_classes, num_train=num_train, device=torch.device("cpu"), epochs=3, noise_rate=0.4,
         dataset=dataset, noise=noise, pretrained=False, make_backbone=lambda: net,
         make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1), make_scheduler=lambda opt, n: None,
-        clean_labels=None, given_labels=torch.zeros(num_train, dtype=torch.long), artifact_dir=Path("."))
+        generators=fake_generators, given_labels=torch.zeros(num_train, dtype=torch.long), artifact_dir=Path("."))
     m = ELR(build_options(ELR, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
     return m

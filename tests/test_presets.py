@@ -11,8 +11,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from bench.cli import main
-from bench.data import make_view_maker
-from bench.presets import PRESETS
+from bench.training.data import make_view_maker
+from bench.training.presets import PRESETS
 from tests.fixtures_data import MAKERS
 from tests.helpers import metric_curve, run_cli, tracking_uri
 
@@ -86,7 +86,7 @@ def test_in_memory_images_are_resized_on_the_device():
 def test_a_local_weights_file_loads_into_timm_resnet18(tmp_path):
     import timm
 
-    from bench.models import create_backbone
+    from bench.backbones import create_backbone
 
     source = timm.create_model("resnet18", num_classes=1000)
     path = tmp_path / "resnet18.pth"
@@ -112,8 +112,8 @@ def test_a_weights_file_of_another_model_fails_in_one_line(tmp_path, capsys):
 def test_weights_of_a_different_architecture_fail_in_one_line(tmp_path):
     import timm
 
-    from bench.errors import UsageError
-    from bench.models import create_backbone
+    from bench.backbones import create_backbone
+    from bench.common.errors import UsageError
 
     path = tmp_path / "r34.pth"
     torch.save({"state_dict": timm.create_model("resnet34").state_dict()}, path)  # a wrapped checkpoint

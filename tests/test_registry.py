@@ -1,4 +1,4 @@
-"""Tests for :mod:`bench.registry` and smoke tests over the real registries.
+"""Tests for :mod:`bench.common.registry` and smoke tests over the real registries.
 
 The smoke tests are parametrised over the registries themselves (timm's manner), so a new
 backbone, data set or method is tested here without new test code.
@@ -13,12 +13,13 @@ import torch
 
 import datasets  # noqa: F401  (registers the data sets)
 import methods  # noqa: F401  (registers the methods)
+from bench.backbones import BACKBONES, check_backbone_name, count_flops, create_backbone
 from bench.cli import main
-from bench.errors import UsageError
-from bench.models import BACKBONES, check_backbone_name, count_flops, create_backbone
-from bench.registry import Registry, UnknownNameError, describe
+from bench.common.errors import UsageError
+from bench.common.options import build_options, describe_options
+from bench.common.registry import Registry, UnknownNameError, describe
 from datasets.base import DATASETS, Dataset
-from methods.base import METHODS, Method, build_options, describe_options
+from methods.base import METHODS, Method
 
 # --- Registry ---------------------------------------------------------------------------------------
 
@@ -221,7 +222,7 @@ def registered() -> list[str]:
 
 
 def test_bench_list_names_every_entry(capsys):
-    from bench.presets import PAPER_ALIASES, PRESETS
+    from bench.training.presets import PAPER_ALIASES, PRESETS
     from datasets.noise import NOISE_MODELS
 
     assert main(["list"]) == 0

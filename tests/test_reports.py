@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.cli import main
+from bench.training.record import TAG_SCORE_ARTIFACTS, TAG_TIME_REFERENCE
 from tests.helpers import tracking_uri
 
 RUNS = {  # (method, setting) -> [(best, last, wall_clock_s)] per seed
@@ -32,9 +34,13 @@ def store(tmp_path):
     client = MlflowClient(uri)
     exp = client.create_experiment("tiny", artifact_location=(tmp_path / "art").as_uri())
     labels = FashionMNIST().read(None).train_labels
+    refs = {"ce": "CE", "dividemix": "DivideMix"}  # as the trainer records them (Method.time_reference)
     for (method, setting), seeds in RUNS.items():
         for seed, (best, last, wall) in enumerate(seeds, 1):
-            run = client.create_run(exp, tags={"noise": setting})
+            tags = {"noise": setting, **({TAG_TIME_REFERENCE: refs[method]} if method in refs else {})}
+            if method == "wrongevent":
+                tags[TAG_SCORE_ARTIFACTS] = json.dumps({"method/wrong_events.npy": "wrong events (count)"})
+            run = client.create_run(exp, tags=tags)
             rid = run.info.run_id
             for k, v in {"method": method, "dataset": "fashion-mnist", "seed": seed, "epochs": EPOCHS}.items():
                 client.log_param(rid, k, str(v))
@@ -49,11 +55,11 @@ def store(tmp_path):
                 given = labels[src].copy()
                 given[:10] = (given[:10] + 1) % 10
                 for name, arr in (("wrong_events", np.r_[np.full(10, 9), np.zeros(40)].astype(np.int32)),
-                                  ("noisy_labels", given), ("train_source_index", src)):
+                                  ("noisy_labels", given), ("train_source_index", src), ("clean_labels", labels[src])):
                     np.save(tmp_path / f"{name}.npy", arr)
                 client.log_artifact(rid, str(tmp_path / "wrong_events.npy"), "method")
-                client.log_artifact(rid, str(tmp_path / "noisy_labels.npy"), "noise")
-                client.log_artifact(rid, str(tmp_path / "train_source_index.npy"), "noise")
+                for name in ("noisy_labels", "train_source_index", "clean_labels"):
+                    client.log_artifact(rid, str(tmp_path / f"{name}.npy"), "noise")
             client.set_terminated(rid, "FINISHED")
     return tmp_path
 
@@ -97,7 +103,7 @@ def test_detection_table_and_latex(store):
 def test_paper_numbers_beside_matching_settings(store, tmp_path):
     out = table(store, "--paper")
     assert "(paper" not in out  # Fashion-MNIST: no reported setting matches
-    from bench.reports import paper_numbers
+    from bench.records.reports import paper_numbers
 
     ref = paper_numbers()
     assert len(ref) >= 50 and set(ref["method"]) <= {"ce", "elr", "dividemix", "wrongevent"}
@@ -105,7 +111,7 @@ def test_paper_numbers_beside_matching_settings(store, tmp_path):
     assert list(row["accuracy"]) == [83.8]
 
 
-@pytest.mark.parametrize("kind", ["curves", "pareto", "wrong-events", "detection"])
+@pytest.mark.parametrize("kind", ["curves", "pareto", "scores", "detection"])
 def test_every_plot_kind_renders(store, kind, tmp_path):
     out = tmp_path / "plots"
     assert main(["plot", "--experiment", "tiny", "--kind", kind, "--out", str(out),
@@ -125,7 +131,8 @@ def test_runs_with_other_settings_are_separate_rows_not_seeds(tmp_path):
             "lr": "0.001", "out": str(tmp_path / "runs"), "device": "cpu"}
     for method, epochs, subset, acc, wall in (("ce", 5, "", 0.8440, 60.0), ("ce", 3, "2000", 0.6152, 6.0),
                                               ("dividemix", 3, "2000", 0.7000, 15.0)):
-        rid = client.create_run(exp, tags={"noise": "sym:0.4"}).info.run_id
+        ref = {"ce": "CE", "dividemix": "DivideMix"}[method]
+        rid = client.create_run(exp, tags={"noise": "sym:0.4", TAG_TIME_REFERENCE: ref}).info.run_id
         params = {**base, "method": method, "epochs": str(epochs), "subset": subset}
         if method == "dividemix":
             params["method.lambda_u"] = "25.0"
@@ -155,7 +162,7 @@ def test_figures_are_print_ready(store, tmp_path):
     colour in every figure."""
     from PIL import Image
 
-    from bench.plots import method_colours
+    from bench.records.figures import method_colours
 
     out = tmp_path / "plots"
     assert main(["plot", "--experiment", "tiny", "--kind", "curves", "--out", str(out),
@@ -171,7 +178,7 @@ def test_figures_are_print_ready(store, tmp_path):
 
 
 def test_curves_have_integer_epoch_ticks_and_a_title_inside_the_figure(store, tmp_path, monkeypatch):
-    import bench.figures as figures
+    import bench.records.figures as figures
 
     seen = {}
     real = figures.save_figure

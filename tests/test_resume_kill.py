@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # metrics handed to the MLflow logging process (which then writes them), or not yet
 DRIVER = """
 import os, signal, sys
-from bench import tracking
+from bench.training import tracking
 kill_step, when = int(os.environ["KILL_STEP"]), os.environ["KILL_WHEN"]
 log = tracking.TrackerProcess.log_metrics
 def log_metrics(self, metrics, step):
@@ -42,7 +42,8 @@ TIMES = {"epoch_time_s", "train_time_s", "eval_time_s", "hooks_time_s", "wall_cl
 
 
 def bench(tmp: Path, *args: str, kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "KILL_WHEN": "never", "KILL_STEP": "0"}
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_TRACKING"}  # the logging child, as users run
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", KILL_WHEN="never", KILL_STEP="0")
     if kill:
         env.update(KILL_WHEN=kill[0], KILL_STEP=str(kill[1]))
     argv = [*args, "--out", str(tmp / "runs"), "--tracking-uri", tracking_uri(tmp)]

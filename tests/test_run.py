@@ -3,6 +3,7 @@ and resume after an interruption equals the uninterrupted run."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,13 @@ BASE = ("--method", "ce", "--dataset", "fashion-mnist", "--noise", "sym", "--noi
 
 @pytest.fixture(scope="module")
 def two_epoch_run(tmp_path_factory):
+    """A run as users run it: logged by the MLflow child process (TrackerProcess)."""
     tmp = tmp_path_factory.mktemp("run")
-    return tmp, run_cli(tmp, *BASE, "--epochs", "2", "--experiment", "test")
+    inline = os.environ.pop("BENCH_TRACKING")
+    try:
+        return tmp, run_cli(tmp, *BASE, "--epochs", "2", "--experiment", "test")
+    finally:
+        os.environ["BENCH_TRACKING"] = inline
 
 
 def test_summary_line(two_epoch_run):
@@ -76,8 +82,10 @@ def test_run_folder_contents(two_epoch_run):
     run_dir = Path(s["run_dir"])
     for name in ("config.json", "checkpoint.pt", "summary.json", "noisy_labels.npy"):
         assert (run_dir / name).is_file(), name
-    cfg = json.loads((run_dir / "config.json").read_text())
+    saved = json.loads((run_dir / "config.json").read_text())
+    cfg, place = saved["config"], saved["place"]  # what decides the result; where it ran
     assert cfg["method"] == "ce" and cfg["noise_rate"] == 0.4 and cfg["epochs"] == 2
+    assert "device" not in cfg and "tracking_uri" not in cfg and place["experiment"] == "test"
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -91,7 +99,7 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 
 def _open_tracker(uri: str) -> str:
-    from bench.tracking import Tracker
+    from bench.training.tracking import Tracker
 
     return Tracker(uri, "parallel").experiment_id
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import catalogue as cat_mod
 from bench.cli import build_parser, main
+from bench.training import catalogue as cat_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "scipy", "mlflow", "pandas", "matplotlib", "sklearn", "timm")
@@ -60,7 +60,7 @@ def test_committed_catalogue_is_fresh_and_matches_the_registries():
 
 
 def test_a_run_imports_only_its_own_method_module(tmp_path):
-    code = ("import sys; from bench.catalogue import method_class; method_class('ce'); "
+    code = ("import sys; from bench.training.catalogue import method_class; method_class('ce'); "
             "print(sorted(m for m in sys.modules if m.startswith('methods.')))")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_CATALOGUE_READONLY": "1"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -115,18 +115,18 @@ def test_suggestions(argv, expected, capsys):
 def test_every_preset_is_listed_and_paper_resolves(capsys):
     assert main(["list", "presets"]) == 0
     out = capsys.readouterr().out
-    from bench.presets import PRESETS
+    from bench.training.presets import PRESETS
 
     for name in [*PRESETS, "paper", "paper-vit"]:
         assert f"  {name} " in out, name
-    from bench.presets import get_preset
+    from bench.training.presets import get_preset
 
     assert get_preset("paper", "cifar100").name == "cifar100"
     assert get_preset("paper-vit", "clothing1m").name == "clothing1m-vit"
 
 
 def test_bench_ui_one_worker_quiet_and_on_the_runs_page(tmp_path):
-    from bench.tracking import Tracker
+    from bench.training.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path}/m.db"
     exp_id = Tracker(uri, "fmnist").experiment_id

@@ -20,12 +20,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.cli import main
-from bench.errors import UsageError
-from bench.options import build_options
-from bench.search import PROTOCOL_NAMES, Setting, choose_params, full_space, trial_overrides
+from bench.common.errors import UsageError
+from bench.common.options import build_options
+from bench.common.search import PROTOCOL_NAMES, Setting, choose_params, full_space, trial_overrides
 from datasets.base import validation_split
 from methods.base import METHODS
-from tests.helpers import make_trainer
+from tests.helpers import make_trainer, spec_of
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -92,11 +92,10 @@ def test_a_method_without_hyperparameters_says_so():
 def test_the_val_fraction_field_leaves_the_hashes_of_earlier_runs_alone():
     import hashlib
 
-    from bench.config import RunConfig
+    from bench.training.config import RunConfig
 
     cfg = RunConfig(method="ce", noise="sym", noise_rate=0.4)
-    old = {k: v for k, v in cfg.to_dict().items() if k not in {"tracking_uri", "experiment", "out", "data_root",
-                                                                 "device", "workers", "preset", "val_fraction"}}
+    old = {k: v for k, v in cfg.to_dict().items() if k != "val_fraction"}
     assert cfg.hash() == hashlib.sha1(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert RunConfig(method="ce", noise="sym", noise_rate=0.4, val_fraction=0.1).hash() != cfg.hash()
 
@@ -124,14 +123,13 @@ def test_trainer_holds_out_the_validation_split_and_logs_val_acc(tmp_path):
 
 
 def test_an_epoch_callback_that_says_stop_ends_the_run_as_pruned(tmp_path):
-    from bench.config import RunConfig
-    from bench.trainer import Trainer
+    from bench.training.trainer import Trainer
 
-    cfg = RunConfig(method="ce", noise="sym", noise_rate=0.4, subset=200, epochs=3, val_fraction=0.1,
-                    augment="none", out=str(tmp_path / "runs"), tracking_uri=mlflow_uri(tmp_path))
+    spec = spec_of(method="ce", noise="sym", noise_rate=0.4, subset=200, epochs=3, val_fraction=0.1,
+                   augment="none", out=str(tmp_path / "runs"), tracking_uri=mlflow_uri(tmp_path))
     seen = []
     (tmp_path / "r").mkdir()
-    summary = Trainer(cfg, tmp_path / "r", progress=False, tags={"study": "x"},
+    summary = Trainer(spec, tmp_path / "r", tags={"study": "x"},
                       epoch_callback=lambda e, m: seen.append((e, m["val_acc"])) or True).run()
     assert summary["status"] == "pruned" and summary["epochs_done"] == 1 and len(seen) == 1
     run = MlflowClient(mlflow_uri(tmp_path)).get_run(summary["run_id"])
@@ -139,14 +137,14 @@ def test_an_epoch_callback_that_says_stop_ends_the_run_as_pruned(tmp_path):
 
 
 def test_grid_studies_default_to_the_grid_size_plus_the_defaults():
-    from bench.cli import build_parser
-    from bench.study import spec_from_args
+    from bench.cli import build_parser, request_from_args
+    from bench.drivers.study import spec_from_args
 
     args = build_parser().parse_args(["study", "--method", "dividemix", "--params", "lambda_u,alpha", "--sampler",
                                       "grid", "--noise", "sym", "--noise-rate", "0.4", "--epochs", "12"])
-    spec, url = spec_from_args(args)
-    assert spec.trials == 4 * 4 + 1 and url.startswith("sqlite:///") and spec.base.val_fraction == 0.1
-    assert spec.name == "dividemix-fashion-mnist-sym0.4" and spec.base.experiment == "study-" + spec.name
+    spec, url = spec_from_args(args, request_from_args(args))
+    assert spec.trials == 4 * 4 + 1 and url.startswith("sqlite:///") and spec.base.config.val_fraction == 0.1
+    assert spec.name == "dividemix-fashion-mnist-sym0.4" and spec.base.place.experiment == "study-" + spec.name
 
 
 # --- studies on SQLite -------------------------------------------------------------------------------
@@ -159,9 +157,9 @@ def test_three_trial_study_writes_trials_nested_runs_and_a_report(tmp_path):
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     first = trials[0]
     assert first.user_attrs["role"] == "defaults" and first.params["tk"] == 10
-    # the default forget rate is the realised noise rate of the 270 training samples
-    realised = json.loads((Path(first.user_attrs["run_dir"]) / "config.json").read_text())["method_options"]
-    assert first.params["forget_rate"] == pytest.approx(realised["forget_rate"])
+    # the default forget rate is the nominal noise rate (main.py), as the defaults trial's run used it
+    used = json.loads((Path(first.user_attrs["run_dir"]) / "config.json").read_text())["config"]["method_options"]
+    assert first.params["forget_rate"] == pytest.approx(used["forget_rate"]) == pytest.approx(0.4)
     client = MlflowClient(mlflow_uri(tmp_path))
     exp = client.get_experiment_by_name("study-s")
     runs = client.search_runs([exp.experiment_id])
@@ -287,7 +285,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def trials_of(url: str, name: str = "s") -> list:
-    from bench.study import open_storage
+    from bench.drivers.study import open_storage
 
     try:  # through the harness's storage settings (UTF-8 on the wire for PostgreSQL)
         return optuna.load_study(study_name=name, storage=open_storage(url, 30)).get_trials()

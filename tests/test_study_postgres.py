@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy
 from mlflow.tracking import MlflowClient
 
-from bench.study import pg_engine_kwargs
+from bench.drivers.study import pg_engine_kwargs
 from tests.test_study import check_killed_and_continued, mlflow_uri, trials_of, wait_for, worker
 
 SERVER = os.environ.get("BENCH_TEST_POSTGRES")

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.cli import main
-from bench.sweep import expand, parse_noise, shard
+from bench.drivers.sweep import expand, parse_noise, shard
 from tests.helpers import run_cli, tracking_uri
 
 TINY = ["--subset", "100", "--epochs", "2"]

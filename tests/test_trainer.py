@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.config import RunConfig
-from bench.trainer import Trainer
+from bench.training.trainer import Trainer
 from methods.base import METHODS, Method, Phase, StepOutput
+from tests.helpers import spec_of
 
 
 @dataclass
@@ -57,16 +57,14 @@ def make_trainer(tmp: Path, **kw) -> Trainer:
     values = dict(method="_probe", subset=300, epochs=2, batch_size=64, out=str(tmp / "runs"),
                   tracking_uri=f"sqlite:///{tmp}/m.db")
     values.update(kw)
-    cfg = RunConfig(**values)
-    cfg.validate()
     run_dir = tmp / "runs" / "r"
     run_dir.mkdir(parents=True)
-    return Trainer(cfg, run_dir, progress=False)
+    return Trainer(spec_of(**values), run_dir)
 
 
 def test_per_sample_state_by_index_and_phases(tmp_path):
     tr = make_trainer(tmp_path, method_options={"half": "true"})
-    tr._build()
+    tr.build()
     m = tr.method
     metrics = tr.run_epoch(0)
     visits = m.state["visits"].cpu()
@@ -79,7 +77,7 @@ def test_per_sample_state_by_index_and_phases(tmp_path):
 
 def test_predict_train_is_in_index_order(tmp_path):
     tr = make_trainer(tmp_path)
-    tr._build()
+    tr.build()
     net = tr.method.models["net"]
     logits = tr.predict_train(net)
     assert logits.shape == (300, 10)
@@ -105,7 +103,7 @@ def test_state_is_checkpointed(tmp_path):
 @pytest.mark.parametrize("amp,channels_last", [("on", "on"), ("off", "off")])
 def test_cpu_forms_of_gpu_paths(tmp_path, amp, channels_last):
     tr = make_trainer(tmp_path, amp=amp, channels_last=channels_last, epochs=1)
-    tr._build()
+    tr.build()
     assert tr.amp == (amp == "on")
     if amp == "on":
         assert tr.amp_dtype == torch.bfloat16  # the CPU form of autocast

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import FixedLogits, assert_resume_equals_uninterrupted, make_trainer
+from helpers import FixedLogits, assert_resume_equals_uninterrupted, fake_generators, make_trainer
 
-from methods.base import Phase, build_options
+from bench.common.options import build_options
+from methods.base import Phase
 from methods.mixtures import BetaMixture, ClasswiseMixture, GaussianMixture2
 from methods.wrongevent import WrongEvent, label_wave_base, wrong_event_loss
 
@@ -164,7 +165,7 @@ def fake_method(num_train: int = 6, epochs: int = 6, **opts) -> WrongEvent:
     ctx = SimpleNamespace(
         num_classes=3, num_train=num_train, device=torch.device("cpu"), epochs=epochs, pretrained=False,
         make_backbone=lambda: net, make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-        make_scheduler=lambda opt, n: None, clean_labels=None,
+        make_scheduler=lambda opt, n: None, generators=fake_generators,
         given_labels=torch.tensor([0, 1, 2, 0, 1, 2][:num_train]), artifact_dir=Path("."))
     m = WrongEvent(build_options(WrongEvent, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()

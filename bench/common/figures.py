@@ -1,4 +1,5 @@
-"""Diagnostic figures written by methods into their run folder (PNG, matplotlib's Agg)."""
+"""Figure helpers every floor may use: print-ready saving (300 dpi PNG, PDF), titles that fit,
+and the diagnostic figures methods write into their run folder (matplotlib's Agg backend)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,7 @@ import numpy as np
 DPI = 300  # print resolution
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +21,7 @@ def _pyplot() -> Any:
 
 def save_figure(fig: Any, path: Path, pdf: bool = True) -> list[Path]:
     """``path`` as a 300 dpi PNG and, with ``pdf``, the same figure as a vector PDF beside it."""
-    plt = _pyplot()
+    plt = pyplot()
     paths = [path] + ([path.with_suffix(".pdf")] if pdf else [])
     for out in paths:
         fig.savefig(out, dpi=DPI, bbox_inches="tight")
@@ -35,25 +36,11 @@ def wrap_title(text: str, width_in: float, fontsize: float = 12) -> str:
     return textwrap.fill(text, width=max(20, int(width_in * 72 / (0.55 * fontsize))))
 
 
-def method_colours(names: list[str]) -> dict[str, Any]:
-    """One colour per method, the same in every figure: its place among all registered methods
-    (and the names given that are not registered) picks it from a 40-colour palette."""
-    import matplotlib
-
-    from bench.catalogue import catalogue
-
-    known = catalogue().methods.names()
-    order = known + sorted(set(names) - set(known))
-    palette = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["tab20b"].colors,
-               *matplotlib.colormaps["Dark2"].colors, *matplotlib.colormaps["Set1"].colors]
-    return {n: palette[order.index(n) % len(palette)] for n in names}
-
-
 def score_histogram(values: np.ndarray, is_clean: np.ndarray | None, path: Path, *, xlabel: str,
                     mixture: Any = None, title: str = "") -> Path:
     """Histogram of a per-sample noise score, split into truly clean and truly noisy samples
     when the truth is known, with the fitted mixture's weighted densities drawn over it."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     values = np.asarray(values, dtype=np.float64)
     bins = np.histogram_bin_edges(values, bins=min(60, max(10, len(np.unique(values)))))
@@ -78,7 +65,7 @@ def score_histogram(values: np.ndarray, is_clean: np.ndarray | None, path: Path,
 
 def prediction_change_curve(changes: list[float], base_epoch: int | None, path: Path) -> Path:
     """Stage-1 prediction changes per epoch (label wave), with the chosen base epoch marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     epochs = np.arange(2, 2 + len(changes))
     ax.plot(epochs, changes, marker="o")

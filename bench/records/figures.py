@@ -1,11 +1,13 @@
-"""Comparison figures from what MLflow holds (``python -m bench plot``), PNG via matplotlib.
+"""Comparison figures from what MLflow holds and nothing else (``python -m bench plot``): each a
+300 dpi PNG and a PDF.
 
 - ``curves``: test accuracy per epoch, one panel per noise setting, one line per method (mean
   over seeds) with a band from the lowest to the highest seed;
 - ``pareto``: accuracy against wall-clock time, one point per method and setting (means over
   seeds);
-- ``wrong-events``: histograms of wrongevent's final wrong-event counts for truly clean and
-  truly noisy samples, one panel per setting (first seed);
+- ``scores``: histograms of the per-sample scores methods declare (``score_artifacts``, e.g.
+  wrongevent's final wrong-event counts) for truly clean and truly noisy samples, one panel per
+  score, method and setting (first seed), from the run's artifacts;
 - ``detection``: clean_auc per epoch per method (mean over seeds), one panel per setting.
 """
 from __future__ import annotations
@@ -18,19 +20,26 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from bench.errors import UsageError
-from bench.plots import _pyplot, method_colours, save_figure, wrap_title
-from bench.reports import _columns, load_runs
+from bench.common.errors import UsageError
+from bench.common.figures import pyplot, save_figure, wrap_title
+from bench.records.reports import _columns, load_runs
+from bench.training.tracking import mlflow_client
 
-KINDS = ("curves", "pareto", "wrong-events", "detection")
+KINDS = ("curves", "pareto", "scores", "detection")
 
 
-def _client(uri: str | None) -> Any:
-    from mlflow.tracking import MlflowClient
+def method_colours(names: list[str]) -> dict[str, Any]:
+    """One colour per method, the same in every figure: its place among all registered methods
+    (and the names given that are not registered) picks it from a 40-colour palette."""
+    import matplotlib
 
-    from bench.tracking import default_tracking_uri
+    from bench.training.catalogue import catalogue
 
-    return MlflowClient(uri or default_tracking_uri())
+    known = catalogue().methods.names()
+    order = known + sorted(set(names) - set(known))
+    palette = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["tab20b"].colors,
+               *matplotlib.colormaps["Dark2"].colors, *matplotlib.colormaps["Set1"].colors]
+    return {n: palette[order.index(n) % len(palette)] for n in names}
 
 
 def _history(client: Any, run_id: str, name: str) -> pd.Series:
@@ -39,7 +48,7 @@ def _history(client: Any, run_id: str, name: str) -> pd.Series:
 
 
 def _panels(n: int) -> tuple[Any, Any, np.ndarray]:
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(n, 2)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 4.0 * rows), squeeze=False, layout="constrained")
@@ -113,55 +122,53 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str) -> list[P
     return save_figure(fig, path)
 
 
-def _clean_mask(client: Any, run: pd.Series, tmp: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(wrong events, is_clean) of a wrongevent run, from its artifacts and its data set."""
-    from bench.options import build_options
-    from datasets.base import DATASETS
-
-    rid = run["run_id"]
+def _score_and_truth(client: Any, run_id: str, artifact: str, tmp: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(per-sample score, is_clean) of a run, from its artifacts alone: the score file the
+    method declared and the truth the trainer recorded (None where the truth is unknown)."""
     try:
-        we = np.load(client.download_artifacts(rid, "method/wrong_events.npy", str(tmp)))
-        given = np.load(client.download_artifacts(rid, "noise/noisy_labels.npy", str(tmp)))
-        src = np.load(client.download_artifacts(rid, "noise/train_source_index.npy", str(tmp)))
-    except Exception:  # an old run without these artifacts
+        score = np.load(client.download_artifacts(run_id, artifact, str(tmp)))
+        given = np.load(client.download_artifacts(run_id, "noise/noisy_labels.npy", str(tmp)))
+        clean = np.load(client.download_artifacts(run_id, "noise/clean_labels.npy", str(tmp)))
+    except Exception:  # no truth (real noise), or a run recorded before these artifacts
         return None
-    params = client.get_run(rid).data.params
-    cls = DATASETS.get(params["dataset"])
-    opts = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("dataset.")}
-    ds = cls(build_options(cls, opts, "data set"))
-    raw = ds.read(params.get("data_root") or None)
-    clean = raw.train_clean if ds.real_noise else raw.train_labels
-    if clean is None:
-        return None
-    return we, clean[src] == given
+    return score, clean == given
 
 
-def wrong_events(df: pd.DataFrame, client: Any, path: Path, experiment: str) -> list[Path]:
+def scores(df: pd.DataFrame, client: Any, path: Path, experiment: str) -> list[Path]:
+    """Histograms of each per-sample score a method declares (tag ``bench.score_artifacts``,
+    e.g. IDO's wrong events) for truly clean and truly noisy samples: one panel per score, row
+    and setting, the first seed."""
+    import json
     import tempfile
 
-    runs = df[df["method"] == "wrongevent"].sort_values("seed")
-    panels = [(ds, setting, row) for ds, setting in _columns(df) for row in sorted(runs["row"].unique())
-              if len(runs[(runs["dataset"] == ds) & (runs["setting"] == setting) & (runs["row"] == row)])]
+    runs = df[df["score_artifacts"].notna()].sort_values("seed")
+    panels = []
+    for ds, setting in _columns(df):
+        for row in sorted(runs["row"].unique()):
+            cell = runs[(runs["dataset"] == ds) & (runs["setting"] == setting) & (runs["row"] == row)]
+            if len(cell):
+                run = cell.iloc[0]
+                panels += [(ds, setting, row, run, a, label) for a, label in json.loads(run["score_artifacts"]).items()]
     if not panels:
-        raise UsageError(f"--kind wrong-events: experiment {experiment} has no finished wrongevent run")
+        raise UsageError(f"--kind scores: experiment {experiment} has no finished run of a method that declares "
+                         "per-sample scores (e.g. wrongevent's wrong events)")
     plt, fig, axes = _panels(len(panels))
     with tempfile.TemporaryDirectory() as tmp:
-        for ax, (ds, setting, row) in zip(axes, panels, strict=False):
-            run = runs[(runs["dataset"] == ds) & (runs["setting"] == setting) & (runs["row"] == row)].iloc[0]
-            got = _clean_mask(client, run, Path(tmp) / run["run_id"])
-            variant = "" if row == "wrongevent" else row[len("wrongevent"):] + ", "
-            ax.set_title(wrap_title(f"{ds}, {setting}, {variant}seed {run['seed']}", 6.0, fontsize=11))
+        for ax, (ds, setting, row, run, artifact, label) in zip(axes, panels, strict=False):
+            got = _score_and_truth(client, run["run_id"], artifact, Path(tmp) / run["run_id"])
+            ax.set_title(wrap_title(f"{row}, {ds}, {setting}, seed {run['seed']}", 6.0, fontsize=11))
             if got is None:
                 ax.text(0.5, 0.5, "no clean labels or artifacts", ha="center", transform=ax.transAxes)
                 continue
-            we, clean = got
-            bins = np.arange(we.max() + 2) - 0.5 if we.max() < 60 else 60
-            ax.hist(we[clean], bins=bins, alpha=0.6, color="tab:blue", label=f"truly clean ({clean.sum()})")
-            ax.hist(we[~clean], bins=bins, alpha=0.6, color="tab:red", label=f"truly noisy ({(~clean).sum()})")
-            ax.set_xlabel("wrong events at the end of training (count)")
+            values, clean = got
+            discrete = np.allclose(values, np.round(values)) and values.max() < 60
+            bins = np.arange(values.max() + 2) - 0.5 if discrete else 60
+            ax.hist(values[clean], bins=bins, alpha=0.6, color="tab:blue", label=f"truly clean ({clean.sum()})")
+            ax.hist(values[~clean], bins=bins, alpha=0.6, color="tab:red", label=f"truly noisy ({(~clean).sum()})")
+            ax.set_xlabel(label)
             ax.set_ylabel("samples")
             ax.legend(fontsize=8)
-    _title(fig, f"Wrong events of clean and noisy samples, experiment {experiment}")
+    _title(fig, f"Per-sample scores of clean and noisy samples, experiment {experiment}")
     return save_figure(fig, path)
 
 
@@ -169,7 +176,7 @@ def cmd_plot(args: Any) -> int:
     if args.kind not in KINDS:
         raise UsageError(f"--kind {args.kind}: valid values are {', '.join(KINDS)}")
     df = load_runs(args.tracking_uri, args.experiment)
-    client = _client(args.tracking_uri)
+    client = mlflow_client(args.tracking_uri)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{args.experiment}-{args.kind}.png"
@@ -187,6 +194,6 @@ def cmd_plot(args: Any) -> int:
     elif args.kind == "pareto":
         paths = pareto(df, args.metric, path, args.experiment)
     else:
-        paths = wrong_events(df, client, path, args.experiment)
+        paths = scores(df, client, path, args.experiment)
     print("wrote " + ", ".join(map(str, paths)))
     return 0

@@ -1,12 +1,13 @@
-"""Comparison tables from what MLflow holds (``python -m bench table``).
+"""Comparison tables from what MLflow holds (``python -m bench table``), and nothing else.
 
 One row per finished run is read from the experiment (method, data set, noise setting, seed,
-best and last test accuracy, wall-clock, epochs, final clean_auc); tables are pandas pivots
-with methods as rows and settings as columns, mean +- std over seeds, the best mean per column
-marked. ``--time`` gives the wall-clock table with each method's per-epoch ratio to DivideMix
-and to CE on the same setting; ``--detection`` the clean_auc table; ``--paper`` puts the IDO
-authors' reported numbers (bench/refdata/paper_numbers.csv) beside the measured ones where
-the data set and setting match.
+best and last test accuracy, wall-clock, epochs, final clean_auc, parameters, and the tags in
+which methods declare themselves); tables are pandas pivots with methods as rows and settings
+as columns, mean +- std over seeds, the best mean per column marked. ``--time`` gives the
+wall-clock table with each method's per-epoch ratio to every method that declares itself a time
+reference (CE, DivideMix), on the same setting and protocol; ``--detection`` the clean_auc
+table; ``--paper`` puts the IDO authors' reported numbers (refdata/paper_numbers.csv) beside
+the measured ones where the data set and setting match.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.config import params_key, result_params
-from bench.errors import UsageError
+from bench.common.errors import UsageError
+from bench.training.config import params_key, result_params
+from bench.training.record import TAG_SCORE_ARTIFACTS, TAG_TIME_REFERENCE
 
 PAPER_CSV = Path(__file__).parent / "refdata" / "paper_numbers.csv"
 METRICS = ("best_test_acc", "last_test_acc")
@@ -27,12 +29,9 @@ FORMATS = ("md", "latex", "csv")
 
 def load_runs(uri: str | None, experiment: str) -> pd.DataFrame:
     """One row per FINISHED run of ``experiment``, labelled by :func:`label_rows`."""
-    from bench.tracking import _quiet_mlflow, default_tracking_uri
+    from bench.training.tracking import mlflow_client
 
-    _quiet_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri or default_tracking_uri())
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = ", ".join(sorted(e.name for e in client.search_experiments())) or "(none)"
@@ -51,6 +50,7 @@ def load_runs(uri: str | None, experiment: str) -> pd.DataFrame:
                 "wall_clock_s": m.get("wall_clock_s"), "epochs": epochs,
                 "epoch_s": m.get("wall_clock_s", math.nan) / epochs if epochs else math.nan,
                 "clean_auc": m.get("clean_auc", math.nan), "params": dict(p),
+                "time_reference": t.get(TAG_TIME_REFERENCE), "score_artifacts": t.get(TAG_SCORE_ARTIFACTS),
             })
         token = page.token
         if not token:
@@ -166,10 +166,18 @@ def paper_numbers() -> pd.DataFrame:
     return pd.read_csv(PAPER_CSV, comment="#")
 
 
+def time_references(df: pd.DataFrame) -> dict[str, str]:
+    """The methods whose runs declare themselves a time reference (tag ``bench.time_reference``):
+    {method: label of its ratio column}, ordered by label."""
+    refs = df[df["time_reference"].notna()].drop_duplicates("method")
+    return dict(sorted(zip(refs["method"], refs["time_reference"], strict=True), key=lambda kv: kv[1]))
+
+
 def time_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per row and setting: total wall-clock and seconds per epoch (means over seeds), and the
-    per-epoch ratio to DivideMix and to CE run under the same protocol (every parameter but the
-    method's own equal) on the same setting; NaN where there is no such run, or more than one."""
+    per-epoch ratio to each time-reference method (`time_references`) run under the same
+    protocol (every parameter but the method's own equal) on the same setting; NaN where there
+    is no such run, or more than one."""
     keys = ["row", "method", "protocol", "dataset", "setting"]
     s = df.groupby(keys)[["wall_clock_s", "epoch_s"]].mean().reset_index()
 
@@ -178,9 +186,10 @@ def time_table(df: pd.DataFrame) -> pd.DataFrame:
                  & (s["setting"] == r["setting"])]["epoch_s"]
         return r["epoch_s"] / same.iloc[0] if len(same) == 1 else np.nan
 
+    refs = time_references(df)
     return pd.DataFrame([{"row": r["row"], "dataset": r["dataset"], "setting": r["setting"],
                           "total_s": r["wall_clock_s"], "s_per_epoch": r["epoch_s"],
-                          "ratio_to_dividemix": ratio(r, "dividemix"), "ratio_to_ce": ratio(r, "ce")}
+                          **{f"/ {label}": ratio(r, method) for method, label in refs.items()}}
                          for _, r in s.iterrows()])
 
 
@@ -196,11 +205,12 @@ def time_pivot(df: pd.DataFrame) -> pd.DataFrame:
         part = t[(t["dataset"] == col[0]) & (t["setting"] == col[1])].set_index("row")
         out[f"s/epoch {_colname(col, nd)}"] = [f"{part.loc[m, 's_per_epoch']:.2f}" if m in part.index else "-"
                                               for m in rows]
-    agg = t.groupby("row")[["total_s", "s_per_epoch", "ratio_to_dividemix", "ratio_to_ce"]].mean()
+    ratios = [c for c in t.columns if c.startswith("/ ")]
+    agg = t.groupby("row")[["total_s", "s_per_epoch", *ratios]].mean()
     out["total s (mean)"] = [f"{agg.loc[m, 'total_s']:.0f}" for m in rows]
     out["s/epoch (mean)"] = [f"{agg.loc[m, 's_per_epoch']:.2f}" for m in rows]
-    out["/ DivideMix"] = [_ratio(agg.loc[m, "ratio_to_dividemix"]) for m in rows]
-    out["/ CE"] = [_ratio(agg.loc[m, "ratio_to_ce"]) for m in rows]
+    for col in ratios:
+        out[col] = [_ratio(agg.loc[m, col]) for m in rows]
     return out
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UsageError
+from bench.common.errors import UsageError
 
 # The IDO paper's noise grid per benchmark (paper-numbers.md; README of the official code)
 PAPER_NOISE = {
@@ -48,9 +48,10 @@ class GridPoint:
         noise = "none" if self.noise == "none" else f"{self.noise}:{self.rate:g}"
         return f"{self.method} {noise} seed {self.seed}"
 
-    def flags(self) -> list[str]:
-        out = ["--method", self.method, "--noise", self.noise, "--seed", str(self.seed)]
-        return out + (["--noise-rate", f"{self.rate:g}"] if self.noise != "none" else [])
+    def request(self, base: dict[str, Any]) -> dict[str, Any]:
+        """The run's request: the sweep's own run options and this point's method, noise, seed."""
+        point = {"method": self.method, "noise": self.noise, "seed": self.seed}
+        return {**base, **point, **({"noise_rate": self.rate} if self.noise != "none" else {})}
 
 
 def parse_list(flag: str, text: str) -> list[str]:
@@ -111,24 +112,21 @@ def cpu_threads(workers: int) -> int:
 class Sweep:
     """Runs the grid points not yet finished, K at a time."""
 
-    def __init__(self, points: list[GridPoint], run_args: list[str], tracking_uri: str, experiment: str,
+    def __init__(self, points: list[GridPoint], base: dict[str, Any], tracking_uri: str, experiment: str,
                  workers: int, log_dir: Path) -> None:
-        self.points, self.run_args, self.uri, self.experiment = points, run_args, tracking_uri, experiment
+        self.points, self.base, self.uri, self.experiment = points, base, tracking_uri, experiment
         self.workers, self.log_dir = workers, log_dir
         self.lock = threading.Lock()
         self.results: dict[GridPoint, str] = {}
 
     def request_hash(self, point: GridPoint) -> str:
-        from bench.cli import build_parser, check_run_config, config_from_args
+        from bench.training.resolve import resolve
 
-        args = build_parser().parse_args(["run", *point.flags(), *self.run_args])
-        cfg = config_from_args(args)
-        check_run_config(cfg)
-        return cfg.hash()
+        return resolve(point.request(self.base)).request_hash
 
     def state(self, hashes: dict[GridPoint, str]) -> dict[GridPoint, tuple[str, str | None]]:
         """Per point: ('finished', None), ('resume', run_dir) or ('new', None)."""
-        from bench.tracking import runs_by_tag
+        from bench.training.tracking import runs_by_tag
 
         runs = runs_by_tag(self.uri, self.experiment, "request_hash", set(hashes.values()))
         out = {}
@@ -142,14 +140,18 @@ class Sweep:
         return out
 
     def command(self, point: GridPoint, action: str, run_dir: str | None) -> list[str]:
+        """The point's `bench run` command line (as a user could type it; its log's first line)."""
+        from bench.training.resolve import to_argv
+
         base = [sys.executable, "-m", "bench", "run", "--progress", "lines"]
         if action == "resume":
             return [*base, "--resume", str(run_dir), "--tracking-uri", self.uri]
-        return [*base, *point.flags(), *self.run_args, "--tracking-uri", self.uri, "--experiment", self.experiment]
+        request = {**point.request(self.base), "tracking_uri": self.uri, "experiment": self.experiment}
+        return [*base, *to_argv(request)]
 
     def env(self, slot: int) -> dict[str, str]:
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])  # the project, wherever the sweep runs from
+        root = str(Path(__file__).resolve().parents[2])  # the project, wherever the sweep runs from
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         gpus = _gpu_count()
         if gpus > 1:
@@ -180,9 +182,10 @@ class Sweep:
             try:
                 action, run_dir = state[point]
                 log = self.log_dir / (point.label.replace(" ", "_").replace(":", "") + ".log")
+                command = self.command(point, action, run_dir)
                 with open(log, "a") as f:
-                    proc = subprocess.run(self.command(point, action, run_dir), stdout=f, stderr=subprocess.STDOUT,
-                                          env=self.env(slot), check=False)
+                    print("$ " + " ".join(command[1:]), file=f, flush=True)
+                    proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=self.env(slot), check=False)
                 status = "finished" if proc.returncode == 0 else f"failed (exit {proc.returncode}, log {log})"
                 print(f"{status:<16} {point.label}", flush=True)
                 return status
@@ -207,7 +210,7 @@ def _gpu_count() -> int:
 
 
 def sweep_points(args: Any) -> list[GridPoint]:
-    from bench.catalogue import catalogue
+    from bench.training.catalogue import catalogue
 
     methods = [catalogue().methods.canonical(m) for m in parse_list("--methods", args.methods)]
     noise = args.noise
@@ -218,3 +221,17 @@ def sweep_points(args: Any) -> list[GridPoint]:
     if not noise:
         raise UsageError("--noise is required: a list like sym:0.2,sym:0.4,pairflip:0.4 (or none)")
     return expand(methods, parse_noise(noise), parse_seeds(args.seeds))
+
+
+def run_sweep(args: Any, base: dict[str, Any]) -> int:
+    """``bench sweep``: ``base`` is the request every run shares (the command line's run options)."""
+    from bench.training.tracking import store_uri
+
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    points = shard(sweep_points(args), *parse_shard(args.shard))
+    base = {k: v for k, v in base.items() if k not in ("method", "noise", "noise_rate", "seed", "tracking_uri",
+                                                       "experiment")}
+    uri = store_uri(args.tracking_uri)
+    log_dir = Path(base.get("out", "results/runs")).parent / "sweeps" / args.experiment
+    return Sweep(points, base, uri, args.experiment, args.workers, log_dir).run(args.dry_run)

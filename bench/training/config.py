@@ -1,8 +1,13 @@
-"""The resolved configuration of a run: command line over data-set defaults, validated.
+"""A run's configuration, in two parts that never mix.
 
-A :class:`RunConfig` is what gets logged (flattened, ``method.<option>`` for method
-options), saved as ``config.json`` in the run folder, and hashed so that a later sweep can
-recognise a finished run with the same configuration.
+- :class:`RunConfig`: everything that decides the result. It is hashed (``config_hash``),
+  logged (flattened, ``method.<option>`` for method options), saved with the checkpoint, and a
+  resumed run takes it from there, unchangeable.
+- :class:`Placement`: where the run happens and is recorded (device, data root, loader
+  workers, tracking URI, experiment, output folder, progress display). A resumed run may
+  change it freely.
+
+Both are made by :mod:`bench.training.resolve` from a request; nothing else fills them in.
 """
 from __future__ import annotations
 
@@ -13,40 +18,24 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.errors import UsageError
+from bench.common.errors import UsageError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine")
 TRISTATE = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
-AUGMENTS = ("none", "flip", "crop", "crop-flip")  # of the shared training view (bench/data.py)
+AUGMENTS = ("none", "flip", "crop", "crop-flip")  # of the shared training view (bench/training/data.py)
 
 
 # fields added after runs were logged: left out of the hash at their default, so a sweep still
 # recognises the runs it finished before the field existed
 ADDED_LATER: dict[str, Any] = {"val_fraction": 0.0}
-# where a run happens and is recorded, not what decides its result
-LOCATION: frozenset[str] = frozenset({"tracking_uri", "experiment", "out", "data_root", "device", "workers",
-                                      "preset"})
-
-
-def result_params(params: dict[str, str], drop: frozenset[str] = frozenset()) -> dict[str, str]:
-    """A run's logged parameters (strings, as in MLflow) that decide its result: without the
-    LOCATION fields, the noise file's path, ``drop``, and fields added later that are at their
-    default (so runs logged before a field existed compare equal to runs at its default)."""
-    later = {k: str(v) for k, v in ADDED_LATER.items()}
-    return {k: v for k, v in params.items()
-            if k not in LOCATION and k != "noise_file" and k not in drop and later.get(k) != v}
-
-
-def params_key(params: dict[str, str]) -> str:
-    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
 class RunConfig:
-    """Every setting of a run. Defaults here are generic; a data set's own protocol
-    (``Dataset.defaults``) fills what the command line leaves unset."""
+    """Every setting that decides a run's result. Defaults here are generic; a data set's own
+    protocol (``Dataset.defaults``) fills what the request leaves unset."""
 
     method: str
     dataset: str = "fashion-mnist"
@@ -68,16 +57,9 @@ class RunConfig:
     image_size: int | None = None  # side of the images the backbone sees; None: the data set's
     subset: int | None = None
     val_fraction: float = 0.0  # held out of the noisy training set for validation (studies: 0.1)
-    data_root: str | None = None
-    device: str = "auto"
     amp: str = "auto"            # auto: on for CUDA (fp16 + grad scaling), off on CPU
     channels_last: str = "auto"  # auto: on (CUDA and CPU: measured faster for the conv nets)
     eval_batch_size: int = 1024
-    workers: int = 4             # DataLoader workers for on-disk data sets
-    tracking_uri: str | None = None
-    experiment: str = "bench"
-    out: str = "results/runs"
-    preset: str | None = None  # the preset the values came from (for the record)
     method_options: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
 
@@ -87,13 +69,18 @@ class RunConfig:
         noise = "clean" if self.noise == "none" else f"{self.noise}{self.noise_rate:g}"
         return f"{self.method}-{self.dataset}-{noise}-s{self.seed}"
 
+    @property
+    def setting(self) -> str:
+        """The noise setting as tables name it: ``sym:0.4`` or ``none``."""
+        return "none" if self.noise == "none" else f"{self.noise}:{self.noise_rate:g}"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """From a saved or logged dict; keys of other parts (a flat config.json of old) are left out."""
+        return cls(**{k: v for k, v in d.items() if k in field_names(cls)})
 
     def flatten(self) -> dict[str, str]:
         """Parameters for MLflow: every field, options as ``method.<option>`` / ``dataset.<option>``."""
@@ -103,8 +90,8 @@ class RunConfig:
         return {k: "" if v is None else str(v) for k, v in flat.items()}
 
     def hash(self) -> str:
-        """Hash of what determines the results (not where they are logged or stored)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in LOCATION}
+        """Hash of everything that decides the result, i.e. of every field."""
+        d = self.to_dict()
         for key, default in ADDED_LATER.items():  # at its default, a later field leaves old hashes as they were
             if d.get(key) == default:
                 d.pop(key)
@@ -118,7 +105,7 @@ class RunConfig:
             NoiseSpec(self.noise, 0.0, 0)
         except NoiseError as exc:
             if "unknown noise model" in str(exc):
-                raise UsageError(str(exc)) from None
+                raise UsageError(str(exc)) from None  # the rest of NoiseSpec's checks are the ones below
         _check(self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1")
         _check(self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1")
         _check(self.eval_batch_size >= 1, f"--eval-batch-size {self.eval_batch_size}: must be at least 1")
@@ -129,7 +116,6 @@ class RunConfig:
         _check(0 <= self.val_fraction <= 0.5, f"--val-fraction {self.val_fraction}: must lie in [0, 0.5]")
         _check(self.image_size is None or 8 <= self.image_size <= 1024,
                f"--image-size {self.image_size}: must lie in [8, 1024]")
-        _check(self.workers >= 0, f"--workers {self.workers}: must be >= 0")
         _check(0 <= self.seed < 2**32, f"--seed {self.seed}: must lie in [0, 2**32)")
         _check(0 <= self.noise_seed < 2**32, f"--noise-seed {self.noise_seed}: must lie in [0, 2**32)")
         _check(self.momentum >= 0, f"--momentum {self.momentum}: must be >= 0")
@@ -138,14 +124,57 @@ class RunConfig:
             _check(math.isfinite(value), f"--{name.replace('_', '-')} {value}: must be a finite number")
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--scheduler", self.scheduler, SCHEDULERS)
-        _choice("--device", self.device, DEVICES)
         _choice("--amp", self.amp, TRISTATE)
         _choice("--channels-last", self.channels_last, TRISTATE)
+        _choice("--augment", self.augment, AUGMENTS)
         if self.noise == "none":
             _check(self.noise_rate == 0, f"--noise-rate {self.noise_rate} given with --noise none; "
                                          "name a noise model (sym, sym-biased, pairflip, asym, instance)")
         else:
             _check(self.noise_rate > 0, f"--noise {self.noise} needs --noise-rate R with 0 < R < 1")
+
+
+@dataclass
+class Placement:
+    """Where a run happens and is recorded; nothing here changes its result."""
+
+    device: str = "auto"
+    data_root: str | None = None
+    workers: int = 4  # DataLoader workers for on-disk data sets
+    tracking_uri: str | None = None
+    experiment: str = "bench"
+    out: str = "results/runs"
+    progress: bool | None = None  # a tqdm bar; None: on a terminal
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Placement:
+        return cls(**{k: v for k, v in d.items() if k in field_names(cls)})
+
+    def validate(self) -> None:
+        _check(self.workers >= 0, f"--workers {self.workers}: must be >= 0")
+        _choice("--device", self.device, DEVICES)
+
+
+def field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def result_params(params: dict[str, str], drop: frozenset[str] = frozenset()) -> dict[str, str]:
+    """A run's logged parameters (strings, as in MLflow) that decide its result: the
+    :class:`RunConfig` ones (so neither placement nor provenance), without ``drop``, and
+    without fields added later that are at their default (so runs logged before a field
+    existed compare equal to runs at its default)."""
+    later = {k: str(v) for k, v in ADDED_LATER.items()}
+    ours = field_names(RunConfig)
+    return {k: v for k, v in params.items()
+            if (k in ours or k.startswith(("method.", "dataset."))) and k not in drop and later.get(k) != v}
+
+
+def params_key(params: dict[str, str]) -> str:
+    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check(ok: bool, message: str) -> None:
@@ -157,8 +186,11 @@ def _choice(flag: str, value: str, valid: tuple[str, ...]) -> None:
     _check(value in valid, f"{flag} {value}: valid values are {', '.join(valid)}")
 
 
-def parse_set(pairs: list[str] | None) -> dict[str, str]:
-    """``--set KEY=VALUE`` pairs as a dict of strings (typed later by the method)."""
+def parse_set(pairs: list[str] | dict[str, Any] | None) -> dict[str, str]:
+    """``--set KEY=VALUE`` pairs (or a dict of them) as a dict of strings (typed later by
+    their owner)."""
+    if isinstance(pairs, dict):
+        return {str(k): str(v) for k, v in pairs.items()}
     out: dict[str, str] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")

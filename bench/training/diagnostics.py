@@ -1,22 +1,21 @@
-"""Noise-detection diagnostics with one definition for every method that separates clean
-from noisy samples (IDO, Co-teaching, DivideMix), so that they can be compared.
+"""Noise-detection metrics with one definition for every method that separates clean from noisy
+samples, computed by the trainer (which keeps the truth) from the guesses a method makes
+(:class:`methods.base.Detection`), so that methods can be compared and never see clean labels.
 
 - ``clean_auc``: ROC AUC of a clean score (higher = more likely clean) against the true
   clean mask (given label == true label);
-- ``clean_precision`` / ``clean_recall``: of the selected clean set (by default p_clean > 0.5)
-  as a detector of truly clean samples.
+- ``clean_precision`` / ``clean_recall``: of the method's selected clean set as a detector of
+  truly clean samples.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 
-def clean_mask(ctx: object) -> np.ndarray | None:
-    """Truly clean samples (given label == true label) of a method context, None if unknown."""
-    clean, given = getattr(ctx, "clean_labels", None), getattr(ctx, "given_labels", None)
-    if clean is None:
-        return None
-    return (clean == given).cpu().numpy()
+def as_numpy(x: Any) -> np.ndarray:
+    return x.detach().double().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float64)
 
 
 def clean_auc(score: np.ndarray, is_clean: np.ndarray) -> float:
@@ -39,8 +38,12 @@ def selection_metrics(selected: np.ndarray, is_clean: np.ndarray) -> dict[str, f
     }
 
 
-def detection_metrics(p_clean: np.ndarray, is_clean: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """``clean_auc`` of the clean probability, and precision/recall of p_clean > threshold."""
-    out = {"clean_auc": clean_auc(p_clean, is_clean)}
-    out.update(selection_metrics(np.asarray(p_clean) > threshold, is_clean))
+def detection_metrics(detections: list[Any], is_clean: np.ndarray) -> dict[str, float]:
+    """The metrics of a method's detections (its ``detections(epoch)``) against the truth."""
+    out: dict[str, float] = {}
+    for d in detections:
+        out[d.auc] = clean_auc(as_numpy(d.score), is_clean)
+        if d.selected is not None:
+            sel = selection_metrics(as_numpy(d.selected) > 0, is_clean)
+            out[d.precision], out[d.recall] = sel["clean_precision"], sel["clean_recall"]
     return out

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UsageError
+from bench.common.errors import UsageError
 
 DEFAULT_RESULTS = Path("results")
 # MLflow 3's UI shows an experiment of this kind as training runs (metrics, parameters), not as
@@ -25,11 +25,23 @@ DEFAULT_RESULTS = Path("results")
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def default_tracking_uri() -> str:
+def store_uri(uri: str | None = None) -> str:
+    """The tracking store of a run, a sweep, a table: the URI given, else $MLFLOW_TRACKING_URI,
+    else ``results/mlflow.db`` under the current folder. Worked out here alone."""
+    if uri:
+        return uri
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     return f"sqlite:///{(DEFAULT_RESULTS / 'mlflow.db').resolve()}"
+
+
+def mlflow_client(uri: str | None = None) -> Any:
+    """An MlflowClient on :func:`store_uri` (MLflow's chatter off)."""
+    from mlflow.tracking import MlflowClient
+
+    _quiet_mlflow()
+    return MlflowClient(store_uri(uri))
 
 
 def _quiet_mlflow() -> None:
@@ -86,11 +98,21 @@ def _store_lock(uri: str) -> Iterator[None]:
 class Tracker:
     """One MLflow run: parameters, tags, metrics by epoch, artifacts."""
 
-    def __init__(self, uri: str | None, experiment: str) -> None:
+    def __init__(self, uri: str | None = None, experiment: str | None = None) -> None:
+        """With ``experiment``: opened at once; without: by :meth:`open` (as a TrackerProcess)."""
+        self.uri = ""
+        self.client: Any = None
+        self.run_id: str | None = None
+        self._logged: set[tuple[str, int]] = set()  # (metric, step) already in the store, on resume
+        if experiment is not None:
+            self.open(uri, experiment)
+
+    def open(self, uri: str | None, experiment: str) -> Tracker:
+        """Open the store and the experiment (created if missing)."""
         from mlflow.tracking import MlflowClient
 
         _quiet_mlflow()  # after the import: importing mlflow sets its loggers' levels
-        self.uri = uri or default_tracking_uri()
+        self.uri = store_uri(uri)
         with _store_lock(self.uri):  # parallel runs must not race to create tables or experiments
             self.client = MlflowClient(tracking_uri=self.uri)
             exp = self.client.get_experiment_by_name(experiment)
@@ -99,8 +121,7 @@ class Tracker:
                     experiment, artifact_location=_artifact_root(self.uri), tags=EXPERIMENT_TAGS)
             else:
                 self.experiment_id = exp.experiment_id
-        self.run_id: str | None = None
-        self._logged: set[tuple[str, int]] = set()  # (metric, step) already in the store, on resume
+        return self
 
     def start(self, run_name: str, tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
@@ -153,6 +174,13 @@ class Tracker:
         """Done with the store (nothing to release in-process)."""
 
 
+def new_tracker() -> Tracker | TrackerProcess:
+    """The logger of a run: a :class:`TrackerProcess` (its start-up overlaps the run's), or with
+    ``BENCH_TRACKING=inline`` a :class:`Tracker` in this process (a notebook, the test suite,
+    where MLflow is imported already and a child process would only add its start-up)."""
+    return Tracker() if os.environ.get("BENCH_TRACKING") == "inline" else TrackerProcess()
+
+
 class TrackingError(UsageError):
     """The MLflow store refused an operation, or the logging process died; one line."""
 
@@ -177,16 +205,16 @@ class TrackerProcess:
 
         self.uri = ""
         self.run_id: str | None = None
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
-        self.proc = subprocess.Popen([sys.executable, "-c", "from bench.tracking import serve; serve()"],
+        self.proc = subprocess.Popen([sys.executable, "-c", "from bench.training.tracking import serve; serve()"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                      start_new_session=True)
         self._waiting = 0
 
     def open(self, uri: str | None, experiment: str) -> TrackerProcess:
         """Open the store and the experiment (created if missing), as ``Tracker(uri, experiment)``."""
-        self.uri = uri or default_tracking_uri()
+        self.uri = store_uri(uri)
         self._send("open", uri=self.uri, experiment=experiment)
         return self
 
@@ -305,10 +333,7 @@ def serve() -> None:
 def runs_by_tag(uri: str | None, experiment: str, tag: str, values: set[str]) -> dict[str, list[dict[str, Any]]]:
     """Runs of ``experiment`` whose ``tag`` is one of ``values``: {value: [{run_id, status,
     run_dir}, ...]} oldest first. Works against a file/SQLite store or a tracking server."""
-    _quiet_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri or default_tracking_uri())
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment)
     out: dict[str, list[dict[str, Any]]] = {}
     if exp is None:
@@ -330,10 +355,7 @@ def runs_by_tag(uri: str | None, experiment: str, tag: str, values: set[str]) ->
 def experiment_url(uri: str | None, experiment: str, base: str) -> str:
     """The UI address of ``experiment``'s runs page (the UI's home page when there is no such
     experiment yet); marks the experiment as one of training runs for the UI."""
-    _quiet_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri or default_tracking_uri())
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return base + "/"
@@ -352,7 +374,7 @@ def serve_ui(uri: str | None, host: str, port: int, workers: int, url: str, open
     import time
     import webbrowser
 
-    uri = uri or default_tracking_uri()
+    uri = store_uri(uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", str(workers)]
     artifacts = _artifact_root(uri)

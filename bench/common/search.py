@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bench.errors import UsageError
+from bench.common.errors import UsageError
 
 
 @dataclass(frozen=True)

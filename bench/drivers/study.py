@@ -35,9 +35,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.config import RunConfig
-from bench.errors import UsageError
-from bench.search import Param, Setting, choose_params, trial_overrides
+from bench.common.errors import UsageError
+from bench.common.search import Param, Setting, choose_params, trial_overrides
+from bench.training.config import RunConfig
+from bench.training.resolve import RunSpec
 
 DEFAULT_STORAGE_FILE = Path("results") / "optuna.db"
 FINISHED_STATES = ("COMPLETE", "PRUNED")
@@ -50,7 +51,7 @@ class StudySpec:
     """What a study runs: the base configuration every trial shares and the space it tunes."""
 
     name: str
-    base: RunConfig
+    base: RunSpec  # every trial's configuration before the tuned values; its placement
     space: dict[str, Param]
     trials: int
     sampler: str
@@ -63,7 +64,7 @@ class StudySpec:
 
     def identity(self) -> dict[str, Any]:
         """Stored with the study: a worker with other settings must not join it."""
-        return {"config_hash": self.base.hash(), "method": self.base.method,
+        return {"config_hash": self.base.config.hash(), "method": self.base.config.method,
                 "space": {k: dataclasses.asdict(v) for k, v in self.space.items()}}
 
 
@@ -92,7 +93,7 @@ def study_lock(url: str) -> Iterator[None]:
     One lock for every study there: it also covers the creation of Optuna's tables, and its
     sections are short."""
     if url.startswith("sqlite:///"):
-        from bench.tracking import file_lock
+        from bench.training.tracking import file_lock
 
         db = Path(url[len("sqlite:///"):])
         with file_lock(db.with_name(db.name + ".lock")):
@@ -174,18 +175,17 @@ def make_pruner(spec: StudySpec) -> Any:
         return optuna.pruners.NopPruner()
     # no pruning in the first half of a trial: DivideMix's warm-up and Co-teaching's Tk ramp
     # only show a setting's effect later; five trials finish before any is pruned
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, spec.base.epochs // 2))
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, spec.base.config.epochs // 2))
 
 
 def resolved_defaults(spec: StudySpec) -> dict[str, Any]:
     """The values a plain ``bench run`` of the base configuration uses for the tuned parameters."""
-    from bench.trainer import Trainer
+    from bench.training.trainer import Trainer
 
-    cfg = dataclasses.replace(spec.base, method_options=dict(spec.base.method_options))
+    cfg = dataclasses.replace(spec.base.config, method_options=dict(spec.base.config.method_options))
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp), progress=False)
-        trainer._build()
-        options = dict(trainer.cfg.method_options)
+        trainer = Trainer(dataclasses.replace(spec.base, config=cfg), Path(tmp)).build()
+        options = dict(trainer.config.method_options)
     return {k: options[k] if k in options else getattr(cfg, k) for k in spec.space}
 
 
@@ -250,15 +250,15 @@ class StudyWorker:
                 if spec.trials_given:  # a later worker may change the target; one without --trials keeps it
                     self.study.set_user_attr("trials", spec.trials)
                 if not spec.experiment_given:  # log where the study's parent run is
-                    spec.base.experiment = attrs.get("experiment", spec.base.experiment)
+                    spec.base.place.experiment = attrs.get("experiment", spec.base.place.experiment)
             self.parent_run_id = self.study.user_attrs["mlflow_parent_run_id"]
         self._check_parent()
 
     def _check_parent(self) -> None:
         """Every worker must log into the store that holds the study's parent run."""
-        from bench.tracking import Tracker
+        from bench.training.tracking import Tracker
 
-        tracker = Tracker(self.spec.base.tracking_uri, self.spec.base.experiment)
+        tracker = Tracker(self.spec.base.place.tracking_uri, self.spec.base.place.experiment)
         try:
             tracker.client.get_run(self.parent_run_id)
         except Exception:  # mlflow raises MlflowException (or a REST error for a server)
@@ -268,15 +268,16 @@ class StudyWorker:
                              f"(--tracking-uri {recorded or 'default'})") from None
 
     def _initialise(self) -> None:
-        from bench.tracking import Tracker
+        from bench.training.tracking import Tracker
 
         spec, study = self.spec, self.study
         defaults = resolved_defaults(spec)  # first: a data error leaves nothing behind
-        tracker = Tracker(spec.base.tracking_uri, spec.base.experiment)
+        cfg, place = spec.base.config, spec.base.place
+        tracker = Tracker(place.tracking_uri, place.experiment)
         run_id = tracker.start(spec.name, tags={"study": spec.name, "optuna_storage": redact(self.url),
-                                                "method": spec.base.method, "dataset": spec.base.dataset,
-                                                "role": "study"})
-        tracker.log_params({**spec.base.flatten(), "study.params": ",".join(spec.space),
+                                                "method": cfg.method, "dataset": cfg.dataset, "role": "study"})
+        where = {k: "" if v is None else str(v) for k, v in place.to_dict().items() if k != "progress"}
+        tracker.log_params({**cfg.flatten(), **where, "study.params": ",".join(spec.space),
                             "study.sampler": spec.sampler, "study.pruner": spec.pruner,
                             "study.trials": spec.trials, "study.objective": "last val_acc (given labels)"})
         inside = all(spec.space[k].contains(v) for k, v in defaults.items())
@@ -287,8 +288,8 @@ class StudyWorker:
                   "defaults trial", file=sys.stderr)
         # the identity last: it marks the study as initialised for the workers that follow
         for key, value in (("trials", spec.trials), ("mlflow_parent_run_id", run_id), ("defaults", defaults),
-                           ("base_config", spec.base.to_dict()), ("tracking_uri", tracker.uri),
-                           ("experiment", spec.base.experiment), ("identity", spec.identity())):
+                           ("base_config", spec.base.saved()), ("tracking_uri", tracker.uri),
+                           ("experiment", place.experiment), ("identity", spec.identity())):
             study.set_user_attr(key, _jsonable(value))
 
     # --- the loop -----------------------------------------------------------------------------
@@ -332,9 +333,9 @@ class StudyWorker:
                 return 1
 
     def _finish_parent(self) -> None:
-        from bench.tracking import Tracker
+        from bench.training.tracking import Tracker
 
-        tracker = Tracker(self.spec.base.tracking_uri, self.spec.base.experiment)
+        tracker = Tracker(self.spec.base.place.tracking_uri, self.spec.base.place.experiment)
         tracker.run_id = self.parent_run_id
         run = tracker.client.get_run(self.parent_run_id)
         if run.info.status != "FINISHED":
@@ -345,12 +346,14 @@ class StudyWorker:
               f"{self.spec.name} --storage {redact(self.url)}", flush=True)
 
     # --- one trial ------------------------------------------------------------------------------
-    def trial_config(self, values: dict[str, Any]) -> RunConfig:
+    def trial_config(self, values: dict[str, Any]) -> RunSpec:
+        """The base run with the trial's values; its progress as plain lines."""
         protocol, options = trial_overrides(values)
-        base = self.spec.base
+        base = self.spec.base.config
         cfg = dataclasses.replace(base, method_options={**base.method_options, **options}, **protocol)
         cfg.validate()
-        return cfg
+        place = dataclasses.replace(self.spec.base.place, progress=False)
+        return dataclasses.replace(self.spec.base, config=cfg, place=place, request_hash=cfg.hash())
 
     def run_trial(self, trial: Any) -> bool:
         """Run one trial to its end; False when it failed (an error, not a pruning)."""
@@ -395,7 +398,7 @@ class StudyWorker:
             return False
 
     def _train(self, trial: Any, values: dict[str, Any], role: str) -> dict[str, Any]:
-        from bench.trainer import CHECKPOINT, Trainer
+        from bench.training.trainer import CHECKPOINT, Trainer
 
         cfg = self.trial_config(values)
         run_dir, resume = self._run_dir(trial)
@@ -413,7 +416,7 @@ class StudyWorker:
         resume = resume and (run_dir / CHECKPOINT).is_file()
         if resume:  # epochs the dead worker checkpointed but did not live to report
             self._report_checkpointed(trial, run_dir / CHECKPOINT)
-        trainer = Trainer(cfg, run_dir, progress=False, epoch_callback=report, tags=tags)
+        trainer = Trainer(cfg, run_dir, epoch_callback=report, tags=tags)
         return trainer.run(resume=resume)
 
     def _report_checkpointed(self, trial: Any, path: Path) -> None:
@@ -458,10 +461,10 @@ def default_study_name(cfg: RunConfig) -> str:
     return f"{cfg.method}-{cfg.dataset}-{noise}"
 
 
-def spec_from_args(args: Any) -> tuple[StudySpec, str]:
-    """The study from the command line: ``bench run`` flags make the base configuration."""
-    from bench.catalogue import method_class
-    from bench.cli import check_run_config, config_from_args
+def spec_from_args(args: Any, request: dict[str, Any]) -> tuple[StudySpec, str]:
+    """The study from the command line: its run options (``request``) make the base run."""
+    from bench.training.catalogue import method_class
+    from bench.training.resolve import resolve
 
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials {args.trials}: must be at least 1")
@@ -473,9 +476,9 @@ def spec_from_args(args: Any) -> tuple[StudySpec, str]:
         raise UsageError(f"--sampler-seed {args.sampler_seed}: must lie in [0, 2**32)")
     if args.heartbeat < 1:
         raise UsageError(f"--heartbeat {args.heartbeat}: must be at least 1 second")
-    if args.val_fraction is None:
-        args.val_fraction = 0.1
-    cfg = config_from_args(args)
+    request = {"val_fraction": 0.1, **request}
+    base = resolve(request)
+    cfg = base.config
     if cfg.val_fraction <= 0:
         raise UsageError(f"--val-fraction {cfg.val_fraction}: a study needs a validation split, e.g. 0.1")
     setting = Setting(None if cfg.noise == "none" else cfg.noise_rate, cfg.epochs)
@@ -485,9 +488,8 @@ def spec_from_args(args: Any) -> tuple[StudySpec, str]:
     if clash:
         raise UsageError(f"--set {clash[0]}=... fixes a parameter the study tunes; drop it or leave it out of --params")
     name = args.study_name or default_study_name(cfg)
-    if args.experiment is None:
-        cfg.experiment = f"study-{name}"
-    check_run_config(cfg)
+    if "experiment" not in request:
+        base.place.experiment = f"study-{name}"
     trials = args.trials
     if trials is None:
         trials = 20
@@ -495,15 +497,16 @@ def spec_from_args(args: Any) -> tuple[StudySpec, str]:
             import math
 
             trials = math.prod(len(p.grid_values()) for p in space.values()) + 1  # + the defaults
-    out = Path(cfg.out).parent / "studies" / name
-    spec = StudySpec(name, cfg, space, trials, args.sampler, args.pruner, args.sampler_seed, args.heartbeat, out,
-                     trials_given=args.trials is not None, experiment_given=args.experiment is not None)
+    out = Path(base.place.out).parent / "studies" / name
+    spec = StudySpec(name, base, space, trials, args.sampler, args.pruner, args.sampler_seed, args.heartbeat, out,
+                     trials_given=args.trials is not None, experiment_given="experiment" in request)
     return spec, args.storage or default_storage()
 
 
-def cmd_study(args: Any) -> int:
-    spec, url = spec_from_args(args)
+def run_study(args: Any, request: dict[str, Any]) -> int:
+    """``bench study``: one worker of the study the command line describes."""
+    spec, url = spec_from_args(args, request)
     check_storage_url(url)
-    print(f"study {spec.name}: {spec.base.method} on {spec.base.dataset}, tuning {', '.join(spec.space)}; "
-          f"{spec.trials} trials in {redact(url)}", flush=True)
+    print(f"study {spec.name}: {spec.base.config.method} on {spec.base.config.dataset}, tuning "
+          f"{', '.join(spec.space)}; {spec.trials} trials in {redact(url)}", flush=True)
     return StudyWorker(spec, url).run()

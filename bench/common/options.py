@@ -11,7 +11,7 @@ import math
 import typing
 from typing import Any, Literal
 
-from bench.errors import UsageError
+from bench.common.errors import UsageError
 
 
 def coerce(key: str, raw: str, tp: Any) -> Any:

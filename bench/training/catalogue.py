@@ -23,12 +23,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.registry import Registry
+from bench.common.registry import Registry
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PATH = Path(__file__).with_name("catalogue.json")
 # the files whose content decides the catalogue
-SOURCES = ("methods/*.py", "bench/models.py", "bench/options.py", "bench/search.py", "bench/catalogue.py")
+SOURCES = ("methods/*.py", "bench/backbones.py", "bench/common/*.py", "bench/training/catalogue.py")
 BASE_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
@@ -41,7 +41,7 @@ class Option:
     line: str  # its line in `bench list --verbose`
 
     def annotation(self) -> Any:
-        """The option's type as a typing object, for :func:`bench.options.coerce`."""
+        """The option's type as a typing object, for :func:`bench.common.options.coerce`."""
         kind = self.type["kind"]
         tp: Any = Literal[tuple(self.type["choices"])] if kind == "literal" else BASE_TYPES[kind]
         return tp | None if self.type.get("optional") else tp
@@ -92,8 +92,8 @@ def type_spec(tp: Any) -> dict[str, Any]:
 
 
 def _entry(name: str, obj: Any, aliases: list[str], space: str = "") -> dict[str, Any]:
-    from bench.options import describe_options
-    from bench.registry import describe
+    from bench.common.options import describe_options
+    from bench.common.registry import describe
 
     options = []
     if hasattr(obj, "Options"):
@@ -107,8 +107,8 @@ def _entry(name: str, obj: Any, aliases: list[str], space: str = "") -> dict[str
 def build() -> dict[str, Any]:
     """The catalogue, from the registries themselves (imports torch and every method)."""
     import methods
-    from bench.models import BACKBONES
-    from bench.search import describe_space
+    from bench.backbones import BACKBONES
+    from bench.common.search import describe_space
     from methods.base import METHODS
 
     methods.load_all()

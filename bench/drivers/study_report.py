@@ -25,14 +25,14 @@ from typing import Any
 
 import pandas as pd
 
-from bench.errors import UsageError
-from bench.reports import render
+from bench.common.errors import UsageError
+from bench.records.reports import render
 
 
 def load_study(name: str, url: str) -> Any:
     import optuna
 
-    from bench.study import check_storage_url, open_storage, redact
+    from bench.drivers.study import check_storage_url, open_storage, redact
 
     check_storage_url(url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -132,7 +132,7 @@ def plots(study: Any, params: list[str], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
 
-    from bench.plots import save_figure, wrap_title
+    from bench.common.figures import save_figure, wrap_title
 
     written = []
     with warnings.catch_warnings():
@@ -185,7 +185,7 @@ def write_report(study: Any, out: Path) -> list[Path]:
 
 
 def log_to_parent(study: Any, files: list[Path]) -> bool:
-    from bench.tracking import Tracker
+    from bench.training.tracking import Tracker
 
     attrs = study.user_attrs
     run_id = attrs.get("mlflow_parent_run_id")
@@ -205,7 +205,7 @@ def log_to_parent(study: Any, files: list[Path]) -> bool:
 
 
 def cmd_study_report(args: Any) -> int:
-    from bench.study import default_storage
+    from bench.drivers.study import default_storage
 
     study = load_study(args.study_name, args.storage or default_storage())
     out = Path(args.out) if args.out else Path("results") / "studies" / args.study_name / "report"

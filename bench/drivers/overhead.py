@@ -19,37 +19,34 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.config import RunConfig
-from bench.data import epoch_generator, random_crop, random_flip
-from bench.tracking import Tracker
-from bench.trainer import History, Trainer, seed_everything
+from bench.training.config import RunConfig
+from bench.training.data import epoch_generator, random_crop, random_flip
+from bench.training.resolve import RunSpec, resolve
+from bench.training.tracking import Tracker
+from bench.training.trainer import Trainer, seed_everything
 
 
-def _config(args: argparse.Namespace, tmp: Path) -> RunConfig:
-    cfg = RunConfig(method="ce", dataset="fashion-mnist", epochs=args.epochs, batch_size=args.batch_size,
-                    backbone=args.backbone, subset=args.subset, device="cpu" if not torch.cuda.is_available()
-                    else "cuda", out=str(tmp / "runs"), tracking_uri=f"sqlite:///{tmp}/mlflow.db",
-                    experiment="overhead")
-    cfg.validate()
-    return cfg
+def _spec(args: argparse.Namespace, tmp: Path) -> RunSpec:
+    """CE on Fashion-MNIST with the given backbone and sizes, through the one resolver."""
+    return resolve({"method": "ce", "dataset": "fashion-mnist", "epochs": args.epochs, "batch_size": args.batch_size,
+                    "backbone": args.backbone, "subset": args.subset, "out": str(tmp / "runs"), "progress": False,
+                    "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "overhead"})
 
 
-def time_trainer(cfg: RunConfig, tmp: Path, tag: str) -> tuple[float, float]:
-    """(seconds per epoch of the whole loop, seconds per epoch of training alone)."""
+def time_trainer(spec: RunSpec, tmp: Path, tag: str) -> tuple[float, float]:
+    """(seconds per epoch of the whole loop, seconds per epoch of training alone): the loop is
+    from the end of the run's setup to the end of its last epoch's checkpoint and record."""
     run_dir = tmp / "runs" / tag
     run_dir.mkdir(parents=True)
-    trainer = Trainer(cfg, run_dir, progress=False)
-    trainer._build()
-    tracker = Tracker(cfg.tracking_uri, cfg.experiment)
-    run_id = trainer._start_tracking(tracker)
-    history = History()
+    ends: list[float] = []
+    trainer = Trainer(spec, run_dir, epoch_callback=lambda epoch, metrics: ends.append(time.perf_counter()))
+    trainer.build()
     t0 = time.perf_counter()
-    trainer._loop(history, tracker, run_id)
-    total = time.perf_counter() - t0
-    tracker.end()
-    client = tracker.client
-    train = sum(m.value for m in client.get_metric_history(run_id, "train_time_s"))
-    return total / cfg.epochs, train / cfg.epochs
+    summary = trainer.run()
+    loop = ends[-1] - (t0 + summary["setup_time_s"])
+    train = sum(m.value for m in Tracker(spec.place.tracking_uri, "overhead").client.get_metric_history(
+        summary["run_id"], "train_time_s"))
+    return loop / spec.config.epochs, train / spec.config.epochs
 
 
 def time_bare(cfg: RunConfig, trainer: Trainer) -> tuple[float, float]:
@@ -91,23 +88,23 @@ def time_bare(cfg: RunConfig, trainer: Trainer) -> tuple[float, float]:
 
 
 def cmd_overhead(args: argparse.Namespace) -> int:
-    from bench.errors import UsageError
+    from bench.common.errors import UsageError
 
     if args.epochs < 1 or args.repeats < 1:
         raise UsageError("--epochs and --repeats must be at least 1")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cfg = _config(args, tmp)
-        probe = Trainer(cfg, tmp / "probe", progress=False)
+        spec = _spec(args, tmp)
+        cfg = spec.config
         (tmp / "probe").mkdir()
-        probe._build()
+        probe = Trainer(spec, tmp / "probe").build()
         n = len(probe.train_loader)
         print(f"overhead: CE, {cfg.backbone}, {n} training images, batch {cfg.batch_size}, {cfg.epochs} epochs x "
               f"{args.repeats} repeats, device {probe.device}, {torch.get_num_threads()} threads", file=sys.stderr)
         rows: dict[str, list[tuple[float, float]]] = {"trainer": [], "bare": []}
         for r in range(args.repeats):
             rows["bare"].append(time_bare(cfg, probe))
-            rows["trainer"].append(time_trainer(cfg, tmp, f"t{r}"))
+            rows["trainer"].append(time_trainer(spec, tmp, f"t{r}"))
             print(f"  repeat {r + 1}: trainer {rows['trainer'][-1][0]:.2f} s/epoch, "
                   f"bare {rows['bare'][-1][0]:.2f} s/epoch", file=sys.stderr)
     med = {k: (statistics.median(v[0] for v in rows[k]), statistics.median(v[1] for v in rows[k])) for k in rows}

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.errors import UsageError
-from bench.registry import Registry, describe
+from bench.common.errors import UsageError
+from bench.common.registry import Registry, describe
 
 BACKBONES: Registry = Registry("backbone")
 

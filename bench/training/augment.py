@@ -8,7 +8,7 @@ and ``_apply_op``, with the tensor kernels of ``transforms/_functional_tensor.py
 nearest interpolation. Unlike torchvision, which draws one op for the whole tensor it is
 given, the op and the sign are drawn independently per sample, and each op is applied at once
 to the sub-batch that chose it, so no Python work runs per sample. Randomness comes only from
-the passed ``torch.Generator`` (as in :mod:`bench.data`).
+the passed ``torch.Generator`` (as in :mod:`bench.training.data`).
 
 Rounding follows torchvision's uint8 path exactly: blends (brightness, color, contrast,
 sharpness) and autocontrast truncate to uint8, the sharpness blur and the warps round. On

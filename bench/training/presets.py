@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.errors import UsageError
+from bench.common.errors import UsageError
 
 
 @dataclass(frozen=True)

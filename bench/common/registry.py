@@ -44,6 +44,13 @@ class Registry(Generic[T]):
 
         return deco
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` and its aliases (a test's or a plugin's temporary entry)."""
+        key = self.canonical(name)
+        del self._entries[key]
+        for alias in self.aliases_of(key):
+            del self._aliases[alias]
+
     def canonical(self, name: str) -> str:
         """The registered name for ``name`` (resolving aliases); raises :class:`UnknownNameError`."""
         if name in self._entries:

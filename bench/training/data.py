@@ -10,7 +10,7 @@ one float tensor per requested view:
   view every method trains its plain steps on (CE, Co-teaching, ELR, IDO's stage 1,
   DivideMix's warm-up), so that every method gets the same plain-view augmentation;
 - ``weak`` and ``weak2``: two independent draws of random crop (padding 4) + flip, and
-  ``strong``: crop + flip + RandAugment n=2, m=10 drawn per sample (:mod:`bench.augment`):
+  ``strong``: crop + flip + RandAugment n=2, m=10 drawn per sample (:mod:`bench.training.augment`):
   the views methods define for themselves (IDO's stage 2, DivideMix's two augmentations),
   whatever ``--augment`` says.
 
@@ -74,7 +74,7 @@ class ViewMaker:
         if "flip" in augment:
             x = random_flip(x, gen)
         if view == "strong":
-            from bench.augment import rand_augment
+            from bench.training.augment import rand_augment
 
             x = rand_augment(x, gen)
         return self.normalise(x)
@@ -189,7 +189,7 @@ def file_transforms(size: int, resize: int | None, augment: str) -> dict[str, Ca
     IDO's Clothing1M/WebVision loaders) scales the shorter side first; the plain view then takes
     the centre crop, the augmented views a random crop (padding 4 when there is no resize, the
     CIFAR-style crop of the in-memory path). ``strong`` adds torchvision's RandAugment (n=2, m=10),
-    the same policy :mod:`bench.augment` applies batched on the device.
+    the same policy :mod:`bench.training.augment` applies batched on the device.
     """
     from torchvision import transforms as T
 

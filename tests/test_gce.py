@@ -1,0 +1,36 @@
+"""GCE: L_q by hand (methods-losses.md's hand-checkable values), its limits, and its options."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.common.errors import UsageError
+from bench.common.options import build_options
+from methods.gce import GCE, lq_loss
+
+
+def test_lq_by_hand():
+    # z = [2, 0, 0], y = 0: p_y = 0.78699, L_q = (1 - p_y^0.7) / 0.7 = 0.22054 (methods-losses.md)
+    logits, y = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0])
+    p = math.exp(2) / (math.exp(2) + 2)
+    assert p == pytest.approx(0.78699, abs=1e-5)
+    assert lq_loss(logits, y, 0.7).item() == pytest.approx(0.22054, abs=1e-5)
+    assert lq_loss(logits, y, 1.0).item() == pytest.approx(1 - p)  # q = 1: MAE / 2
+
+
+def test_lq_tends_to_cross_entropy_and_keeps_its_gradient_where_p_underflows():
+    logits, y = torch.tensor([[1.0, -1.0, 0.5], [0.0, 3.0, -2.0]], dtype=torch.float64), torch.tensor([2, 0])
+    assert lq_loss(logits, y, 1e-6).item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4)
+    far = torch.tensor([[0.0, 200.0]], requires_grad=True)  # p_y = exp(-200): p**q would give NaN
+    lq_loss(far, torch.tensor([0]), 0.7).backward()
+    assert torch.isfinite(far.grad).all()
+
+
+def test_q_must_lie_in_zero_one():
+    assert build_options(GCE, {}).q == 0.7
+    for bad in ("0", "1.5"):
+        with pytest.raises(UsageError, match="outside"):
+            build_options(GCE, {"q": bad})
