@@ -43,7 +43,8 @@ TIMES = {"epoch_time_s", "train_time_s", "eval_time_s", "hooks_time_s", "wall_cl
 
 def bench(tmp: Path, *args: str, kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "BENCH_TRACKING"}  # the logging child, as users run
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", KILL_WHEN="never", KILL_STEP="0")
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+               OMP_NUM_THREADS="1", KILL_WHEN="never", KILL_STEP="0")
     if kill:
         env.update(KILL_WHEN=kill[0], KILL_STEP=str(kill[1]))
     argv = [*args, "--out", str(tmp / "runs"), "--tracking-uri", tracking_uri(tmp)]

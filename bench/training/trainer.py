@@ -68,11 +68,13 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """The states :func:`rng_state` saved; they are CPU byte tensors whatever device the
+    checkpoint was loaded onto (torch takes no other)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def make_optimizer(cfg: RunConfig, params: Any) -> torch.optim.Optimizer:
