@@ -167,9 +167,8 @@ def test_iterate_visits_every_index_once_with_matching_labels(loader):
     assert sorted(idx.tolist()) == list(range(N_LOADER))
     assert not torch.equal(idx, torch.arange(N_LOADER))  # shuffled
     for b in batches:
-        assert set(b) == {"index", "label", "clean", "plain", "weak"}
+        assert set(b) == {"index", "label", "plain", "weak"}  # no clean labels: methods see batches
         assert torch.equal(b["label"], loader.labels[b["index"]])
-        assert torch.equal(b["clean"], loader.clean[b["index"]])
         # the images are those of the indices, so per-sample state keyed by index is right
         assert torch.equal(b["plain"], loader.views(loader.images[b["index"]], "plain", gen()))
         assert b["weak"].shape == b["plain"].shape == (len(b["index"]), 1, 6, 6)
@@ -204,7 +203,7 @@ def test_iterate_over_given_indices(loader):
         assert torch.equal(b["label"], loader.labels[b["index"]])
 
 
-def test_loader_without_clean_labels_has_no_clean_key():
+def test_batches_never_carry_clean_labels():
     views = make_view_maker((0.5,), (0.25,), CPU, "none", channels_last=False)
     ld = InMemoryLoader(np.zeros((5, 1, 4, 4), np.uint8), np.arange(5), None, views, 2, CPU)
     assert all("clean" not in b for b in ld.iterate(("plain",)))
@@ -490,10 +489,10 @@ def test_disk_loader_batches(png_loader, workers):
     idx = torch.cat([b["index"] for b in batches])
     assert sorted(idx.tolist()) == list(range(12))
     for b in batches:
-        assert set(b) == {"index", "label", "clean", "plain"}
+        assert set(b) == {"index", "label", "plain"}  # no clean labels: methods see batches
         assert b["plain"].shape == (len(b["index"]), 3, 8, 8) and b["plain"].dtype == torch.float32
         assert torch.equal(b["label"], png_loader.labels[b["index"]])
-        assert torch.equal(b["clean"], (b["label"] + 1) % 4)
+        assert torch.equal(png_loader.clean[b["index"]], (b["label"] + 1) % 4)  # kept by the loader
         # the red value of pixel (0, 0) is the file's number: the image belongs to its index
         assert torch.equal(b["plain"][:, 0, 0, 0].round().long(), b["index"])
 

@@ -30,8 +30,17 @@ def run_args(name: str) -> tuple[str, ...]:
 
 
 @pytest.mark.parametrize("name", catalogue().methods.names())
-def test_every_method_runs_its_phases_and_resumes_bit_equal(name, tmp_path):
+def test_every_method_runs_its_phases_and_resumes_bit_equal(name, tmp_path, monkeypatch):
+    cls = method_class(name)
+    step, keys = cls.train_step, set()
+
+    def spy(self, batch, epoch, phase):  # what a method is handed: never the clean labels
+        keys.update(batch)
+        return step(self, batch, epoch, phase)
+
+    monkeypatch.setattr(cls, "train_step", spy)
     full, _ = assert_resume_equals_uninterrupted(tmp_path, run_args(name), 1, ("test_acc", "train_loss"))
+    assert keys and not any("clean" in k for k in keys), keys
     assert full["models"], "the method checkpoints its models"
     finished = MlflowClient(tracking_uri(tmp_path)).search_runs(["1"], "attributes.status = 'FINISHED'")
     assert len(finished) == 2  # the uninterrupted run and the resumed one
@@ -39,6 +48,14 @@ def test_every_method_runs_its_phases_and_resumes_bit_equal(name, tmp_path):
         losses = metric_curve(tmp_path, run.info.run_id, "train_loss")
         assert len(losses) == EPOCHS and all(math.isfinite(v) for v in losses), losses
         assert len(metric_curve(tmp_path, run.info.run_id, "test_acc")) == EPOCHS
+
+
+def test_a_method_context_holds_no_clean_labels():
+    import dataclasses
+
+    from methods.base import MethodContext
+
+    assert not [f.name for f in dataclasses.fields(MethodContext) if "clean" in f.name or "true" in f.name]
 
 
 def test_every_data_set_has_a_fixture_of_its_real_layout():

@@ -2,8 +2,9 @@
 in whole batches (airbench's manner), and a DataLoader path for on-disk data.
 
 Every batch is a dict: ``index`` (dataset indices, the key of per-sample state), ``label``
-(the given label), ``clean`` (the true label, for diagnostics only; absent when unknown) and
-one float tensor per requested view:
+(the given label) and one float tensor per requested view. The true labels stay with the loader
+(``loader.clean``, for the trainer's diagnostics): batches, which methods see, never carry them.
+The views:
 
 - ``plain``: normalised only (evaluation passes);
 - ``train``: the run's shared augmentation (``--augment``: none, flip, crop, crop-flip), the
@@ -127,8 +128,6 @@ class InMemoryLoader:
         """The batch of the samples with dataset indices ``index``, with the given views."""
         imgs = self.images[index]
         out: Batch = {"index": index, "label": self.labels[index]}
-        if self.clean is not None:
-            out["clean"] = self.clean[index]
         for view in views:
             out[view] = self.views(imgs, view, gen)
         return out
@@ -237,8 +236,6 @@ class DiskLoader:
                 return None
         index = raw["index"].to(self.device)
         out: Batch = {"index": index, "label": self.labels[index]}
-        if self.clean is not None:
-            out["clean"] = self.clean[index]
         for view in views:
             out[view] = self.views.normalise(raw[view].to(self.device, non_blocking=True))
         return out
