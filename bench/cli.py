@@ -20,7 +20,16 @@ from typing import Any
 
 from bench.common.errors import UsageError
 from bench.common.registry import UnknownNameError
-from bench.training.config import AUGMENTS, DEVICES, OPTIMIZERS, SCHEDULERS, TRISTATE, Placement, RunConfig, parse_set
+from bench.training.config import (
+    AUGMENTS,
+    DEVICES,
+    OPTIMIZERS,
+    SCHEDULERS,
+    TRISTATE,
+    Placement,
+    RunConfig,
+    parse_set,
+)
 
 # run options that map one-to-one onto RunConfig fields (flag -> type, help). Defaults are not
 # argparse's: a flag left out takes the preset's value, then the data set's protocol default,
@@ -43,6 +52,8 @@ RUN_FLAGS: dict[str, tuple[type, str]] = {
     "backbone": (str, "backbone name or timm:NAME (see `bench list backbones`)"),
     "weights": (str, "local weights file for --pretrained (nothing is downloaded)"),
     "augment": (str, f"augmentation of the shared training view: {', '.join(AUGMENTS)}"),
+    "views": (str, "a method's own views (weak, strong): shared = built on --augment, so every method gets the "
+                   "same augmentation; official = as the method published them (crop + flip)"),
     "image_size": (int, "side in pixels of the images the backbone sees (default: the data set's)"),
     "subset": (int, "train on N samples, stratified by class, chosen by the noise seed (default: all)"),
     "val_fraction": (float, "hold out this fraction of the noisy training set (stratified by given label, "
@@ -146,7 +157,9 @@ EXAMPLES = {
     "sweep": ["python -m bench sweep --methods ce,dividemix,wrongevent --preset fmnist-cpu "
               "--noise sym:0.2,sym:0.4 --seeds 1,2,3 --workers 2 --experiment fmnist-cpu",
               "python -m bench sweep --methods ce,wrongevent --preset paper --dataset cifar100 --data-root ~/data "
-              "--shard 1/4 --dry-run"],
+              "--shard 1/4 --dry-run",
+              "python -m bench sweep --methods ce,dividemix,wrongevent --preset fmnist-cpu --noise sym:0.4 "
+              "--views shared,official"],
     "table": ["python -m bench table --experiment fmnist-cpu --metric last_test_acc",
               "python -m bench table --experiment fmnist-cpu --time --format latex --out results/time.tex"],
     "plot": ["python -m bench plot --experiment fmnist-cpu --kind curves --out results/plots"],
@@ -405,6 +418,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                     for line in [o.line for o in e.options] or ["(no options)"]:
                         print(f"      {line}")
                     print(f"      {e.space}")
+                    print(f"      {describe_views(e.views)}")
         elif section == "datasets":
             for name in DATASETS.names():
                 cls = DATASETS.get(name)
@@ -425,6 +439,16 @@ def cmd_list(args: argparse.Namespace) -> int:
             for name in NOISE_MODELS:
                 print(f"  {name:<18} {describe_noise(name)}")
     return 0
+
+
+VIEW_TEXT = {"weak": ("--augment", "crop + flip"), "weak2": ("--augment (a second draw)", "crop + flip"),
+             "strong": ("--augment + RandAugment n=2 m=10", "crop + flip + RandAugment n=2 m=10")}
+
+
+def describe_views(views: tuple[str, ...]) -> str:
+    """A method's views, and what they are under each view policy (--views)."""
+    own = "; ".join(f"{v}: shared = {VIEW_TEXT[v][0]}, official = {VIEW_TEXT[v][1]}" for v in views)
+    return "views: train (--augment)" + (f"; {own}" if own else " only (--views changes nothing)")
 
 
 def cmd_data(args: argparse.Namespace) -> int:

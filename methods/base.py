@@ -22,8 +22,10 @@ options, each with ``metadata={"help": ..., "source": ...}``), registers itself 
     :meth:`extra_state` / :meth:`load_extra_state`.
 ``views(epoch)``
     The image views a batch must carry this epoch: ``"train"`` (the run's shared
-    ``--augment``, default), ``"plain"``, and the method-defined ``"weak"``/``"weak2"`` (two
-    independent crop + flip draws) and ``"strong"`` (weak + RandAugment); see bench/training/data.py.
+    ``--augment``, default), ``"plain"``, and the method's own ``"weak"``/``"weak2"`` (two
+    independent draws) and ``"strong"`` (weak + RandAugment), declared in ``own_views``; under
+    ``--views shared`` they start from the run's ``--augment``, under ``official`` from crop +
+    flip (see bench/training/data.py).
 ``phases(epoch)``
     The passes over the training data this epoch (default one). A two-network method that
     trains its networks one after the other (DivideMix) returns one :class:`Phase` per
@@ -157,6 +159,9 @@ class Method:
     score_artifacts: ClassVar[dict[str, str]] = {}
     # the label of the ratio column `bench table --time` gives other methods' time against this one's
     time_reference: ClassVar[str | None] = None
+    # the views of its own the method asks for besides "train" and "plain" (weak, weak2, strong);
+    # their augmentation follows the run's view policy (--views shared|official)
+    own_views: ClassVar[tuple[str, ...]] = ()
     # `--set` options under which a 3-epoch run goes through every phase of the method (a 1-epoch
     # warm-up, say): the registry's smoke test (tests/test_registry_entries.py) runs each method so
     smoke_options: ClassVar[dict[str, str]] = {}

@@ -125,6 +125,7 @@ class DivideMix(Method):
     name = "dividemix"
     time_reference = "DivideMix"  # the IDO paper's time claim is against DivideMix
     smoke_options = {"warmup_epochs": "1"}  # warm-up, then co-divide and MixMatch
+    own_views = ("weak", "weak2")  # its two augmentations of every sample (Train_cifar.py)
     Options = DivideMixOptions
 
     @classmethod

@@ -128,6 +128,7 @@ class WrongEvent(Method):
     name = "wrongevent"
     score_artifacts = {"wrong_events.npy": "wrong events at the end of training (count)"}
     smoke_options = {"stage1_epochs": "1"}  # stage 1, then stage 2
+    own_views = ("weak", "strong")  # stage 2 (ido-method.md)
     Options = WrongEventOptions
 
     @classmethod

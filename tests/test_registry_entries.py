@@ -41,6 +41,8 @@ def test_every_method_runs_its_phases_and_resumes_bit_equal(name, tmp_path, monk
     monkeypatch.setattr(cls, "train_step", spy)
     full, _ = assert_resume_equals_uninterrupted(tmp_path, run_args(name), 1, ("test_acc", "train_loss"))
     assert keys and not any("clean" in k for k in keys), keys
+    # the views it asked for are the shared ones and those it declares (`bench list` shows them)
+    assert keys - {"index", "label"} <= {"train", "plain", *cls.own_views}, keys
     assert full["models"], "the method checkpoints its models"
     finished = MlflowClient(tracking_uri(tmp_path)).search_runs(["1"], "attributes.status = 'FINISHED'")
     assert len(finished) == 2  # the uninterrupted run and the resumed one

@@ -13,6 +13,9 @@
   ``--tracking-uri``).
 - ``--preset paper`` (or ``paper-vit``) expands to the IDO paper's protocol and noise grid for
   the data set (paper-numbers.md): e.g. CIFAR-100 sym 20/40/60, asym 40, instance 40.
+- ``--views shared,official`` makes the view policy a dimension of the grid for the methods
+  with views of their own (IDO, DivideMix); the others run once, their batches being the same
+  under both policies.
 """
 from __future__ import annotations
 
@@ -42,15 +45,20 @@ class GridPoint:
     noise: str
     rate: float
     seed: int
+    views: str | None = None  # the view policy, when the sweep varies it
 
     @property
     def label(self) -> str:
         noise = "none" if self.noise == "none" else f"{self.noise}:{self.rate:g}"
-        return f"{self.method} {noise} seed {self.seed}"
+        views = f" views {self.views}" if self.views else ""
+        return f"{self.method} {noise} seed {self.seed}{views}"
 
     def request(self, base: dict[str, Any]) -> dict[str, Any]:
-        """The run's request: the sweep's own run options and this point's method, noise, seed."""
+        """The run's request: the sweep's own run options and this point's method, noise, seed
+        (and view policy)."""
         point = {"method": self.method, "noise": self.noise, "seed": self.seed}
+        if self.views:
+            point["views"] = self.views
         return {**base, **point, **({"noise_rate": self.rate} if self.noise != "none" else {})}
 
 
@@ -95,10 +103,23 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def expand(methods: list[str], noises: list[tuple[str, float]], seeds: list[int]) -> list[GridPoint]:
-    """The grid in a fixed order: seed, then noise, then method (so the first runs of a sweep
-    already give one seed of every cell)."""
-    return [GridPoint(m, n, r, s) for s in seeds for n, r in noises for m in methods]
+def expand(methods: list[str], noises: list[tuple[str, float]], seeds: list[int],
+           views: dict[str, list[str | None]] | None = None) -> list[GridPoint]:
+    """The grid in a fixed order: seed, then noise, then method, then view policy (so the first
+    runs of a sweep already give one seed of every cell). ``views``: the policies per method."""
+    return [GridPoint(m, n, r, s, v) for s in seeds for n, r in noises for m in methods
+            for v in (views or {}).get(m, [None])]
+
+
+def view_policies(text: str | None, methods: list[str]) -> dict[str, list[str | None]]:
+    """``--views shared,official``: both policies for the methods with views of their own, and
+    one run for the others, whose batches are the same under both (the first policy given)."""
+    if text is None or "," not in text:
+        return {}
+    from bench.training.catalogue import catalogue
+
+    policies = parse_list("--views", text)
+    return {m: policies if catalogue().methods.get(m).views else policies[:1] for m in methods}
 
 
 def shard(points: list[GridPoint], i: int, n: int) -> list[GridPoint]:
@@ -220,7 +241,7 @@ def sweep_points(args: Any) -> list[GridPoint]:
         noise = noise or PAPER_NOISE[args.dataset]
     if not noise:
         raise UsageError("--noise is required: a list like sym:0.2,sym:0.4,pairflip:0.4 (or none)")
-    return expand(methods, parse_noise(noise), parse_seeds(args.seeds))
+    return expand(methods, parse_noise(noise), parse_seeds(args.seeds), view_policies(args.views, methods))
 
 
 def run_sweep(args: Any, base: dict[str, Any]) -> int:
@@ -230,8 +251,10 @@ def run_sweep(args: Any, base: dict[str, Any]) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
     points = shard(sweep_points(args), *parse_shard(args.shard))
-    base = {k: v for k, v in base.items() if k not in ("method", "noise", "noise_rate", "seed", "tracking_uri",
-                                                       "experiment")}
+    own = {"method", "noise", "noise_rate", "seed", "tracking_uri", "experiment"}
+    if args.views and "," in args.views:  # a dimension of the grid, not a run option
+        own.add("views")
+    base = {k: v for k, v in base.items() if k not in own}
     uri = store_uri(args.tracking_uri)
     log_dir = Path(base.get("out", "results/runs")).parent / "sweeps" / args.experiment
     return Sweep(points, base, uri, args.experiment, args.workers, log_dir).run(args.dry_run)

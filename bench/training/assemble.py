@@ -59,15 +59,16 @@ def assemble(config: RunConfig, place: Placement, device: torch.device, channels
 
     def loader(images: Any, labels: Any, clean: Any, batch_size: int) -> Any:
         if not ds.on_disk:
-            views = make_view_maker(ds.mean, ds.std, device, config.augment, channels_last, config.image_size)
+            views = make_view_maker(ds.mean, ds.std, device, config.augment, channels_last, config.image_size,
+                                    config.views)
             return InMemoryLoader(images, labels, clean, views, batch_size, device)
         if ds.resize:  # keep the data set's resize : crop ratio (256 : 224)
             resize = round(image_size * ds.resize / ds.image_size)
         else:  # native size: pad-and-crop; another size: the ImageNet-style 8 : 7
             resize = None if image_size == ds.image_size else round(image_size * 8 / 7)
-        views = make_view_maker(ds.mean, ds.std, device, config.augment, channels_last)
-        return DiskLoader(images, labels, clean, views, file_transforms(image_size, resize, config.augment),
-                          image_size, batch_size, device, place.workers)
+        views = make_view_maker(ds.mean, ds.std, device, config.augment, channels_last, policy=config.views)
+        transforms = file_transforms(image_size, resize, config.augment, config.views)
+        return DiskLoader(images, labels, clean, views, transforms, image_size, batch_size, device, place.workers)
 
     tests = {"": loader(raw.test_images, raw.test_labels, None, config.eval_batch_size)}
     for name, (images, labels) in raw.extra_tests.items():

@@ -57,6 +57,7 @@ class Entry:
     options: tuple[Option, ...] = ()
     space: str = ""  # the study space, described (methods)
     module: str = ""  # the module that registers it
+    views: tuple[str, ...] = ()  # a method's own views (weak, weak2, strong)
 
     @property
     def option_names(self) -> set[str]:
@@ -101,7 +102,8 @@ def _entry(name: str, obj: Any, aliases: list[str], space: str = "") -> dict[str
         lines = describe_options(obj)
         for f, line in zip(dataclasses.fields(obj.Options), lines, strict=True):
             options.append({"name": f.name, "type": type_spec(hints[f.name]), "line": line})
-    return {"doc": describe(obj), "aliases": aliases, "options": options, "space": space, "module": obj.__module__}
+    return {"doc": describe(obj), "aliases": aliases, "options": options, "space": space, "module": obj.__module__,
+            "views": list(getattr(obj, "own_views", ()))}
 
 
 def build() -> dict[str, Any]:
@@ -146,7 +148,7 @@ def _registry(kind: str, entries: dict[str, Any]) -> Registry:
     for name, e in entries.items():
         options = tuple(Option(o["name"], o["type"], o["line"]) for o in e["options"])
         reg.register(name, aliases=tuple(e["aliases"]))(Entry(name, e["doc"], tuple(e["aliases"]), options,
-                                                               e["space"], e["module"]))
+                                                               e["space"], e["module"], tuple(e["views"])))
     return reg
 
 

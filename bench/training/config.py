@@ -25,6 +25,9 @@ SCHEDULERS = ("none", "cosine")
 TRISTATE = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
 AUGMENTS = ("none", "flip", "crop", "crop-flip")  # of the shared training view (bench/training/data.py)
+# where a method's own views (weak, weak2, strong) start from: the run's --augment (shared) or
+# the method's published augmentation, crop + flip (official); bench/training/data.py
+VIEW_POLICIES = ("shared", "official")
 
 
 # fields added after runs were logged: left out of the hash at their default, so a sweep still
@@ -54,6 +57,7 @@ class RunConfig:
     pretrained: bool = False
     weights: str | None = None
     augment: str = "crop-flip"
+    views: str = "shared"  # a method's own views on top of --augment, or as the method published them
     image_size: int | None = None  # side of the images the backbone sees; None: the data set's
     subset: int | None = None
     val_fraction: float = 0.0  # held out of the noisy training set for validation (studies: 0.1)
@@ -127,6 +131,7 @@ class RunConfig:
         _choice("--amp", self.amp, TRISTATE)
         _choice("--channels-last", self.channels_last, TRISTATE)
         _choice("--augment", self.augment, AUGMENTS)
+        _choice("--views", self.views, VIEW_POLICIES)
         if self.noise == "none":
             _check(self.noise_rate == 0, f"--noise-rate {self.noise_rate} given with --noise none; "
                                          "name a noise model (sym, sym-biased, pairflip, asym, instance)")

@@ -10,10 +10,14 @@ The views:
 - ``train``: the run's shared augmentation (``--augment``: none, flip, crop, crop-flip), the
   view every method trains its plain steps on (CE, Co-teaching, ELR, IDO's stage 1,
   DivideMix's warm-up), so that every method gets the same plain-view augmentation;
-- ``weak`` and ``weak2``: two independent draws of random crop (padding 4) + flip, and
-  ``strong``: crop + flip + RandAugment n=2, m=10 drawn per sample (:mod:`bench.training.augment`):
-  the views methods define for themselves (IDO's stage 2, DivideMix's two augmentations),
-  whatever ``--augment`` says.
+- ``weak`` and ``weak2`` (two independent draws) and ``strong`` (``weak`` + RandAugment n=2,
+  m=10 drawn per sample, :mod:`bench.training.augment`): the views methods ask for themselves
+  (IDO's stage 2, DivideMix's two augmentations). Under the run's view policy ``--views
+  shared`` (the default) ``weak`` is the run's ``--augment`` itself, so every method trains on
+  the same augmentation and a comparison measures methods, not augmentations; under
+  ``official`` it is the methods' published augmentation, random crop (padding 4) + flip,
+  whatever ``--augment`` says. With ``--augment crop-flip`` the two policies coincide, draw for
+  draw.
 
 No per-sample Python work runs in the loop. The loaders know nothing about methods: a method
 names the views it needs, and the loader makes them.
@@ -62,6 +66,11 @@ class ViewMaker:
     channels_last: bool = False
     dtype: torch.dtype = torch.float32
     size: int | None = None  # output side length; None: the data's own
+    policy: str = "shared"  # of the methods' own views: on top of ``augment``, or crop + flip
+
+    def base(self, view: str) -> str:
+        """The augmentation a view starts from (``strong`` adds RandAugment to it)."""
+        return base_augment(view, self.augment, self.policy)
 
     def __call__(self, images: torch.Tensor, view: str, gen: torch.Generator) -> torch.Tensor:
         """The ``view`` of a uint8 batch (B, C, H, W) held in memory: augmentation, then
@@ -69,7 +78,7 @@ class ViewMaker:
         if view not in VIEWS:
             raise ValueError(f"unknown view {view!r}; valid: {', '.join(VIEWS)}")
         x = images
-        augment = self.augment if view == "train" else "none" if view == "plain" else "crop-flip"
+        augment = self.base(view)
         if "crop" in augment:
             x = random_crop(x, self.pad, gen)
         if "flip" in augment:
@@ -93,12 +102,23 @@ class ViewMaker:
         return x
 
 
+def base_augment(view: str, augment: str, policy: str) -> str:
+    """The augmentation ``view`` starts from: none for ``plain``, the run's ``augment`` for
+    ``train`` and, under the ``shared`` policy, for the methods' own views too; crop + flip for
+    those under ``official``."""
+    if view == "plain":
+        return "none"
+    if view == "train" or policy == "shared":
+        return augment
+    return "crop-flip"
+
+
 def make_view_maker(mean: Sequence[float], std: Sequence[float], device: torch.device, augment: str,
-                    channels_last: bool, size: int | None = None) -> ViewMaker:
+                    channels_last: bool, size: int | None = None, policy: str = "shared") -> ViewMaker:
     to = dict(device=device, dtype=torch.float32)
     m = torch.tensor([v * 255 for v in mean], **to).view(1, -1, 1, 1)
     s = torch.tensor([v * 255 for v in std], **to).view(1, -1, 1, 1)
-    return ViewMaker(m, s, augment=augment, channels_last=channels_last, size=size)
+    return ViewMaker(m, s, augment=augment, channels_last=channels_last, size=size, policy=policy)
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -181,14 +201,15 @@ class FileViews(TorchDataset):
         return item
 
 
-def file_transforms(size: int, resize: int | None, augment: str) -> dict[str, Callable]:
+def file_transforms(size: int, resize: int | None, augment: str, policy: str = "shared") -> dict[str, Callable]:
     """PIL -> uint8 tensor transforms per view for on-disk images.
 
     ``resize`` (e.g. 256 for 224-px crops, the usual ImageNet-style protocol of DivideMix's and
     IDO's Clothing1M/WebVision loaders) scales the shorter side first; the plain view then takes
     the centre crop, the augmented views a random crop (padding 4 when there is no resize, the
-    CIFAR-style crop of the in-memory path). ``strong`` adds torchvision's RandAugment (n=2, m=10),
-    the same policy :mod:`bench.training.augment` applies batched on the device.
+    CIFAR-style crop of the in-memory path). Each view starts from :func:`base_augment` (the view
+    ``policy`` as in memory); ``strong`` adds torchvision's RandAugment (n=2, m=10), the same
+    policy :mod:`bench.training.augment` applies batched on the device.
     """
     from torchvision import transforms as T
 
@@ -205,8 +226,7 @@ def file_transforms(size: int, resize: int | None, augment: str) -> dict[str, Ca
             steps.append(T.RandAugment(num_ops=2, magnitude=10))
         return T.Compose([*steps, T.PILToTensor()])
 
-    return {"plain": chain("none"), "train": chain(augment), "weak": chain("crop-flip"),
-            "weak2": chain("crop-flip"), "strong": chain("crop-flip", strong=True)}
+    return {view: chain(base_augment(view, augment, policy), strong=view == "strong") for view in VIEWS}
 
 
 class DiskLoader:
