@@ -102,12 +102,16 @@ def test_plain_view_is_normalised_exactly():
     assert torch.equal(out, (x.float() - mean) / std)
 
 
-def test_train_view_without_augmentation_equals_plain_but_weak_still_augments():
-    vm = make_view_maker(MEAN, STD, CPU, "none", channels_last=False)
+def test_without_augmentation_shared_views_equal_plain_official_weak_still_augments():
     x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    assert torch.equal(vm(x, "train", gen()), vm(x, "plain", gen()))
-    # the methods' own views do not follow --augment: crop + flip always
-    assert not torch.equal(vm(x, "weak", gen()), vm(x, "plain", gen()))
+    shared = make_view_maker(MEAN, STD, CPU, "none", channels_last=False)
+    assert torch.equal(shared(x, "train", gen()), shared(x, "plain", gen()))
+    # --views shared: the methods' own views start from --augment (here: none)
+    assert torch.equal(shared(x, "weak", gen()), shared(x, "plain", gen()))
+    # --views official: the published crop + flip whatever --augment says
+    official = make_view_maker(MEAN, STD, CPU, "none", channels_last=False, policy="official")
+    assert torch.equal(official(x, "train", gen()), official(x, "plain", gen()))
+    assert not torch.equal(official(x, "weak", gen()), official(x, "plain", gen()))
 
 
 def test_weak_view_crops_and_flips():
