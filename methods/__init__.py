@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("ce", "coteaching", "dividemix", "elr", "gce", "wrongevent")
+MODULES = ("ce", "coteaching", "dividemix", "elr", "gce", "plc", "wrongevent")
 
 
 def load_all() -> None:

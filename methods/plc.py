@@ -1,0 +1,169 @@
+"""PLC, progressive label correction (Zhang, Zheng, Wu, Goswami, Chen, "Learning with
+Feature-Dependent Label Noise: A Progressive Approach", ICLR 2021; official
+github.com/pxiangwu/PLC @8c2bcfd, ``cifar/train.py``, ``clothing1m/train_clothing1m.py``,
+``utils.py``). Facts: ../shared/reference/methods-paper-set.md, section 3.
+
+One network trained with CE on its *current* labels, which start as the given ones. Every
+training forward stores its softmax (augmented view, train mode) in a rolling record of the
+last ``roll_window`` epochs (``f_record[epoch % 5, idx]``, cifar/train.py:186-202). After each
+epoch from ``warmup_epochs`` on (0-based, ``epoch >= warm_up``), with ``f = f_record.mean(0)``:
+
+    LR_i = f[i, y_i] / max_c f[i, c];   LR_i < delta  ->  y_i <- argmax_c f[i, c]
+    fewer than 0.001 n corrections      ->  delta <- min(delta + inc, 0.9)
+
+(``lrt_correction``, utils.py:291-318; the paper's Algorithm 1 with theta = delta, beta = inc).
+Corrections overwrite the current labels, so they compound. The label vector, the record and
+delta are per-sample / run state, indexed by dataset index and checkpointed.
+
+Departures from the official code, on purpose:
+
+- Model selection. The official CIFAR script keeps a 10% split with *clean* labels and reports
+  the test accuracy of the model best on it (cifar/train.py:127,230-246): an oracle. Here PLC
+  trains on the whole noisy training set and is reported like every method (last and best
+  epoch of the trainer); ``--val-fraction`` gives a noisy validation split to every method alike.
+- Clothing1M. The official Clothing1M script calls ``prob_correction`` (utils.py:321-360): a
+  second softmax over the averaged probabilities, top-1 only, and delta raised only when nothing
+  is corrected, uncapped. The default here is the paper's rule with Clothing1M's own delta_0 0.7
+  and warm-up 1; ``--set correction=official`` gives ``prob_correction`` (its multinomial draw is
+  over the single top class, so it is the argmax and needs no random draw).
+- Optimiser and schedule are the run's (every method gets the same trainer); the official ones
+  are SGD lr 0.01 Nesterov, wd 5e-4, MultiStep [40, 80] x 0.5, 180 epochs (cifar/train.py:170-171).
+
+Noise detection: the score is the likelihood ratio of the *given* label under the rolling
+record, the clean set the samples whose label PLC has left as given.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from bench.common.search import Param, Setting
+from methods.base import METHODS, Detection, Method, StepOutput
+
+MAX_DELTA = 0.9  # lrt_correction: current_delta = min(current_delta, 0.9) (utils.py:314)
+MIN_CORRECTED = 0.001  # raise delta when fewer than 0.001 n labels change (utils.py:312)
+PROB_THD = 0.1  # prob_correction(..., thd=0.1) (train_clothing1m.py:170)
+
+
+def plc_defaults(dataset: str) -> dict[str, float]:
+    """Per-data-set defaults of the official scripts."""
+    if dataset == "clothing1m":  # train_clothing1m.py:50 (current_delta 0.7), :211 (--warm_up 1)
+        return {"delta": 0.7, "warmup_epochs": 1}
+    return {"delta": 0.3, "warmup_epochs": 8}  # cifar/train.py:277 (--delta 0.3), :281 (--warm_up 8)
+
+
+@dataclass
+class PLCOptions:
+    delta: float | None = field(default=None, metadata={
+        "help": "initial likelihood-ratio threshold theta_0; default 0.3, 0.7 on Clothing1M",
+        "source": "cifar/train.py:277; clothing1m/train_clothing1m.py:50"})
+    inc: float = field(default=0.1, metadata={
+        "help": "step beta by which the threshold rises when almost nothing is corrected",
+        "source": "cifar/train.py:284 (--inc 0.1)"})
+    warmup_epochs: int | None = field(default=None, metadata={
+        "help": "epochs of plain CE before the first correction; default 8, 1 on Clothing1M",
+        "source": "cifar/train.py:281; clothing1m/train_clothing1m.py:211"})
+    roll_window: int = field(default=5, metadata={
+        "help": "epochs of training softmax averaged for the likelihood ratio",
+        "source": "cifar/train.py:279 (--rollWindow 5)"})
+    correction: Literal["paper", "official"] = field(default="paper", metadata={
+        "help": "paper: the likelihood-ratio rule everywhere; official: Clothing1M's prob_correction "
+                "(double softmax, delta uncapped) on Clothing1M",
+        "source": "utils.py:291-318 (lrt_correction), 321-360 (prob_correction)"})
+
+    def __post_init__(self) -> None:
+        if self.delta is not None and not 0 < self.delta <= 1:
+            raise ValueError(f"delta {self.delta} is outside (0, 1]")
+        if self.inc < 0 or (self.warmup_epochs is not None and self.warmup_epochs < 0):
+            raise ValueError("inc and warmup_epochs must be >= 0")
+        if self.roll_window < 1:
+            raise ValueError(f"roll_window {self.roll_window} must be >= 1")
+
+
+def likelihood_ratio(f_x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """f[i, y_i] / max_c f[i, c]; NaN for a sample with no record yet (a zero row)."""
+    top = f_x.max(dim=1).values
+    return f_x.gather(1, labels[:, None]).squeeze(1) / top.where(top > 0, torch.nan)
+
+
+def lrt_correction(labels: torch.Tensor, f_x: torch.Tensor, delta: float, inc: float,
+                   cap: float | None = MAX_DELTA) -> tuple[torch.Tensor, float, int]:
+    """One step of Algorithm 1 (utils.py ``lrt_correction``): the corrected labels, the next
+    delta and the number corrected. Samples without a record keep their label."""
+    flip = likelihood_ratio(f_x, labels) < delta  # NaN compares False
+    new = torch.where(flip, f_x.argmax(dim=1), labels)
+    count = int(flip.sum())
+    if count < MIN_CORRECTED * labels.numel():
+        delta = delta + inc if cap is None else min(delta + inc, cap)
+    return new, delta, count
+
+
+def prob_correction(labels: torch.Tensor, f_x: torch.Tensor, delta: float, inc: float,
+                    thd: float = PROB_THD) -> tuple[torch.Tensor, float, int]:
+    """The official Clothing1M rule (utils.py ``prob_correction``), quirks kept: a softmax over
+    the averaged probabilities; where its top value reaches ``thd`` the likelihood-ratio rule on
+    it, elsewhere the label becomes the top class unconditionally (not counted); delta rises by
+    ``inc``, uncapped, only when nothing was corrected."""
+    p = F.softmax(f_x, dim=1)
+    top, arg = p.max(dim=1)
+    ratio = p.gather(1, labels[:, None]).squeeze(1) / top
+    flip = (top >= thd) & (ratio < delta)
+    new = torch.where(flip | (top < thd), arg, labels)
+    count = int(flip.sum())
+    return new, delta + inc if count == 0 else delta, count
+
+
+@METHODS.register("plc")
+class PLC(Method):
+    """PLC (ICLR 2021): CE on labels corrected progressively by a likelihood-ratio test."""
+
+    name = "plc"
+    Options = PLCOptions
+    smoke_options = {"warmup_epochs": "1"}
+
+    @classmethod
+    def search_space(cls, setting: Setting) -> dict[str, Param]:
+        """theta_0 and beta of Algorithm 1; the official scripts use 0.3 / 0.7 and 0.1."""
+        return {"delta": Param("float", 0.1, 0.9, grid=(0.1, 0.3, 0.5, 0.7), source="cifar/train.py:277; clothing 0.7"),
+                "inc": Param("float", 0.0, 0.2, grid=(0.0, 0.05, 0.1, 0.2), source="cifar/train.py:284 (0.1)")}
+
+    def setup(self) -> None:
+        ctx, o = self.ctx, self.opts
+        d = plc_defaults(ctx.dataset)
+        self.warmup = d["warmup_epochs"] if o.warmup_epochs is None else o.warmup_epochs
+        self.official = o.correction == "official" and ctx.dataset == "clothing1m"
+        self.add_network("net", schedule_epochs=ctx.epochs)
+        n, c = ctx.num_train, ctx.num_classes
+        self.state["labels"] = ctx.given_labels.to(ctx.device).clone()
+        self.state["record"] = torch.zeros(o.roll_window, n, c, device=ctx.device)
+        self.state["delta"] = torch.tensor(d["delta"] if o.delta is None else o.delta, dtype=torch.float64)
+
+    def resolved_options(self) -> dict[str, Any]:
+        d = self.opts.delta
+        return {**super().resolved_options(), "delta": plc_defaults(self.ctx.dataset)["delta"] if d is None else d,
+                "warmup_epochs": self.warmup, "correction": "official" if self.official else "paper"}
+
+    def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Any) -> StepOutput:
+        idx = batch["index"]
+        logits = self.models["net"](batch["train"])
+        with torch.no_grad():
+            self.state["record"][epoch % self.opts.roll_window, idx] = F.softmax(logits.detach().float(), dim=1)
+        return StepOutput(loss=F.cross_entropy(logits.float(), self.state["labels"][idx]), logits=logits)
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        if epoch < self.warmup:
+            return {}
+        f_x = self.state["record"].mean(dim=0)
+        rule = prob_correction if self.official else lrt_correction
+        labels, delta, count = rule(self.state["labels"], f_x, float(self.state["delta"]), self.opts.inc)
+        self.state["labels"], self.state["delta"] = labels, torch.tensor(delta, dtype=torch.float64)
+        changed = (labels != self.ctx.given_labels.to(labels.device)).float().mean()
+        return {"plc_corrected": float(count), "plc_delta": delta, "plc_relabelled": float(changed)}
+
+    def detections(self, epoch: int) -> list[Detection]:
+        given = self.ctx.given_labels.to(self.ctx.device)
+        score = likelihood_ratio(self.state["record"].mean(dim=0), given).nan_to_num(0.0)
+        return [Detection(score, selected=self.state["labels"] == given)]
