@@ -137,7 +137,8 @@ class MethodContext:
     make_backbone: Callable[[], nn.Module]
     make_optimizer: Callable[[Any], torch.optim.Optimizer]
     make_scheduler: Callable[[torch.optim.Optimizer, int], Any]
-    # logits of a model for training samples (default all), in the order of the indices given
+    # logits of a model in eval mode for training samples (default all), in the order of the
+    # indices given, of a view (default "plain"; "train" draws the run's augmentation)
     predict_train: Callable[..., torch.Tensor]
     # batch of arbitrary dataset indices with the given views (e.g. DivideMix's unlabeled batches)
     fetch: Callable[[torch.Tensor, tuple[str, ...]], dict[str, torch.Tensor]]

@@ -126,6 +126,15 @@ class BetaMixture:
         for _ in range(iterations):
             self.em_step(x)
 
+    def fit_normalised(self, x: np.ndarray, iterations: int) -> None:
+        """``iterations`` EM steps on scores the caller has already put into (0, 1) its own way
+        (M-Correction: percentile range, ``train.py`` ``track_training_loss``); later calls take
+        such scores too (the normalisation becomes the identity)."""
+        self.norm = Normaliser(0.0, 1.0)
+        x = self.norm(x)
+        for _ in range(iterations):
+            self.em_step(x)
+
     def posterior(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r = self._responsibilities(self.norm(values))
         return r[0], r[1]

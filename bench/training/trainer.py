@@ -268,24 +268,30 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     @torch.no_grad()
-    def _logits(self, fn: Any, loader: Any, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and indices of the samples a plain pass over ``loader`` returns (on-disk
-        loaders drop images that fail to decode)."""
+    def _logits(self, fn: Any, loader: Any, indices: torch.Tensor | None = None,
+                view: str = "plain") -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and indices of the samples a pass over ``loader`` returns, in order (on-disk
+        loaders drop images that fail to decode); an augmented ``view`` draws from the run's
+        generators of the epoch, so a resumed run draws the same."""
         outs, idx = [], []
-        for batch in loader.iterate(("plain",), shuffle=False, indices=indices,
+        gen = None if view == "plain" else self._gens.torch
+        for batch in loader.iterate((view,), gen=gen, shuffle=False, indices=indices,
                                     batch_size=self.config.eval_batch_size):
             with self._autocast():
-                outs.append(fn(batch["plain"]).float())
+                outs.append(fn(batch[view]).float())
             idx.append(batch["index"])
         return torch.cat(outs), torch.cat(idx)
 
-    def predict_train(self, model: torch.nn.Module, indices: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of ``model`` for the training samples ``indices`` (default: all), in that order
-        (plain view). A sample whose image failed to decode gets all-zero logits."""
+    def predict_train(self, model: torch.nn.Module, indices: torch.Tensor | None = None,
+                      view: str = "plain") -> torch.Tensor:
+        """Logits of ``model`` (in eval mode) for the training samples ``indices`` (default: all),
+        in that order, of the ``view`` (default plain; M-Correction tracks its losses on the
+        training augmentation, ``"train"``). A sample whose image failed to decode gets all-zero
+        logits."""
         was = model.training
         model.eval()
         try:
-            logits, got = self._logits(model, self.train_loader, indices)
+            logits, got = self._logits(model, self.train_loader, indices, view)
         finally:
             model.train(was)
         want = torch.arange(len(self.train_loader), device=self.device) if indices is None else indices.to(self.device)
