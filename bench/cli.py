@@ -442,7 +442,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 VIEW_TEXT = {"weak": ("--augment", "crop + flip"), "weak2": ("--augment (a second draw)", "crop + flip"),
-             "strong": ("--augment + RandAugment n=2 m=10", "crop + flip + RandAugment n=2 m=10")}
+             "strong": ("--augment + RandAugment n=2 m=10", "crop + flip + RandAugment n=2 m=10"),
+             "ra-cutout": ("RandAugment n=1 m=3, --augment, Cutout", "RandAugment n=1 m=3, crop + flip, Cutout"),
+             "ra-cutout2": ("the same, a second draw", "the same, a second draw")}
 
 
 def describe_views(views: tuple[str, ...]) -> str:

@@ -55,7 +55,7 @@ def test_official_views_are_crop_and_flip_whatever_the_run_augments():
     torch.testing.assert_close(draw(vm, x, "train"), draw(vm, x, "plain"), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("view", ["train", "weak", "weak2", "strong", "plain"])
+@pytest.mark.parametrize("view", ["train", "weak", "weak2", "strong", "plain", "ra-cutout", "ra-cutout2"])
 def test_with_crop_flip_the_two_policies_give_identical_views(view):
     x = batch(1)
     shared, official = draw(maker("crop-flip", "shared"), x, view), draw(maker("crop-flip", "official"), x, view)

@@ -18,6 +18,12 @@ The views:
   ``official`` it is the methods' published augmentation, random crop (padding 4) + flip,
   whatever ``--augment`` says. With ``--augment crop-flip`` the two policies coincide, draw for
   draw.
+- ``ra-cutout`` and ``ra-cutout2`` (two independent draws): RandAugment n=1, m=3 first, then the
+  view's base augmentation, then Cutout of a square half the image side (16 px of 32) in the
+  normalised image: GJS's CIFAR views (``datasets/transforms.py``: RandAugment(1, 3) inserted
+  before crop + flip, ``CutoutDefault(16)`` after normalisation). The op set is torchvision's,
+  batched (:mod:`bench.training.augment`); the official code uses the ``RandAugment`` package,
+  whose op list differs a little.
 
 No per-sample Python work runs in the loop. The loaders know nothing about methods: a method
 names the views it needs, and the loader makes them.
@@ -33,7 +39,9 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 Batch = dict[str, torch.Tensor]
-VIEWS = ("plain", "train", "weak", "weak2", "strong")
+VIEWS = ("plain", "train", "weak", "weak2", "strong", "ra-cutout", "ra-cutout2")
+CUTOUT_VIEWS = ("ra-cutout", "ra-cutout2")
+LIGHT_RA = (1, 3)  # GJS: RandAugment(N=1, M=3) (configs, datasets/transforms.py)
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -47,6 +55,22 @@ def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor
     bidx = torch.arange(b, device=x.device)[:, None, None, None]
     cidx = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[bidx, cidx, rows, cols]
+
+
+def cutout(x: torch.Tensor, gen: torch.Generator, length: int | None = None) -> torch.Tensor:
+    """Zero a ``length`` x ``length`` square (default half the side) around a centre drawn per
+    sample anywhere in the image, clipped at the borders (``CutoutDefault``); applied to
+    normalised images, so the square takes the mean colour."""
+    b, _, h, w = x.shape
+    half = (length if length is not None else h // 2) // 2
+    cy = torch.randint(0, h, (b,), generator=gen, device=gen.device).to(x.device)
+    cx = torch.randint(0, w, (b,), generator=gen, device=gen.device).to(x.device)
+    rows = torch.arange(h, device=x.device)[None, :]
+    cols = torch.arange(w, device=x.device)[None, :]
+    in_y = (rows >= (cy[:, None] - half)) & (rows < (cy[:, None] + half))
+    in_x = (cols >= (cx[:, None] - half)) & (cols < (cx[:, None] + half))
+    keep = ~(in_y[:, :, None] & in_x[:, None, :])
+    return x * keep[:, None].to(x.dtype)
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -78,6 +102,10 @@ class ViewMaker:
         if view not in VIEWS:
             raise ValueError(f"unknown view {view!r}; valid: {', '.join(VIEWS)}")
         x = images
+        if view in CUTOUT_VIEWS:
+            from bench.training.augment import rand_augment
+
+            x = rand_augment(x, gen, *LIGHT_RA)
         augment = self.base(view)
         if "crop" in augment:
             x = random_crop(x, self.pad, gen)
@@ -87,7 +115,11 @@ class ViewMaker:
             from bench.training.augment import rand_augment
 
             x = rand_augment(x, gen)
-        return self.normalise(x)
+        return self.finish(view, self.normalise(x), gen)
+
+    def finish(self, view: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """What a view does after normalisation: Cutout for the ``ra-cutout`` views."""
+        return cutout(x, gen) if view in CUTOUT_VIEWS else x
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> normalised float, resized to ``size`` when set (e.g. 32-px
@@ -218,15 +250,17 @@ def file_transforms(size: int, resize: int | None, augment: str, policy: str = "
     crop = [T.Resize(resize)] if resize else [T.Resize(size), T.CenterCrop(size)]
     crop.append(T.RandomCrop(size, padding=pad))
 
-    def chain(aug: str, strong: bool = False) -> Callable:
-        steps = list(crop) if "crop" in aug else list(head)
+    def chain(view: str) -> Callable:
+        aug = base_augment(view, augment, policy)
+        steps = [T.RandAugment(*LIGHT_RA)] if view in CUTOUT_VIEWS else []  # Cutout: on the device
+        steps += list(crop) if "crop" in aug else list(head)
         if "flip" in aug:
             steps.append(T.RandomHorizontalFlip())
-        if strong:
+        if view == "strong":
             steps.append(T.RandAugment(num_ops=2, magnitude=10))
         return T.Compose([*steps, T.PILToTensor()])
 
-    return {view: chain(base_augment(view, augment, policy), strong=view == "strong") for view in VIEWS}
+    return {view: chain(view) for view in VIEWS}
 
 
 class DiskLoader:
@@ -247,7 +281,7 @@ class DiskLoader:
     def __len__(self) -> int:
         return len(self.files)
 
-    def _finish(self, raw: dict, views: Sequence[str]) -> Batch | None:
+    def _finish(self, raw: dict, views: Sequence[str], gen: torch.Generator) -> Batch | None:
         ok = raw["ok"]
         if not bool(ok.all()):
             self.skipped += int((~ok).sum())
@@ -257,7 +291,7 @@ class DiskLoader:
         index = raw["index"].to(self.device)
         out: Batch = {"index": index, "label": self.labels[index]}
         for view in views:
-            out[view] = self.views.normalise(raw[view].to(self.device, non_blocking=True))
+            out[view] = self.views.finish(view, self.views.normalise(raw[view].to(self.device, non_blocking=True)), gen)
         return out
 
     def batch(self, index: torch.Tensor, views: Sequence[str], gen: torch.Generator) -> Batch:
@@ -267,7 +301,7 @@ class DiskLoader:
 
         seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
         ds = FileViews(self.files, self.transforms, views, self.size, seed)
-        out = self._finish(default_collate([ds[i] for i in index.tolist()]), views)
+        out = self._finish(default_collate([ds[i] for i in index.tolist()]), views, gen)
         if out is None:  # every image of the batch failed: an empty batch of the right shapes
             empty = torch.zeros(0, dtype=torch.int64, device=self.device)
             out = {"index": empty, "label": empty}
@@ -287,6 +321,6 @@ class DiskLoader:
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=False)
         for raw in loader:
-            out = self._finish(raw, views)
+            out = self._finish(raw, views, gen)
             if out is not None:
                 yield out

@@ -1,0 +1,131 @@
+"""GJS, the generalized Jensen-Shannon loss (Englesson & Azizpour, "Generalized Jensen-Shannon
+Divergence Loss for Learning with Noisy Labels", NeurIPS 2021; official
+github.com/ErikEnglesson/GJS @1a3c9e0, ``losses.py``, ``train.py``, ``scripts/*/*.yaml``,
+``datasets/transforms.py``). Facts: ../shared/reference/methods-paper-set.md, section 6.
+
+One network, a drop-in loss. With d_1 = onehot(y), d_{j+1} = softmax of the network on the
+j-th augmented view of the image, weights pi (pi_1 for the label, the rest split evenly over
+the views) and the mixture m = sum_i pi_i d_i,
+
+    GJS = (1 / Z) mean_batch sum_i pi_i KL(d_i || m),    Z = -(1 - pi_1) ln(1 - pi_1)
+
+(``JensenShannonDivergenceWeightedScaled``, losses.py:133-158): log m clamped to [1e-7, 1], each
+KL summed over d_i > 0 with log(clamp(d_i, 1e-7)), gradients through every view, one forward
+per view (the official default, train.py:266-278). Two views make GJS (M = 3), one makes JS
+(M = 2). It keeps no per-sample state and selects nothing, so it has no noise-detection metric.
+
+Views: the official CIFAR views are two "strong" ones, RandAugment(N=1, M=3) then crop + flip,
+then Cutout(16) (``augs: ss``): the shared view layer's ``ra-cutout`` / ``ra-cutout2``
+(bench/training/data.py; under ``--views shared`` built on the run's ``--augment``). WebVision's
+``ww`` (two weak views) are ``weak`` / ``weak2`` here, without the official ColorJitter.
+
+Defaults: pi_1 per data set, noise type and rate from the official configs (nearest published
+rate; ties the lower; instance noise takes the symmetric values, it has no config; data sets the
+paper does not cover take the CIFAR values of the same class count). The official lr and weight
+decay per setting (0.1-0.4, 5e-5-1e-3) are trainer settings here, the same for every method.
+WebVision's official loss is the unscaled one (``JSWC``); the default here is the paper's scaled
+loss everywhere, ``scaling=official`` gives the unscaled loss on WebVision (1/Z = 10.55 times
+smaller at pi_1 = 0.1).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from bench.common.noise_models import CLASS_DEPENDENT
+from bench.common.search import Param, Setting
+from methods.base import METHODS, Method, StepOutput
+
+LOG_CLAMP = 1e-7  # mean_distrib.clamp(1e-7, 1.0).log(); target.clamp(min=1e-7).log() (losses.py:45,155)
+
+# pi_1 (the label's weight) per class count, noise kind and rate: scripts/C10, C100 *.yaml
+PI_LABEL = {
+    (10, "sym"): {0.2: 0.3, 0.4: 0.9, 0.6: 0.1, 0.8: 0.1},
+    (10, "asym"): {0.2: 0.3, 0.4: 0.3},
+    (100, "sym"): {0.2: 0.3, 0.4: 0.5, 0.6: 0.9, 0.8: 0.1},
+    (100, "asym"): {0.2: 0.5, 0.4: 0.1},
+}
+WEBVISION_PI = 0.1  # scripts/WebVision: .1/.45/.45
+
+
+def nearest(rate: float, table: dict[float, float]) -> float:
+    return table[min(table, key=lambda r: (abs(r - rate), r))]
+
+
+def gjs_defaults(dataset: str, noise: str, rate: float | None, num_classes: int) -> float:
+    """pi_1 of the official config for the setting."""
+    if dataset == "webvision":
+        return WEBVISION_PI
+    kind = "asym" if noise in CLASS_DEPENDENT else "sym"
+    return nearest(rate or 0.0, PI_LABEL[(10 if num_classes <= 10 else 100, kind)])
+
+
+@dataclass
+class GJSOptions:
+    pi_label: float | None = field(default=None, metadata={
+        "help": "weight pi_1 of the label in the mixture; default per data set, noise type and rate",
+        "source": "scripts/C10, C100, WebVision *.yaml (js_weights)"})
+    views: int = field(default=2, metadata={
+        "help": "augmented views besides the label: 2 = GJS (M = 3), 1 = JS (M = 2)",
+        "source": "paper Sec. 3; configs augs: ss"})
+    scaling: Literal["paper", "official"] = field(default="paper", metadata={
+        "help": "paper: the loss scaled by 1/Z everywhere; official: unscaled on WebVision (JSWC)",
+        "source": "losses.py:133-158; scripts/WebVision"})
+
+    def __post_init__(self) -> None:
+        if self.pi_label is not None and not 0 < self.pi_label < 1:
+            raise ValueError(f"pi_label {self.pi_label} must lie in (0, 1)")
+        if self.views not in (1, 2):
+            raise ValueError(f"views {self.views} must be 1 (JS) or 2 (GJS)")
+
+
+def gjs_loss(logits: list[torch.Tensor], labels: torch.Tensor, pi_label: float, scaled: bool = True) -> torch.Tensor:
+    """The (scaled) generalized JS divergence between the one-hot labels and the views' predictions."""
+    pis = [pi_label] + [(1 - pi_label) / len(logits)] * len(logits)
+    dists = [F.one_hot(labels, logits[0].shape[1]).to(logits[0].dtype)] + [F.softmax(z, dim=1) for z in logits]
+    log_m = sum(w * d for w, d in zip(pis, dists, strict=True)).clamp(LOG_CLAMP, 1.0).log()
+    total = logits[0].new_zeros(())
+    for w, d in zip(pis, dists, strict=True):
+        kl = torch.where(d > 0, d * (d.clamp(min=LOG_CLAMP).log() - log_m), torch.zeros_like(d))
+        total = total + w * kl.sum(dim=1).mean()
+    return total / (-(1 - pi_label) * math.log(1 - pi_label)) if scaled else total
+
+
+@METHODS.register("gjs")
+class GJS(Method):
+    """GJS (NeurIPS 2021): the Jensen-Shannon divergence of the label and the predictions on two views."""
+
+    name = "gjs"
+    Options = GJSOptions
+    own_views = ("ra-cutout", "ra-cutout2", "weak", "weak2")  # the last two on WebVision only
+
+    @classmethod
+    def search_space(cls, setting: Setting) -> dict[str, Param]:
+        """pi_1 over (0, 1): the official configs use 0.1 to 0.9."""
+        return {"pi_label": Param("float", 0.1, 0.9, grid=(0.1, 0.3, 0.5, 0.7, 0.9),
+                                  source="scripts/*.yaml js_weights 0.1-0.9")}
+
+    def setup(self) -> None:
+        ctx, o = self.ctx, self.opts
+        d = gjs_defaults(ctx.dataset, ctx.noise, ctx.noise_rate, ctx.num_classes)
+        self.pi_label = d if o.pi_label is None else o.pi_label
+        self.scaled = not (o.scaling == "official" and ctx.dataset == "webvision")
+        views = ("weak", "weak2") if ctx.dataset == "webvision" else ("ra-cutout", "ra-cutout2")
+        self.train_views = views[:o.views]
+        self.add_network("net", schedule_epochs=ctx.epochs)
+
+    def resolved_options(self) -> dict[str, Any]:
+        return {**super().resolved_options(), "pi_label": self.pi_label}
+
+    def views(self, epoch: int) -> tuple[str, ...]:
+        return self.train_views
+
+    def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Any) -> StepOutput:
+        net = self.models["net"]
+        logits = [net(batch[v]) for v in self.train_views]  # one forward per view (official default)
+        loss = gjs_loss([z.float() for z in logits], batch["label"], self.pi_label, self.scaled)
+        return StepOutput(loss=loss, logits=logits[0])
