@@ -444,7 +444,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 VIEW_TEXT = {"weak": ("--augment", "crop + flip"), "weak2": ("--augment (a second draw)", "crop + flip"),
              "strong": ("--augment + RandAugment n=2 m=10", "crop + flip + RandAugment n=2 m=10"),
              "ra-cutout": ("RandAugment n=1 m=3, --augment, Cutout", "RandAugment n=1 m=3, crop + flip, Cutout"),
-             "ra-cutout2": ("the same, a second draw", "the same, a second draw")}
+             "ra-cutout2": ("the same, a second draw", "the same, a second draw"),
+             "strong-mc": ("--augment + FixMatch RandAugment n=2 m=5 + grey Cutout",
+                           "crop + flip + FixMatch RandAugment n=2 m=5 + grey Cutout")}
 
 
 def describe_views(views: tuple[str, ...]) -> str:

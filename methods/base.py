@@ -95,6 +95,7 @@ class StepOutput:
     loss: torch.Tensor  # the scalar to backpropagate
     logits: torch.Tensor | None = None  # for train accuracy against the given labels
     terms: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars to log
+    step: bool = True  # False: no backward and no optimiser step for this batch (DISC's zero loss)
 
 
 @dataclass

@@ -250,3 +250,43 @@ def rand_augment(x: torch.Tensor, gen: torch.Generator, num_ops: int = 2, magnit
         sign = torch.where(negate[slot] & signed[op], -1.0, 1.0).double()
         x = apply_ops(x, op, table[op] * sign)
     return x
+
+
+def rand_augment_mc(x: torch.Tensor, gen: torch.Generator, num_ops: int = 2, max_level: int = 5,
+                    prob: float = 0.5, num_bins: int = 31) -> torch.Tensor:
+    """FixMatch-style RandAugment (``RandAugmentMC``, as DISC's ``RandAugmentwogeo(n=2, m=5)``):
+    for each of ``num_ops`` slots every image draws an op, a level v uniform in 1 .. max_level - 1
+    (``np.random.randint(1, m)``) and applies the op with probability ``prob`` at v / 10 of the
+    op's range. The ops and their ranges are torchvision's 14 (bin round(30 v / 10) of 31:
+    3, 6, 9, 12 for m = 5); the FixMatch pool has Invert, SolarizeAdd and a Cutout op instead of
+    Identity and other ranges, a documented approximation. uint8 in, uint8 out."""
+    _check_images(x)
+    tables = torch.stack([op_magnitudes(b, num_bins, x.shape[2], x.shape[3]) for b in range(num_bins)]).to(x.device)
+    signed = torch.tensor([name in SIGNED for name in OPS], device=x.device)
+    ops, negate = draw_ops(x.shape[0], gen, num_ops)
+    levels = torch.randint(1, max_level, (num_ops, x.shape[0]), generator=gen, device=gen.device)
+    apply = torch.rand((num_ops, x.shape[0]), generator=gen, device=gen.device) < prob
+    ops, negate, levels, apply = (t.to(x.device) for t in (ops, negate, levels, apply))
+    bins = torch.round((num_bins - 1) * levels.double() / 10).long()
+    identity = torch.full_like(ops[0], _INDEX["Identity"])
+    for slot in range(num_ops):
+        op = torch.where(apply[slot], ops[slot], identity)
+        sign = torch.where(negate[slot] & signed[op], -1.0, 1.0).double()
+        x = apply_ops(x, op, tables[bins[slot], op] * sign)
+    return x
+
+
+def cutout_abs(x: torch.Tensor, gen: torch.Generator, size: int, fill: int = 127) -> torch.Tensor:
+    """FixMatch's ``CutoutAbs`` on uint8 batches: a corner at (uniform(0, w) - size / 2, ...)
+    clipped at 0, the rectangle to corner + size clipped at the border, both ends included (PIL's
+    ``ImageDraw.rectangle``), filled grey."""
+    b, _, h, w = x.shape
+    u = torch.rand((2, b), generator=gen, device=gen.device).to(x.device, torch.float64)
+    x0 = (u[0] * w - size / 2).clamp(min=0).floor().long()
+    y0 = (u[1] * h - size / 2).clamp(min=0).floor().long()
+    x1, y1 = (x0 + size).clamp(max=w), (y0 + size).clamp(max=h)
+    cols, rows = torch.arange(w, device=x.device)[None], torch.arange(h, device=x.device)[None]
+    in_x = (cols >= x0[:, None]) & (cols <= x1[:, None])
+    in_y = (rows >= y0[:, None]) & (rows <= y1[:, None])
+    box = (in_y[:, :, None] & in_x[:, None, :])[:, None]
+    return torch.where(box, torch.tensor(fill, dtype=x.dtype, device=x.device), x)

@@ -24,6 +24,11 @@ The views:
   before crop + flip, ``CutoutDefault(16)`` after normalisation). The op set is torchvision's,
   batched (:mod:`bench.training.augment`); the official code uses the ``RandAugment`` package,
   whose op list differs a little.
+- ``strong-mc``: ``weak`` + FixMatch-style RandAugment (n=2, a level drawn per op in 1-4 of 10,
+  each op applied with p=1/2) + a grey ``CutoutAbs`` of 15% of the side, all on uint8 before
+  normalisation: DISC's strong view (``TransformFixMatch_CIFAR10`` with ``RandAugmentwogeo(2, 5)``,
+  datasets/randaugment.py). Approximations, named: torchvision's op set and ranges
+  (:func:`bench.training.augment.rand_augment_mc`), and the crop pads with zeros, not reflection.
 
 No per-sample Python work runs in the loop. The loaders know nothing about methods: a method
 names the views it needs, and the loader makes them.
@@ -39,9 +44,10 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 Batch = dict[str, torch.Tensor]
-VIEWS = ("plain", "train", "weak", "weak2", "strong", "ra-cutout", "ra-cutout2")
+VIEWS = ("plain", "train", "weak", "weak2", "strong", "ra-cutout", "ra-cutout2", "strong-mc")
 CUTOUT_VIEWS = ("ra-cutout", "ra-cutout2")
 LIGHT_RA = (1, 3)  # GJS: RandAugment(N=1, M=3) (configs, datasets/transforms.py)
+MC_CUTOUT = 0.15  # DISC: RandAugmentwogeo(n=2, m=5) ends with CutoutAbs(img, int(size * 0.15))
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -115,7 +121,16 @@ class ViewMaker:
             from bench.training.augment import rand_augment
 
             x = rand_augment(x, gen)
-        return self.finish(view, self.normalise(x), gen)
+        return self.finish(view, self.normalise(self.device_stage(view, x, gen)), gen)
+
+    def device_stage(self, view: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """What a view does to uint8 images on the device after its base augmentation (both
+        paths, in memory and on disk): FixMatch-style RandAugment and grey Cutout for ``strong-mc``."""
+        if view != "strong-mc":
+            return x
+        from bench.training.augment import cutout_abs, rand_augment_mc
+
+        return cutout_abs(rand_augment_mc(x, gen), gen, int(x.shape[-1] * MC_CUTOUT))
 
     def finish(self, view: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """What a view does after normalisation: Cutout for the ``ra-cutout`` views."""
@@ -291,7 +306,8 @@ class DiskLoader:
         index = raw["index"].to(self.device)
         out: Batch = {"index": index, "label": self.labels[index]}
         for view in views:
-            out[view] = self.views.finish(view, self.views.normalise(raw[view].to(self.device, non_blocking=True)), gen)
+            x = self.views.device_stage(view, raw[view].to(self.device, non_blocking=True), gen)
+            out[view] = self.views.finish(view, self.views.normalise(x), gen)
         return out
 
     def batch(self, index: torch.Tensor, views: Sequence[str], gen: torch.Generator) -> Batch:

@@ -334,6 +334,8 @@ class Trainer:
             out = self.method.train_step(batch, epoch, phase)
         for o in opts:
             o.zero_grad(set_to_none=True)
+        if not out.step:
+            return out
         if not self.scaler.is_enabled():
             out.loss.backward()
             for o in opts:
