@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_resume_equals_uninterrupted, make_trainer
+from helpers import make_trainer
 
 from bench.common.errors import UsageError
 from bench.common.options import build_options
@@ -77,10 +77,3 @@ def test_warm_up_then_sets_and_skipped_zero_loss(tmp_path):
     out = tr.method.train_step(batch, 2, None)
     assert out.loss.item() == 0 and not out.step
 
-
-def test_resume_equals_uninterrupted(tmp_path):
-    args = ("--method", "disc", "--noise", "sym", "--noise-rate", "0.4", "--subset", "300",
-            "--batch-size", "100", "--epochs", "3", "--set", "warmup_epochs=1")
-    ka, kb = assert_resume_equals_uninterrupted(tmp_path, args, 1, ("test_acc", "train_loss", "disc_clean_frac"))
-    for key in ("tau_w", "tau_s", "w_probs", "weak_labels", "weak"):
-        assert torch.equal(ka["state"][key], kb["state"][key])

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import TableNet, assert_resume_equals_uninterrupted, fake_generators, make_trainer
+from helpers import TableNet, fake_generators, make_trainer
 
 from bench.common.errors import UsageError
 from bench.common.options import build_options
@@ -117,10 +117,3 @@ def test_short_run_corrects_labels(tmp_path):
     assert m0["plc_delta"] >= 0.3 and 0 <= m1["plc_relabelled"] <= 1
     assert tr.method.state["record"][:2].sum(dim=2).allclose(torch.ones(2, 300))  # every sample, both slots
 
-
-def test_resume_equals_uninterrupted(tmp_path):
-    args = ("--method", "plc", "--noise", "sym", "--noise-rate", "0.4", "--subset", "300",
-            "--batch-size", "100", "--epochs", "3", "--set", "warmup_epochs=0")
-    ka, kb = assert_resume_equals_uninterrupted(tmp_path, args, 1, ("test_acc", "train_loss", "plc_delta"))
-    for key in ("labels", "record", "delta"):
-        assert torch.equal(ka["state"][key], kb["state"][key])

@@ -12,6 +12,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from bench.training.catalogue import catalogue, method_class
@@ -39,7 +40,9 @@ def test_every_method_runs_its_phases_and_resumes_bit_equal(name, tmp_path, monk
         return step(self, batch, epoch, phase)
 
     monkeypatch.setattr(cls, "train_step", spy)
-    full, _ = assert_resume_equals_uninterrupted(tmp_path, run_args(name), 1, ("test_acc", "train_loss"))
+    full, resumed = assert_resume_equals_uninterrupted(tmp_path, run_args(name), 1, ("test_acc", "train_loss"))
+    for key, value in full["state"].items():  # per-sample state (dataset-indexed) survives the resume too
+        assert torch.equal(value, resumed["state"][key]), key
     assert keys and not any("clean" in k for k in keys), keys
     # the views it asked for are the shared ones and those it declares (`bench list` shows them)
     assert keys - {"index", "label"} <= {"train", "plain", *cls.own_views}, keys
