@@ -36,14 +36,10 @@ from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.mixtures import GaussianMixture2
+from methods.shared import nearest
 
 RAMPUP_EPOCHS = 16  # linear_rampup(..., rampup_length=16) in Train_cifar.py
 HISTORY = 5  # epochs of loss averaged at 90% noise (Train_cifar.py eval_train)
-
-
-def nearest(rate: float, table: dict[float, Any]) -> Any:
-    """The value of the published setting whose noise rate is closest to ``rate``."""
-    return table[min(table, key=lambda r: (abs(r - rate), r))]
 
 
 def dividemix_defaults(dataset: str, noise: str, rate: float | None, num_classes: int) -> dict[str, float]:

@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
+from methods.shared import lq_loss
 
 
 @dataclass
@@ -32,12 +32,6 @@ class GCEOptions:
     def __post_init__(self) -> None:
         if not 0 < self.q <= 1:
             raise ValueError(f"q {self.q} is outside (0, 1]")
-
-
-def lq_loss(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
-    """Mean over the batch of (1 - p_y^q) / q."""
-    p_y_q = torch.exp(q * F.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1))
-    return ((1 - p_y_q) / q).mean()
 
 
 @METHODS.register("gce")

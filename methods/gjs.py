@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, StepOutput
+from methods.shared import nearest
 
 LOG_CLAMP = 1e-7  # mean_distrib.clamp(1e-7, 1.0).log(); target.clamp(min=1e-7).log() (losses.py:45,155)
 
@@ -50,10 +51,6 @@ PI_LABEL = {
     (100, "asym"): {0.2: 0.5, 0.4: 0.1},
 }
 WEBVISION_PI = 0.1  # scripts/WebVision: .1/.45/.45
-
-
-def nearest(rate: float, table: dict[float, float]) -> float:
-    return table[min(table, key=lambda r: (abs(r - rate), r))]
 
 
 def gjs_defaults(dataset: str, noise: str, rate: float | None, num_classes: int) -> float:

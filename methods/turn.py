@@ -37,6 +37,7 @@ from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.mixtures import GaussianMixture2
+from methods.shared import lq_loss
 
 LP_SHARE = 0.2  # harness choice: the paper's LP epochs are not known here
 GMM_ITERATIONS = 100  # scikit-learn GaussianMixture defaults (max_iter 100, tol 1e-3, reg_covar 1e-6)
@@ -169,8 +170,7 @@ class TURN(Method):
             net(x)
         net.train()
         logits = self.head(self._features.detach())
-        p_y = torch.exp(self.opts.q * F.log_softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1))
-        return StepOutput(loss=((1 - p_y) / self.opts.q).mean(), logits=logits)
+        return StepOutput(loss=lq_loss(logits.float(), y, self.opts.q), logits=logits)
 
     def detections(self, epoch: int) -> list[Detection]:
         if epoch < self.lp:

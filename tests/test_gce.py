@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from bench.common.errors import UsageError
 from bench.common.options import build_options
-from methods.gce import GCE, lq_loss
+from methods.gce import GCE
+from methods.shared import lq_loss
 
 
 def test_lq_by_hand():

@@ -1,0 +1,22 @@
+"""Small pieces several methods use, kept here because no method imports another (the mixtures
+have their own module, :mod:`methods.mixtures`)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def nearest(rate: float, table: dict[float, Any]) -> Any:
+    """The value of the published setting whose noise rate is closest to ``rate`` (ties: the
+    lower rate): how per-setting defaults fill the rates between published ones."""
+    return table[min(table, key=lambda r: (abs(r - rate), r))]
+
+
+def lq_loss(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
+    """GCE's L_q, mean over the batch of (1 - p_y^q) / q (Zhang & Sabuncu 2018), with p_y^q as
+    exp(q log_softmax_y): the same value without the NaN gradient p^q has where p_y underflows.
+    Used by GCE and by TURN's linear probing."""
+    p_y_q = torch.exp(q * F.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1))
+    return ((1 - p_y_q) / q).mean()
