@@ -262,9 +262,9 @@ class MCorrection(Method):
         self.state["lookup"] = torch.from_numpy(lookup)
         self.state["range"] = torch.tensor([lo, hi], dtype=torch.float64)
         self._cache = None
-        p_noisy = lookup[np.clip((LOOKUP_BINS * normalise_losses(raw, lo, hi)).astype(int), 0, LOOKUP_BINS - 1)]
+        p_noisy = look_up(self.state["lookup"], torch.from_numpy(normalise_losses(raw, lo, hi)))
         self.state["loss"] = losses.to(self.ctx.device)
-        self.state["p_noisy"] = torch.from_numpy(p_noisy).float().to(self.ctx.device)
+        self.state["p_noisy"] = p_noisy.float().to(self.ctx.device)
         return {f"bmm_{k}": float(v) for k, v in bmm.params().items()}
 
     def detections(self, epoch: int) -> list[Detection]:
