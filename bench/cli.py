@@ -446,7 +446,9 @@ VIEW_TEXT = {"weak": ("--augment", "crop + flip"), "weak2": ("--augment (a secon
              "ra-cutout": ("RandAugment n=1 m=3, --augment, Cutout", "RandAugment n=1 m=3, crop + flip, Cutout"),
              "ra-cutout2": ("the same, a second draw", "the same, a second draw"),
              "strong-mc": ("--augment + FixMatch RandAugment n=2 m=5 + grey Cutout",
-                           "crop + flip + FixMatch RandAugment n=2 m=5 + grey Cutout")}
+                           "crop + flip + FixMatch RandAugment n=2 m=5 + grey Cutout"),
+             "autoaug": ("--augment + AutoAugment (CIFAR-10 policy)", "crop + flip + AutoAugment (CIFAR-10 policy)"),
+             "autoaug2": ("the same, a second draw", "the same, a second draw")}
 
 
 def describe_views(views: tuple[str, ...]) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("ce", "coteaching", "dividemix", "elr", "disc", "gce", "gjs", "mcorrection", "plc", "turn", "wrongevent")
+MODULES = ("ce", "coteaching", "dividemix", "elr", "disc", "gce", "gjs", "mcorrection", "plc", "turn", "unicon",
+           "wrongevent")
 
 
 def load_all() -> None:

@@ -30,7 +30,8 @@ options, each with ``metadata={"help": ..., "source": ...}``), registers itself 
     The passes over the training data this epoch (default one). A two-network method that
     trains its networks one after the other (DivideMix) returns one :class:`Phase` per
     network, each naming the optimisers it steps and, optionally, the dataset indices it
-    visits.
+    visits, or a ``select`` callable the trainer calls when the phase begins, for a selection
+    that must see the earlier phases' training (UNICON's second network).
 ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch)``
     Whole-data work between epochs (DivideMix's evaluation pass and GMM, IDO's stage switch
     and mixture fit); ``ctx.predict_train(model)`` gives logits for every training sample in
@@ -86,6 +87,10 @@ class Phase:
     optimizers: tuple[str, ...] | None = None  # None: every optimiser of the method
     indices: torch.Tensor | None = None  # dataset indices to visit; None: all
     batch_size: int | None = None  # None: the run's batch size
+    # called by the trainer when the phase begins, after the earlier phases of the epoch have
+    # trained; returns the indices to visit (they replace ``indices``): a selection that depends
+    # on those phases (UNICON selects network 2's clean set after network 1's pass)
+    select: Callable[[], torch.Tensor] | None = None
 
 
 @dataclass

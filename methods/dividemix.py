@@ -35,10 +35,10 @@ from bench.common.errors import UsageError
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
+from methods.mixmatch import UnlabeledStream, linear_rampup, mixmatch_loss, mixup, negative_entropy, sharpen
 from methods.mixtures import GaussianMixture2
 from methods.shared import nearest
 
-RAMPUP_EPOCHS = 16  # linear_rampup(..., rampup_length=16) in Train_cifar.py
 HISTORY = 5  # epochs of loss averaged at 90% noise (Train_cifar.py eval_train)
 
 
@@ -89,31 +89,6 @@ class DivideMixOptions:
             raise ValueError("lambda_u and warmup_epochs must be >= 0")
 
 
-def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
-    pt = p ** (1 / temperature)
-    return pt / pt.sum(dim=1, keepdim=True)
-
-
-def linear_rampup(progress: float, warmup: int, lambda_u: float) -> float:
-    """lambda_u * clip((epoch + batch / num_iter - warm_up) / 16, 0, 1) (Train_cifar.py)."""
-    return lambda_u * float(np.clip((progress - warmup) / RAMPUP_EPOCHS, 0.0, 1.0))
-
-
-def mixmatch_loss(logits: torch.Tensor, mixed_target: torch.Tensor, n_labeled: int,
-                  lam_u: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """CE on the mixed labeled part, lambda-weighted MSE on the unlabeled part, uniform prior."""
-    lx = -(F.log_softmax(logits[:n_labeled], dim=1) * mixed_target[:n_labeled]).sum(dim=1).mean()
-    if logits.shape[0] > n_labeled:
-        lu = (F.softmax(logits[n_labeled:], dim=1) - mixed_target[n_labeled:]).pow(2).mean()
-    else:
-        lu = logits.new_zeros(())
-    prior = torch.full((logits.shape[1],), 1.0 / logits.shape[1], device=logits.device)
-    pred_mean = F.softmax(logits, dim=1).mean(dim=0)
-    penalty = (prior * (prior / pred_mean).log()).sum()
-    loss = lx + lam_u * lu + penalty
-    return loss, {"loss_x": lx.detach(), "loss_u": lu.detach(), "penalty": penalty.detach()}
-
-
 @METHODS.register("dividemix")
 class DivideMix(Method):
     """DivideMix (ICLR 2020): two nets, GMM co-divide on per-sample loss, MixMatch-style training."""
@@ -158,7 +133,7 @@ class DivideMix(Method):
                           hist2=torch.zeros(HISTORY, n, device=ctx.device),
                           hist_len=torch.zeros((), dtype=torch.int64))
         self.onehot_eye = torch.eye(ctx.num_classes, device=ctx.device)
-        self._unlabeled: dict[str, dict[str, Any]] = {}
+        self._unlabeled: dict[str, UnlabeledStream] = {}
         self._steps: dict[str, int] = {}
 
     def resolved_options(self) -> dict[str, Any]:
@@ -259,16 +234,14 @@ class DivideMix(Method):
         loss = F.cross_entropy(logits, batch["label"])
         terms = {"loss_x": loss.detach()}
         if self.ctx.noise in CLASS_DEPENDENT:  # NegEntropy: mean sum p log p (Train_cifar.py conf_penalty)
-            p = F.softmax(logits, dim=1)
-            penalty = (p * p.clamp_min(1e-12).log()).sum(dim=1).mean()
+            penalty = negative_entropy(logits)
             loss = loss + penalty
             terms["penalty"] = penalty.detach()
         return StepOutput(loss=loss, logits=logits if key == "net1" else None, terms=terms)
 
     def _next_unlabeled(self, phase: Phase, size: int) -> torch.Tensor | None:
         """Unlabeled indices for this phase, cycling through reshuffled orders (the official loader)."""
-        key = phase.name
-        if key not in self._unlabeled:
+        if phase.name not in self._unlabeled:
             labeled = torch.zeros(self.ctx.num_train, dtype=torch.bool, device=self.ctx.device)
             labeled[phase.indices] = True
             epoch_pool = self.ctx.epoch_pool()
@@ -276,17 +249,8 @@ class DivideMix(Method):
                 outside = torch.ones_like(labeled)
                 outside[epoch_pool] = False
                 labeled |= outside
-            pool = torch.nonzero(~labeled).squeeze(1)
-            self._unlabeled[key] = {"pool": pool, "order": pool[:0], "pos": 0}
-        u = self._unlabeled[key]
-        if len(u["pool"]) == 0:
-            return None
-        if u["pos"] + size > len(u["order"]):
-            gen = self.ctx.generators().torch
-            u["order"], u["pos"] = u["pool"][torch.randperm(len(u["pool"]), generator=gen, device=gen.device)], 0
-        out = u["order"][u["pos"]:u["pos"] + size]
-        u["pos"] += size
-        return out
+            self._unlabeled[phase.name] = UnlabeledStream(torch.nonzero(~labeled).squeeze(1), self.ctx.generators)
+        return self._unlabeled[phase.name].next(size)
 
     def _mix_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
         key, peer = ("net1", "net2") if phase.name == "net1" else ("net2", "net1")
@@ -307,12 +271,8 @@ class DivideMix(Method):
         inputs = [batch["weak"], batch["weak2"]] + ([ub["weak"], ub["weak2"]] if ub is not None else [])
         targets = [targets_x, targets_x] + ([targets_u, targets_u] if ub is not None else [])
         all_in, all_t = torch.cat(inputs), torch.cat(targets)
-        gens = self.ctx.generators()  # the run's, not the global RNG (Train_cifar.py: np.random, torch.randperm)
-        lam = float(gens.numpy.beta(self.alpha, self.alpha))
-        lam = max(lam, 1 - lam)
-        perm = torch.randperm(all_in.shape[0], generator=gens.torch, device=gens.torch.device).to(all_in.device)
-        mixed_in = lam * all_in + (1 - lam) * all_in[perm]
-        mixed_t = lam * all_t + (1 - lam) * all_t[perm]
+        # the run's generators, not the global RNG (Train_cifar.py: np.random, torch.randperm)
+        mixed_in, mixed_t = mixup(all_in, all_t, self.alpha, self.ctx.generators())
         logits = net(mixed_in)
         loss, terms = mixmatch_loss(logits.float(), mixed_t, 2 * n_l, lam_u)
         terms["lambda_u_ramped"] = logits.new_tensor(lam_u)  # on the device, as the other terms

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+from bench.common.errors import UsageError
 
 
 def nearest(rate: float, table: dict[float, Any]) -> Any:
@@ -20,3 +23,15 @@ def lq_loss(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
     Used by GCE and by TURN's linear probing."""
     p_y_q = torch.exp(q * F.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1))
     return ((1 - p_y_q) / q).mean()
+
+
+def classifier_of(net: nn.Module, method: str) -> nn.Module:
+    """The backbone's classifier: timm's ``get_classifier()``, else its last ``nn.Linear``; its
+    input is the penultimate feature (TURN probes it, UNICON projects it)."""
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    if not isinstance(head, nn.Linear):
+        linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+        head = linears[-1] if linears else None
+    if head is None:
+        raise UsageError(f"{method}: the backbone has no linear classifier (its features are the classifier's input)")
+    return head

@@ -37,7 +37,7 @@ from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.mixtures import GaussianMixture2
-from methods.shared import lq_loss
+from methods.shared import classifier_of, lq_loss
 
 LP_SHARE = 0.2  # harness choice: the paper's LP epochs are not known here
 GMM_ITERATIONS = 100  # scikit-learn GaussianMixture defaults (max_iter 100, tol 1e-3, reg_covar 1e-6)
@@ -61,16 +61,6 @@ class TURNOptions:
             raise ValueError(f"p_threshold {self.p_threshold} must lie in (0, 1)")
         if self.lp_epochs is not None and self.lp_epochs < 1:
             raise ValueError(f"lp_epochs {self.lp_epochs} must be >= 1")
-
-
-def classifier_of(net: nn.Module) -> nn.Module:
-    """The backbone's classifier: timm's ``get_classifier()``, else its last ``nn.Linear``."""
-    if hasattr(net, "get_classifier"):
-        return net.get_classifier()
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise UsageError("turn: the backbone has no linear classifier to probe")
-    return linears[-1]
 
 
 def class_balanced_selection(losses: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -118,7 +108,7 @@ class TURN(Method):
             raise UsageError(f"turn: {self.lp} linear-probing epochs leave no fine-tuning epoch of --epochs "
                              f"{ctx.epochs}; raise --epochs or --set lp_epochs=N")
         net = self.add_network("net", schedule_epochs=ctx.epochs)
-        self.head = classifier_of(net)
+        self.head = classifier_of(net, "turn")
         self.optimizers["lp"] = ctx.make_optimizer(self.head.parameters())
         n = ctx.num_train
         self.state["kept"] = torch.zeros(n, dtype=torch.bool, device=ctx.device)

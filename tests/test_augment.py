@@ -156,8 +156,11 @@ def test_each_op_runs_once_per_slot_whatever_the_batch(monkeypatch: pytest.Monke
         monkeypatch.setitem(augment._PIXEL_OPS, name, counting(name, fn))
     x = images(512, 3, 32, 32)
     rand_augment(x, gen(), num_ops=2)
-    assert set(calls) == {"warp", *augment._PIXEL_OPS}
+    assert set(calls) == {"warp", *augment._PIXEL_OPS} - {"Invert"}  # RandAugment never inverts
     assert max(calls.values()) <= 2, calls
+    calls.clear()
+    augment.auto_augment(x, gen())  # AutoAugment too: one call per op and slot
+    assert "Invert" in calls and max(calls.values()) <= 2, calls
 
 
 def test_bad_input_raises() -> None:
@@ -168,4 +171,56 @@ def test_bad_input_raises() -> None:
     with pytest.raises(ValueError, match="bins 0..30"):
         rand_augment(torch.zeros((2, 3, 8, 8), dtype=torch.uint8), gen(), magnitude=31)
     with pytest.raises(ValueError, match="valid: Identity"):
-        apply_op(torch.zeros((2, 3, 8, 8), dtype=torch.uint8), "Invert", 0.0)
+        apply_op(torch.zeros((2, 3, 8, 8), dtype=torch.uint8), "Cutout", 0.0)
+
+
+# --- per-sample magnitudes of the unsigned ops, Invert, and AutoAugment (CIFAR-10 policy) ----------
+
+
+@pytest.mark.parametrize("name,magnitudes", [("Posterize", (1.0, 4.0, 6.0, 8.0)),
+                                             ("Solarize", (0.0, 77.0, 128.0, 255.0))])
+def test_unsigned_ops_take_one_magnitude_per_image(name: str, magnitudes: tuple) -> None:
+    """RandAugmentMC and AutoAugment give the images of one sub-batch different magnitudes:
+    each image must get its own (a single value for the sub-batch was a bug)."""
+    x = images(len(magnitudes), 3, 32, 32, seed=4)
+    op = torch.full((len(x),), augment._INDEX[name], dtype=torch.long)
+    out = augment.apply_ops(x, op, torch.tensor(magnitudes, dtype=torch.float64))
+    for i, m in enumerate(magnitudes):
+        assert torch.equal(out[i], reference(x[i:i + 1], name, m)[0]), (name, m)
+
+
+def test_invert_matches_torchvision() -> None:
+    x = images(6, 3, 32, 32)
+    assert torch.equal(apply_op(x, "Invert", 0.0), reference(x, "Invert", 0.0))
+
+
+def test_auto_augment_policy_is_torchvisions_cifar10() -> None:
+    from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
+    assert tuple(tuple(sub) for sub in AutoAugment(AutoAugmentPolicy.CIFAR10).policies) == augment.CIFAR10_POLICY
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=["c1", "c3"])
+def test_auto_augment_replays_torchvisions_forward_per_sample(shape: tuple) -> None:
+    """Image i goes through torchvision's ``AutoAugment.forward`` steps with image i's draws
+    (sub-policy, probabilities, signs) through torchvision's own ``_apply_op``."""
+    from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
+    x = images(96, *shape, seed=2)
+    out = augment.auto_augment(x, gen(7))
+    policy, probs, signs = augment.draw_auto_augment(len(x), gen(7))
+    aa = AutoAugment(AutoAugmentPolicy.CIFAR10)
+    space = aa._augmentation_space(10, (shape[1], shape[2]))
+    differing = 0.0
+    for i in range(len(x)):
+        y = x[i]
+        for slot, (name, p, bin_) in enumerate(aa.policies[int(policy[i])]):
+            if probs[slot, i] <= p:
+                values, signed = space[name]
+                m = float(values[bin_].item()) if bin_ is not None else 0.0
+                m = -m if signed and signs[slot, i] == 0 else m
+                y = _apply_op(y, name, m, InterpolationMode.NEAREST, None)
+        differing = max(differing, (out[i] != y).any(dim=0).float().mean().item())
+    assert differing <= GEOMETRIC_TOLERANCE, differing  # warps: see GEOMETRIC_TOLERANCE
+    assert len({int(p) for p in policy}) > 15  # drawn per sample, not once per call
+    assert out.dtype == torch.uint8 and not torch.equal(out, x)

@@ -14,7 +14,8 @@ from helpers import FixedLogits, assert_resume_equals_uninterrupted, fake_genera
 
 from bench.common.options import build_options
 from methods.base import Phase
-from methods.dividemix import DivideMix, dividemix_defaults, linear_rampup, mixmatch_loss, sharpen
+from methods.dividemix import DivideMix, dividemix_defaults
+from methods.mixmatch import linear_rampup, mixmatch_loss, sharpen
 
 
 def fake_dividemix(n: int = 8, noise_rate: float = 0.4, **opts) -> DivideMix:

@@ -250,3 +250,15 @@ def test_bench_list_methods_verbose(capsys):
         aliases = METHODS.aliases_of(name)
         if aliases:
             assert f"(alias: {', '.join(aliases)})" in out
+
+
+def test_every_method_module_is_in_the_independence_contract():
+    """The import-linter contract "No method imports another" lists exactly methods.MODULES, so
+    a new method cannot slip past it."""
+    from pathlib import Path
+
+    import tomllib
+
+    cfg = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    contract = next(c for c in cfg["tool"]["importlinter"]["contracts"] if c["name"].startswith("No method imports"))
+    assert set(contract["modules"]) == {f"methods.{m}" for m in methods.MODULES}

@@ -10,7 +10,8 @@ from helpers import make_trainer
 from bench.backbones import create_backbone
 from bench.common.errors import UsageError
 from bench.common.options import build_options
-from methods.turn import TURN, class_balanced_selection, classifier_of
+from methods.shared import classifier_of
+from methods.turn import TURN, class_balanced_selection
 
 
 def separated(clean: int, noisy: int, rng: np.random.Generator) -> np.ndarray:
@@ -41,9 +42,9 @@ def test_with_one_class_it_is_the_gmm_rule():
 
 def test_classifier_is_the_last_linear_layer_or_timms():
     small = create_backbone("smallcnn", 10, 1, 28, False)
-    assert classifier_of(small) is [m for m in small.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert classifier_of(small, "turn") is [m for m in small.modules() if isinstance(m, torch.nn.Linear)][-1]
     with pytest.raises(UsageError, match="no linear classifier"):
-        classifier_of(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)))
+        classifier_of(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)), "turn")
 
 
 @pytest.mark.parametrize("key,value", [("q", "0"), ("p_threshold", "1"), ("lp_epochs", "0")])

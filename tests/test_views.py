@@ -17,7 +17,7 @@ from PIL import Image
 from bench.cli import main
 from bench.training.augment import rand_augment
 from bench.training.config import RunConfig
-from bench.training.data import file_transforms, make_view_maker, random_crop, random_flip
+from bench.training.data import VIEWS, file_transforms, make_view_maker, random_crop, random_flip
 
 CPU = torch.device("cpu")
 
@@ -55,11 +55,26 @@ def test_official_views_are_crop_and_flip_whatever_the_run_augments():
     torch.testing.assert_close(draw(vm, x, "train"), draw(vm, x, "plain"), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("view", ["train", "weak", "weak2", "strong", "plain", "ra-cutout", "ra-cutout2"])
+@pytest.mark.parametrize("view", VIEWS)
 def test_with_crop_flip_the_two_policies_give_identical_views(view):
     x = batch(1)
     shared, official = draw(maker("crop-flip", "shared"), x, view), draw(maker("crop-flip", "official"), x, view)
     torch.testing.assert_close(shared, official, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("policy", ["shared", "official"])
+def test_autoaugment_views_start_from_the_policys_base(policy):
+    """UNICON's strong views: the policy's base (none under shared here, crop + flip under
+    official), then AutoAugment (CIFAR-10 policy) on uint8, then normalisation; two draws differ."""
+    from bench.training.augment import auto_augment
+
+    x, vm = batch(3), maker("none", policy)
+    g = torch.Generator().manual_seed(7)
+    base = x if policy == "shared" else random_flip(random_crop(x, 4, g), g)
+    torch.testing.assert_close(draw(vm, x, "autoaug"), vm.normalise(auto_augment(base, g)), rtol=0, atol=0)
+    g = torch.Generator().manual_seed(7)
+    first, second = vm(x, "autoaug", g), vm(x, "autoaug2", g)
+    assert not torch.equal(first, second)
 
 
 def test_shared_views_follow_another_base_augmentation():

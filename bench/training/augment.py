@@ -28,7 +28,8 @@ OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Br
 SIGNED = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
           "Sharpness")
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-_INDEX = {name: i for i, name in enumerate(OPS)}
+# AutoAugment's policies also invert; RandAugment never draws it (it draws from OPS only)
+_INDEX = {name: i for i, name in enumerate((*OPS, "Invert"))}
 
 
 def op_magnitudes(magnitude: int, num_bins: int, height: int, width: int) -> torch.Tensor:
@@ -152,12 +153,19 @@ def _sharpness(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
 
 
 def _posterize(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
-    bits = int(mag[0])  # unsigned op: one value for the whole sub-batch
-    return x & ((-(2 ** (8 - bits))) & 0xFF)
+    """Keep the top ``mag`` bits of every pixel, one bit count per image (RandAugmentMC and
+    AutoAugment draw different magnitudes within one sub-batch)."""
+    keep = 256 - torch.pow(2, 8 - mag.long())  # the mask -(2 ** (8 - bits)) & 0xFF
+    return x & keep.to(torch.uint8).view(-1, 1, 1, 1)
 
 
 def _solarize(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
-    return torch.where(x >= float(mag[0]), 255 - x, x)
+    """Invert the pixels at or above the image's threshold ``mag``."""
+    return torch.where(x.double() >= mag.view(-1, 1, 1, 1), 255 - x, x)
+
+
+def _invert(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    return 255 - x
 
 
 def _autocontrast(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
@@ -191,6 +199,7 @@ def _equalize(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
 _PIXEL_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "Brightness": _brightness, "Color": _color, "Contrast": _contrast, "Sharpness": _sharpness,
     "Posterize": _posterize, "Solarize": _solarize, "AutoContrast": _autocontrast, "Equalize": _equalize,
+    "Invert": _invert,
 }
 
 
@@ -221,7 +230,7 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Ten
 def apply_op(x: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
     """One op with one signed magnitude on the whole batch (the batched ``_apply_op``)."""
     if name not in _INDEX:
-        raise ValueError(f"unknown op {name!r}; valid: {', '.join(OPS)}")
+        raise ValueError(f"unknown op {name!r}; valid: {', '.join(_INDEX)}")
     _check_images(x)
     op = torch.full((x.shape[0],), _INDEX[name], dtype=torch.long, device=x.device)
     return apply_ops(x, op, torch.full((x.shape[0],), float(magnitude), dtype=torch.float64, device=x.device))
@@ -290,3 +299,72 @@ def cutout_abs(x: torch.Tensor, gen: torch.Generator, size: int, fill: int = 127
     in_y = (rows >= y0[:, None]) & (rows <= y1[:, None])
     box = (in_y[:, :, None] & in_x[:, None, :])[:, None]
     return torch.where(box, torch.tensor(fill, dtype=x.dtype, device=x.device), x)
+
+
+# torchvision's AutoAugmentPolicy.CIFAR10 (transforms/autoaugment.py, AutoAugment._get_policies):
+# the 25 sub-policies of Cubuk et al. 2019 found on reduced CIFAR-10, each two (op, probability,
+# magnitude bin of 10); the CIFAR10Policy of UNICON's dataloader_cifar.py is the same list
+CIFAR10_POLICY = (
+    (("Invert", 0.1, None), ("Contrast", 0.2, 6)),
+    (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
+    (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
+    (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.5, None), ("Equalize", 0.9, None)),
+    (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
+    (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
+    (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
+    (("Equalize", 0.6, None), ("Equalize", 0.5, None)),
+    (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
+    (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
+    (("Equalize", 0.3, None), ("AutoContrast", 0.4, None)),
+    (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
+    (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
+    (("Solarize", 0.5, 2), ("Invert", 0.0, None)),
+    (("Equalize", 0.2, None), ("AutoContrast", 0.6, None)),
+    (("Equalize", 0.2, None), ("Equalize", 0.6, None)),
+    (("Color", 0.9, 9), ("Equalize", 0.6, None)),
+    (("AutoContrast", 0.8, None), ("Solarize", 0.2, 8)),
+    (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
+    (("Solarize", 0.4, 5), ("AutoContrast", 0.9, None)),
+    (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.9, None), ("Solarize", 0.8, 3)),
+    (("Equalize", 0.8, None), ("Invert", 0.1, None)),
+    (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, None)),
+)
+AA_BINS = 10  # AutoAugment's magnitude bins (torchvision: _augmentation_space(10, ...))
+
+
+def draw_auto_augment(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample draws of AutoAugment, torchvision's ``get_params`` for every image: the
+    sub-policy (long, (batch,)), the two uniform draws compared with the ops' probabilities
+    (float, (2, batch)) and the two sign bits (long, (2, batch); 0 negates a signed op), on
+    ``gen.device``."""
+    policy = torch.randint(0, len(CIFAR10_POLICY), (batch,), generator=gen, device=gen.device)
+    probs = torch.rand((2, batch), generator=gen, device=gen.device)
+    signs = torch.randint(0, 2, (2, batch), generator=gen, device=gen.device)
+    return policy, probs, signs
+
+
+def auto_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """AutoAugment with the CIFAR-10 policy, drawn per sample: torchvision's
+    ``AutoAugment(AutoAugmentPolicy.CIFAR10)`` (nearest interpolation, fill 0) with its
+    sub-policy, probabilities and signs drawn for each image rather than once per call, each op
+    applied at once to the images that drew it. UNICON's strong view (dataloader_cifar.py:
+    crop + flip + ``CIFAR10Policy()``). uint8 (B, C, H, W) in, uint8 out."""
+    _check_images(x)
+    h, w = x.shape[2], x.shape[3]
+    table = torch.stack([op_magnitudes(b, AA_BINS, h, w) for b in range(AA_BINS)])
+    table = F.pad(table, (0, 1)).to(x.device)  # Invert: no magnitude
+    signed = torch.tensor([name in SIGNED for name in _INDEX], device=x.device)
+    ops = torch.tensor([[_INDEX[name] for name, _, _ in sub] for sub in CIFAR10_POLICY], device=x.device)
+    prob = torch.tensor([[p for _, p, _ in sub] for sub in CIFAR10_POLICY], device=x.device)
+    bins = torch.tensor([[-1 if b is None else b for _, _, b in sub] for sub in CIFAR10_POLICY], device=x.device)
+    policy, draws, signs = (t.to(x.device) for t in draw_auto_augment(x.shape[0], gen))
+    identity = torch.full_like(policy, _INDEX["Identity"])
+    for slot in range(2):
+        op = torch.where(draws[slot] <= prob[policy, slot], ops[policy, slot], identity)
+        b = bins[policy, slot]
+        mag = torch.where(b >= 0, table[b.clamp(min=0), op], 0.0)
+        sign = torch.where(signed[op] & (signs[slot] == 0), -1.0, 1.0).double()
+        x = apply_ops(x, op, mag * sign)
+    return x

@@ -29,6 +29,11 @@ The views:
   normalisation: DISC's strong view (``TransformFixMatch_CIFAR10`` with ``RandAugmentwogeo(2, 5)``,
   datasets/randaugment.py). Approximations, named: torchvision's op set and ranges
   (:func:`bench.training.augment.rand_augment_mc`), and the crop pads with zeros, not reflection.
+- ``autoaug`` and ``autoaug2`` (two independent draws): ``weak`` + AutoAugment with the CIFAR-10
+  policy, sub-policy, probabilities and signs drawn per sample, on uint8 before normalisation:
+  UNICON's strong views (dataloader_cifar.py: crop + flip + ``CIFAR10Policy()``), with
+  torchvision's ``AutoAugment(AutoAugmentPolicy.CIFAR10)`` semantics
+  (:func:`bench.training.augment.auto_augment`).
 
 No per-sample Python work runs in the loop. The loaders know nothing about methods: a method
 names the views it needs, and the loader makes them.
@@ -44,8 +49,9 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 Batch = dict[str, torch.Tensor]
-VIEWS = ("plain", "train", "weak", "weak2", "strong", "ra-cutout", "ra-cutout2", "strong-mc")
+VIEWS = ("plain", "train", "weak", "weak2", "strong", "ra-cutout", "ra-cutout2", "strong-mc", "autoaug", "autoaug2")
 CUTOUT_VIEWS = ("ra-cutout", "ra-cutout2")
+AA_VIEWS = ("autoaug", "autoaug2")
 LIGHT_RA = (1, 3)  # GJS: RandAugment(N=1, M=3) (configs, datasets/transforms.py)
 MC_CUTOUT = 0.15  # DISC: RandAugmentwogeo(n=2, m=5) ends with CutoutAbs(img, int(size * 0.15))
 
@@ -125,7 +131,12 @@ class ViewMaker:
 
     def device_stage(self, view: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """What a view does to uint8 images on the device after its base augmentation (both
-        paths, in memory and on disk): FixMatch-style RandAugment and grey Cutout for ``strong-mc``."""
+        paths, in memory and on disk): FixMatch-style RandAugment and grey Cutout for ``strong-mc``,
+        AutoAugment (CIFAR-10 policy) for ``autoaug`` and ``autoaug2``."""
+        if view in AA_VIEWS:
+            from bench.training.augment import auto_augment
+
+            return auto_augment(x, gen)
         if view != "strong-mc":
             return x
         from bench.training.augment import cutout_abs, rand_augment_mc

@@ -356,6 +356,8 @@ class Trainer:
         m.train_mode(True)
         bar = self._bar(epoch)
         for phase in m.phases(epoch):
+            if phase.select is not None:  # a selection made now, after the earlier phases
+                phase.indices = phase.select()
             opts = [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))]
             indices = self.pool if phase.indices is None else phase.indices
             for batch in self.train_loader.iterate(views, gen, indices=indices, batch_size=phase.batch_size):
