@@ -34,7 +34,18 @@ uniform selection pads a class with fewer samples than its quota with index 0
 (dataloader_cifar.py:139-156); here such a class gives all it has. The official JSD of network
 2 runs network 1 in training mode (no ``.eval()``); here both are in eval mode, as the
 Clothing1M script does. The official best checkpoint is chosen on the test set; here the run
-reports best and last like every method.
+reports best and last like every method. The AutoAugment views follow torchvision's
+``AutoAugment`` (zero fill, nearest interpolation); the ``CIFAR10Policy`` UNICON imports has the
+same sub-policies but fills warps with grey and shears bicubically.
+
+The step and schedule are the CIFAR script's on every data set. The other official scripts
+differ in ways not reproduced here: Clothing1M (``Train_clothing1M.py``) adds the warm-up
+penalty always, trains each network twice per epoch, reloads network 1's best-validation
+checkpoint before network 2's JSD, co-guesses and refines on the strong views, contrasts the
+weak ones, mixes and forwards only 2B rows, and has its own cosine (100 epochs); Tiny-ImageNet
+uses ImageNet's AutoAugment policy with ColorJitter and a step schedule; WebVision a step
+schedule and a "jump restart". Their defaults (warm-up, lambda_u, alpha) are taken; the rest is
+the CIFAR recipe, named.
 """
 from __future__ import annotations
 
@@ -145,12 +156,13 @@ def simclr_loss(f1: torch.Tensor, f2: torch.Tensor, temperature: float, base_tem
     """``SupConLoss`` without labels (SimCLR; Contrastive_loss.py): the 2n normalised features
     as anchors, each one's positive the other view of its sample, the other 2n - 2 negatives;
     -(T / T_base) times the mean log-probability of the positive."""
-    z = torch.cat([f1, f2])
+    z = torch.cat([f1, f2]).float()
     n = f1.shape[0]
-    sim = z @ z.T / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return (temperature / base_temperature) * F.cross_entropy(sim, positive)
+    with torch.autocast(z.device.type, enabled=False):  # fp32 as the official code: logits reach 1 / T = 20
+        sim = z @ z.T / temperature
+        sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+        positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        return (temperature / base_temperature) * F.cross_entropy(sim, positive)
 
 
 class ProjectedNet(nn.Module):
@@ -275,7 +287,7 @@ class UNICON(Method):
         if self.opts.jsd_base == "2":
             jsd = jsd / math.log(2)
         thr = jsd_threshold(jsd, self.opts.d_u, self.opts.tau)
-        ratio = float((jsd < thr).float().mean())
+        ratio = int((jsd < thr).sum()) / max(1, len(jsd))  # float64, as sum(prob < thr).item() / N
         chosen = uniform_selection(jsd, given, ctx.num_classes, ratio)
         ids = torch.arange(ctx.num_train, device=ctx.device) if pool is None else pool.to(ctx.device)
         labeled = torch.zeros(ctx.num_train, dtype=torch.bool, device=ctx.device)

@@ -155,3 +155,12 @@ def test_short_run_selects_network_2_after_network_1_trained(tmp_path):
     assert all(c == quota or c == int((given == i).sum()) for i, c in enumerate(counts.tolist()))
     # after one warm-up epoch the selection is already cleaner than the data (40% noise)
     assert m1["clean_precision"] > 0.7
+
+
+def test_simclr_loss_stays_fp32_under_autocast():
+    g = torch.Generator().manual_seed(1)
+    f1, f2 = (F.normalize(torch.randn(16, 8, generator=g), dim=1) for _ in range(2))
+    exact = simclr_loss(f1.double(), f2.double(), 0.05, 0.05).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = simclr_loss(f1, f2, 0.05, 0.05)
+    assert under.dtype == torch.float32 and under.item() == pytest.approx(exact, abs=1e-5)

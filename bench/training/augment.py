@@ -303,7 +303,8 @@ def cutout_abs(x: torch.Tensor, gen: torch.Generator, size: int, fill: int = 127
 
 # torchvision's AutoAugmentPolicy.CIFAR10 (transforms/autoaugment.py, AutoAugment._get_policies):
 # the 25 sub-policies of Cubuk et al. 2019 found on reduced CIFAR-10, each two (op, probability,
-# magnitude bin of 10); the CIFAR10Policy of UNICON's dataloader_cifar.py is the same list
+# magnitude bin of 10); the CIFAR10Policy UNICON's dataloader_cifar.py imports has the same list
+# (it fills warps with grey and shears bicubically: torchvision's zero fill and nearest are used here)
 CIFAR10_POLICY = (
     (("Invert", 0.1, None), ("Contrast", 0.2, 6)),
     (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
