@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 MODULES = ("ce", "coteaching", "dividemix", "elr", "disc", "gce", "gjs", "mcorrection", "plc", "turn", "unicon",
-           "wrongevent")
+           "wrongevent", "sce", "gls", "bootstrap", "mixup")
 
 
 def load_all() -> None:
