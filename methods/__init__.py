@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 MODULES = ("ce", "coteaching", "dividemix", "elr", "disc", "gce", "gjs", "mcorrection", "plc", "turn", "unicon",
-           "wrongevent", "sce", "gls", "bootstrap", "mixup")
+           "wrongevent", "sce", "gls", "bootstrap", "mixup", "losscorrection")
 
 
 def load_all() -> None:

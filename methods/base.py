@@ -155,6 +155,10 @@ class MethodContext:
     # this epoch's training indices when the data set samples its epochs (Clothing1M: a fresh
     # class-balanced sample each epoch); None: every sample. Phases without indices visit it.
     epoch_pool: Callable[[], torch.Tensor | None] = lambda: None
+    # ORACLE: the nominal transition matrix of the run's synthetic noise model (C x C, rows the
+    # true class; None for real noise and instance noise), what official code takes from its noise
+    # generator for known-T experiments. A method may read it only under an option named as such.
+    noise_transition: Callable[[], Any] = lambda: None
 
 
 class Method:
@@ -212,6 +216,13 @@ class Method:
     def detections(self, epoch: int) -> list[Detection]:
         """The method's guesses of the clean samples after ``epoch`` (none by default)."""
         return []
+
+    def transition(self) -> Any:
+        """The method's current estimate of the noise transition matrix T (C x C tensor or array,
+        T[i, j] = P(given label j | true class i)), or None (the default: it estimates none). The
+        trainer logs its error against the training set's realised T where the truth is known
+        (``t_error``, :func:`bench.training.diagnostics.transition_error`)."""
+        return None
 
     def resolved_options(self) -> dict[str, Any]:
         """The options as the method uses them after ``setup`` (per-setting defaults filled in);

@@ -47,3 +47,12 @@ def detection_metrics(detections: list[Any], is_clean: np.ndarray) -> dict[str, 
             sel = selection_metrics(as_numpy(d.selected) > 0, is_clean)
             out[d.precision], out[d.recall] = sel["clean_precision"], sel["clean_recall"]
     return out
+
+
+def transition_error(estimate: Any, truth: np.ndarray) -> float:
+    """Relative L1 error of an estimated transition matrix, sum |T_est - T| / sum |T| (T-Revision
+    ``tools.py`` ``error``; Xia et al. 2019 report it as the estimation error)."""
+    est, truth = as_numpy(estimate), np.asarray(truth, dtype=np.float64)
+    if est.shape != truth.shape:
+        raise ValueError(f"transition estimate of shape {est.shape}, the truth is {truth.shape}")
+    return float(np.abs(est - truth).sum() / np.abs(truth).sum())

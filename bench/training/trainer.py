@@ -31,10 +31,11 @@ from bench.training.catalogue import method_class
 from bench.training.config import RunConfig
 from bench.training.data import DiskLoader, epoch_generator
 from bench.training.device import peak_memory_mb, resolve_device
-from bench.training.diagnostics import detection_metrics
+from bench.training.diagnostics import detection_metrics, transition_error
 from bench.training.record import RunRecord
 from bench.training.resolve import CHECKPOINT, RunSpec
 from bench.training.tracking import new_tracker
+from datasets.noise import NoiseSpec, expected_transition, transition_matrix
 from methods.base import Generators, Method, MethodContext
 
 
@@ -180,6 +181,7 @@ class Trainer:
         self._gen = epoch_generator(self.config.seed, 0, self.device)  # the current epoch's data generator
         self._gens = self._method_generators(0)
         self.data: Assembly | None = None
+        self._transition: np.ndarray | None = None
 
     # --- the data, as the loops and tests see it ----------------------------------------------
     @property
@@ -259,6 +261,8 @@ class Trainer:
             fetch=lambda index, views: self.train_loader.batch(index.to(self.device), views, self._gen),
             given_labels=self.train_loader.labels, artifact_dir=art,
             generators=lambda: self._gens, epoch_pool=lambda: self.pool,
+            noise_transition=lambda: None if ds.real_noise else expected_transition(
+                ds.num_classes, NoiseSpec(cfg.noise, cfg.noise_rate, cfg.noise_seed), asym_map=ds.asym_map),
         )
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -324,9 +328,20 @@ class Trainer:
         is known (the method never sees it)."""
         is_clean = self.data.is_clean
         detections = self.method.detections(epoch)
-        if is_clean is None or not detections:
-            return {}
-        return detection_metrics(detections, is_clean.cpu().numpy())
+        out = {} if is_clean is None or not detections else detection_metrics(detections, is_clean.cpu().numpy())
+        estimate = self.method.transition()
+        if estimate is not None and self.train_loader.clean is not None:  # T-estimating methods
+            out["t_error"] = transition_error(estimate, self._realised_transition())
+        return out
+
+    def _realised_transition(self) -> np.ndarray:
+        """The training set's realised transition matrix (rows: true class), from the truth the
+        trainer keeps."""
+        if self._transition is None:
+            loader = self.train_loader
+            self._transition = transition_matrix(loader.clean.cpu().numpy(), loader.labels.cpu().numpy(),
+                                                 self.data.dataset.num_classes)
+        return self._transition
 
     # --- training ------------------------------------------------------------------------------
     def _step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Any, opts: list) -> Any:
