@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 
 MODULES = ("ce", "coteaching", "dividemix", "elr", "disc", "gce", "gjs", "mcorrection", "plc", "turn", "unicon",
-           "wrongevent", "sce", "gls", "bootstrap", "mixup", "losscorrection")
+           "wrongevent", "sce", "gls", "bootstrap", "mixup", "losscorrection",
+           "trevision")
 
 
 def load_all() -> None:

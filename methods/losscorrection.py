@@ -27,31 +27,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
+from methods.shared import anchor_transition
 
 EPS = 1e-7  # K.epsilon(): q clipped to [1e-7, 1 - 1e-7] (loss.py:16, 25)
-PERCENTILE = 97  # models.py:441 (np.percentile(eta[:, i], 97, interpolation='higher'))
-
-
-def anchor_transition(eta: np.ndarray, filter_outlier: bool, percentile: float = PERCENTILE) -> np.ndarray:
-    """The anchor-point estimate of T from class probabilities ``eta`` (N x C): row i is eta at
-    the sample with the highest probability of class i (below the column's ``percentile`` when
-    ``filter_outlier``), rows normalised (models.py:413-477)."""
-    eta = np.asarray(eta, dtype=np.float64)
-    c = eta.shape[1]
-    t = np.empty((c, c))
-    for i in range(c):
-        col = eta[:, i]
-        if filter_outlier:
-            col = np.where(col >= np.percentile(col, percentile, method="higher"), 0.0, col)
-        t[i] = eta[int(np.argmax(col))]
-    return t / t.sum(axis=1, keepdims=True)
 
 
 def _clipped_probs(logits: torch.Tensor) -> torch.Tensor:

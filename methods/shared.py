@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,6 +24,27 @@ def lq_loss(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
     Used by GCE and by TURN's linear probing."""
     p_y_q = torch.exp(q * F.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1))
     return ((1 - p_y_q) / q).mean()
+
+
+# np.percentile(eta[:, i], 97, interpolation='higher'): loss-correction models.py:441, T-Revision tools.py:33
+PERCENTILE = 97
+
+
+def anchor_transition(eta: np.ndarray, filter_outlier: bool, percentile: float = PERCENTILE) -> np.ndarray:
+    """The anchor-point estimate of T from class probabilities ``eta`` (N x C): row i is eta at
+    the sample with the highest probability of class i (below the column's ``percentile`` when
+    ``filter_outlier``), rows normalised (Patrini et al. 2017, loss-correction models.py:413-477;
+    T-Revision's ``tools.fit``). Each column is filtered on a copy: the official zeroing works in
+    place on eta and so changes what later anchors read."""
+    eta = np.asarray(eta, dtype=np.float64)
+    c = eta.shape[1]
+    t = np.empty((c, c))
+    for i in range(c):
+        col = eta[:, i]
+        if filter_outlier:
+            col = np.where(col >= np.percentile(col, percentile, method="higher"), 0.0, col)
+        t[i] = eta[int(np.argmax(col))]
+    return t / t.sum(axis=1, keepdims=True)
 
 
 def classifier_of(net: nn.Module, method: str) -> nn.Module:

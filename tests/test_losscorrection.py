@@ -13,7 +13,8 @@ from helpers import make_trainer
 
 from bench.common.errors import UsageError
 from bench.training.diagnostics import transition_error
-from methods.losscorrection import anchor_transition, backward_loss, forward_loss
+from methods.losscorrection import backward_loss, forward_loss
+from methods.shared import anchor_transition
 
 T = torch.tensor([[0.8, 0.2, 0.0], [0.0, 0.8, 0.2], [0.2, 0.0, 0.8]])
 Q = torch.tensor([[0.78699, 0.10651, 0.10651]]).log()
