@@ -56,6 +56,8 @@ RUN_FLAGS: dict[str, tuple[type, str]] = {
                    "same augmentation; official = as the method published them (crop + flip)"),
     "image_size": (int, "side in pixels of the images the backbone sees (default: the data set's)"),
     "subset": (int, "train on N samples, stratified by class, chosen by the noise seed (default: all)"),
+    "test_subset": (int, "evaluate on N test images, stratified by class, always the same ones: quick checks; "
+                         "tables keep such runs apart (default: all)"),
     "val_fraction": (float, "hold out this fraction of the noisy training set (stratified by given label, "
                             "chosen by the noise seed) and log accuracy on it as val_acc"),
     "data_root": (str, "folder holding the data set (Fashion-MNIST: Debian's dataset-fashion-mnist)"),
@@ -133,7 +135,7 @@ def add_run_flags(parser: argparse.ArgumentParser, skip: set[str] = frozenset())
     """The ``bench run`` options (also taken by ``sweep`` and ``study``)."""
     for name, (tp, help_) in RUN_FLAGS.items():
         if name not in skip:
-            metavar = name.split("_")[-1].upper() if tp is not str else None
+            metavar = "N" if name == "test_subset" else name.split("_")[-1].upper() if tp is not str else None
             parser.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, default=None, metavar=metavar,
                                 help=_run_flag_help(name, help_))
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,

@@ -128,6 +128,7 @@ PRE_VALIDATION = [
     ("unknown-option", ["--method", "ce", "--set", "nosuchkey=1"], ["nosuchkey", "'ce'"], None),
     ("set-without-equals", ["--method", "ce", "--set", "nosuchkey"], ["--set nosuchkey", "KEY=VALUE"], None),
     ("subset-0", ["--method", "ce", "--subset", "0"], ["--subset 0"], None),
+    ("test-subset-0", ["--method", "ce", "--test-subset", "0"], ["--test-subset 0"], None),
     ("epochs-0", ["--method", "ce", "--epochs", "0"], ["--epochs 0"], None),
     ("unknown-augment", ["--method", "ce", "--augment", "rotate"], ["--augment rotate", "crop-flip"], None),
 ]

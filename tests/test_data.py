@@ -540,3 +540,22 @@ def test_disk_augmentation_does_not_depend_on_the_workers(png_loader):
     a = png_loader.batch(torch.tensor([3, 4]), views, epoch_generator(1, 0, CPU))
     b = png_loader.batch(torch.tensor([3, 4]), views, epoch_generator(1, 0, CPU))
     assert all(torch.equal(a[v], b[v]) for v in views)  # fetches by index too
+
+
+def test_test_subset_is_stratified_fixed_and_logged(tmp_path):
+    """--test-subset N evaluates on the same N stratified test images in every run, is part of
+    the configuration (hashed, so tables keep such runs apart) and is refused above the test size."""
+    from helpers import make_trainer
+
+    from bench.common.errors import UsageError
+    from bench.training.config import RunConfig
+
+    a = make_trainer(tmp_path / "a", method="ce", subset=100, epochs=1, test_subset=500, seed=1)
+    b = make_trainer(tmp_path / "b", method="ce", subset=100, epochs=1, test_subset=500, seed=2)
+    la, lb = a.test_loader.labels.cpu(), b.test_loader.labels.cpu()
+    assert len(la) == 500 and torch.equal(la, lb)
+    assert torch.bincount(la, minlength=10).tolist() == [50] * 10
+    assert RunConfig("ce", test_subset=500).hash() != RunConfig("ce").hash()
+    assert RunConfig("ce", test_subset=None).hash() == RunConfig("ce").hash()  # old runs keep their hash
+    with pytest.raises(UsageError, match="--test-subset 20000"):
+        make_trainer(tmp_path / "c", method="ce", subset=100, epochs=1, test_subset=20000)

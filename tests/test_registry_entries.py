@@ -27,7 +27,7 @@ EPOCHS = 3
 def run_args(name: str) -> tuple[str, ...]:
     sets = [a for k, v in method_class(name).smoke_options.items() for a in ("--set", f"{k}={v}")]
     return ("--method", name, "--noise", "sym", "--noise-rate", "0.4", "--subset", "120", "--batch-size", "40",
-            "--epochs", str(EPOCHS), "--augment", "none", "--eval-batch-size", "4096", *sets)
+            "--epochs", str(EPOCHS), "--augment", "none", "--eval-batch-size", "4096", "--test-subset", "500", *sets)
 
 
 @pytest.mark.parametrize("name", catalogue().methods.names())

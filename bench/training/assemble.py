@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bench.common.errors import UsageError
 from bench.common.options import build_options
 from bench.training.config import Placement, RunConfig
 from bench.training.data import DiskLoader, InMemoryLoader, file_transforms, make_view_maker
-from datasets.base import DATASETS, Dataset, NoiseReport, TrainSet, make_train_set
+from datasets.base import DATASETS, Dataset, NoiseReport, TrainSet, make_train_set, stratified_subset
 from datasets.noise import NoiseSpec
 
 
@@ -70,7 +71,14 @@ def assemble(config: RunConfig, place: Placement, device: torch.device, channels
         transforms = file_transforms(image_size, resize, config.augment, config.views)
         return DiskLoader(images, labels, clean, views, transforms, image_size, batch_size, device, place.workers)
 
-    tests = {"": loader(raw.test_images, raw.test_labels, None, config.eval_batch_size)}
+    test_images, test_labels = raw.test_images, raw.test_labels
+    if config.test_subset is not None:  # the same images every run: stratified, seed 0
+        if config.test_subset > len(test_labels):
+            raise UsageError(f"--test-subset {config.test_subset} is larger than the test set ({len(test_labels)})")
+        keep = stratified_subset(np.asarray(test_labels), config.test_subset, 0)
+        test_images = test_images[keep] if hasattr(test_images, "shape") else [test_images[i] for i in keep]
+        test_labels = np.asarray(test_labels)[keep]
+    tests = {"": loader(test_images, test_labels, None, config.eval_batch_size)}
     for name, (images, labels) in raw.extra_tests.items():
         tests[name] = loader(images, labels, None, config.eval_batch_size)
     val = train.validation

@@ -32,7 +32,7 @@ VIEW_POLICIES = ("shared", "official")
 
 # fields added after runs were logged: left out of the hash at their default, so a sweep still
 # recognises the runs it finished before the field existed
-ADDED_LATER: dict[str, Any] = {"val_fraction": 0.0}
+ADDED_LATER: dict[str, Any] = {"val_fraction": 0.0, "test_subset": None}
 
 
 @dataclass
@@ -61,6 +61,7 @@ class RunConfig:
     image_size: int | None = None  # side of the images the backbone sees; None: the data set's
     subset: int | None = None
     val_fraction: float = 0.0  # held out of the noisy training set for validation (studies: 0.1)
+    test_subset: int | None = None  # evaluate on N test images, stratified (quick checks, tests); None: all
     amp: str = "auto"            # auto: on for CUDA (fp16 + grad scaling), off on CPU
     channels_last: str = "auto"  # auto: on (CUDA and CPU: measured faster for the conv nets)
     eval_batch_size: int = 1024
@@ -117,6 +118,8 @@ class RunConfig:
         _check(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
         _check(0 <= self.noise_rate < 1, f"--noise-rate {self.noise_rate} is outside [0, 1)")
         _check(self.subset is None or self.subset >= 1, f"--subset {self.subset}: must be at least 1")
+        _check(self.test_subset is None or self.test_subset >= 1,
+               f"--test-subset {self.test_subset}: must be at least 1")
         _check(0 <= self.val_fraction <= 0.5, f"--val-fraction {self.val_fraction}: must lie in [0, 0.5]")
         _check(self.image_size is None or 8 <= self.image_size <= 1024,
                f"--image-size {self.image_size}: must lie in [8, 1024]")
