@@ -89,15 +89,17 @@ def test_a_method_without_hyperparameters_says_so():
     assert list(choose_params(METHODS.get("ce"), Setting(0.4, 10), ["lr"])) == ["lr"]
 
 
-def test_the_val_fraction_field_leaves_the_hashes_of_earlier_runs_alone():
+def test_fields_added_later_leave_the_hashes_of_earlier_runs_alone():
+    """val_fraction and test_subset at their defaults hash as runs from before them did."""
     import hashlib
 
     from bench.training.config import RunConfig
 
     cfg = RunConfig(method="ce", noise="sym", noise_rate=0.4)
-    old = {k: v for k, v in cfg.to_dict().items() if k != "val_fraction"}
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("val_fraction", "test_subset")}
     assert cfg.hash() == hashlib.sha1(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert RunConfig(method="ce", noise="sym", noise_rate=0.4, val_fraction=0.1).hash() != cfg.hash()
+    assert RunConfig(method="ce", noise="sym", noise_rate=0.4, test_subset=500).hash() != cfg.hash()
 
 
 # --- the validation split --------------------------------------------------------------------------

@@ -118,7 +118,8 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str) -> list[P
     ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
     ax.set_title(wrap_title(f"Accuracy vs time, experiment {experiment}", fig.get_figwidth(), fontsize=11))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # beside the axes: with a dozen methods a legend inside hides their points
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return save_figure(fig, path)
 
 
