@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
+from methods.shared import keras_probs
 
 EPS = 1e-7  # K.epsilon()
 BETA = {"soft": 0.95, "hard": 0.8}  # SCE loss.py:55 (soft), loss.py:67 (hard)
@@ -32,8 +33,7 @@ BETA = {"soft": 0.95, "hard": 0.8}  # SCE loss.py:55 (soft), loss.py:67 (hard)
 def bootstrap_loss(logits: torch.Tensor, y: torch.Tensor, beta: float, variant: str,
                    detach: bool = False) -> torch.Tensor:
     """The batch mean of the bootstrapped cross-entropy (soft or hard) on one-hot labels."""
-    p = F.softmax(logits, dim=1)
-    q = (p / p.sum(dim=1, keepdim=True)).clamp(EPS, 1 - EPS)
+    q = keras_probs(logits, EPS)
     t = F.one_hot(y, logits.shape[1]).to(q.dtype)
     if variant == "soft":
         own = q.detach() if detach else q

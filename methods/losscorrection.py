@@ -33,24 +33,19 @@ import torch.nn.functional as F
 from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
-from methods.shared import anchor_transition
+from methods.shared import anchor_transition, keras_probs
 
 EPS = 1e-7  # K.epsilon(): q clipped to [1e-7, 1 - 1e-7] (loss.py:16, 25)
 
 
-def _clipped_probs(logits: torch.Tensor) -> torch.Tensor:
-    p = F.softmax(logits, dim=1)
-    return (p / p.sum(dim=1, keepdim=True)).clamp(EPS, 1 - EPS)
-
-
 def forward_loss(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """-log (q T)_y, batch mean (no clamp after the product, as loss.py:28-31)."""
-    return -((_clipped_probs(logits) @ t).gather(1, y[:, None]).squeeze(1).log()).mean()
+    return -((keras_probs(logits, EPS) @ t).gather(1, y[:, None]).squeeze(1).log()).mean()
 
 
 def backward_loss(logits: torch.Tensor, y: torch.Tensor, t_inv: torch.Tensor) -> torch.Tensor:
     """sum_j T^-1[y, j] (-log q_j), batch mean (loss.py:19-25)."""
-    return (t_inv[y] * -_clipped_probs(logits).log()).sum(dim=1).mean()
+    return (t_inv[y] * -keras_probs(logits, EPS).log()).sum(dim=1).mean()
 
 
 @dataclass

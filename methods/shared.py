@@ -26,6 +26,14 @@ def lq_loss(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:
     return ((1 - p_y_q) / q).mean()
 
 
+def keras_probs(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """softmax renormalised and clipped to [eps, 1 - eps], as the Keras losses of the SCE and
+    loss-correction references compute q = p / sum(p) with ``K.epsilon()`` (bootstrapping,
+    forward / backward correction)."""
+    p = F.softmax(logits, dim=1)
+    return (p / p.sum(dim=1, keepdim=True)).clamp(eps, 1 - eps)
+
+
 # np.percentile(eta[:, i], 97, interpolation='higher'): loss-correction models.py:441, T-Revision tools.py:33
 PERCENTILE = 97
 
