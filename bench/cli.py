@@ -416,6 +416,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             for name in cat.methods.names():
                 e = cat.methods.get(name)
                 print(f"  {name:<18} {e.doc}" + (f" (alias: {', '.join(e.aliases)})" if e.aliases else ""))
+                print(f"  {'':<18} paper: {e.paper}; code: {e.code}")
                 if args.verbose:
                     for line in [o.line for o in e.options] or ["(no options)"]:
                         print(f"      {line}")
@@ -450,7 +451,10 @@ VIEW_TEXT = {"weak": ("--augment", "crop + flip"), "weak2": ("--augment (a secon
              "strong-mc": ("--augment + FixMatch RandAugment n=2 m=5 + grey Cutout",
                            "crop + flip + FixMatch RandAugment n=2 m=5 + grey Cutout"),
              "autoaug": ("--augment + AutoAugment (CIFAR-10 policy)", "crop + flip + AutoAugment (CIFAR-10 policy)"),
-             "autoaug2": ("the same, a second draw", "the same, a second draw")}
+             "autoaug2": ("the same, a second draw", "the same, a second draw"),
+             "autoaug-cutout": ("--augment + AutoAugment (CIFAR-10 policy) + Cutout 16",
+                                "crop + flip + AutoAugment (CIFAR-10 policy) + Cutout 16"),
+             "ra35": ("--augment + RandAugment n=3 m=5", "crop + flip + RandAugment n=3 m=5")}
 
 
 def describe_views(views: tuple[str, ...]) -> str:

@@ -11,7 +11,7 @@ import importlib
 
 MODULES = ("ce", "coteaching", "dividemix", "elr", "disc", "gce", "gjs", "mcorrection", "plc", "turn", "unicon",
            "wrongevent", "sce", "gls", "bootstrap", "mixup", "losscorrection",
-           "trevision", "peer", "cores")
+           "trevision", "peer", "cores", "coteachingplus", "jocor", "elrplus", "sop", "promix", "pes")
 
 
 def load_all() -> None:

@@ -166,6 +166,10 @@ class Method:
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
+    # the paper (authors, title, venue, year) and the official repository (``bench list methods``);
+    # a method without official code says so in ``code``
+    paper: ClassVar[str] = ""
+    code: ClassVar[str] = ""
     # per-sample score files in ctx.artifact_dir -> what the score is (an axis label)
     score_artifacts: ClassVar[dict[str, str]] = {}
     # the label of the ratio column `bench table --time` gives other methods' time against this one's

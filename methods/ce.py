@@ -16,6 +16,8 @@ class CrossEntropy(Method):
     """Cross-entropy on the given labels: one network, no noise handling (the baseline floor)."""
 
     name = "ce"
+    paper = "the cross-entropy baseline every LNL paper reports (Standard)"
+    code = "none (the harness's plain training)"
     time_reference = "CE"  # `bench table --time`: every method's time per epoch against CE's
 
     def setup(self) -> None:

@@ -37,17 +37,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
-
-DECAY_START = 0.4  # main.py: epoch_decay_start 80 of n_epoch 200 (mnist, cifar10)
-DECAY_START_MANY_CLASSES = 0.5  # main.py: 100 of 200 in the cifar100 branch
-BETA1_PLAN = (0.9, 0.1)  # main.py: mom1, mom2 (beta1 before and after decay_start)
+from methods.cotraining import apply_lr_plan, base_lrs, cross_update_losses, decay_start_epoch, forget_rate_at
 
 
 @dataclass
@@ -73,36 +69,13 @@ class CoteachingOptions:
             raise ValueError(f"exponent {self.exponent} must be positive")
 
 
-def forget_rate_at(epoch: int, forget_rate: float, tk: int, exponent: float) -> float:
-    """The official ``rate_schedule[epoch]`` (epoch from 0), for any number of epochs."""
-    if epoch >= tk:
-        return float(forget_rate)
-    return float(np.linspace(0, forget_rate ** exponent, tk)[epoch])
-
-
-def official_lr_plan(epoch: int, epochs: int, base_lr: float, decay_start: int) -> tuple[float, float]:
-    """(lr, beta1) of the official Adam plan at ``epoch`` (from 0) of ``epochs``."""
-    if epoch < decay_start:
-        return base_lr, BETA1_PLAN[0]
-    return base_lr * (epochs - epoch) / (epochs - decay_start), BETA1_PLAN[1]
-
-
-def cross_update_losses(loss1: torch.Tensor, loss2: torch.Tensor, num_keep: int
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each net's loss on the samples its peer kept: (loss_net1, loss_net2, kept1, kept2).
-
-    ``kept1``/``kept2`` are the batch positions each net keeps by its own small loss.
-    """
-    kept1 = torch.argsort(loss1.detach(), stable=True)[:num_keep]
-    kept2 = torch.argsort(loss2.detach(), stable=True)[:num_keep]
-    return loss1[kept2].sum() / num_keep, loss2[kept1].sum() / num_keep, kept1, kept2
-
-
 @METHODS.register("coteaching", aliases=("co-teaching",))
 class Coteaching(Method):
     """Co-teaching (NeurIPS 2018): two nets, each trained on the small-loss samples of its peer."""
 
     name = "coteaching"
+    paper = "Han et al., Co-teaching: Robust Training of Deep Neural Networks with Extremely Noisy Labels, NeurIPS 2018"
+    code = "github.com/bhanML/Co-teaching"
     Options = CoteachingOptions
     smoke_options = {"tk": "1"}  # the forget-rate ramp done after one epoch
 
@@ -127,9 +100,8 @@ class Coteaching(Method):
             # two calls: two initialisations; the run's scheduler only with lr_schedule=trainer
             self.add_network(name, ctx.epochs if self.opts.lr_schedule == "trainer" else None)
         # the initial lr of every group: the official plan is derived from it at every epoch
-        self.base_lr = {k: [g["lr"] for g in o.param_groups] for k, o in self.optimizers.items()}
-        share = DECAY_START if ctx.num_classes <= 10 else DECAY_START_MANY_CLASSES
-        self.decay_start = round(share * ctx.epochs)
+        self.base_lr = base_lrs(self.optimizers)
+        self.decay_start = decay_start_epoch(ctx.epochs, ctx.num_classes)
         n, dev = ctx.num_train, ctx.device
         self.state.update(loss1=torch.zeros(n, device=dev), kept1=torch.zeros(n, dtype=torch.bool, device=dev))
         self.rate = 0.0
@@ -155,12 +127,7 @@ class Coteaching(Method):
         return {"forget_rate": self.rate}
 
     def _apply_lr_plan(self, epoch: int) -> None:
-        """Set lr and beta1 from the epoch number alone, so a resumed run gets the same values."""
-        for key, opt in self.optimizers.items():
-            for group, base in zip(opt.param_groups, self.base_lr[key], strict=True):
-                group["lr"], beta1 = official_lr_plan(epoch, self.ctx.epochs, base, self.decay_start)
-                if "betas" in group:
-                    group["betas"] = (beta1, group["betas"][1])  # only beta1 (main.py)
+        apply_lr_plan(self.optimizers, self.base_lr, epoch, self.ctx.epochs, self.decay_start)
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
         x, y, idx = batch["train"], batch["label"], batch["index"]

@@ -119,6 +119,9 @@ class DISC(Method):
     """DISC (CVPR 2023): per-sample EMA thresholds on two views; clean, hard, corrected and mixup sets."""
 
     name = "disc"
+    paper = ("Li et al., "
+             "DISC: Learning from Noisy Labels via Dynamic Instance-Specific Selection and Correction, CVPR 2023")
+    code = "github.com/JackYFL/DISC"
     Options = DISCOptions
     own_views = ("weak", "strong-mc")
     smoke_options = {"warmup_epochs": "1"}

@@ -97,6 +97,9 @@ class GJS(Method):
     """GJS (NeurIPS 2021): the Jensen-Shannon divergence of the label and the predictions on two views."""
 
     name = "gjs"
+    paper = ("Englesson & Azizpour, "
+             "Generalized Jensen-Shannon Divergence Loss for Learning with Noisy Labels, NeurIPS 2021")
+    code = "github.com/ErikEnglesson/GJS"
     Options = GJSOptions
     own_views = ("ra-cutout", "ra-cutout2", "weak", "weak2")  # the last two on WebVision only
 

@@ -159,6 +159,8 @@ class Forward(_Correction):
     """Forward correction (CVPR 2017): -log of the prediction pushed through T, T from anchor points."""
 
     name = "forward"
+    paper = "Patrini et al., Making Deep Neural Networks Robust to Label Noise: a Loss Correction Approach, CVPR 2017"
+    code = "github.com/giorgiop/loss-correction"
 
     def corrected(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return forward_loss(logits, y, self.state["T"])
@@ -169,6 +171,8 @@ class Backward(_Correction):
     """Backward correction (CVPR 2017): the per-class losses weighted by T^-1's row of the given label."""
 
     name = "backward"
+    paper = "Patrini et al., Making Deep Neural Networks Robust to Label Noise: a Loss Correction Approach, CVPR 2017"
+    code = "github.com/giorgiop/loss-correction"
 
     def prepare(self) -> dict[str, float]:
         """T^-1 once per epoch (np.linalg.inv officially); a singular estimate takes the

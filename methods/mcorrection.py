@@ -151,6 +151,8 @@ class MCorrection(Method):
     """M-Correction (ICML 2019): mixup, then bootstrapping weighted by a Beta mixture on the losses."""
 
     name = "mcorrection"
+    paper = "Arazo et al., Unsupervised Label Noise Modeling and Loss Correction, ICML 2019"
+    code = "github.com/PaulAlbert31/LabelNoiseCorrection"
     Options = MCorrectionOptions
     smoke_options = {"bootstrap_epoch": "1"}
 

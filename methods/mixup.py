@@ -44,6 +44,8 @@ class Mixup(Method):
     """mixup (ICLR 2018): convex combinations of image pairs and of their given labels."""
 
     name = "mixup"
+    paper = "Zhang et al., mixup: Beyond Empirical Risk Minimization, ICLR 2018"
+    code = "github.com/facebookresearch/mixup-cifar10"
     Options = MixupOptions
 
     @classmethod

@@ -121,6 +121,8 @@ class PLC(Method):
     """PLC (ICLR 2021): CE on labels corrected progressively by a likelihood-ratio test."""
 
     name = "plc"
+    paper = "Zhang et al., Learning with Feature-Dependent Label Noise: A Progressive Approach, ICLR 2021"
+    code = "github.com/pxiangwu/PLC"
     Options = PLCOptions
     smoke_options = {"warmup_epochs": "1"}
 

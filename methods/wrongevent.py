@@ -126,6 +126,9 @@ class WrongEvent(Method):
     """IDO (NeurIPS 2025): wrong-event counts, label-wave base model, BMM-weighted 3-term loss."""
 
     name = "wrongevent"
+    paper = ("Zhang et al., "
+             "Handling Label Noise via Instance-Level Difficulty Modeling and Dynamic Optimization (IDO), NeurIPS 2025")
+    code = "github.com/iTheresaApocalypse/IDO"
     score_artifacts = {"wrong_events.npy": "wrong events at the end of training (count)"}
     smoke_options = {"stage1_epochs": "1"}  # stage 1, then stage 2
     own_views = ("weak", "strong")  # stage 2 (ido-method.md)

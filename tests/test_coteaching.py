@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from bench.common.errors import UsageError
 from bench.common.options import build_options
 from methods.base import Phase
-from methods.coteaching import Coteaching, forget_rate_at, official_lr_plan
+from methods.coteaching import Coteaching
+from methods.cotraining import forget_rate_at, official_lr_plan
 
 # --- the forget-rate schedule ---------------------------------------------------------------------
 

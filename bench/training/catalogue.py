@@ -58,6 +58,8 @@ class Entry:
     space: str = ""  # the study space, described (methods)
     module: str = ""  # the module that registers it
     views: tuple[str, ...] = ()  # a method's own views (weak, weak2, strong)
+    paper: str = ""  # a method's paper: authors, title, venue
+    code: str = ""  # a method's official repository
 
     @property
     def option_names(self) -> set[str]:
@@ -103,7 +105,8 @@ def _entry(name: str, obj: Any, aliases: list[str], space: str = "") -> dict[str
         for f, line in zip(dataclasses.fields(obj.Options), lines, strict=True):
             options.append({"name": f.name, "type": type_spec(hints[f.name]), "line": line})
     return {"doc": describe(obj), "aliases": aliases, "options": options, "space": space, "module": obj.__module__,
-            "views": list(getattr(obj, "own_views", ()))}
+            "views": list(getattr(obj, "own_views", ())), "paper": getattr(obj, "paper", ""),
+            "code": getattr(obj, "code", "")}
 
 
 def build() -> dict[str, Any]:
@@ -148,7 +151,8 @@ def _registry(kind: str, entries: dict[str, Any]) -> Registry:
     for name, e in entries.items():
         options = tuple(Option(o["name"], o["type"], o["line"]) for o in e["options"])
         reg.register(name, aliases=tuple(e["aliases"]))(Entry(name, e["doc"], tuple(e["aliases"]), options,
-                                                               e["space"], e["module"], tuple(e["views"])))
+                                                               e["space"], e["module"], tuple(e["views"]),
+                                                               e.get("paper", ""), e.get("code", "")))
     return reg
 
 

@@ -34,6 +34,12 @@ The views:
   UNICON's strong views (dataloader_cifar.py: crop + flip + ``CIFAR10Policy()``), with
   torchvision's ``AutoAugment(AutoAugmentPolicy.CIFAR10)`` semantics
   (:func:`bench.training.augment.auto_augment`).
+- ``autoaug-cutout``: ``autoaug`` then Cutout of a square half the image side (16 px of 32) in
+  the normalised image: SOP+'s strong view (data_loaders.py: crop + flip + ``CIFAR10Policy()`` +
+  ``Cutout(16)``).
+- ``ra35``: ``weak`` + RandAugment with 3 ops at magnitude 5 (of torchvision's 31 bins, drawn
+  per sample): ProMix's strong view (dataloader_cifarn.py: crop + flip + ``RandomAugment(3, 5)``);
+  torchvision's op set, an approximation of ProMix's own op list, named.
 
 No per-sample Python work runs in the loop. The loaders know nothing about methods: a method
 names the views it needs, and the loader makes them.
@@ -49,9 +55,11 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 Batch = dict[str, torch.Tensor]
-VIEWS = ("plain", "train", "weak", "weak2", "strong", "ra-cutout", "ra-cutout2", "strong-mc", "autoaug", "autoaug2")
+VIEWS = ("plain", "train", "weak", "weak2", "strong", "ra-cutout", "ra-cutout2", "strong-mc", "autoaug", "autoaug2",
+         "autoaug-cutout", "ra35")
 CUTOUT_VIEWS = ("ra-cutout", "ra-cutout2")
-AA_VIEWS = ("autoaug", "autoaug2")
+AA_VIEWS = ("autoaug", "autoaug2", "autoaug-cutout")
+RA35 = (3, 5)  # ProMix: RandomAugment(3, 5) after crop + flip (dataloader_cifarn.py)
 LIGHT_RA = (1, 3)  # GJS: RandAugment(N=1, M=3) (configs, datasets/transforms.py)
 MC_CUTOUT = 0.15  # DISC: RandAugmentwogeo(n=2, m=5) ends with CutoutAbs(img, int(size * 0.15))
 
@@ -127,6 +135,10 @@ class ViewMaker:
             from bench.training.augment import rand_augment
 
             x = rand_augment(x, gen)
+        elif view == "ra35":
+            from bench.training.augment import rand_augment
+
+            x = rand_augment(x, gen, *RA35)
         return self.finish(view, self.normalise(self.device_stage(view, x, gen)), gen)
 
     def device_stage(self, view: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -144,8 +156,9 @@ class ViewMaker:
         return cutout_abs(rand_augment_mc(x, gen), gen, int(x.shape[-1] * MC_CUTOUT))
 
     def finish(self, view: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """What a view does after normalisation: Cutout for the ``ra-cutout`` views."""
-        return cutout(x, gen) if view in CUTOUT_VIEWS else x
+        """What a view does after normalisation: Cutout for the ``ra-cutout`` views and
+        ``autoaug-cutout``."""
+        return cutout(x, gen) if view in CUTOUT_VIEWS or view == "autoaug-cutout" else x
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> normalised float, resized to ``size`` when set (e.g. 32-px
@@ -284,6 +297,8 @@ def file_transforms(size: int, resize: int | None, augment: str, policy: str = "
             steps.append(T.RandomHorizontalFlip())
         if view == "strong":
             steps.append(T.RandAugment(num_ops=2, magnitude=10))
+        elif view == "ra35":
+            steps.append(T.RandAugment(*RA35))
         return T.Compose([*steps, T.PILToTensor()])
 
     return {view: chain(view) for view in VIEWS}

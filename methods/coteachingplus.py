@@ -1,0 +1,1 @@
+"""Placeholder: being written (issue 16). Registers nothing yet."""
