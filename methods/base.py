@@ -38,7 +38,8 @@ options, each with ``metadata={"help": ..., "source": ...}``), registers itself 
     index order. Return a dict of metrics to log for the epoch.
 ``train_step(batch, epoch, phase)``
     Forward and loss for one batch; returns :class:`StepOutput`. The trainer backpropagates
-    ``loss`` and steps the optimisers. Loss terms in ``terms`` are logged as epoch means.
+    ``loss`` and steps the optimisers, then calls ``after_step(phase)`` (weight averaging).
+    Loss terms in ``terms`` are logged as epoch means.
 ``predict(x)``
     Test-time logits (default: ``self.models["net"]``; DivideMix sums two networks).
 ``detections(epoch)``
@@ -210,6 +211,10 @@ class Method:
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
         raise NotImplementedError
+
+    def after_step(self, phase: Phase) -> None:
+        """Called after the optimiser step of every batch that stepped (an EMA teacher's update:
+        ELR+); nothing by default."""
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         return {}

@@ -197,6 +197,17 @@ def test_method_class_contract(name):
     assert len(describe_options(cls)) == len(dataclasses.fields(cls.Options))
     for f in dataclasses.fields(cls.Options):
         assert f.metadata.get("help"), f"option {f.name} has no help text"
+    if cls.__module__ in {f"methods.{m}" for m in methods.MODULES}:  # ours, not a test's side entry
+        assert cls.paper and cls.code, "its paper and its official repository (or why there is none)"
+
+
+def test_bench_list_methods_shows_paper_and_repository(capsys):
+    assert main(["list", "methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in registered():
+        i = next(i for i, line in enumerate(lines) if line.split() and line.split()[0] == name)
+        cls = METHODS.get(name)
+        assert lines[i + 1].strip() == f"paper: {cls.paper}; code: {cls.code}"
 
 
 # --- `bench list` -------------------------------------------------------------------------------------

@@ -355,11 +355,12 @@ class Trainer:
             out.loss.backward()
             for o in opts:
                 o.step()
-            return out
-        self.scaler.scale(out.loss).backward()
-        for o in opts:
-            self.scaler.step(o)
-        self.scaler.update()
+        else:
+            self.scaler.scale(out.loss).backward()
+            for o in opts:
+                self.scaler.step(o)
+            self.scaler.update()
+        self.method.after_step(phase)
         return out
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
