@@ -454,7 +454,8 @@ VIEW_TEXT = {"weak": ("--augment", "crop + flip"), "weak2": ("--augment (a secon
              "autoaug2": ("the same, a second draw", "the same, a second draw"),
              "autoaug-cutout": ("--augment + AutoAugment (CIFAR-10 policy) + Cutout 16",
                                 "crop + flip + AutoAugment (CIFAR-10 policy) + Cutout 16"),
-             "ra35": ("--augment + RandAugment n=3 m=5", "crop + flip + RandAugment n=3 m=5")}
+             "ra-promix": ("--augment + ProMix RandomAugment (3 ops, full range) + grey Cutout",
+                           "crop + flip + ProMix RandomAugment (3 ops, full range) + grey Cutout")}
 
 
 def describe_views(views: tuple[str, ...]) -> str:

@@ -9,8 +9,8 @@ the ``num_keep = int((1 - r_t) * B)`` samples with the smallest loss (``loss.py`
 the mean cross-entropy over the kept samples. (The official code divides that mean once more by
 ``num_remember``, since its ``F.cross_entropy`` already averages: a 1 / num_keep gradient scale,
 which Adam all but cancels and SGD would feel as a ~100x smaller learning rate; we use the plain
-mean.) The default forget rate is the run's realised noise rate when clean labels are known (the
-nominal rate otherwise). The two losses are returned as one sum:
+mean.) The default forget rate is the run's nominal noise rate (``main.py``: ``forget_rate =
+noise_rate``); real noise has none, so the option is required there. The two losses are returned as one sum:
 the parameters are disjoint, so the backward pass gives each network exactly its own gradient.
 
 Forget rate: the official ``rate_schedule`` (``main.py``), indexed by the epoch counted from 0:
@@ -49,7 +49,7 @@ from methods.cotraining import apply_lr_plan, base_lrs, cross_update_losses, dec
 @dataclass
 class CoteachingOptions:
     forget_rate: float | None = field(default=None, metadata={
-        "help": "final fraction of each batch dropped as large-loss; default the run's realised noise rate",
+        "help": "final fraction of each batch dropped as large-loss; default the run's nominal noise rate",
         "source": "main.py --forget_rate (None: noise_rate)"})
     tk: int = field(default=10, metadata={
         "help": "epochs over which the forget rate ramps up (Tk)", "source": "main.py --num_gradual 10"})

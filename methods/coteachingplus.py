@@ -160,6 +160,10 @@ class CoteachingPlus(Method):
                            if self.opts.init_epoch is None else self.opts.init_epoch)
         for name in ("net1", "net2"):  # two calls: two initialisations
             self.add_network(name, ctx.epochs if self.opts.lr_schedule == "trainer" else None)
+        if self.opts.loss == "official" and not all(isinstance(o, torch.optim.Adam) for o in self.optimizers.values()):
+            raise UsageError("coteaching_plus: loss=official reproduces the official Adam recipe (main.py:335,350); "
+                             "with another optimiser its extra 1/|kept| scale shrinks every step ~100x: use "
+                             "--optimizer adam or loss=paper")
         self.base_lr = base_lrs(self.optimizers)
         self.decay_start = round(DECAY_START * ctx.epochs)  # main.py:35: 80 of 200 for every data set
         n, dev = ctx.num_train, ctx.device

@@ -21,9 +21,13 @@ network k (``trainer.py:93-120``, ``loss.py:23-41``):
    sigmoid_rampup(step + 1, ema_step) gamma with ``ema_update``, else min(1 - 1 / (step + 1), gamma)
    (``trainer.py:321-331``; methods/ema.py).
 
-``step`` is the global step plus the batch index of the pass; the global step advances by network
-1's number of batches after each epoch (``base_trainer.py:188``), so both networks of an epoch
-share the step values. The averaged copies stay in train mode (``trainer.py:77``): their
+``step`` is the global step plus the batch number of the pass counted from 1 (``trainer.py:111-112``:
+``local_step += 1`` before its uses); the global step advances by network 1's number of batches
+after each epoch (``base_trainer.py:188``), so both networks of an epoch share the step values.
+Each average starts from its own initialisation (``train.py:75,78``). The ramps' length counts
+the run's steps as epochs x ceil(N / B); a data set that samples its epochs (Clothing1M) has
+fewer steps, so a ramp set there stretches (the Clothing1M defaults have none). The averaged
+copies stay in train mode (``trainer.py:77``): their
 BatchNorm statistics come from their own forwards.
 
 Defaults by setting (``config_cifar10.json``, ``config_cifar10_asym.json``,
@@ -38,15 +42,16 @@ Choices where the official code is inconsistent or silent, named: test predictio
 two raw networks' logits (the single-GPU path, ``trainer.py:231-234``; the multi-GPU path uses
 net 1 and EMA 2); the WebVision config has no ``coef_step`` (a KeyError there): 0 here; the
 official warm-up path is unused by every config (``warmup`` 0) and not built. The run's optimiser
-and schedule train both networks (official: SGD lr 0.02, momentum 0.9, wd 5e-4, lr / 10 at 150 of
-200 epochs on CIFAR-10). Detection: ELR+ selects nothing; its clean score is net 1's target
-probability of the given label, t^1_i[y_i].
+trains both networks (official: SGD lr 0.02, momentum 0.9, wd 5e-4); ``lr_schedule=official``
+(default) divides its lr by 10 at the official milestone's share of the epochs (150 of 200 on
+CIFAR-10), ``trainer`` uses the run's scheduler instead. Detection: ELR+ selects nothing; its
+clean score is net 1's target probability of the given label, t^1_i[y_i].
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,15 +77,18 @@ class Config:
     ema_update: bool
     ema_share: float  # ema_step / official total steps
     coef_share: float  # coef_step / official total steps
+    decay_share: float  # the MultiStepLR milestone (x 0.1) / official epochs
 
 
 C10_RAMP = 40000 / (200 * OFFICIAL_STEPS_PER_EPOCH)  # ema_step 40000, 200 epochs (config_cifar10*.json)
 C100_RAMP = 40000 / (250 * OFFICIAL_STEPS_PER_EPOCH)  # ema_step = coef_step = 40000, 250 epochs (config_cifar100.json)
-CIFAR10_SYM = Config(0.7, 3.0, 1.0, 0.997, True, C10_RAMP, 0.0)  # config_cifar10.json
-CIFAR10_ASYM = Config(0.9, 1.0, 1.0, 0.997, True, C10_RAMP, 0.0)  # config_cifar10_asym.json
-CIFAR100 = Config(0.9, 7.0, 1.0, 0.997, True, C100_RAMP, C100_RAMP)  # config_cifar100.json
-CLOTHING1M = Config(0.7, 3.0, 1.0, 0.9999, False, 0.0, 0.0)  # config_clothing1m.json (ema_step -1, unused)
-WEBVISION = Config(0.7, 3.0, 1.5, 0.997, False, 0.0, 0.0)  # config_webvision.json (no coef_step: 0)
+# lr x 0.1 at 150 of 200 epochs (CIFAR-10), 200 of 250 (CIFAR-100), 7 of 15 (Clothing1M), 50 of 100 (WebVision):
+# config_*.json lr_scheduler MultiStepLR, train.py:107-108
+CIFAR10_SYM = Config(0.7, 3.0, 1.0, 0.997, True, C10_RAMP, 0.0, 150 / 200)  # config_cifar10.json
+CIFAR10_ASYM = Config(0.9, 1.0, 1.0, 0.997, True, C10_RAMP, 0.0, 150 / 200)  # config_cifar10_asym.json
+CIFAR100 = Config(0.9, 7.0, 1.0, 0.997, True, C100_RAMP, C100_RAMP, 200 / 250)  # config_cifar100.json
+CLOTHING1M = Config(0.7, 3.0, 1.0, 0.9999, False, 0.0, 0.0, 7 / 15)  # config_clothing1m.json (ema_step -1, unused)
+WEBVISION = Config(0.7, 3.0, 1.5, 0.997, False, 0.0, 0.0, 50 / 100)  # config_webvision.json (no coef_step: 0)
 
 
 def elr_plus_defaults(dataset: str, noise: str, num_classes: int) -> Config:
@@ -121,6 +129,11 @@ class ELRPlusOptions:
         "help": "length of the ELR weight's ramp as a share of the run's steps; default the official coef_step's "
                 "share (0 on CIFAR-10: no ramp; 40000 of 88000 steps on CIFAR-100)",
         "source": "ELR_plus/config_*.json coef_step"})
+
+    lr_schedule: Literal["official", "trainer"] = field(default="official", metadata={
+        "help": "official: the lr / 10 step of the official MultiStepLR at its share of the epochs (150/200 on "
+                "CIFAR-10, 200/250 on CIFAR-100, 7/15 Clothing1M, 50/100 WebVision); trainer: the run's schedule",
+        "source": "ELR_plus/config_*.json lr_scheduler; train.py:107-108"})
 
     def __post_init__(self) -> None:
         for key in ("beta", "gamma"):
@@ -190,30 +203,40 @@ class ELRPlus(Method):
         self.coef_ramp = d.coef_share if o.coef_ramp is None else o.coef_ramp
         self.ema_step, self.coef_step = self.ema_ramp * total, self.coef_ramp * total
         self.target_ce = ctx.num_classes == 100  # loss.py:28-30: `if self.num_classes == 100`
+        self.decay_epoch = round(d.decay_share * ctx.epochs)
+        trainer_schedule = ctx.epochs if o.lr_schedule == "trainer" else None
         for k in ("1", "2"):
-            net = self.add_network(f"net{k}", schedule_epochs=ctx.epochs)
-            self.models[f"ema{k}"] = make_ema(net)  # train.py:74-79: a detached copy of the initial net
+            self.add_network(f"net{k}", schedule_epochs=trainer_schedule)
+            # train.py:75,78: the average is a network of its own initialisation, without gradient
+            self.models[f"ema{k}"] = make_ema(ctx.make_backbone())
             self.state[f"target{k}"] = torch.zeros(ctx.num_train, ctx.num_classes, device=ctx.device)
+        self.base_lr = {k: [g["lr"] for g in opt.param_groups] for k, opt in self.optimizers.items()}
         self.global_step = 0
         self._batches: dict[str, int] = {}
         self._step = 0
 
     def resolved_options(self) -> dict[str, Any]:
         return {"beta": self.beta, "lam": self.lam, "alpha": self.alpha, "gamma": self.gamma,
-                "ema_update": self.ema_update, "ema_ramp": self.ema_ramp, "coef_ramp": self.coef_ramp}
+                "ema_update": self.ema_update, "ema_ramp": self.ema_ramp, "coef_ramp": self.coef_ramp,
+                "lr_schedule": self.opts.lr_schedule}
 
     def phases(self, epoch: int) -> list[Phase]:
         return [Phase("net1", optimizers=("net1",)), Phase("net2", optimizers=("net2",))]
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         self._batches = {}
+        if self.opts.lr_schedule == "official":  # MultiStepLR(gamma 0.1) from the epoch alone: resume-safe
+            factor = 0.1 if epoch >= self.decay_epoch else 1.0
+            for key, opt in self.optimizers.items():
+                for g, lr in zip(opt.param_groups, self.base_lr[key], strict=True):
+                    g["lr"] = lr * factor
         return {"global_step": float(self.global_step)}
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
         k, other = ("1", "2") if phase.name == "net1" else ("2", "1")
         b = self._batches.get(phase.name, 0)
         self._batches[phase.name] = b + 1
-        self._step = self.global_step + b
+        self._step = self.global_step + b + 1  # trainer.py:111-112: local_step += 1 before its uses
         x, y, idx = batch["train"], batch["label"], batch["index"]
         target = self.state[f"target{k}"]
         with torch.no_grad():

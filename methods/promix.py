@@ -22,7 +22,7 @@ both (``Train_promix.py:486-488``). Every epoch both networks train together, on
    (the margin loss), ``debias_pl(z) = softmax(z - tau_p log pi)`` (pseudo-labels), with class
    priors pi per network for the selected set and pi_unrel for the rest, EMAs (m 0.9999) of the
    mean primary-head softmax of the weak view (:322-325). Primary head: CE-soft on the debiased
-   weak logits of the selected + w (CE-soft on the strong view ``ra35`` + mixup Beta(4, 4) +
+   weak logits of the selected + w (CE-soft on the strong view ``ra-promix`` + mixup Beta(4, 4) +
    FMix (decay 3, alpha 1) of the selected weak inputs); pseudo head: the same terms + beta
    (CE-soft of its pi_unrel-debiased logits on the unselected, weak + w strong, against the
    sharpened (T 0.5) ``debias_pl`` of the primary head with pi_unrel). The four losses are summed.
@@ -83,7 +83,10 @@ sync per step: the sizes of the two selections, which fix the mixed batches' sha
 Randomness: mixup and FMix draw their lambdas (numpy), permutations and the FMix spectrum (torch)
 from the run's generators, in the official order (net 1 mixup, FMix, pseudo-head mixup, FMix;
 then net 2); the FMix mask (``utils/fmix.py`` ``sample_mask``) is written here, one low-frequency
-mask per call shared by the batch as in the official code.
+mask per call shared by the batch as in the official code. The official ``make_low_freq_image``
+indexes its spectrum so that only x-frequencies 0 and 1 survive (banded masks, the code of the
+FMix library itself); the default is the FMix paper's isotropic mask, ``fmix_mask=official``
+gives the banded one.
 """
 from __future__ import annotations
 
@@ -112,7 +115,7 @@ LGA_START = 350  # label guessing for epoch > num_epochs - start_expand = 600 - 
 ETA_MIN = 0.1 ** 3  # cosine to lr * lr_decay_rate ** 3 (utils.py:82; Train_promix.py:22)
 MIXUP_ALPHA = 4.0  # np.random.beta(4, 4) (Train_promix.py:204)
 FMIX_DECAY, FMIX_ALPHA = 3.0, 1.0  # FMix() defaults decay_power 3, alpha 1 (fmix.py:77; Train_promix.py:490)
-VIEWS = ("weak", "ra35")  # transform_train and RandomAugment(3, 5) + it (dataloader_cifarn.py:226-245)
+VIEWS = ("weak", "ra-promix")  # transform_train and RandomAugment(3, 5) + it (dataloader_cifarn.py:226-245)
 # rho (= rho_start = rho_end) of the run.sh lines by nominal noise rate: sym 20% 0.7, asym 40% and sym 50% 0.5
 RHO_BY_RATE = {0.2: 0.7, 0.4: 0.5, 0.5: 0.5}
 RHO_REAL_NOISE = 0.5  # run.sh CIFAR-10N (aggre, rand1, worst) and CIFAR-100N
@@ -163,6 +166,10 @@ class ProMixOptions:
     lr_schedule: Literal["official", "trainer"] = field(default="official", metadata={
         "help": "official: cosine per epoch from lr to lr * 0.1^3 over the run's epochs; trainer: the run's "
                 "scheduler", "source": "utils.py:79-90; run.sh --cosine"})
+    fmix_mask: Literal["paper", "official"] = field(default="paper", metadata={
+        "help": "paper: FMix's isotropic low-frequency mask (the FMix paper); official: the mask of fmix.py, whose "
+                "spectrum indexing keeps x-frequencies 0 and 1 only (sheared bands)",
+        "source": "utils/fmix.py:132-151 make_low_freq_image / get_spectrum"})
     warmup_penalty: Literal["plain", "official"] = field(default="plain", metadata={
         "help": "negative entropy of the warm-up under class-dependent noise: plain sum p log p, or official "
                 "(logits clamped at 1e-12 first)", "source": "Train_promix.py:351-352, 458-462"})
@@ -273,18 +280,36 @@ def lga_active(epoch: int, epochs: int) -> bool:
     return epoch * OFFICIAL_EPOCHS > LGA_START * epochs
 
 
-def fmix_masks(lams: Sequence[float], coins: Sequence[float], size: tuple[int, int], decay: float,
-               gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Binary FMix masks (``sample_mask``, fmix.py:96-226), one per lambda, as a (k, H, W) float
-    tensor: a random spectrum scaled by 1 / max(f, 1 / max(H, W))^decay, its inverse real FFT, and
-    the top ``ceil(lam H W)`` pixels (``floor`` when the coin is <= 0.5) set to 1."""
+def low_freq_images(k: int, size: tuple[int, int], decay: float, gen: torch.Generator, device: torch.device,
+                    official: bool = False) -> torch.Tensor:
+    """``k`` FMix low-frequency images (k, H, W) (``make_low_freq_image``; see :func:`fmix_masks`)."""
     h, w = size
-    k = len(lams)
     fy = torch.fft.fftfreq(h, device=device)[:, None]
     fx = torch.fft.fftfreq(w, device=device)[: w // 2 + 1][None, :]  # irfftn's half spectrum (fftfreqnd)
     scale = 1.0 / (fx * fx + fy * fy).sqrt().clamp_min(1.0 / max(h, w)) ** decay
-    param = torch.randn(k, 2, h, w // 2 + 1, generator=gen, device=gen.device).to(device)
-    image = torch.fft.irfftn(torch.complex(scale * param[:, 0], scale * param[:, 1]), s=(h, w), dim=(-2, -1))
+    if official:
+        param = torch.randn(k, h, w // 2 + 1, 2, generator=gen, device=gen.device).to(device)
+        spec = scale[None, :, :, None] * param
+        spectrum = torch.complex(spec[:, 0], spec[:, 1])  # (k, W/2+1, 2): rows 0 and 1, as fmix.py
+    else:
+        param = torch.randn(k, 2, h, w // 2 + 1, generator=gen, device=gen.device).to(device)
+        spectrum = torch.complex(scale * param[:, 0], scale * param[:, 1])
+    return torch.fft.irfftn(spectrum, s=(h, w), dim=(-2, -1))
+
+
+def fmix_masks(lams: Sequence[float], coins: Sequence[float], size: tuple[int, int], decay: float,
+               gen: torch.Generator, device: torch.device, official: bool = False) -> torch.Tensor:
+    """Binary FMix masks (``sample_mask``, fmix.py:96-226), one per lambda, as a (k, H, W) float
+    tensor: a random spectrum scaled by 1 / max(f, 1 / max(H, W))^decay, its inverse real FFT, and
+    the top ``ceil(lam H W)`` pixels (``floor`` when the coin is <= 0.5) set to 1.
+
+    ``official``: the spectrum as fmix.py builds it: parameters of shape (H, W/2+1, 2) (real and
+    imaginary last), of which ``spectrum[:, 0] + 1j * spectrum[:, 1]`` takes the first two ROWS,
+    a (W/2+1, 2) array that ``irfftn(s=(H, W))`` reads as y-frequencies 0..W/2 by x-frequencies
+    0 and 1: banded masks, not the FMix paper's isotropic ones (the default)."""
+    h, w = size
+    k = len(lams)
+    image = low_freq_images(k, size, decay, gen, device, official)
     area = h * w
     nums = [math.ceil(lam * area) if coin > 0.5 else math.floor(lam * area)
             for lam, coin in zip(lams, coins, strict=True)]
@@ -295,14 +320,14 @@ def fmix_masks(lams: Sequence[float], coins: Sequence[float], size: tuple[int, i
     return torch.stack([rank[i] < num for i, num in enumerate(nums)]).float().view(k, h, w)
 
 
-def fmix(x: torch.Tensor, gens: Any, decay: float = FMIX_DECAY,
-         alpha: float = FMIX_ALPHA) -> tuple[torch.Tensor, torch.Tensor, float]:
+def fmix(x: torch.Tensor, gens: Any, decay: float = FMIX_DECAY, alpha: float = FMIX_ALPHA,
+         official: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``FMix.__call__`` (fmix.py:80-91): lam ~ Beta(alpha, alpha), one mask for the batch, a
     random permutation; returns (mask x + (1 - mask) x[perm], perm, lam)."""
     lam = float(gens.numpy.beta(alpha, alpha))
     coin = float(gens.numpy.random())  # random.random() > 0.5: ceil, else floor (fmix.py:189)
     with torch.autocast(x.device.type, enabled=False):
-        mask = fmix_masks([lam], [coin], tuple(x.shape[-2:]), decay, gens.torch, x.device)[0]
+        mask = fmix_masks([lam], [coin], tuple(x.shape[-2:]), decay, gens.torch, x.device, official)[0]
     perm = torch.randperm(x.shape[0], generator=gens.torch, device=gens.torch.device).to(x.device)
     mask = mask.to(x.dtype)
     return mask * x + (1 - mask) * x[perm], perm, lam
@@ -329,7 +354,7 @@ class PseudoHeadNet(nn.Module):
         self.backbone = backbone
         classifier = classifier_of(backbone, "promix")
         with torch.random.fork_rng(devices=[]):  # its initialisation from the run's generator, not the global RNG
-            torch.manual_seed(seed)
+            torch.random.default_generator.manual_seed(seed)  # the CPU generator only (restored on exit)
             self.pseudo = nn.Linear(classifier.in_features, classifier.out_features)
         self.pseudo.to(classifier.weight.device)
         self._features: torch.Tensor | None = None
@@ -528,7 +553,7 @@ class ProMix(Method):
         inputs, mixes = [], []
         for _ in range(2):  # primary head, then pseudo head: each its own draws
             xm, tm = mixup(x, targets, MIXUP_ALPHA, gens)
-            xf, perm, lam = fmix(x, gens)
+            xf, perm, lam = fmix(x, gens, official=self.opts.fmix_mask == "official")
             inputs += [xm, xf]
             mixes += [tm, (perm, lam)]
         n = x.shape[0]
@@ -556,7 +581,7 @@ class ProMix(Method):
         beta = beta_at(epoch, epochs, self.t_pl, self.opts.beta_reset)
         nets = (self.models["net1"], self.models["net2"])
         pi = self.state["pi"]
-        out = [self._views(net, weak, batch["ra35"]) for net in nets]  # per net: zw, hw, zs, hs
+        out = [self._views(net, weak, batch["ra-promix"]) for net in nets]  # per net: zw, hw, zs, hs
         with torch.no_grad():
             w, targets, chosen, unlabeled, px = self._select(batch, [o[0] for o in out], pi, lga_active(epoch, epochs))
             counts = torch.stack([c.sum() for c in chosen]).tolist()  # the step's one host sync: mixed batch sizes

@@ -34,8 +34,11 @@ and the run's weight decay reaches only the network's optimiser. Since momentum 
 are 0, a sample's u and v change only in the steps that visit it.
 
 **SOP** is r_cons = r_bal = 0 on the run's ``train`` view. **SOP+** adds r_cons 0.9, r_bal 0.1
-(config_cifar100.json:77-85) and a strong view, ``autoaug-cutout`` (AutoAugment CIFAR-10 policy +
-crop/flip + Cutout 16; config:34-37, data_loaders.py:97-124), forwarded with the ``weak`` view in
+(config_cifar100.json:77-85) and a strong view, ``autoaug-cutout`` (crop/flip + AutoAugment's
+CIFAR-10 policy + Cutout 16; config:34-37, data_loaders.py:97-124; the official policy is
+Fast-AutoAugment's ``autoaug_paper_cifar10`` (augmentation_archive.py:10-69): the same table with
+other magnitude mappings, e.g. Posterize level 7 = 2 bits where torchvision's is 5: an
+approximation, named), forwarded with the ``weak`` view in
 one batch (trainer.py:92-101); CE, MSE and balance use the weak half. With r_cons 0 the strong
 view is not drawn or forwarded, as trainer.py:92-96.
 
@@ -49,10 +52,14 @@ every other model the symmetric ones; data sets without official values take the
 when they have at most 10 classes, else CIFAR-100's (so CIFAR-100N gets 1 / 10, as NP's
 cifar100n configs). The resolved values are logged as ``sop_lr_u`` / ``sop_lr_v`` in epoch 1.
 
-The network's optimiser and schedule are the run's, as for every method. Official: SGD lr 0.02,
-momentum 0.9, weight decay 1e-3 (CIFAR-100) or 5e-4 (CIFAR-10, NP), batch 128; CIFAR-100 and SOP+
-cosine over 300 epochs to 2e-4 (config_cifar100.json:39-60, 98-108); SOP on CIFAR-10 x0.1 at
-epochs 40 and 80 of 120 (NP-C SOP.py); PreActResNet-18 (ResNet-34 for SOP on CIFAR-10 in NP).
+The network's optimiser is the run's, as for every method (official: SGD lr 0.02, momentum 0.9,
+weight decay 1e-3 (CIFAR-100) or 5e-4 (CIFAR-10, NP), batch 128, PreActResNet-18 (ResNet-34 for
+SOP on CIFAR-10 in NP)). ``lr_schedule=official`` (default) gives its official schedule as shares
+of the run: CIFAR-100 and SOP+ cosine over the epochs to lr / 100 (config_cifar100.json:39-60,
+98-108: 0.02 to 2e-4 over 300), SOP on at most 10 classes x0.1 at 40 and 80 of 120 epochs (NP-C
+SOP.py); ``trainer`` uses the run's scheduler. u and v learn once per visit with a 1 / B share of
+the batch's gradient, so their published learning rates assume batch 128: other batch sizes change
+how fast they move (not rescaled here).
 SOP has no epoch-based constants (no warm-up: ``begin`` 0), so nothing is scaled to --epochs.
 
 Deviations: the official CIFAR-100 strong view is normalised with CIFAR-10 statistics and applies
@@ -62,8 +69,9 @@ with the data set's statistics and crops/flips first (bench/training/data.py). T
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -102,6 +110,10 @@ class SOPOptions:
     init_std: float = field(default=1e-8, metadata={
         "help": "standard deviation of the N(0, std) initialisation of u and v",
         "source": "config_cifar100.json:27-28; loss.py:50-52"})
+    lr_schedule: Literal["official", "trainer"] = field(default="official", metadata={
+        "help": "the network's lr: official: cosine to lr/100 over the run (CIFAR-100 and SOP+), for SOP on <= 10 "
+                "classes lr x 0.1 at 40 and 80 of 120 epochs as shares; trainer: the run's scheduler",
+        "source": "config_cifar100.json:98-108 (T_max 300, eta_min 2e-4 of 0.02); NP-C SOP.py (milestones 40, 80)"})
 
     def __post_init__(self) -> None:
         for key in ("lr_u", "lr_v"):
@@ -196,17 +208,32 @@ class SOP(Method):
         lr_u, lr_v = sop_defaults(ctx.dataset, ctx.noise, ctx.num_classes)
         self.lr_u = lr_u if o.lr_u is None else o.lr_u
         self.lr_v = lr_v if o.lr_v is None else o.lr_v
-        self.add_network("net", schedule_epochs=ctx.epochs)  # first: the trainer logs the first optimiser's lr
+        # first: the trainer logs the first optimiser's lr; the run's scheduler only with lr_schedule=trainer
+        self.add_network("net", schedule_epochs=ctx.epochs if o.lr_schedule == "trainer" else None)
+        self.base_lr = [g["lr"] for g in self.optimizers["net"].param_groups]
         uv = self.models["uv"] = NoiseParams(ctx.num_train, ctx.num_classes, o.init_std, ctx.generators().torch)
         # train.py:83-89: SGD, momentum 0, weight decay 0; no scheduler (trainer.py:155-156 commented out)
         self.optimizers["u"] = torch.optim.SGD([uv.u], lr=self.lr_u, momentum=0.0, weight_decay=0.0)
         self.optimizers["v"] = torch.optim.SGD([uv.v], lr=self.lr_v, momentum=0.0, weight_decay=0.0)
 
     def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "lr_u": self.lr_u, "lr_v": self.lr_v}
+        return {**super().resolved_options(), "lr_u": self.lr_u, "lr_v": self.lr_v}  # lr_schedule included
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
+        if self.opts.lr_schedule == "official":  # from the epoch alone: resume-safe; u and v keep theirs
+            for g, lr in zip(self.optimizers["net"].param_groups, self.base_lr, strict=True):
+                g["lr"] = self._official_lr(lr, epoch)
         return {"sop_lr_u": self.lr_u, "sop_lr_v": self.lr_v} if epoch == 0 else {}
+
+    def _official_lr(self, lr: float, epoch: int) -> float:
+        """The network's official lr at ``epoch``: x 0.1 at 40 and 80 of 120 epochs for SOP on
+        CIFAR-10-sized label sets (NP-C SOP.py), else cosine from lr to lr / 100 over the run
+        (config_cifar100.json:98-108: CosineAnnealingLR T_max 300, eta_min 2e-4 with lr 0.02)."""
+        epochs = self.ctx.epochs
+        if self.name == "sop" and self.ctx.num_classes <= 10:
+            return lr * 0.1 ** sum(epoch >= round(m * epochs) for m in (40 / 120, 80 / 120))
+        low = lr / 100
+        return low + (lr - low) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
     def _views(self) -> tuple[str, ...]:
         return ("train",)

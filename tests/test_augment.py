@@ -224,3 +224,23 @@ def test_auto_augment_replays_torchvisions_forward_per_sample(shape: tuple) -> N
     assert differing <= GEOMETRIC_TOLERANCE, differing  # warps: see GEOMETRIC_TOLERANCE
     assert len({int(p) for p in policy}) > 15  # drawn per sample, not once per call
     assert out.dtype == torch.uint8 and not torch.equal(out, x)
+
+
+def test_promix_augment_cuts_a_grey_square_of_random_side_after_three_ops():
+    """ProMix's RandomAugment: 3 ops at values over their range, then a Cutout of side
+    uniform(0, 0.5) x width filled with (125, 123, 114); per image, from the generator alone."""
+    x = torch.full((64, 3, 32, 32), 200, dtype=torch.uint8)
+    out = augment.promix_augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    grey = (out == torch.tensor([125, 123, 114], dtype=torch.uint8).view(1, 3, 1, 1)).all(dim=1)
+    sides = grey.flatten(1).sum(1).float().sqrt()
+    assert sides.max() <= 17 and sides.std() > 1  # side at most 0.5 x 32 (+ PIL's inclusive end), varying
+    again = augment.promix_augment(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+def test_cutout_abs_takes_one_side_per_image():
+    x = torch.zeros((3, 1, 10, 10), dtype=torch.uint8)
+    out = augment.cutout_abs(x, torch.Generator().manual_seed(0), torch.tensor([0.0, 2.0, 4.0]), fill=(9, 9, 9))
+    counts = (out == 9).flatten(1).sum(1).tolist()
+    assert counts[0] <= 1 and counts[0] < counts[1] < counts[2] <= 25

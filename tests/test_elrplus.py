@@ -116,7 +116,7 @@ def test_short_run_targets_from_the_peer_average_and_the_global_step(tmp_path):
     step = type(m).train_step
 
     def spy(self, batch, epoch, phase):
-        seen[phase.name].append(self.global_step + self._batches.get(phase.name, 0))
+        seen[phase.name].append(self.global_step + self._batches.get(phase.name, 0) + 1)
         return step(self, batch, epoch, phase)
 
     type(m).train_step = spy
@@ -124,8 +124,17 @@ def test_short_run_targets_from_the_peer_average_and_the_global_step(tmp_path):
         metrics = tr.run_epoch(0)
     finally:
         type(m).train_step = step
-    assert seen == {"net1": [0, 1, 2, 3], "net2": [0, 1, 2, 3]}  # both nets share the step values
+    assert seen == {"net1": [1, 2, 3, 4], "net2": [1, 2, 3, 4]}  # both nets share the step values
     assert m.global_step == 4  # advanced by net 1's batch count
+    assert m._step == 4  # the step the last averaging used: counted from 1
+    assert m.decay_epoch == round(0.75 * 2)  # lr / 10 at 150 of 200 epochs, as a share
+    lr0 = m.base_lr["net1"][0]
+    m.on_epoch_start(m.decay_epoch - 1)
+    assert m.optimizers["net1"].param_groups[0]["lr"] == pytest.approx(lr0)
+    m.on_epoch_start(m.decay_epoch)
+    assert m.optimizers["net1"].param_groups[0]["lr"] == pytest.approx(lr0 * 0.1)
+    m.on_epoch_start(0)
+    assert m.optimizers["net2"].param_groups[0]["lr"] == pytest.approx(lr0)
     assert math.isfinite(metrics["loss_elr"]) and math.isfinite(metrics["clean_auc"])
     # every sample visited once by each network: every target row is a distribution scaled by 1 - beta
     for k in ("1", "2"):

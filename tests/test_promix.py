@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import fake_generators, make_trainer
 
 from bench.backbones import create_backbone
 from bench.common.errors import UsageError
@@ -34,11 +33,13 @@ from methods.promix import (
     fmix_masks,
     label_guessing,
     lga_active,
+    low_freq_images,
     masked_mean,
     official_negative_entropy,
     promix_defaults,
     ramp,
 )
+from tests.helpers import fake_generators, make_trainer
 
 
 def test_css_by_hand():
@@ -106,6 +107,21 @@ def test_fmix_masks_are_binary_low_frequency_with_mean_lambda():
         assert (mask[:, 1:] == mask[:, :-1]).float().mean() > 0.85
     again = fmix_masks([0.3, 0.7], [0.9, 0.1], (28, 28), 3.0, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert torch.equal(masks, again)
+
+
+def test_official_fmix_spectrum_keeps_x_frequencies_0_and_1_only():
+    """fmix.py's indexing (rows 0 and 1 of the (H, W/2+1, 2) parameters) leaves a low-frequency
+    image with no energy beyond x-frequency 1 (banded masks); the paper's image has it."""
+    gen = torch.Generator().manual_seed(0)
+    official = low_freq_images(4, (28, 28), 3.0, gen, torch.device("cpu"), official=True)
+    paper = low_freq_images(4, (28, 28), 3.0, gen, torch.device("cpu"), official=False)
+    def high(img: torch.Tensor) -> float:  # the share of the energy beyond x-frequency 1
+        power = torch.fft.rfft(img.double(), dim=-1).abs().pow(2)
+        return (power[..., 2:].sum() / power.sum()).item()
+
+    assert high(official) < 1e-9 and high(paper) > 1e-3
+    masks = fmix_masks([0.3], [0.9], (28, 28), 3.0, torch.Generator().manual_seed(1), torch.device("cpu"), True)
+    assert masks.sum().item() == math.ceil(0.3 * 784)
 
 
 def test_fmix_mixes_with_one_mask_for_the_batch_and_its_loss_by_hand():
@@ -249,7 +265,7 @@ def test_short_run_selects_per_network_moves_the_priors_and_guesses_labels(tmp_p
         m.opts.eval_head = "pseudo1"
         torch.testing.assert_close(m.predict(x), m.models["net1"].heads(x)[1])
         # the concatenated forward equals separate ones (no BatchNorm)
-        both = m._views(m.models["net2"], x, batch["ra35"][:8])
-        torch.testing.assert_close(both[2], m.models["net2"](batch["ra35"][:8]).float(), atol=1e-5, rtol=1e-5)
+        both = m._views(m.models["net2"], x, batch["ra-promix"][:8])
+        torch.testing.assert_close(both[2], m.models["net2"](batch["ra-promix"][:8]).float(), atol=1e-5, rtol=1e-5)
     m.opts.beta_reset = "official"
     assert m.on_epoch_start(2)["beta"] == 0.0  # 400 of 600 >= 100

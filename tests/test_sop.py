@@ -170,7 +170,8 @@ def fake_method(cls=SOP, num_train: int = 8, noise: str = "sym", dataset: str = 
 def test_setup_builds_u_v_and_their_optimisers():
     m = fake_method(noise="asym")
     assert list(m.optimizers) == ["net", "u", "v"]  # the net first: the trainer logs its lr
-    assert list(m.schedulers) == ["net"]  # nothing schedules u or v
+    assert list(m.schedulers) == []  # lr_schedule=official: set per epoch, on the net alone
+    assert list(fake_method(lr_schedule="trainer").schedulers) == ["net"]  # nothing schedules u or v
     uv = m.models["uv"]
     assert uv.u.shape == (8, 1) and uv.v.shape == (8, 3) and uv.u.dtype == torch.float32
     assert 0 < uv.u.abs().max() < 1e-7 and 0 < uv.v.abs().max() < 1e-7  # N(0, 1e-8)
@@ -207,12 +208,27 @@ def test_sop_has_no_weights_of_sop_plus():
         build_options(SOP, {"r_cons": "0.5"})
 
 
+@pytest.mark.parametrize("cls,classes,expected", [
+    (SOP, 3, [0.1, 0.1, 0.01, 0.01, 0.001]),  # x 0.1 at 40 and 80 of 120 epochs: 2 and 4 of 6 (NP-C SOP.py)
+    (SOPPlus, 3, [0.1, 0.09337, 0.07525, 0.0505, 0.02575]),  # cosine to lr / 100 (config_cifar100.json:98-108)
+])
+def test_official_network_schedule(cls, classes, expected):
+    m = fake_method(cls)
+    m.ctx.epochs = 6
+    got = [m._official_lr(0.1, e) for e in range(5)]
+    assert got == pytest.approx(expected, abs=1e-4)
+    m.on_epoch_start(3)
+    assert m.optimizers["net"].param_groups[0]["lr"] == pytest.approx(expected[3], abs=1e-4)
+    assert m.optimizers["u"].param_groups[0]["lr"] == m.lr_u  # u and v keep their rates
+
+
 # --- a short run per name ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["sop", "sop_plus"])
 def test_short_run_updates_u_v_only_at_visited_indices(tmp_path, name):
     tr = make_trainer(tmp_path, method=name, noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=64,
-                      optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="cosine", test_subset=500)
+                      optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="cosine", test_subset=500,
+                      method_options={"lr_schedule": "trainer"})
     m = tr.method
     visit = torch.arange(0, 300, 3)  # a third of the samples: the rest must keep their initial u and v
     m.phases = lambda epoch: [Phase(indices=visit)]

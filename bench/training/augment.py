@@ -285,20 +285,46 @@ def rand_augment_mc(x: torch.Tensor, gen: torch.Generator, num_ops: int = 2, max
     return x
 
 
-def cutout_abs(x: torch.Tensor, gen: torch.Generator, size: int, fill: int = 127) -> torch.Tensor:
+def cutout_abs(x: torch.Tensor, gen: torch.Generator, size: int | torch.Tensor,
+               fill: int | tuple[int, ...] = 127) -> torch.Tensor:
     """FixMatch's ``CutoutAbs`` on uint8 batches: a corner at (uniform(0, w) - size / 2, ...)
     clipped at 0, the rectangle to corner + size clipped at the border, both ends included (PIL's
-    ``ImageDraw.rectangle``), filled grey."""
-    b, _, h, w = x.shape
+    ``ImageDraw.rectangle``), filled grey (one value, or one per channel). ``size``: one side for
+    the batch, or a float tensor of one side per image."""
+    b, c, h, w = x.shape
     u = torch.rand((2, b), generator=gen, device=gen.device).to(x.device, torch.float64)
+    if isinstance(size, torch.Tensor):
+        size = size.to(x.device, torch.float64)
     x0 = (u[0] * w - size / 2).clamp(min=0).floor().long()
     y0 = (u[1] * h - size / 2).clamp(min=0).floor().long()
-    x1, y1 = (x0 + size).clamp(max=w), (y0 + size).clamp(max=h)
+    if isinstance(size, torch.Tensor):  # PIL draws to the float corner + size: its integer part
+        x1, y1 = (x0 + size).floor().long().clamp(max=w), (y0 + size).floor().long().clamp(max=h)
+    else:
+        x1, y1 = (x0 + size).clamp(max=w), (y0 + size).clamp(max=h)
     cols, rows = torch.arange(w, device=x.device)[None], torch.arange(h, device=x.device)[None]
     in_x = (cols >= x0[:, None]) & (cols <= x1[:, None])
     in_y = (rows >= y0[:, None]) & (rows <= y1[:, None])
     box = (in_y[:, :, None] & in_x[:, None, :])[:, None]
-    return torch.where(box, torch.tensor(fill, dtype=x.dtype, device=x.device), x)
+    value = torch.tensor(fill, dtype=x.dtype, device=x.device)
+    if value.dim() == 1:  # one value per channel
+        value = (value if len(value) == c else value.float().mean().round().to(x.dtype).expand(c)).view(1, c, 1, 1)
+    return torch.where(box, value, x)
+
+
+PROMIX_FILL = (125, 123, 114)  # randaug.py Cutout: color = (125, 123, 114)
+PROMIX_CUTOUT = 0.5  # randaug.py RandomAugment: Cutout(img, uniform(0, 0.5) * width), always
+
+
+def promix_augment(x: torch.Tensor, gen: torch.Generator, num_ops: int = 3) -> torch.Tensor:
+    """ProMix's ``RandomAugment(3, 5)`` (utils/randaug.py:138-172, whose magnitude argument is
+    unused): ``num_ops`` ops drawn per image with replacement, each at a value uniform over the
+    op's whole range, always applied, then a grey Cutout of side uniform(0, 0.5) x width. Here
+    the ops and ranges are torchvision's 14 and the value one of the bins 3, 6, .., 30 of 31
+    (:func:`rand_augment_mc` with levels 1..10, probability 1) with a random sign: a named
+    approximation of the official op list and its continuous values. uint8 in, uint8 out."""
+    x = rand_augment_mc(x, gen, num_ops=num_ops, max_level=11, prob=1.0)
+    side = torch.rand(x.shape[0], generator=gen, device=gen.device) * PROMIX_CUTOUT * x.shape[-1]
+    return cutout_abs(x, gen, side, PROMIX_FILL)
 
 
 # torchvision's AutoAugmentPolicy.CIFAR10 (transforms/autoaugment.py, AutoAugment._get_policies):

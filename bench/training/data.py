@@ -37,9 +37,11 @@ The views:
 - ``autoaug-cutout``: ``autoaug`` then Cutout of a square half the image side (16 px of 32) in
   the normalised image: SOP+'s strong view (data_loaders.py: crop + flip + ``CIFAR10Policy()`` +
   ``Cutout(16)``).
-- ``ra35``: ``weak`` + RandAugment with 3 ops at magnitude 5 (of torchvision's 31 bins, drawn
-  per sample): ProMix's strong view (dataloader_cifarn.py: crop + flip + ``RandomAugment(3, 5)``);
-  torchvision's op set, an approximation of ProMix's own op list, named.
+- ``ra-promix``: ``weak`` + ProMix's ``RandomAugment(3, 5)``: 3 ops per image at values drawn
+  over their whole range, always applied, then a grey Cutout of side uniform(0, 0.5) x width
+  (:func:`bench.training.augment.promix_augment`; dataloader_cifarn.py, utils/randaug.py).
+  Approximations, named: torchvision's op set and ranges in 10 steps, and the official order
+  (RandomAugment before crop + flip) reversed.
 
 No per-sample Python work runs in the loop. The loaders know nothing about methods: a method
 names the views it needs, and the loader makes them.
@@ -56,10 +58,9 @@ from torch.utils.data import Dataset as TorchDataset
 
 Batch = dict[str, torch.Tensor]
 VIEWS = ("plain", "train", "weak", "weak2", "strong", "ra-cutout", "ra-cutout2", "strong-mc", "autoaug", "autoaug2",
-         "autoaug-cutout", "ra35")
+         "autoaug-cutout", "ra-promix")
 CUTOUT_VIEWS = ("ra-cutout", "ra-cutout2")
 AA_VIEWS = ("autoaug", "autoaug2", "autoaug-cutout")
-RA35 = (3, 5)  # ProMix: RandomAugment(3, 5) after crop + flip (dataloader_cifarn.py)
 LIGHT_RA = (1, 3)  # GJS: RandAugment(N=1, M=3) (configs, datasets/transforms.py)
 MC_CUTOUT = 0.15  # DISC: RandAugmentwogeo(n=2, m=5) ends with CutoutAbs(img, int(size * 0.15))
 
@@ -135,20 +136,20 @@ class ViewMaker:
             from bench.training.augment import rand_augment
 
             x = rand_augment(x, gen)
-        elif view == "ra35":
-            from bench.training.augment import rand_augment
-
-            x = rand_augment(x, gen, *RA35)
         return self.finish(view, self.normalise(self.device_stage(view, x, gen)), gen)
 
     def device_stage(self, view: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """What a view does to uint8 images on the device after its base augmentation (both
         paths, in memory and on disk): FixMatch-style RandAugment and grey Cutout for ``strong-mc``,
-        AutoAugment (CIFAR-10 policy) for ``autoaug`` and ``autoaug2``."""
+        AutoAugment (CIFAR-10 policy) for the ``autoaug`` views, ProMix's for ``ra-promix``."""
         if view in AA_VIEWS:
             from bench.training.augment import auto_augment
 
             return auto_augment(x, gen)
+        if view == "ra-promix":
+            from bench.training.augment import promix_augment
+
+            return promix_augment(x, gen)
         if view != "strong-mc":
             return x
         from bench.training.augment import cutout_abs, rand_augment_mc
@@ -297,8 +298,6 @@ def file_transforms(size: int, resize: int | None, augment: str, policy: str = "
             steps.append(T.RandomHorizontalFlip())
         if view == "strong":
             steps.append(T.RandAugment(num_ops=2, magnitude=10))
-        elif view == "ra35":
-            steps.append(T.RandAugment(*RA35))
         return T.Compose([*steps, T.PILToTensor()])
 
     return {view: chain(view) for view in VIEWS}
