@@ -277,7 +277,7 @@ class DivideMix(Method):
         mixed_in, mixed_t = mixup(all_in, all_t, self.alpha, self.ctx.generators())
         logits = net(mixed_in)
         loss, terms = mixmatch_loss(logits.float(), mixed_t, 2 * n_l, lam_u)
-        terms["lambda_u_ramped"] = logits.new_tensor(lam_u)  # on the device, as the other terms
+        terms["lambda_u_ramped"] = torch.full((), lam_u, device=logits.device)  # on the device, as the other terms
         # train_acc: net 1's training-mode prediction of the labeled samples' weak view, against
         # their given labels (the warm-up reports net 1's too)
         return StepOutput(loss=loss, logits=weak_logits if key == "net1" else None, terms=terms)

@@ -249,7 +249,7 @@ class MCorrection(Method):
         reg = prior_penalty(logp.exp(), self.ctx.num_classes)
         return StepOutput(loss=boot + self.opts.reg_term * reg, logits=logits,
                           terms={"loss_boot": boot.detach(), "loss_reg": reg.detach(),
-                                 "temperature": z.new_tensor(temp)})
+                                 "temperature": torch.full((), temp, device=z.device)})
 
     # --- per epoch -----------------------------------------------------------------------
     def on_epoch_end(self, epoch: int) -> dict[str, float]:

@@ -63,4 +63,4 @@ class Mixup(Method):
         perm = torch.randperm(x.shape[0], generator=gens.torch, device=gens.torch.device).to(x.device)
         logits = self.models["net"](lam * x + (1 - lam) * x[perm])
         loss = mixup_loss(logits.float(), y, y[perm], lam)
-        return StepOutput(loss=loss, terms={"mixup_lambda": loss.new_tensor(lam)})
+        return StepOutput(loss=loss, terms={"mixup_lambda": torch.full((), lam, device=loss.device)})

@@ -47,8 +47,10 @@ cannot be re-created so: setup refuses such a backbone in one line.
 **Quirk (official vs paper), ``renew``.** The official main optimiser is built before
 ``renew_layers`` replaces the modules (PES_cs.py:165, PES_semi.py:258), so the re-created
 parameters are never updated by it again: after T1 they keep their Adam-refined values
-(layer4 + classifier in PES, the classifier in PES-semi). The paper trains the whole network
-after the refinement. ``renew=paper`` (default) re-initialises in place and the main optimiser
+(layer4 + classifier in PES, the classifier in PES-semi). That follows from PyTorch's semantics
+(an optimiser holds the parameter objects it was given), not from anything the paper describes:
+the paper re-initialises and refines the layers and then trains the network on the confident
+samples. ``renew=paper`` (default) re-initialises in place and the main optimiser
 goes on training those parameters, their stale state (momentum, Adam moments) cleared at the
 re-creation; ``renew=official`` freezes them after the refinement (BN statistics still move).
 
@@ -77,6 +79,7 @@ weights) is not reproduced: other data sets take the CIFAR values by class count
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -139,7 +142,7 @@ def pes_semi_lambda_u(noise: str, noise_rate: float | None, num_classes: int) ->
     Real noise (CIFAR-N): 5 with <= 10 classes, 75 above (PES_noisylabels.py:5, 249, 279);
     <= 10 classes with instance noise: 15 (README, CIFAR-10 instance 40%); more than 10 classes
     with class-dependent noise: 50 (README, CIFAR-100 pairflip 45%); everything else: 150
-    (PES_semi.py:37, the default the other published runs used)."""
+    (PES_semi.py:37: what a bare ``python PES_semi.py``, CIFAR-10 symmetric 50%, runs with)."""
     few = num_classes <= 10
     if noise_rate is None:
         return 5.0 if few else 75.0
@@ -281,6 +284,9 @@ class PESOptions:
     PES_lr: float = field(default=1e-4, metadata={"help": "Adam lr of the refinement", "source": "PES_cs.py:35"})
     renew: Literal["paper", "official"] = field(default="paper", metadata={
         "help": RENEW_HELP, "source": "PES_cs.py:165 vs 114 (optimiser built before renew_layers)"})
+    lr_schedule: Literal["official", "trainer"] = field(default="official", metadata={
+        "help": "the network's lr: official: x 0.1 at 100 and 150 of 200 epochs, as shares; trainer: the run's "
+                "scheduler (the refinement's Adam is never scheduled)", "source": "PES_cs.py:166 MultiStepLR"})
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -307,6 +313,9 @@ class PESSemiOptions:
     temperature: float = field(default=0.5, metadata={"help": "sharpening temperature T", "source": "PES_semi.py:36"})
     renew: Literal["paper", "official"] = field(default="paper", metadata={
         "help": RENEW_HELP, "source": "PES_semi.py:258 vs 205 (optimiser built before renew_layers)"})
+    lr_schedule: Literal["official", "trainer"] = field(default="official", metadata={
+        "help": "the network's lr: official: cosine over the epochs to lr / 100; trainer: the run's scheduler "
+                "(the refinement's Adam is never scheduled)", "source": "PES_semi.py:259-260 CosineAnnealingLR"})
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -343,7 +352,8 @@ class _Progressive(Method):
         if self.t1 >= ctx.epochs:
             raise UsageError(f"{self.name}: T1 = {self.t1} leaves no epoch after it of --epochs {ctx.epochs}; "
                              "raise --epochs or --set T1=N")
-        net = self.add_network("net", schedule_epochs=ctx.epochs)
+        net = self.add_network("net", schedule_epochs=ctx.epochs if o.lr_schedule == "trainer" else None)
+        self.base_lr = [g["lr"] for g in self.optimizers["net"].param_groups]
         self.head = classifier_of(net, self.name)
         self.block = last_stage(net, self.head, self.name) + [self.head] if block else []
         check_resettable(self.block + [self.head], self.name)
@@ -422,7 +432,19 @@ class _Progressive(Method):
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         self._log = {}
+        if self.opts.lr_schedule == "official":  # from the epoch alone (resume-safe); not the refinement's Adam
+            for g, lr in zip(self.optimizers["net"].param_groups, self.base_lr, strict=True):
+                g["lr"] = self.official_lr(lr, epoch)
         return {"pes_T1": float(self.t1)} if epoch == 0 else {}
+
+    def official_lr(self, lr: float, epoch: int) -> float:
+        """The main optimiser's official lr at ``epoch`` of the run (PES: x 0.1 at 100 and 150 of
+        200 epochs, PES_cs.py:166; PES-semi: cosine to lr / 100, PES_semi.py:259-260)."""
+        epochs = self.ctx.epochs
+        if self.name == "pes":
+            return lr * 0.1 ** sum(epoch >= round(m * epochs) for m in (100 / 200, 150 / 200))
+        low = lr / 100
+        return low + (lr - low) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         return dict(self._log)
@@ -603,5 +625,6 @@ class PESSemi(_Progressive):
         mixed_in, mixed_t = mixup(torch.cat(inputs), torch.cat(targets), alpha, self.ctx.generators())
         logits = net(mixed_in).float()
         lx, lu = semi_loss(logits, mixed_t, 2 * n_l, self._weights)
-        terms = {"loss_x": lx.detach(), "loss_u": lu.detach(), "lambda_u_ramped": logits.new_tensor(lam_u)}
+        ramped = torch.full((), lam_u, device=logits.device)  # a fill on the device: no host-to-device copy
+        terms = {"loss_x": lx.detach(), "loss_u": lu.detach(), "lambda_u_ramped": ramped}
         return StepOutput(loss=lx + lam_u * lu, terms=terms)

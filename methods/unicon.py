@@ -362,7 +362,7 @@ class UNICON(Method):
         logits = net(mixed_in)
         loss, terms = mixmatch_loss(logits.float(), mixed_t, 2 * n_l, lam_u)
         loss = loss + self.opts.lambda_c * contrast
-        terms.update(loss_c=contrast.detach(), lambda_u_ramped=logits.new_tensor(lam_u))
+        terms.update(loss_c=contrast.detach(), lambda_u_ramped=torch.full((), lam_u, device=logits.device))
         return StepOutput(loss=loss, logits=weak_logits if k == "1" else None, terms=terms)
 
     def _refine(self, net: nn.Module, batch: dict[str, torch.Tensor],

@@ -291,3 +291,16 @@ def test_confident_pass_averages_two_draws():
     p = (F.softmax(torch.tensor([3.0, 0.0, 0.0]), 0) + F.softmax(torch.tensor([0.0, 0.5, 0.0]), 0)) / 2
     assert conf.tolist() == [True, False] and m.state["confident"].tolist() == [True, False]
     assert float(m.state["score"][0]) == pytest.approx(float(p[0]))
+
+
+@pytest.mark.parametrize("cls,expected", [
+    (PES, [0.1, 0.1, 0.01, 0.001]),  # x 0.1 at 100 and 150 of 200 epochs: 2 and 3 of 4 (PES_cs.py:166)
+    (PESSemi, [0.1, 0.08550, 0.0505, 0.01550]),  # cosine to lr / 100 (PES_semi.py:259-260)
+])
+def test_official_network_schedule_leaves_the_refinement_alone(cls, expected):
+    m = fake(cls, epochs=4, T1=1)
+    assert [m.official_lr(0.1, e) for e in range(4)] == pytest.approx(expected, abs=1e-5)
+    assert m.schedulers == {}  # set per epoch from the epoch alone
+    m.on_epoch_start(2)
+    assert m.optimizers["net"].param_groups[0]["lr"] == pytest.approx(expected[2], abs=1e-5)
+    assert m.optimizers["refine_head"].param_groups[0]["lr"] == 1e-4
