@@ -244,6 +244,8 @@ def add_table_parser(sub: Any) -> None:
     kind.add_argument("--time", action="store_true",
                       help="the wall-clock table, with ratios to the time-reference methods (CE, DivideMix)")
     kind.add_argument("--detection", action="store_true", help="the clean_auc table")
+    kind.add_argument("--transition", action="store_true",
+                      help="the t_error table (methods that estimate the noise transition matrix)")
     tb.add_argument("--paper", action="store_true", help="the IDO paper's numbers beside matching settings")
     tb.add_argument("--range", action="store_true", help="also [min, max] over seeds in each cell")
     tb.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])

@@ -48,6 +48,9 @@ def store(tmp_path):
                 client.log_metric(rid, "test_acc", best - 0.01 * (EPOCHS - step), step=step)
                 if method != "ce":
                     client.log_metric(rid, "clean_auc", 0.9 + 0.001 * step, step=step)
+                    # a transition-matrix error falling to 0.5 / 0.2 in the last epoch
+                    final = 0.5 if method == "dividemix" else 0.2
+                    client.log_metric(rid, "t_error", final + 0.01 * (EPOCHS - step), step=step)
             for k, v in {"best_test_acc": best, "last_test_acc": last, "wall_clock_s": wall}.items():
                 client.log_metric(rid, k, v, step=EPOCHS)
             if method == "wrongevent":
@@ -98,6 +101,13 @@ def test_time_table_ratios(store):
 def test_detection_table_and_latex(store):
     out = table(store, "--detection", "--format", "latex")
     assert "\\textbf{" in out and "0.910" in out and "ce" not in out.split("midrule")[1]
+
+
+def test_transition_table_is_the_final_error_lowest_in_bold(store):
+    out = table(store, "--transition")
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert "ce" not in rows  # CE logs no t_error
+    assert "0.500 ± 0.000" in rows["dividemix"] and "**0.200 ± 0.000**" in rows["wrongevent"]
 
 
 def test_paper_numbers_beside_matching_settings(store, tmp_path):

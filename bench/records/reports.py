@@ -49,7 +49,7 @@ def load_runs(uri: str | None, experiment: str) -> pd.DataFrame:
                 "best_test_acc": m.get("best_test_acc"), "last_test_acc": m.get("last_test_acc"),
                 "wall_clock_s": m.get("wall_clock_s"), "epochs": epochs,
                 "epoch_s": m.get("wall_clock_s", math.nan) / epochs if epochs else math.nan,
-                "clean_auc": m.get("clean_auc", math.nan), "params": dict(p),
+                "clean_auc": m.get("clean_auc", math.nan), "t_error": m.get("t_error", math.nan), "params": dict(p),
                 "time_reference": t.get(TAG_TIME_REFERENCE), "score_artifacts": t.get(TAG_SCORE_ARTIFACTS),
             })
         token = page.token
@@ -245,6 +245,14 @@ def cmd_table(args: Any) -> int:
     elif args.detection:
         table, best = pivot(df[df["clean_auc"].notna()], "clean_auc", scale=1.0, digits=3)
         title = f"Noise detection: final clean_auc (mean ± std over seeds), experiment {args.experiment}"
+    elif getattr(args, "transition", False):
+        has = df[df["t_error"].notna()]
+        if has.empty:
+            raise UsageError(f"--transition: no run of experiment {args.experiment} logged t_error (forward, "
+                             "backward and trevision do, where the true T is known)")
+        table, best = pivot(has, "t_error", scale=1.0, digits=3, higher_is_better=False)
+        title = ("Transition-matrix estimates: final t_error = sum |T_est - T| / sum |T| against the training set's "
+                 f"realised T (mean ± std over seeds; lowest in bold), experiment {args.experiment}")
     else:
         if args.metric not in METRICS:
             raise UsageError(f"--metric {args.metric}: valid values are {', '.join(METRICS)}")
