@@ -238,6 +238,7 @@ def add_table_parser(sub: Any) -> None:
               "rows, labelled by what differs.")
     tb.add_argument("--experiment", required=True, help="MLflow experiment to read; required")
     tb.add_argument("--metric", default="best_test_acc", help="best_test_acc or last_test_acc")
+    tb.add_argument("--methods", help="comma-separated methods to include (default: every method of the experiment)")
     tb.add_argument("--format", default="md", help="md, latex or csv")
     tb.add_argument("--out", help="write the table to this file (default: standard output)")
     kind = tb.add_mutually_exclusive_group()
@@ -257,6 +258,7 @@ def add_plot_parser(sub: Any) -> None:
     pl.add_argument("--kind", required=True, help="curves, pareto, scores or detection; required")
     pl.add_argument("--out", default="results/plots", help="folder for the figures")
     pl.add_argument("--metric", default="last_test_acc", help="accuracy of the pareto plot")
+    pl.add_argument("--methods", help="comma-separated methods to include (default: every method of the experiment)")
     pl.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
 
 

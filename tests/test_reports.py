@@ -216,3 +216,27 @@ def test_unknown_experiment_and_kind(store, capsys):
     assert main(["table", "--experiment", "nope", "--tracking-uri", tracking_uri(store)]) == 2
     assert "valid: Default, tiny" in capsys.readouterr().err
     assert main(["plot", "--experiment", "tiny", "--kind", "bars", "--tracking-uri", tracking_uri(store)]) == 2
+
+
+def test_a_field_added_later_at_its_default_groups_with_runs_logged_before_it():
+    """Runs logged before ``test_subset`` existed (no such parameter) and runs at its default
+    (None, which MLflow logs as "") share their group and their like-for-like protocol, so time
+    ratios against an older CE run exist; a set value stays apart."""
+    from bench.records.reports import label_rows
+
+    base = {"method": "ce", "dataset": "fashion-mnist", "epochs": "30", "seed": "1"}
+    rows = [{"method": m, "dataset": "fashion-mnist", "setting": "sym:0.4", "seed": 1,
+             "params": {**base, "method": m, **extra}}
+            for m, extra in (("ce", {}), ("sce", {"test_subset": ""}), ("gce", {"test_subset": "None"}),
+                             ("elr", {"test_subset": "500"}))]
+    df = label_rows(pd.DataFrame(rows))
+    assert df["protocol"].iloc[0] == df["protocol"].iloc[1] == df["protocol"].iloc[2] != df["protocol"].iloc[3]
+
+
+def test_methods_filter_and_its_error(store, capsys):
+    out = table(store, "--methods", "ce,wrongevent")
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "method" not in line]
+    assert sorted(rows) == ["ce", "wrongevent"]
+    assert main(["table", "--experiment", "tiny", "--tracking-uri", tracking_uri(store), "--methods", "ce,jocor"]) == 2
+    err = capsys.readouterr().err
+    assert "no finished run of jocor" in err and "its methods: ce, dividemix, wrongevent" in err

@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.common.errors import UsageError
 from bench.common.figures import pyplot, save_figure, wrap_title
-from bench.records.reports import _columns, load_runs
+from bench.records.reports import _colname, _columns, load_runs
 from bench.training.tracking import mlflow_client
 
 KINDS = ("curves", "pareto", "scores", "detection")
@@ -101,25 +101,35 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
 
 
 def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str) -> list[Path]:
-    plt, fig, axes = _panels(1)
-    ax = axes[0]
+    """Accuracy against wall-clock time per run, one panel per data set and setting (with thirty
+    methods one panel of labelled points is unreadable), each row's marker and colour the same in
+    every panel, one legend for the figure, and each panel's Pareto front (the runs no other run
+    beats in both accuracy and time) as a grey step line."""
+    settings = _columns(df)
+    plt, fig, axes = _panels(len(settings))
     g = df.groupby(["row", "method", "dataset", "setting"]).agg(acc=(metric, "mean"), time=("wall_clock_s", "mean"))
     g = g.reset_index()
     styles = _styles(df)
-    markers = "osD^v<>P*X"
-    for i, row in enumerate(sorted(g["row"].unique())):
-        part = g[g["row"] == row]
-        ax.scatter(part["time"] / 60, part["acc"] * 100, marker=markers[i % len(markers)], s=50, label=row,
-                   color=styles[row]["color"])
-        for _, r in part.iterrows():
-            ax.annotate(r["setting"], (r["time"] / 60, r["acc"] * 100), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-    ax.set_xlabel("wall-clock time per run (minutes, mean over seeds)")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
-    ax.set_title(wrap_title(f"Accuracy vs time, experiment {experiment}", fig.get_figwidth(), fontsize=11))
-    ax.grid(alpha=0.3)
-    # beside the axes: with a dozen methods a legend inside hides their points
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    markers = "osD^v<>P*Xhd"
+    rows = sorted(g["row"].unique())
+    handles: dict[str, Any] = {}
+    for ax, (ds, setting) in zip(axes, settings, strict=False):
+        part = g[(g["dataset"] == ds) & (g["setting"] == setting)].sort_values("time")
+        for row in rows:
+            r = part[part["row"] == row]
+            if len(r):
+                marker = markers[rows.index(row) % len(markers)]
+                handles[row] = ax.scatter(r["time"] / 60, r["acc"] * 100, marker=marker, s=40,
+                                          color=styles[row]["color"], label=row, zorder=3)
+        front = part[part["acc"] >= part["acc"].cummax()]  # by time: each run better than every faster one
+        ax.step(front["time"] / 60, front["acc"] * 100, where="post", color="grey", alpha=0.6, lw=1, zorder=2)
+        ax.set_title(_colname((ds, setting), len({d for d, _ in settings})), fontsize=10)
+        ax.set_xlabel("wall-clock minutes per run (mean over seeds)")
+        ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+        ax.grid(alpha=0.3)
+    _title(fig, f"Accuracy vs time per setting (grey: the Pareto front), experiment {experiment}")
+    fig.legend([handles[r] for r in rows if r in handles], [r for r in rows if r in handles], fontsize=8,
+               loc="outside right upper")
     return save_figure(fig, path)
 
 
@@ -176,7 +186,7 @@ def scores(df: pd.DataFrame, client: Any, path: Path, experiment: str) -> list[P
 def cmd_plot(args: Any) -> int:
     if args.kind not in KINDS:
         raise UsageError(f"--kind {args.kind}: valid values are {', '.join(KINDS)}")
-    df = load_runs(args.tracking_uri, args.experiment)
+    df = load_runs(args.tracking_uri, args.experiment, getattr(args, "methods", None))
     client = mlflow_client(args.tracking_uri)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

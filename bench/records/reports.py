@@ -27,8 +27,9 @@ METRICS = ("best_test_acc", "last_test_acc")
 FORMATS = ("md", "latex", "csv")
 
 
-def load_runs(uri: str | None, experiment: str) -> pd.DataFrame:
-    """One row per FINISHED run of ``experiment``, labelled by :func:`label_rows`."""
+def load_runs(uri: str | None, experiment: str, methods: str | None = None) -> pd.DataFrame:
+    """One row per FINISHED run of ``experiment`` (of the comma-separated ``methods`` only, when
+    given), labelled by :func:`label_rows`."""
     from bench.training.tracking import mlflow_client
 
     client = mlflow_client(uri)
@@ -57,7 +58,16 @@ def load_runs(uri: str | None, experiment: str) -> pd.DataFrame:
             break
     if not rows:
         raise UsageError(f"--experiment {experiment}: no finished runs yet")
-    return label_rows(pd.DataFrame(rows))
+    df = pd.DataFrame(rows)
+    if methods:
+        wanted = [m.strip() for m in methods.split(",") if m.strip()]
+        have = sorted(df["method"].dropna().unique())
+        missing = [m for m in wanted if m not in have]
+        if missing:
+            raise UsageError(f"--methods: no finished run of {', '.join(missing)} in experiment {experiment}; "
+                             f"its methods: {', '.join(have)}")
+        df = df[df["method"].isin(wanted)]
+    return label_rows(df)
 
 
 def label_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -239,7 +249,7 @@ def render(table: pd.DataFrame, fmt: str, best: dict[str, str] | None = None, ti
 
 
 def cmd_table(args: Any) -> int:
-    df = load_runs(args.tracking_uri, args.experiment)
+    df = load_runs(args.tracking_uri, args.experiment, getattr(args, "methods", None))
     if args.time:
         table, best, title = time_pivot(df), None, f"Wall-clock time, experiment {args.experiment}"
     elif args.detection:

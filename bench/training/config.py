@@ -175,10 +175,11 @@ def result_params(params: dict[str, str], drop: frozenset[str] = frozenset()) ->
     :class:`RunConfig` ones (so neither placement nor provenance), without ``drop``, and
     without fields added later that are at their default (so runs logged before a field
     existed compare equal to runs at its default)."""
-    later = {k: str(v) for k, v in ADDED_LATER.items()}
+    # a None default is logged as "" by MLflow (and "None" by str): both mean the field's default
+    later = {k: ({"", "None"} if v is None else {str(v)}) for k, v in ADDED_LATER.items()}
     ours = field_names(RunConfig)
     return {k: v for k, v in params.items()
-            if (k in ours or k.startswith(("method.", "dataset."))) and k not in drop and later.get(k) != v}
+            if (k in ours or k.startswith(("method.", "dataset."))) and k not in drop and v not in later.get(k, ())}
 
 
 def params_key(params: dict[str, str]) -> str:
