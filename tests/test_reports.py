@@ -240,3 +240,27 @@ def test_methods_filter_and_its_error(store, capsys):
     assert main(["table", "--experiment", "tiny", "--tracking-uri", tracking_uri(store), "--methods", "ce,jocor"]) == 2
     err = capsys.readouterr().err
     assert "no finished run of jocor" in err and "its methods: ce, dividemix, wrongevent" in err
+
+
+@pytest.mark.parametrize("kind,limit,panel_legends,figure_legends", [
+    ("curves", 8, True, 0), ("curves", 1, False, 1), ("pareto", 8, False, 1)])
+def test_many_rows_get_one_legend_beside_the_panels(store, tmp_path, monkeypatch, kind, limit, panel_legends,
+                                                    figure_legends):
+    """Curves keep a legend per panel for a few rows and one figure legend for many (thirty
+    methods would cover the panels); the pareto figure has one legend, a panel per setting."""
+    import bench.records.figures as figures
+
+    seen = {}
+    real = figures.save_figure
+
+    def spy(fig, path, pdf=True):
+        seen["panel"] = any(ax.get_legend() is not None for ax in fig.axes)
+        seen["figure"] = len(fig.legends)
+        seen["panels"] = sum(ax.get_visible() for ax in fig.axes)
+        return real(fig, path, pdf)
+
+    monkeypatch.setattr(figures, "save_figure", spy)
+    monkeypatch.setattr(figures, "LEGEND_PER_PANEL", limit)
+    assert main(["plot", "--experiment", "tiny", "--kind", kind, "--out", str(tmp_path),
+                 "--tracking-uri", tracking_uri(store)]) == 0
+    assert (seen["panel"], seen["figure"], seen["panels"]) == (panel_legends, figure_legends, 2)  # sym, pairflip

@@ -73,11 +73,16 @@ def _styles(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return out
 
 
+LEGEND_PER_PANEL = 8  # more rows than this: one legend for the figure, beside the panels
+
+
 def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: str, title: str,
                scale: float) -> list[Path]:
     settings = _columns(df)
     styles = _styles(df)
     plt, fig, axes = _panels(len(settings))
+    shared = df["row"].nunique() > LEGEND_PER_PANEL  # many rows: one legend beside the panels, not one in each
+    handles: dict[str, Any] = {}
     for ax, (ds, setting) in zip(axes, settings, strict=False):
         part = df[(df["dataset"] == ds) & (df["setting"] == setting)]
         for row in sorted(part["row"].unique()):
@@ -86,7 +91,8 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
             if not curves:
                 continue
             table = pd.concat(curves, axis=1) * scale
-            ax.plot(table.index, table.mean(axis=1), label=f"{row} (n={table.shape[1]})", **styles[row])
+            label = row if shared else f"{row} (n={table.shape[1]})"
+            (handles[row],) = ax.plot(table.index, table.mean(axis=1), label=label, **styles[row])
             if table.shape[1] > 1:
                 ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=styles[row]["color"],
                                 alpha=0.2)
@@ -95,8 +101,12 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if not shared:
+            ax.legend(fontsize=8)
     _title(fig, title)
+    if shared:
+        rows = sorted(handles)
+        fig.legend([handles[r] for r in rows], rows, fontsize=8, loc="outside right upper")
     return save_figure(fig, path)
 
 
