@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import fake_generators, make_trainer
 
 from bench.backbones import create_backbone
 from bench.common.errors import UsageError
@@ -38,6 +37,7 @@ from methods.pes import (
     semi_loss,
 )
 from methods.shared import classifier_of
+from tests.helpers import assert_resume_equals_uninterrupted, fake_generators, make_trainer
 
 
 # --- the fact sheet's values -----------------------------------------------------------------------
@@ -304,3 +304,15 @@ def test_official_network_schedule_leaves_the_refinement_alone(cls, expected):
     m.on_epoch_start(2)
     assert m.optimizers["net"].param_groups[0]["lr"] == pytest.approx(expected[2], abs=1e-5)
     assert m.optimizers["refine_head"].param_groups[0]["lr"] == 1e-4
+
+
+@pytest.mark.parametrize("name,sets", [("pes", ("--set", "T2=1", "--set", "T3=1")), ("pes_semi", ("--set", "T2=1",))])
+def test_resume_after_the_refinement_keeps_the_frozen_layers_frozen(tmp_path, name, sets):
+    """Stopped after the refinement epoch under renew=official and resumed, a run ends as an
+    uninterrupted one: the freezing of the re-created layers and the optimiser states survive
+    the checkpoint (the registry's resume test stops before the refinement)."""
+    args = ("--method", name, "--noise", "sym", "--noise-rate", "0.4", "--subset", "120", "--batch-size", "40",
+            "--epochs", "3", "--augment", "none", "--set", "T1=1", "--set", "renew=official", *sets)
+    full, resumed = assert_resume_equals_uninterrupted(tmp_path, args, 2, ("test_acc", "train_loss"))
+    for key, value in full["state"].items():
+        assert torch.equal(value, resumed["state"][key]), key
