@@ -316,3 +316,25 @@ def test_resume_after_the_refinement_keeps_the_frozen_layers_frozen(tmp_path, na
     full, resumed = assert_resume_equals_uninterrupted(tmp_path, args, 2, ("test_acc", "train_loss"))
     for key, value in full["state"].items():
         assert torch.equal(value, resumed["state"][key]), key
+
+
+def test_pes_semi_mixes_all_2_bl_plus_bu_rows_with_alpha_4_then_0_75(tmp_path, monkeypatch):
+    """Every SSL step mixes the 2 (B_l + B_u) rows of both views of the labeled and unlabeled
+    batches; alpha is 4 before half of the epochs and 0.75 from there on (PES_semi.py:72-73)."""
+    import methods.pes as pes
+
+    tr = make_trainer(tmp_path, method="pes_semi", noise="sym", noise_rate=0.4, subset=300, epochs=4, batch_size=64,
+                      test_subset=500, method_options={"T1": "1", "T2": "1"})
+    m, seen, real = tr.method, [], pes.mixup
+
+    def spy(inputs, targets, alpha, gens):
+        seen.append((epoch, inputs.shape[0], alpha, m._u_batch))
+        return real(inputs, targets, alpha, gens)
+
+    monkeypatch.setattr(pes, "mixup", spy)
+    for epoch in range(4):
+        tr.run_epoch(epoch)
+    assert {e for e, *_ in seen} == {1, 2, 3}  # SSL from T1 on, after the refinement passes
+    for e, rows, alpha, b_u in seen:
+        assert alpha == (4.0 if e < 2 else 0.75)
+        assert 0 < b_u < 64 and rows == 2 * 64  # 2 (B_l + B_u) with B_l = B - B_u: both views of both sets
