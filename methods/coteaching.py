@@ -40,10 +40,16 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
-from methods.cotraining import apply_lr_plan, base_lrs, cross_update_losses, decay_start_epoch, forget_rate_at
+from methods.cotraining import (
+    apply_lr_plan,
+    base_lrs,
+    cross_update_losses,
+    decay_start_epoch,
+    forget_rate_at,
+    nominal_forget_rate,
+)
 
 
 @dataclass
@@ -95,7 +101,7 @@ class Coteaching(Method):
 
     def setup(self) -> None:
         ctx = self.ctx
-        self.forget_rate = self._final_forget_rate()
+        self.forget_rate = nominal_forget_rate(self.opts.forget_rate, ctx, "coteaching", "main.py")
         for name in ("net1", "net2"):
             # two calls: two initialisations; the run's scheduler only with lr_schedule=trainer
             self.add_network(name, ctx.epochs if self.opts.lr_schedule == "trainer" else None)
@@ -108,17 +114,6 @@ class Coteaching(Method):
 
     def resolved_options(self) -> dict[str, Any]:
         return {**super().resolved_options(), "forget_rate": self.forget_rate}
-
-    def _final_forget_rate(self) -> float:
-        """The given forget rate, else the nominal rate of the synthetic noise, as main.py
-        (``forget_rate = noise_rate``); real noise has no nominal rate, and the paper gives no
-        estimate of one, so the user must give it."""
-        if self.opts.forget_rate is not None:
-            return self.opts.forget_rate
-        if self.ctx.noise_rate is None:
-            raise UsageError(f"coteaching needs --set forget_rate=R on {self.ctx.dataset}: its noise is real, so "
-                             "there is no nominal rate to forget (main.py takes --forget_rate or the noise rate)")
-        return float(self.ctx.noise_rate)
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         self.rate = forget_rate_at(epoch, self.forget_rate, self.opts.tk, self.opts.exponent)

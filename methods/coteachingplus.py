@@ -61,7 +61,14 @@ import torch.nn.functional as F
 from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
-from methods.cotraining import DECAY_START, apply_lr_plan, base_lrs, cross_update_losses, forget_rate_at
+from methods.cotraining import (
+    DECAY_START,
+    apply_lr_plan,
+    base_lrs,
+    cross_update_losses,
+    forget_rate_at,
+    nominal_forget_rate,
+)
 
 OFFICIAL_EPOCHS = 200  # main.py:54,75,96 args.n_epoch = 200
 # main.py:52,73,94,132: the epoch the disagreement phase starts, of OFFICIAL_EPOCHS
@@ -155,7 +162,7 @@ class CoteachingPlus(Method):
 
     def setup(self) -> None:
         ctx = self.ctx
-        self.forget_rate = self._final_forget_rate()
+        self.forget_rate = nominal_forget_rate(self.opts.forget_rate, ctx, "coteaching_plus", "main.py")
         self.init_epoch = (init_epoch_default(ctx.dataset, ctx.num_classes, ctx.epochs)
                            if self.opts.init_epoch is None else self.opts.init_epoch)
         for name in ("net1", "net2"):  # two calls: two initialisations
@@ -174,14 +181,6 @@ class CoteachingPlus(Method):
 
     def resolved_options(self) -> dict[str, Any]:
         return {**super().resolved_options(), "forget_rate": self.forget_rate, "init_epoch": self.init_epoch}
-
-    def _final_forget_rate(self) -> float:
-        if self.opts.forget_rate is not None:
-            return self.opts.forget_rate
-        if self.ctx.noise_rate is None:
-            raise UsageError(f"coteaching_plus needs --set forget_rate=R on {self.ctx.dataset}: its noise is real, so "
-                             "there is no nominal rate to forget (main.py takes --forget_rate or the noise rate)")
-        return float(self.ctx.noise_rate)
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         self.rate = forget_rate_at(epoch, self.forget_rate, self.opts.tk, 1.0)  # main.py:183: no exponent

@@ -9,9 +9,12 @@ decay to 0 with beta1 switched from 0.9 to 0.1.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+
+from bench.common.errors import UsageError
 
 DECAY_START = 0.4  # Co-teaching main.py: epoch_decay_start 80 of n_epoch 200 (mnist, cifar10)
 DECAY_START_MANY_CLASSES = 0.5  # Co-teaching main.py: 100 of 200 in the cifar100 branch
@@ -24,6 +27,19 @@ def forget_rate_at(epoch: int, forget_rate: float, tk: int, exponent: float) -> 
     if epoch >= tk:
         return float(forget_rate)
     return float(np.linspace(0, forget_rate ** exponent, tk)[epoch])
+
+
+def nominal_forget_rate(given: float | None, ctx: Any, method: str, source: str) -> float:
+    """The forget rate the user gave, else the nominal rate of the run's synthetic noise, as the
+    official scripts take it (``forget_rate = noise_rate``); real noise has no nominal rate and the
+    papers give no estimate of one, so there the user must give it (``source``: the official file
+    that takes it, for the error)."""
+    if given is not None:
+        return given
+    if ctx.noise_rate is None:
+        raise UsageError(f"{method} needs --set forget_rate=R on {ctx.dataset}: its noise is real, so there is no "
+                         f"nominal rate to forget ({source} takes --forget_rate or the noise rate)")
+    return float(ctx.noise_rate)
 
 
 def official_lr_plan(epoch: int, epochs: int, base_lr: float, decay_start: int) -> tuple[float, float]:

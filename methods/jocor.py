@@ -47,10 +47,16 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
-from methods.cotraining import apply_lr_plan, base_lrs, decay_start_epoch, forget_rate_at, small_loss
+from methods.cotraining import (
+    apply_lr_plan,
+    base_lrs,
+    decay_start_epoch,
+    forget_rate_at,
+    nominal_forget_rate,
+    small_loss,
+)
 
 ASYMMETRIC = "asym"  # JoCoR's noise_type "asymmetric" (data/utils.py), whose tau jocor.py:21-22 halves
 CO_LAMBDA_CIFAR10 = 0.9  # README.md:30: CIFAR-10 20%, 50% and asym 40%
@@ -147,7 +153,9 @@ class JoCoR(Method):
 
     def setup(self) -> None:
         ctx = self.ctx
-        self.forget_rate = self._final_forget_rate()
+        rate = nominal_forget_rate(self.opts.forget_rate, ctx, "jocor", "jocor.py")
+        # jocor.py:20-26: the nominal rate is halved under asymmetric noise (a given rate is used as it is)
+        self.forget_rate = rate / 2 if self.opts.forget_rate is None and ctx.noise == ASYMMETRIC else rate
         self.co_lambda = (co_lambda_default(ctx.dataset, ctx.num_classes, ctx.noise_rate)
                           if self.opts.co_lambda is None else self.opts.co_lambda)
         for name in ("net1", "net2"):  # two initialisations
@@ -167,15 +175,6 @@ class JoCoR(Method):
 
     def resolved_options(self) -> dict[str, Any]:
         return {**super().resolved_options(), "forget_rate": self.forget_rate, "co_lambda": self.co_lambda}
-
-    def _final_forget_rate(self) -> float:
-        if self.opts.forget_rate is not None:
-            return self.opts.forget_rate
-        if self.ctx.noise_rate is None:
-            raise UsageError(f"jocor needs --set forget_rate=R on {self.ctx.dataset}: its noise is real, so there is "
-                             "no nominal rate to forget (jocor.py takes --forget_rate or the noise rate)")
-        rate = float(self.ctx.noise_rate)
-        return rate / 2 if self.ctx.noise == ASYMMETRIC else rate
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         self.rate = forget_rate_at(epoch, self.forget_rate, self.opts.tk, self.opts.exponent)
