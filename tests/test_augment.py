@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms import InterpolationMode, RandAugment
 from torchvision.transforms.autoaugment import _apply_op
 
@@ -244,3 +245,115 @@ def test_cutout_abs_takes_one_side_per_image():
     out = augment.cutout_abs(x, torch.Generator().manual_seed(0), torch.tensor([0.0, 2.0, 4.0]), fill=(9, 9, 9))
     counts = (out == 9).flatten(1).sum(1).tolist()
     assert counts[0] <= 1 and counts[0] < counts[1] < counts[2] <= 25
+
+
+# --- the batched dispatch: the subset dispatch's images, without reading anything back -----------
+
+ALL_OPS = tuple(augment._INDEX)  # the 14 RandAugment ops and Invert
+
+
+@pytest.fixture
+def one_thread():
+    """These tests run some 200 small ops per call: with two threads each one above the grain
+    size is a parallel region, which on the shared, busy 2-core machine waits a time slice for
+    the other thread (12 s instead of 0.1 s measured for one test). One thread; the count restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+DISPATCH_SHAPES = [(1, 28, 28), (3, 32, 32), (3, 29, 31), (3, 2, 7)]  # the last: too small to sharpen
+
+
+def random_magnitudes(op: torch.Tensor, h: int, w: int, seed: int) -> torch.Tensor:
+    """One signed magnitude per image: a bin of 31 drawn per image, a random sign for the signed ops."""
+    g = gen(seed)
+    table = augment._device_tables(torch.device("cpu"), "mc", h, w)[0]
+    table = torch.nn.functional.pad(table, (0, 1))  # Invert: no magnitude
+    bins = torch.randint(0, 31, op.shape, generator=g)
+    signed = torch.tensor([name in SIGNED for name in ALL_OPS])[op]
+    negate = signed & (torch.rand(op.shape, generator=g) < 0.5)
+    return table[bins, op] * torch.where(negate, -1.0, 1.0).double()
+
+
+def mixed_images(n: int, c: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """Edge cases (constant, two-valued, a constant channel) and smooth images, then uniform noise."""
+    noise = torch.randint(0, 256, (n - n // 2, c, h, w), generator=gen(seed), dtype=torch.uint8)
+    return torch.cat([images(n // 2, c, h, w, seed) if min(h, w) > 3 else noise[:n // 2], noise])
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("shape", DISPATCH_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_batched_dispatch_equals_subset_for_every_op(shape: tuple) -> None:
+    """Each op alone on a batch (per-image magnitudes over all bins, both signs), and all ops mixed
+    in one batch: the whole-batch kernels with neutral parameters give the subset dispatch's images
+    bit for bit (Color stays the identity on one channel, Sharpness on images under 3x3)."""
+    c, h, w = shape
+    x = mixed_images(12, c, h, w, seed=h)
+    for i, name in enumerate(ALL_OPS):
+        op = torch.full((len(x),), i, dtype=torch.long)
+        mag = random_magnitudes(op, h, w, seed=i)
+        batched = augment.apply_ops(x, op, mag, dispatch="batched")
+        assert torch.equal(batched, augment.apply_ops(x, op, mag, dispatch="subset")), name
+    x = mixed_images(60, c, h, w, seed=w)
+    op = torch.randint(0, len(ALL_OPS), (len(x),), generator=gen(c))
+    mag = random_magnitudes(op, h, w, seed=c)
+    assert torch.equal(augment.apply_ops(x, op, mag, "batched"), augment.apply_ops(x, op, mag, "subset"))
+
+
+SAMPLERS = [augment.rand_augment, augment.rand_augment_mc, augment.auto_augment, augment.promix_augment]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=["c1", "c3"])
+@pytest.mark.parametrize("sampler", SAMPLERS, ids=lambda f: f.__name__)
+def test_batched_dispatch_equals_subset_for_the_samplers(sampler, shape: tuple) -> None:
+    """Same seeded generator, same images, and the same draws taken from it (its final state)."""
+    x = mixed_images(64, *shape, seed=1)
+    outs, states = [], []
+    for dispatch in ("subset", "batched"):
+        g = gen(11)
+        outs.append(sampler(x, g, dispatch=dispatch))
+        states.append(g.get_state())
+    assert torch.equal(*outs) and torch.equal(*states)
+    assert not torch.equal(outs[0], x)
+
+
+class _OpLog(TorchDispatchMode):
+    """The ATen ops a block runs, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_batched_dispatch_reads_nothing_back_and_runs_the_same_kernels_whatever_the_batch() -> None:
+    """On the meta device (shapes, no data) anything that reads a value back (``nonzero``, masks,
+    ``.item()``, ``bool()``) fails: the batched dispatch, "auto" off the CPU, runs there, so on
+    an accelerator it never waits for it; and its op sequence is the same for 4 and 64 images."""
+    meta = torch.device("meta")
+    logs = []
+    for n in (4, 64):
+        x = torch.zeros((n, 3, 32, 32), dtype=torch.uint8, device=meta)
+        op, mag = torch.zeros(n, dtype=torch.long, device=meta), torch.zeros(n, dtype=torch.float64, device=meta)
+        augment.apply_ops(x, op, mag)  # fills the per-device caches
+        with _OpLog() as log:
+            assert augment.apply_ops(x, op, mag).device == meta
+        logs.append(log.ops)
+    assert logs[0] == logs[1] and not any("nonzero" in name for name in logs[0]), logs[0]
+    for sampler in SAMPLERS:
+        assert sampler(x, gen(), dispatch="auto").shape == x.shape
+    with pytest.raises(NotImplementedError):
+        augment.apply_ops(x, op, mag, dispatch="subset")  # the subset dispatch reads counts back
+
+
+def test_auto_dispatch_on_the_cpu_and_unknown_dispatch() -> None:
+    x = images(4, 3, 32, 32)
+    op, mag = torch.arange(4), torch.ones(4, dtype=torch.float64)
+    assert torch.equal(augment.apply_ops(x, op, mag), augment.apply_ops(x, op, mag, augment.CPU_DISPATCH))
+    with pytest.raises(ValueError, match="valid: auto, batched, subset"):
+        augment.apply_ops(x, op, mag, dispatch="gather")

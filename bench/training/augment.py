@@ -6,9 +6,13 @@ num_magnitude_bins=31)`` (``torchvision/transforms/autoaugment.py``: ``_augmenta
 and ``_apply_op``, with the tensor kernels of ``transforms/_functional_tensor.py``): the same
 14 ops, the same magnitude tables, a random sign with p=1/2 for the signed ops, fill 0 and
 nearest interpolation. Unlike torchvision, which draws one op for the whole tensor it is
-given, the op and the sign are drawn independently per sample, and each op is applied at once
-to the sub-batch that chose it, so no Python work runs per sample. Randomness comes only from
-the passed ``torch.Generator`` (as in :mod:`bench.training.data`).
+given, the op and the sign are drawn independently per sample, and no Python work runs per
+sample: :func:`apply_ops` applies one slot's ops either to the sub-batch that chose each op
+(``"subset"``: least arithmetic, the CPU default) or as a fixed sequence of whole-batch kernels
+with per-sample parameters, neutral for the images whose op it is not (``"batched"``: no host
+synchronisation and few launches, the default on accelerators). The two give the same images
+bit for bit. Randomness comes only from the passed ``torch.Generator`` (as in
+:mod:`bench.training.data`), drawn in the same order whichever the dispatch.
 
 Rounding follows torchvision's uint8 path exactly: blends (brightness, color, contrast,
 sharpness) and autocontrast truncate to uint8, the sharpness blur and the warps round. On
@@ -18,7 +22,9 @@ measure it).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -72,23 +78,23 @@ def _affine_theta(op: torch.Tensor, mag: torch.Tensor, height: int, width: int) 
     torchvision's ``_get_inverse_affine_matrix`` builds them for ``_apply_op``: shears about the
     top-left corner (``center=[0, 0]``), rotation about the centre with ``F.rotate``'s sign
     (``-angle`` into the matrix), translation by ``int(magnitude)`` pixels."""
-    zero = torch.zeros_like(mag)
-    rot = torch.deg2rad(torch.where(op == _INDEX["Rotate"], -mag, zero))
-    sx = torch.where(op == _INDEX["ShearX"], mag.atan(), zero)  # shear=[degrees(atan(v)), 0]
-    sy = torch.where(op == _INDEX["ShearY"], mag.atan(), zero)
-    tx = torch.where(op == _INDEX["TranslateX"], mag.trunc(), zero)
-    ty = torch.where(op == _INDEX["TranslateY"], mag.trunc(), zero)
-    shear = (op == _INDEX["ShearX"]) | (op == _INDEX["ShearY"])
+    rot = torch.deg2rad(torch.where(_is(op, "Rotate"), -mag, 0.0))
+    atan, trunc = mag.atan(), mag.trunc()  # shear=[degrees(atan(v)), 0]; translate=[int(v), 0]
+    sx, sy = torch.where(_is(op, "ShearX"), atan, 0.0), torch.where(_is(op, "ShearY"), atan, 0.0)
+    tx, ty = torch.where(_is(op, "TranslateX"), trunc, 0.0), torch.where(_is(op, "TranslateY"), trunc, 0.0)
+    shear = _is(op, "ShearX", "ShearY")
     # torchvision's pixel coordinates have (0, 0) at the image centre: the top-left corner is (-w/2, -h/2)
-    cx = torch.where(shear, -0.5 * width, zero)
-    cy = torch.where(shear, -0.5 * height, zero)
-    a = torch.cos(rot - sy) / torch.cos(sy)
-    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
-    c = torch.sin(rot - sy) / torch.cos(sy)
-    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
+    cx, cy = torch.where(shear, -0.5 * width, 0.0), torch.where(shear, -0.5 * height, 0.0)
+    # torchvision's expressions in its order of operations, common terms computed once
+    cos_sy, tan_sx, cos_r, sin_r = torch.cos(sy), torch.tan(sx), torch.cos(rot - sy), torch.sin(rot - sy)
+    a = cos_r / cos_sy
+    b = -cos_r * tan_sx / cos_sy - torch.sin(rot)
+    c = sin_r / cos_sy
+    d = -sin_r * tan_sx / cos_sy + torch.cos(rot)
     m0, m1, m3, m4 = d, -b, -c, a  # [[a, b], [c, d]] has determinant 1
-    m2 = m0 * (-cx - tx) + m1 * (-cy - ty) + cx
-    m5 = m3 * (-cx - tx) + m4 * (-cy - ty) + cy
+    ox, oy = -cx - tx, -cy - ty
+    m2 = m0 * ox + m1 * oy + cx
+    m5 = m3 * ox + m4 * oy + cy
     # affine_grid (align_corners=False) works in x / (w/2), y / (h/2)
     theta = torch.stack([m0, m1 * height / width, m2 * 2 / width,
                          m3 * width / height, m4, m5 * 2 / height], dim=-1)
@@ -139,17 +145,35 @@ def _contrast(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
 
 
 def _sharpness(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
-    """Blend with the 3x3 smoothed image (centre weight 5, others 1, over 13), border kept."""
-    n, c, h, w = x.shape
-    if h <= 2 or w <= 2:
+    """torchvision's ``adjust_sharpness``: a blend with :func:`_blurred`; images under 3x3 unchanged."""
+    if not _sharpens(x.shape[2], x.shape[3]):
         return x
-    kernel = torch.ones((3, 3), device=x.device)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / kernel.sum()).expand(c, 1, 3, 3)
-    smooth = F.conv2d(x.float(), kernel, groups=c).round().to(torch.uint8)
+    return _blend(x, _blurred(x), 1.0 + mag)
+
+
+def _sharpens(height: int, width: int) -> bool:
+    """Whether ``adjust_sharpness`` changes images of this size (it returns those under 3x3 as they are)."""
+    return height > 2 and width > 2
+
+
+def _blurred(x: torch.Tensor) -> torch.Tensor:
+    """The image ``adjust_sharpness`` blends with (``_blurred_degenerate_image``): the 3x3
+    smoothed image (centre weight 5, others 1, over 13), rounded, its border pixels kept."""
+    c = x.shape[1]
+    smooth = F.conv2d(x.float(), _smoothing_kernel(x.device).expand(c, 1, 3, 3), groups=c)
+    smooth = smooth.round().to(torch.uint8)
     blurred = x.clone()
     blurred[:, :, 1:-1, 1:-1] = smooth
-    return _blend(x, blurred, 1.0 + mag)
+    return blurred
+
+
+@functools.lru_cache(maxsize=8)
+def _smoothing_kernel(device: torch.device) -> torch.Tensor:
+    """``_blurred_degenerate_image``'s 3x3 kernel (float32, (1, 1, 3, 3)), made on ``device`` as
+    torchvision makes it, once (eight launches per call otherwise). Never modified in place."""
+    kernel = torch.ones((3, 3), device=device)
+    kernel[1, 1] = 5.0
+    return (kernel / kernel.sum()).view(1, 1, 3, 3)
 
 
 def _posterize(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
@@ -203,7 +227,52 @@ _PIXEL_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-# --- dispatch --------------------------------------------------------------------------------------
+# --- dispatch -------------------------------------------------------------------------------------
+
+DISPATCHES = ("auto", "batched", "subset")
+CPU_DISPATCH = "subset"  # what "auto" picks on the CPU, where it measured faster: see apply_ops
+_forced: list[str] = []  # set by use_dispatch: what "auto" means for now
+
+
+@contextlib.contextmanager
+def use_dispatch(dispatch: str) -> Iterator[None]:
+    """Within the block, ``"auto"`` means ``dispatch`` (``bench perf --strong`` times both
+    dispatches through the views the methods use, which always ask for ``"auto"``)."""
+    if dispatch not in DISPATCHES[1:]:
+        raise ValueError(f"unknown dispatch {dispatch!r}; valid: {', '.join(DISPATCHES[1:])}")
+    _forced.append(dispatch)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def apply_ops(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor, dispatch: str = "auto") -> torch.Tensor:
+    """Apply op ``OPS[op[i]]`` with signed magnitude ``mag[i]`` (float64, as torchvision's
+    ``_apply_op`` receives it) to image ``i``. Both dispatches give bit-identical images:
+
+    - ``"subset"``: each op present runs once on the sub-batch that drew it (``nonzero``, then
+      gather and scatter): the least arithmetic, but about 280 ATen calls a slot when all 14
+      ops are present, and on an accelerator one host synchronisation per op (``nonzero`` reads
+      its count back), which stalls the launch queue each time;
+    - ``"batched"``: one fixed sequence of about 190 ATen calls a slot, whatever the batch and
+      the draws, each on the whole batch with per-sample parameters (:func:`_apply_batched`):
+      every op's arithmetic on every image, but nothing is read back, so nothing synchronises;
+    - ``"auto"``: batched off the CPU, where the subset dispatch is launch- and sync-bound
+      (7.4 ms a 64 x 3 x 32 x 32 batch on an H200 against a 9.1 ms training step);
+      ``CPU_DISPATCH`` on the CPU, where there are no launches to save and batched runs every
+      op kind on every image: measured with ``rand_augment`` (n=2, m=10) on the 2-core CPU
+      machine (busy), one thread, medians of interleaved repeats over three runs, batched took
+      1.8-1.9x (128 x 1 x 28 x 28, ~15 ms subset), 2.7-3.4x (64 x 3 x 32 x 32, ~14 ms) and
+      8-10x (32 x 3 x 224 x 224, ~115-270 ms) the subset's time.
+    """
+    if dispatch == "auto":
+        dispatch = _forced[-1] if _forced else CPU_DISPATCH if x.device.type == "cpu" else "batched"
+    if dispatch == "subset":
+        return _apply_subsets(x, op, mag)
+    if dispatch == "batched":
+        return _apply_batched(x, op, mag)
+    raise ValueError(f"unknown dispatch {dispatch!r}; valid: {', '.join(DISPATCHES)}")
 
 
 def _on_subset(x: torch.Tensor, mask: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -215,9 +284,8 @@ def _on_subset(x: torch.Tensor, mask: torch.Tensor, fn: Callable[[torch.Tensor, 
     return x.index_copy(0, idx, fn(x.index_select(0, idx), idx))
 
 
-def apply_ops(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
-    """Apply op ``OPS[op[i]]`` with signed magnitude ``mag[i]`` (float64, as torchvision's
-    ``_apply_op`` receives it) to image ``i``, one vectorised call per op present."""
+def _apply_subsets(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """The subset dispatch: one vectorised call per op present, on the images that drew it."""
     geometric = torch.zeros_like(op, dtype=torch.bool)
     for name in GEOMETRIC:
         geometric |= op == _INDEX[name]
@@ -227,13 +295,79 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Ten
     return x
 
 
-def apply_op(x: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
+def _apply_batched(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """The batched dispatch: every stage runs on the whole batch, and each image's parameter
+    there is neutral unless the stage is its op, returning the image bit for bit: the identity
+    matrix of the warp (``affine_grid`` then puts every source point within float error of its
+    pixel centre, far from a nearest-neighbour rounding boundary, so no select is needed),
+    blend factor 1 (1 * x + 0 * other in float is x), Posterize mask 0xFF, Solarize threshold
+    256 (Invert: threshold 0); AutoContrast and Equalize run on every image and are selected
+    per image. One op per image and slot, so the order of the stages does not matter. No value
+    is read back to the host, so nothing synchronises."""
+    x = _warp(x, op, mag)  # _affine_theta gives the identity matrix to the other ops
+    x = _blend(x, _blend_other(x, op), _blend_factor(x, op, mag))
+    x = _posterize(x, torch.where(_is(op, "Posterize"), mag, 8.0))
+    x = _solarize(x, _solarize_threshold(op, mag))
+    x = torch.where(_is(op, "AutoContrast").view(-1, 1, 1, 1), _autocontrast(x, mag), x)
+    return torch.where(_is(op, "Equalize").view(-1, 1, 1, 1), _equalize(x, mag), x)
+
+
+def _is(op: torch.Tensor, *names: str) -> torch.Tensor:
+    """Where ``op`` is one of the ops ``names`` (bool, the shape of ``op``): one lookup, however
+    many names."""
+    return _op_set(op.device, names)[op]
+
+
+@functools.lru_cache(maxsize=256)
+def _op_set(device: torch.device, names: tuple[str, ...]) -> torch.Tensor:
+    """Membership of each op index in ``names`` (bool, (15,)), copied to ``device`` once (a copy to
+    an accelerator synchronises)."""
+    return torch.tensor([name in names for name in _INDEX]).to(device)
+
+
+def _blends(channels: int, height: int, width: int) -> tuple[str, ...]:
+    """The ops that torchvision's ``_apply_op`` makes a ``_blend`` on images of this shape: Color
+    leaves one-channel images alone (``adjust_saturation``), Sharpness those under 3x3. The
+    factor of those left alone must stay 1: blend(x, x, f) truncated is not always x."""
+    return ("Brightness", "Contrast", *(("Color",) if channels == 3 else ()),
+            *(("Sharpness",) if _sharpens(height, width) else ()))
+
+
+def _blend_factor(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """Each image's blend factor: ``1 + magnitude`` (``_apply_op``'s) for the blends, else 1."""
+    return torch.where(_is(op, *_blends(*x.shape[1:])), 1.0 + mag, 1.0)
+
+
+def _blend_other(x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
+    """Each image's second blend operand (float32, broadcast to x): black for Brightness
+    (``adjust_brightness``), the grayscale image for Color (``adjust_saturation``), its mean for
+    Contrast (``adjust_contrast``), :func:`_blurred` for Sharpness (``adjust_sharpness``); 0 for
+    the images with factor 1, where it drops out."""
+    gray = _grayscale(x)
+    mean = gray.float().mean(dim=(1, 2, 3), keepdim=True)
+    other = torch.where(_is(op, "Contrast").view(-1, 1, 1, 1), mean, 0.0)
+    blends = _blends(*x.shape[1:])
+    if "Color" in blends:
+        other = torch.where(_is(op, "Color").view(-1, 1, 1, 1), gray, other)
+    if "Sharpness" in blends:
+        other = torch.where(_is(op, "Sharpness").view(-1, 1, 1, 1), _blurred(x), other)
+    return other
+
+
+def _solarize_threshold(op: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """Each image's Solarize threshold: its magnitude for Solarize, 0 for Invert (every pixel is
+    at or above it: ``255 - x``, torchvision's ``invert``), and 256 (no pixel) for the others."""
+    return torch.where(_is(op, "Solarize"), mag, torch.where(_is(op, "Invert"), 0.0, 256.0))
+
+
+def apply_op(x: torch.Tensor, name: str, magnitude: float, dispatch: str = "auto") -> torch.Tensor:
     """One op with one signed magnitude on the whole batch (the batched ``_apply_op``)."""
     if name not in _INDEX:
         raise ValueError(f"unknown op {name!r}; valid: {', '.join(_INDEX)}")
     _check_images(x)
     op = torch.full((x.shape[0],), _INDEX[name], dtype=torch.long, device=x.device)
-    return apply_ops(x, op, torch.full((x.shape[0],), float(magnitude), dtype=torch.float64, device=x.device))
+    mag = torch.full((x.shape[0],), float(magnitude), dtype=torch.float64, device=x.device)
+    return apply_ops(x, op, mag, dispatch)
 
 
 def _check_images(x: torch.Tensor) -> None:
@@ -241,37 +375,60 @@ def _check_images(x: torch.Tensor) -> None:
         raise ValueError(f"expected uint8 images (B, C, H, W) with C = 1 or 3, got {x.dtype} {tuple(x.shape)}")
 
 
+@functools.lru_cache(maxsize=64)
+def _device_tables(device: torch.device, kind: str, height: int, width: int, magnitude: int = 0,
+                   num_bins: int = 31) -> tuple[torch.Tensor, ...]:
+    """The constant tables the samplers index, built once per device and image size: copying
+    them to an accelerator waits for it (a synchronisation), so it happens once, not per batch.
+    ``"ra"``: bin ``magnitude``'s magnitudes and the signed flags; ``"mc"``: every bin's;
+    ``"aa"``: AutoAugment's magnitudes (Invert's 0 appended), signed flags, and the policy's
+    ops, probabilities and bins (-1: none). Never modified in place."""
+    signed = torch.tensor([name in SIGNED for name in _INDEX])
+    if kind == "ra":
+        tables: tuple[torch.Tensor, ...] = (op_magnitudes(magnitude, num_bins, height, width), signed[:len(OPS)])
+    elif kind == "mc":
+        bins = torch.stack([op_magnitudes(b, num_bins, height, width) for b in range(num_bins)])
+        tables = (bins, signed[:len(OPS)])
+    else:
+        bins = torch.stack([op_magnitudes(b, AA_BINS, height, width) for b in range(AA_BINS)])
+        tables = (F.pad(bins, (0, 1)), signed,  # Invert: no magnitude
+                  torch.tensor([[_INDEX[name] for name, _, _ in sub] for sub in CIFAR10_POLICY]),
+                  torch.tensor([[p for _, p, _ in sub] for sub in CIFAR10_POLICY]),
+                  torch.tensor([[-1 if b is None else b for _, _, b in sub] for sub in CIFAR10_POLICY]))
+    return tuple(t.to(device) for t in tables)
+
+
 def rand_augment(x: torch.Tensor, gen: torch.Generator, num_ops: int = 2, magnitude: int = 10,
-                 num_bins: int = 31) -> torch.Tensor:
+                 num_bins: int = 31, dispatch: str = "auto") -> torch.Tensor:
     """RandAugment drawn per sample: for each of ``num_ops`` slots every image draws one of the
     14 ops uniformly (and a sign, p=1/2, for the signed ones) at bin ``magnitude`` of
     ``num_bins``.
 
     x: uint8 (B, C, H, W) on any device (C = 1 or 3); returns uint8 of the same shape/device.
+    ``dispatch``: :func:`apply_ops`'s (the same images either way).
     """
     _check_images(x)
-    table = op_magnitudes(magnitude, num_bins, x.shape[2], x.shape[3]).to(x.device)
-    signed = torch.tensor([name in SIGNED for name in OPS], device=x.device)
+    table, signed = _device_tables(x.device, "ra", x.shape[2], x.shape[3], magnitude, num_bins)
     ops, negate = draw_ops(x.shape[0], gen, num_ops)
     ops, negate = ops.to(x.device), negate.to(x.device)
     for slot in range(num_ops):
         op = ops[slot]
         sign = torch.where(negate[slot] & signed[op], -1.0, 1.0).double()
-        x = apply_ops(x, op, table[op] * sign)
+        x = apply_ops(x, op, table[op] * sign, dispatch)
     return x
 
 
 def rand_augment_mc(x: torch.Tensor, gen: torch.Generator, num_ops: int = 2, max_level: int = 5,
-                    prob: float = 0.5, num_bins: int = 31) -> torch.Tensor:
+                    prob: float = 0.5, num_bins: int = 31, dispatch: str = "auto") -> torch.Tensor:
     """FixMatch-style RandAugment (``RandAugmentMC``, as DISC's ``RandAugmentwogeo(n=2, m=5)``):
     for each of ``num_ops`` slots every image draws an op, a level v uniform in 1 .. max_level - 1
     (``np.random.randint(1, m)``) and applies the op with probability ``prob`` at v / 10 of the
     op's range. The ops and their ranges are torchvision's 14 (bin round(30 v / 10) of 31:
     3, 6, 9, 12 for m = 5); the FixMatch pool has Invert, SolarizeAdd and a Cutout op instead of
-    Identity and other ranges, a documented approximation. uint8 in, uint8 out."""
+    Identity and other ranges, a documented approximation. uint8 in, uint8 out; ``dispatch``:
+    :func:`apply_ops`'s."""
     _check_images(x)
-    tables = torch.stack([op_magnitudes(b, num_bins, x.shape[2], x.shape[3]) for b in range(num_bins)]).to(x.device)
-    signed = torch.tensor([name in SIGNED for name in OPS], device=x.device)
+    tables, signed = _device_tables(x.device, "mc", x.shape[2], x.shape[3], num_bins=num_bins)
     ops, negate = draw_ops(x.shape[0], gen, num_ops)
     levels = torch.randint(1, max_level, (num_ops, x.shape[0]), generator=gen, device=gen.device)
     apply = torch.rand((num_ops, x.shape[0]), generator=gen, device=gen.device) < prob
@@ -281,7 +438,7 @@ def rand_augment_mc(x: torch.Tensor, gen: torch.Generator, num_ops: int = 2, max
     for slot in range(num_ops):
         op = torch.where(apply[slot], ops[slot], identity)
         sign = torch.where(negate[slot] & signed[op], -1.0, 1.0).double()
-        x = apply_ops(x, op, tables[bins[slot], op] * sign)
+        x = apply_ops(x, op, tables[bins[slot], op] * sign, dispatch)
     return x
 
 
@@ -315,14 +472,15 @@ PROMIX_FILL = (125, 123, 114)  # randaug.py Cutout: color = (125, 123, 114)
 PROMIX_CUTOUT = 0.5  # randaug.py RandomAugment: Cutout(img, uniform(0, 0.5) * width), always
 
 
-def promix_augment(x: torch.Tensor, gen: torch.Generator, num_ops: int = 3) -> torch.Tensor:
+def promix_augment(x: torch.Tensor, gen: torch.Generator, num_ops: int = 3, dispatch: str = "auto") -> torch.Tensor:
     """ProMix's ``RandomAugment(3, 5)`` (utils/randaug.py:138-172, whose magnitude argument is
     unused): ``num_ops`` ops drawn per image with replacement, each at a value uniform over the
     op's whole range, always applied, then a grey Cutout of side uniform(0, 0.5) x width. Here
     the ops and ranges are torchvision's 14 and the value one of the bins 3, 6, .., 30 of 31
     (:func:`rand_augment_mc` with levels 1..10, probability 1) with a random sign: a named
-    approximation of the official op list and its continuous values. uint8 in, uint8 out."""
-    x = rand_augment_mc(x, gen, num_ops=num_ops, max_level=11, prob=1.0)
+    approximation of the official op list and its continuous values. uint8 in, uint8 out;
+    ``dispatch``: :func:`apply_ops`'s."""
+    x = rand_augment_mc(x, gen, num_ops=num_ops, max_level=11, prob=1.0, dispatch=dispatch)
     side = torch.rand(x.shape[0], generator=gen, device=gen.device) * PROMIX_CUTOUT * x.shape[-1]
     return cutout_abs(x, gen, side, PROMIX_FILL)
 
@@ -372,20 +530,14 @@ def draw_auto_augment(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, t
     return policy, probs, signs
 
 
-def auto_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def auto_augment(x: torch.Tensor, gen: torch.Generator, dispatch: str = "auto") -> torch.Tensor:
     """AutoAugment with the CIFAR-10 policy, drawn per sample: torchvision's
     ``AutoAugment(AutoAugmentPolicy.CIFAR10)`` (nearest interpolation, fill 0) with its
-    sub-policy, probabilities and signs drawn for each image rather than once per call, each op
-    applied at once to the images that drew it. UNICON's strong view (dataloader_cifar.py:
+    sub-policy, probabilities and signs drawn for each image rather than once per call, and
+    applied as :func:`apply_ops` does (``dispatch``). UNICON's strong view (dataloader_cifar.py:
     crop + flip + ``CIFAR10Policy()``). uint8 (B, C, H, W) in, uint8 out."""
     _check_images(x)
-    h, w = x.shape[2], x.shape[3]
-    table = torch.stack([op_magnitudes(b, AA_BINS, h, w) for b in range(AA_BINS)])
-    table = F.pad(table, (0, 1)).to(x.device)  # Invert: no magnitude
-    signed = torch.tensor([name in SIGNED for name in _INDEX], device=x.device)
-    ops = torch.tensor([[_INDEX[name] for name, _, _ in sub] for sub in CIFAR10_POLICY], device=x.device)
-    prob = torch.tensor([[p for _, p, _ in sub] for sub in CIFAR10_POLICY], device=x.device)
-    bins = torch.tensor([[-1 if b is None else b for _, _, b in sub] for sub in CIFAR10_POLICY], device=x.device)
+    table, signed, ops, prob, bins = _device_tables(x.device, "aa", x.shape[2], x.shape[3])
     policy, draws, signs = (t.to(x.device) for t in draw_auto_augment(x.shape[0], gen))
     identity = torch.full_like(policy, _INDEX["Identity"])
     for slot in range(2):
@@ -393,5 +545,5 @@ def auto_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         b = bins[policy, slot]
         mag = torch.where(b >= 0, table[b.clamp(min=0), op], 0.0)
         sign = torch.where(signed[op] & (signs[slot] == 0), -1.0, 1.0).double()
-        x = apply_ops(x, op, mag * sign)
+        x = apply_ops(x, op, mag * sign, dispatch)
     return x
