@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run|list|data|ui|sweep|table|plot|study|study-report|overhead``.
+"""Command line: ``python -m bench run|list|data|ui|sweep|table|plot|study|study-report|perf``.
 
 Every user error ends in one line on standard error and exit code 2; a run's last line on
 standard output is one JSON object with its results.
@@ -22,7 +22,9 @@ from bench.common.errors import UsageError
 from bench.common.registry import UnknownNameError
 from bench.training.config import (
     AUGMENTS,
+    COMPILE_MODES,
     DEVICES,
+    FUSED,
     OPTIMIZERS,
     SCHEDULERS,
     TRISTATE,
@@ -64,6 +66,9 @@ RUN_FLAGS: dict[str, tuple[type, str]] = {
     "device": (str, f"one of {', '.join(DEVICES)} (auto: CUDA when present)"),
     "amp": (str, f"mixed precision: {', '.join(TRISTATE)} (auto: on for CUDA)"),
     "channels_last": (str, f"channels-last memory format: {', '.join(TRISTATE)}"),
+    "compile": (str, f"torch.compile the backbones: {', '.join(COMPILE_MODES)} (a mode; reduce-overhead adds CUDA "
+                     "graphs on CUDA; the first epoch pays the compilation)"),
+    "fused": (str, f"fused optimiser kernels (SGD, Adam, AdamW): {', '.join(FUSED)}"),
     "eval_batch_size": (int, "batch size of evaluation passes"),
     "workers": (int, "DataLoader workers for on-disk data sets"),
     "tracking_uri": (str, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)"),
@@ -168,7 +173,11 @@ EXAMPLES = {
     "study": ["python -m bench study --method dividemix --params lambda_u,p_threshold --preset fmnist-cpu "
               "--noise sym --noise-rate 0.4 --epochs 15 --trials 20"],
     "study-report": ["python -m bench study-report --study-name dividemix-fashion-mnist-sym0.4"],
-    "overhead": ["python -m bench overhead --epochs 2 --repeats 3"],
+    "perf": ["python -m bench perf --epochs 3 --repeats 3",
+             "python -m bench perf --dataset synthetic --backbone preact_resnet18 --batch-size 64 "
+             "--set train_size=4096",
+             "python -m bench perf --methods ce,dividemix,wrongevent --preset fmnist-cpu --subset 4000",
+             "python -m bench perf --suite gpu"],
 }
 
 
@@ -184,7 +193,7 @@ def build_parser() -> Parser:
                       "  python -m bench list\n  python -m bench COMMAND --help")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     for add in (add_run_parser, add_list_parser, add_data_parser, add_ui_parser, add_sweep_parser,
-                add_study_parsers, add_table_parser, add_plot_parser, add_overhead_parser):
+                add_study_parsers, add_table_parser, add_plot_parser, add_perf_parser):
         add(sub)
     return p
 
@@ -262,13 +271,18 @@ def add_plot_parser(sub: Any) -> None:
     pl.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
 
 
-def add_overhead_parser(sub: Any) -> None:
-    ov = _add(sub, "overhead", "time the trainer against a bare PyTorch loop (same model and data)")
-    ov.add_argument("--epochs", type=int, default=2, help="epochs per timed run")
-    ov.add_argument("--repeats", type=int, default=3, help="interleaved repeats of trainer and bare loop")
-    ov.add_argument("--subset", type=int, default=None, help="train on N Fashion-MNIST samples (default: all)")
-    ov.add_argument("--batch-size", type=int, default=128, help="training batch size")
-    ov.add_argument("--backbone", default="smallcnn", help="backbone of both loops")
+def add_perf_parser(sub: Any) -> None:
+    pf = _add(sub, "perf", "time the trainer against a bare loop, methods side by side, the strong view",
+              "Where the time goes, like for like in one process, first epoch left out: by default CE through "
+              "the trainer against a hand-written loop doing the same work; --methods: each method's epoch "
+              "after its warm-up with ratios to CE and DivideMix; --strong: the strong view's share of a "
+              "stage-2 step; --suite: every figure of a named set. Nothing is recorded. " + RESOLUTION)
+    add_run_flags(pf, skip={"method", "tracking_uri", "experiment", "out", "val_fraction"})
+    pf.add_argument("--repeats", type=int, default=3, help="interleaved repeats of trainer and bare loop")
+    pf.add_argument("--methods", help="comma-separated methods to time side by side, e.g. ce,dividemix,wrongevent")
+    pf.add_argument("--strong", action="store_true", help="the strong view's share of a wrong-event stage-2 step")
+    pf.add_argument("--suite", choices=("cpu", "gpu"), help="every figure of README's Speed section for this "
+                                                             "machine kind (gpu: under 6 minutes on one GPU)")
 
 
 # the grid's own dimensions, and where the sweep logs; every other run flag passes through
@@ -323,6 +337,12 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "progress", "auto") != "auto":
         request["progress"] = args.progress == "bar"
     return {k: v for k, v in request.items() if v is not None}
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from bench.drivers.perf import run_perf
+
+    return run_perf(args, request_from_args(args))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -507,7 +527,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "ui": cmd_ui, "data": cmd_data, "sweep": cmd_sweep, "study": cmd_study,
             "table": _lazy("bench.records.reports", "cmd_table"), "plot": _lazy("bench.records.figures", "cmd_plot"),
-            "overhead": _lazy("bench.drivers.overhead", "cmd_overhead"),
+            "perf": cmd_perf,
             "study-report": _lazy("bench.drivers.study_report", "cmd_study_report")}
 
 

@@ -11,6 +11,7 @@ from datasets import (  # noqa: F401
     fashion_mnist,
     folder,
     food101n,
+    synthetic,
     tiny_imagenet,
     webvision,
 )

@@ -9,7 +9,6 @@ of the copy come from its own forwards.
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -34,11 +33,12 @@ def ema_decay(step: int, gamma: float, ramp: bool, ramp_steps: float) -> float:
 
 
 def make_ema(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` that takes no gradient (it moves by :func:`update_ema` only)."""
-    ema = copy.deepcopy(model)
-    for p in ema.parameters():
+    """``model`` (a network of its own, fresh from ``ctx.make_backbone()``) made into a weight
+    average: it takes no gradient and moves by :func:`update_ema` only. Not a deep copy: a copy
+    of a compiled network (``--compile``) would run the original's compiled forward."""
+    for p in model.parameters():
         p.requires_grad_(False)
-    return ema
+    return model
 
 
 @torch.no_grad()

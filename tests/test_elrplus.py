@@ -2,6 +2,7 @@
 short run: targets from the peer's weight average, the averaging weight's ramp, the global step."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -70,7 +71,7 @@ def test_averaging_weight_without_ramp_and_the_ramp_edges():
 def test_update_ema_averages_parameters_not_buffers():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
-    ema = make_ema(net)
+    ema = make_ema(copy.deepcopy(net))  # a network of its own, as ctx.make_backbone() gives
     assert not any(p.requires_grad for p in ema.parameters())
     with torch.no_grad():
         for p in net.parameters():

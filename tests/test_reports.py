@@ -26,10 +26,15 @@ RUNS = {  # (method, setting) -> [(best, last, wall_clock_s)] per seed
 EPOCHS = 10
 
 
-@pytest.fixture
-def store(tmp_path):
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """The tiny experiment, written once for the module (tests only read it); metrics go in one
+    batch per run."""
+    from mlflow.entities import Metric
+
     from datasets.fashion_mnist import FashionMNIST
 
+    tmp_path = tmp_path_factory.mktemp("store")
     uri = tracking_uri(tmp_path)
     client = MlflowClient(uri)
     exp = client.create_experiment("tiny", artifact_location=(tmp_path / "art").as_uri())
@@ -44,15 +49,17 @@ def store(tmp_path):
             rid = run.info.run_id
             for k, v in {"method": method, "dataset": "fashion-mnist", "seed": seed, "epochs": EPOCHS}.items():
                 client.log_param(rid, k, str(v))
+            metrics = []
             for step in range(1, EPOCHS + 1):
-                client.log_metric(rid, "test_acc", best - 0.01 * (EPOCHS - step), step=step)
+                metrics.append(Metric("test_acc", best - 0.01 * (EPOCHS - step), 0, step))
                 if method != "ce":
-                    client.log_metric(rid, "clean_auc", 0.9 + 0.001 * step, step=step)
+                    metrics.append(Metric("clean_auc", 0.9 + 0.001 * step, 0, step))
                     # a transition-matrix error falling to 0.5 / 0.2 in the last epoch
                     final = 0.5 if method == "dividemix" else 0.2
-                    client.log_metric(rid, "t_error", final + 0.01 * (EPOCHS - step), step=step)
+                    metrics.append(Metric("t_error", final + 0.01 * (EPOCHS - step), 0, step))
             for k, v in {"best_test_acc": best, "last_test_acc": last, "wall_clock_s": wall}.items():
-                client.log_metric(rid, k, v, step=EPOCHS)
+                metrics.append(Metric(k, v, 0, EPOCHS))
+            client.log_batch(rid, metrics=metrics)
             if method == "wrongevent":
                 src = np.arange(50)
                 given = labels[src].copy()

@@ -28,11 +28,15 @@ AUGMENTS = ("none", "flip", "crop", "crop-flip")  # of the shared training view 
 # where a method's own views (weak, weak2, strong) start from: the run's --augment (shared) or
 # the method's published augmentation, crop + flip (official); bench/training/data.py
 VIEW_POLICIES = ("shared", "official")
+# torch.compile of every backbone a method builds (off, or a torch.compile mode; reduce-overhead
+# adds CUDA graphs on CUDA); bench/training/trainer.py
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+FUSED = ("off", "on")  # the single-kernel (fused) implementation of SGD, Adam and AdamW
 
 
 # fields added after runs were logged: left out of the hash at their default, so a sweep still
 # recognises the runs it finished before the field existed
-ADDED_LATER: dict[str, Any] = {"val_fraction": 0.0, "test_subset": None}
+ADDED_LATER: dict[str, Any] = {"val_fraction": 0.0, "test_subset": None, "compile": "off", "fused": "off"}
 
 
 @dataclass
@@ -64,6 +68,9 @@ class RunConfig:
     test_subset: int | None = None  # evaluate on N test images, stratified (quick checks, tests); None: all
     amp: str = "auto"            # auto: on for CUDA (fp16 + grad scaling), off on CPU
     channels_last: str = "auto"  # auto: on (CUDA and CPU: measured faster for the conv nets)
+    # opt-in, off by default: neither was measured faster on a GPU yet (README, "Speed")
+    compile: str = "off"  # torch.compile mode of the backbones (nn.Module.compile: state_dict keys unchanged)
+    fused: str = "off"    # fused optimiser kernels (on CUDA they also spare GradScaler's per-step sync)
     eval_batch_size: int = 1024
     method_options: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +140,8 @@ class RunConfig:
         _choice("--scheduler", self.scheduler, SCHEDULERS)
         _choice("--amp", self.amp, TRISTATE)
         _choice("--channels-last", self.channels_last, TRISTATE)
+        _choice("--compile", self.compile, COMPILE_MODES)
+        _choice("--fused", self.fused, FUSED)
         _choice("--augment", self.augment, AUGMENTS)
         _choice("--views", self.views, VIEW_POLICIES)
         if self.noise == "none":

@@ -9,7 +9,7 @@ files, the ``--set`` options of the method and the data set. The checks that nee
 first, so a usage error answers in a fraction of a second; those that need the method's code,
 timm or CUDA run after them.
 
-`run`, `sweep`, `study` and `overhead` all call :func:`resolve`; a resumed run calls
+`run`, `sweep`, `study` and `perf` all call :func:`resolve`; a resumed run calls
 :func:`resolve_resume`, which takes the saved :class:`RunConfig` unchanged and lets the request
 change only the :class:`Placement`.
 """

@@ -1,0 +1,418 @@
+"""``python -m bench perf``: where the time goes, measured like for like in one process.
+
+Three measurements, each printed as seconds per epoch with the first epoch left out (it carries
+cuDNN's autotuning, the allocator's warm-up and any compilation):
+
+- **trainer / bare loop** (the default): CE through the trainer against the loop one writes by
+  hand, doing exactly the same work: the same backbone and initial weights, data (one uint8
+  tensor on the device), training view (the loader's own augmentation code), batch size,
+  optimiser (and its ``--fused`` flag), AMP dtype and loss scaling, channels-last,
+  ``--compile`` mode and evaluation pass each epoch. The trainer's time includes all it does
+  per epoch (running sums, evaluation, the MLflow record, the checkpoint). Runs are interleaved
+  and the medians compared.
+- **methods** (``--methods a,b,c``): each method through the trainer on the same data and
+  backbone, its schedule shortened by its ``smoke_options`` (a one-epoch warm-up), after one
+  untimed CE epoch that warms the device up. Each epoch is labelled by the method's phases and
+  views; a method's figure is the mean over the epochs of its last phase (its first epoch left
+  out when all epochs are alike), with ratios to CE and DivideMix when they are in the list.
+- **strong view** (``--strong``): the share of a wrong-event stage-2 step spent making the
+  strong view (batched RandAugment), with the per-op dispatch of old (``subset``) and the
+  whole-batch one (``batched``), in the same process.
+
+``--suite cpu`` and ``--suite gpu`` run the figures of issue 17's "Done when" in one command
+(README, "Speed"). Nothing here writes outside a temporary folder.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.common.errors import UsageError
+from bench.training.data import epoch_generator
+from bench.training.resolve import RunSpec, resolve
+from bench.training.trainer import Trainer, make_optimizer, seed_everything
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- a tracker for machines without MLflow (a GPU box) --------------------------------------------
+
+
+class MemoryTracker:
+    """Tracker's interface, keeping nothing: where MLflow is not installed, ``perf`` still
+    times the trainer (without the cost of the record, which it then says)."""
+
+    def open(self, uri: str | None, experiment: str) -> MemoryTracker:
+        return self
+
+    def start(self, run_name: str, tags: Any) -> str:
+        return "memory"
+
+    def __getattr__(self, name: str) -> Any:  # log_params, log_metrics, set_tag, flush, end, close, ...
+        return lambda *args, **kwargs: None
+
+
+def have_mlflow() -> bool:
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- specs ------------------------------------------------------------------------------------------
+
+
+def perf_spec(request: dict[str, Any], tmp: Path, method: str = "ce", extra_sets: dict[str, str] | None = None
+              ) -> RunSpec:
+    """``request`` (the command line's run options) for ``method``, recorded in ``tmp``."""
+    sets = dict(extra_sets or {})
+    for pair in request.get("sets") or []:
+        key, _, value = pair.partition("=")
+        sets[key.strip()] = value.strip()
+    req = {**request, "method": method, "sets": sets, "out": str(tmp / "runs"), "progress": False,
+           "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "perf"}
+    return resolve(req)
+
+
+def new_run_dir(tmp: Path, tag: str) -> Path:
+    path = tmp / "runs" / tag
+    path.mkdir(parents=True)
+    return path
+
+
+# --- the trainer, epoch by epoch ---------------------------------------------------------------------
+
+
+@dataclass
+class EpochTimes:
+    """Per-epoch seconds of one run, every epoch (the first included: callers drop it)."""
+
+    epoch: list[float] = field(default_factory=list)  # end of one epoch's record to the next
+    train: list[float] = field(default_factory=list)  # training loop alone (train_time_s)
+    hooks: list[float] = field(default_factory=list)
+    evaluation: list[float] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # the method's phases and views of each epoch
+
+
+def run_trainer(spec: RunSpec, run_dir: Path) -> EpochTimes:
+    """Train ``spec`` and time each epoch: from the end of the previous epoch's checkpoint and
+    record (the first: from the end of setup) to the end of this one's."""
+    out = EpochTimes()
+    marks: list[float] = []
+
+    def callback(epoch: int, metrics: dict[str, float]) -> bool:
+        marks.append(time.perf_counter())
+        out.train.append(metrics["train_time_s"])
+        out.hooks.append(metrics["hooks_time_s"])
+        out.evaluation.append(metrics["eval_time_s"])
+        return False
+
+    tracker = None if have_mlflow() else MemoryTracker()
+    trainer = Trainer(spec, run_dir, epoch_callback=callback, tracker=tracker).build()
+    m = trainer.method
+    out.labels = [phase_label(m, e) for e in range(spec.config.epochs)]
+    t0 = time.perf_counter()
+    summary = trainer.run()
+    start = t0 + summary["setup_time_s"]
+    out.epoch = [b - a for a, b in zip([start, *marks[:-1]], marks, strict=True)]
+    return out
+
+
+def phase_label(method: Any, epoch: int) -> str:
+    """What a method does in ``epoch``: its phases' names and the views it asks for."""
+    names = "+".join(p.name for p in method.phases(epoch))
+    return f"{names} [{','.join(method.views(epoch))}]"
+
+
+# --- the bare loop -------------------------------------------------------------------------------------
+
+
+def _autocast(trainer: Trainer) -> Any:
+    return torch.autocast(trainer.device.type, dtype=trainer.amp_dtype) if trainer.amp else contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_bare(spec: RunSpec, probe: Trainer, keep: list[torch.nn.Module] | None = None) -> EpochTimes:
+    """The hand-written loop on the probe trainer's own tensors, a fresh network built as the
+    trainer builds it (channels-last, ``--compile``) and the run's optimiser: index, augment
+    (the loader's training view), forward under the same autocast, loss, zero_grad, backward
+    (scaled as the trainer scales it), step; then the test pass. The network goes into ``keep``
+    (tests compare it with the trainer's)."""
+    cfg, device = spec.config, probe.device
+    seed_everything(cfg.seed)
+    net = probe.method.ctx.make_backbone()
+    if keep is not None:
+        keep.append(net)
+    opt = make_optimizer(cfg, net.parameters())
+    scaler = torch.amp.GradScaler(device.type, enabled=probe.scaler.is_enabled())
+    loader, test = probe.train_loader, probe.test_loader
+    images, labels, views = loader.images, loader.labels, loader.views
+    out = EpochTimes()
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        gen = epoch_generator(cfg.seed, epoch, device)
+        perm = torch.randperm(len(labels), generator=gen, device=gen.device).to(device)
+        net.train()
+        for start in range(0, len(perm), cfg.batch_size):
+            idx = perm[start:start + cfg.batch_size]
+            x = views(images[idx], "train", gen)
+            with _autocast(probe):
+                loss = F.cross_entropy(net(x), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        _sync(device)
+        t1 = time.perf_counter()
+        net.eval()
+        correct = torch.zeros((), device=device)
+        with torch.no_grad():
+            for start in range(0, len(test), cfg.eval_batch_size):
+                x = views(test.images[start:start + cfg.eval_batch_size], "plain", gen)
+                with _autocast(probe):
+                    correct += (net(x).argmax(1) == test.labels[start:start + cfg.eval_batch_size]).sum()
+        correct.item()
+        t2 = time.perf_counter()
+        out.epoch.append(t2 - t0)
+        out.train.append(t1 - t0)
+        out.evaluation.append(t2 - t1)
+    return out
+
+
+# --- measurement 1: trainer against the bare loop ------------------------------------------------------
+
+
+def trainer_vs_bare(request: dict[str, Any], repeats: int, tmp: Path) -> dict[str, float]:
+    """Interleaved repeats of the bare loop and the trainer (CE); medians of the per-epoch
+    seconds after the first epoch, images per second of training, the ratios."""
+    spec = perf_spec(request, tmp)
+    cfg = spec.config
+    if cfg.epochs < 2:
+        raise UsageError(f"--epochs {cfg.epochs}: perf needs at least 2 (the first epoch is not timed)")
+    probe = Trainer(spec, new_run_dir(tmp, "probe"), tracker=MemoryTracker()).build()
+    if not hasattr(probe.train_loader, "images"):
+        raise UsageError(f"data set {cfg.dataset!r} is read from files; perf's bare loop needs an in-memory data "
+                         "set (fashion-mnist, cifar10, synthetic, ...)")
+    n = len(probe.train_loader)
+    log(f"perf: CE, {cfg.dataset}, {cfg.backbone}, {n} training images, batch {cfg.batch_size}, "
+        f"{probe.data.image_size} px, {cfg.epochs} epochs (first not timed) x {repeats} repeats, device "
+        f"{probe.device}, amp {'on' if probe.amp else 'off'} ({str(probe.amp_dtype).removeprefix('torch.')}, "
+        f"loss scaling {'on' if probe.scaler.is_enabled() else 'off'}), channels-last "
+        f"{'on' if probe.channels_last else 'off'}, compile {cfg.compile}, fused {cfg.fused}, {cfg.optimizer}, "
+        f"{torch.get_num_threads()} threads" + ("" if have_mlflow() else "; MLflow not installed: no record"))
+    rows: dict[str, list[EpochTimes]] = {"bare": [], "trainer": []}
+    for r in range(repeats):
+        rows["bare"].append(run_bare(spec, probe))
+        rows["trainer"].append(run_trainer(spec, new_run_dir(tmp, f"t{r}")))
+        log(f"  repeat {r + 1}: trainer {statistics.median(rows['trainer'][-1].epoch[1:]):.3f} s/epoch, "
+            f"bare {statistics.median(rows['bare'][-1].epoch[1:]):.3f} s/epoch")
+    res = {}
+    for kind, runs in rows.items():
+        res[f"{kind}_epoch_s"] = statistics.median(t for run in runs for t in run.epoch[1:])
+        res[f"{kind}_train_s"] = statistics.median(t for run in runs for t in run.train[1:])
+        res[f"{kind}_images_per_s"] = n / res[f"{kind}_train_s"]
+    res["ratio_epoch"] = res["trainer_epoch_s"] / res["bare_epoch_s"]
+    res["ratio_train"] = res["trainer_train_s"] / res["bare_train_s"]
+    return res
+
+
+def print_trainer_vs_bare(res: dict[str, float], title: str = "") -> None:
+    head = f"{title}: " if title else ""
+    for kind in ("trainer", "bare"):
+        name = "trainer" if kind == "trainer" else "bare loop"
+        print(f"{head}{name}: {res[kind + '_epoch_s']:.3f} s/epoch (training {res[kind + '_train_s']:.3f} s, "
+              f"{res[kind + '_images_per_s']:.0f} images/s)")
+    print(f"{head}ratio trainer/bare: {res['ratio_epoch']:.3f} per epoch, {res['ratio_train']:.3f} training only")
+
+
+# --- measurement 2: methods side by side ------------------------------------------------------------
+
+
+@dataclass
+class MethodTimes:
+    method: str
+    times: EpochTimes
+    main: str = ""  # the label of the epochs measured
+    epoch_s: float = 0.0
+    train_s: float = 0.0
+
+
+def summarise(method: str, times: EpochTimes) -> MethodTimes:
+    """Mean seconds over the epochs of the method's last phase, its first epoch left out when
+    every epoch is of that phase (CE, ELR: the first epoch carries the warm-up of the run)."""
+    main = times.labels[-1]
+    picked = [i for i, label in enumerate(times.labels) if label == main]
+    if picked[0] == 0 and len(picked) > 1:
+        picked = picked[1:]
+    return MethodTimes(method, times, main, statistics.fmean(times.epoch[i] for i in picked),
+                       statistics.fmean(times.train[i] for i in picked))
+
+
+def time_methods(request: dict[str, Any], methods: list[str], tmp: Path) -> list[MethodTimes]:
+    """Each method through the trainer (its smoke options: every phase in a few epochs), after
+    one untimed CE epoch on the same data and backbone."""
+    from bench.training.catalogue import method_class
+
+    for name in methods:
+        method_class(name)  # an unknown name fails before anything runs
+    warm = perf_spec({**request, "epochs": 1}, tmp)
+    run_trainer(warm, new_run_dir(tmp, "warm-up"))
+    results = []
+    for name in methods:
+        spec = perf_spec(request, tmp, name, dict(method_class(name).smoke_options))
+        times = run_trainer(spec, new_run_dir(tmp, name))
+        results.append(summarise(name, times))
+        log(f"  {name}: " + ", ".join(f"{label} {t:.2f} s" for label, t in zip(times.labels, times.epoch,
+                                                                               strict=True)))
+    return results
+
+
+def print_methods(results: list[MethodTimes], title: str = "") -> None:
+    """One row per method: its measured phase, epoch and training seconds, the ratios."""
+    head = f"{title}: " if title else ""
+    refs = {r.method: r for r in results if r.method in ("ce", "dividemix")}
+    for r in results:
+        ratios = "".join(f", {r.epoch_s / ref.epoch_s:.3f} x {name} per epoch "
+                         f"({r.train_s / ref.train_s:.3f} x training)" for name, ref in refs.items())
+        phases = "; ".join(f"epoch {i + 1} {label}: {t:.3f} s (train {tr:.3f}, hooks {h:.3f}, eval {ev:.3f})"
+                           for i, (label, t, tr, h, ev) in enumerate(zip(
+                               r.times.labels, r.times.epoch, r.times.train, r.times.hooks, r.times.evaluation,
+                               strict=True)))
+        print(f"{head}{r.method}: {r.epoch_s:.3f} s/epoch in {r.main} (training {r.train_s:.3f} s){ratios}")
+        print(f"{head}  {r.method} by epoch: {phases}")
+
+
+# --- measurement 3: the strong view's share of a stage-2 step -----------------------------------------
+
+
+def strong_share(request: dict[str, Any], tmp: Path, steps: int = 10) -> dict[str, float]:
+    """Milliseconds per batch of the strong view and of a whole wrong-event stage-2 step (its
+    views made, forward, backward, optimiser step), median of ``steps`` after one untimed, for
+    each RandAugment dispatch; the view's share of the step."""
+    from bench.training import augment
+
+    spec = perf_spec({**request, "epochs": 2}, tmp, "wrongevent", {"stage1_epochs": "1"})
+    trainer = Trainer(spec, new_run_dir(tmp, "strong"), tracker=MemoryTracker()).build()
+    trainer.run_epoch(0)  # stage 1, then the switch to stage 2 (the base model, the mixture)
+    m, cfg = trainer.method, spec.config
+    trainer._gens = trainer._method_generators(1)
+    m.on_epoch_start(1)
+    phase = m.phases(1)[0]
+    opts = [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))]
+    loader, views, device = trainer.train_loader, m.views(1), trainer.device
+    index = torch.arange(min(cfg.batch_size, len(loader)), device=device)
+    gen = epoch_generator(cfg.seed, 1, device)
+    trainer._gen = gen
+    res: dict[str, float] = {}
+    for dispatch in ("subset", "batched"):
+        with augment.use_dispatch(dispatch):
+            view_ms = _median_ms(lambda: loader.views(loader.images[index], "strong", gen), device, steps)
+            step_ms = _median_ms(lambda: trainer._step(loader.batch(index, views, gen), 1, phase, opts), device,
+                                 steps)
+        res[f"{dispatch}_view_ms"], res[f"{dispatch}_step_ms"] = view_ms, step_ms
+        res[f"{dispatch}_share"] = view_ms / step_ms
+    res["batch"], res["image_size"] = float(len(index)), float(trainer.data.image_size)
+    return res
+
+
+def _median_ms(fn: Any, device: torch.device, steps: int) -> float:
+    times = []
+    for i in range(steps + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        if i:  # the first call is not timed
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def print_strong(res: dict[str, float], title: str = "") -> None:
+    head = f"{title}: " if title else ""
+    for dispatch in ("subset", "batched"):
+        print(f"{head}strong view ({dispatch} dispatch), batch {res['batch']:.0f} at {res['image_size']:.0f} px: "
+              f"{res[dispatch + '_view_ms']:.2f} ms of a {res[dispatch + '_step_ms']:.2f} ms stage-2 step "
+              f"({100 * res[dispatch + '_share']:.1f}%)")
+
+
+# --- suites ------------------------------------------------------------------------------------------
+
+
+# the two shapes of gpu.md: DivideMix's CIFAR protocol (PreAct ResNet-18, 32 px, batch 64, SGD) and
+# the IDO paper's (ResNet-50, no pretrained weights, batch 128, 224 px: 32-px images resized on the
+# device per batch, as gpu.md measured it)
+SYNTH_32 = ["train_size=10000", "test_size=2000"]
+SYNTH_224 = ["train_size=4096", "test_size=1024"]
+PREACT_32 = {"dataset": "synthetic", "backbone": "preact_resnet18", "batch_size": 64, "optimizer": "sgd",
+             "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4, "noise": "sym", "noise_rate": 0.4}
+RESNET50_224 = {**PREACT_32, "backbone": "timm:resnet50", "batch_size": 128, "image_size": 224}
+
+
+def suite_requests(name: str, base: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
+    """(title, request, also time the methods and the strong view) of each shape of a suite;
+    ``base`` (the command line) may change the device, compile and fused flags, the epochs."""
+    keep = {k: v for k, v in base.items() if k in ("device", "compile", "fused", "amp", "channels_last", "epochs")}
+    if name == "gpu":
+        first = {**PREACT_32, "sets": SYNTH_32, **keep}
+        return [("preact_resnet18 32 px batch 64", first, True),
+                ("resnet50 224 px batch 128", {**RESNET50_224, "sets": SYNTH_224, **keep}, True),
+                ("preact_resnet18 32 px batch 64, fused optimiser", {**first, "fused": "on"}, False)]
+    return [("smallcnn fashion-mnist batch 128", {"dataset": "fashion-mnist", **keep}, False),
+            ("preact_resnet18 synthetic 32 px batch 64",
+             {**PREACT_32, "sets": ["train_size=2048", "test_size=512"], **keep}, True)]
+
+
+def run_suite(name: str, base: dict[str, Any], repeats: int, tmp: Path) -> None:
+    """Every figure of the suite, shape by shape, printed as it comes."""
+    t0 = time.perf_counter()
+    for i, (title, request, more) in enumerate(suite_requests(name, base)):
+        sub = tmp / f"shape{i}"
+        sub.mkdir()
+        print_trainer_vs_bare(trainer_vs_bare(request, repeats, sub / "a"), title)
+        if more:
+            print_strong(strong_share(request, sub / "s"), title)
+            print_methods(time_methods(request, ["ce", "dividemix", "wrongevent"], sub / "m"), title)
+        sys.stdout.flush()
+    print(f"suite {name}: {time.perf_counter() - t0:.0f} s")
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+
+def run_perf(args: argparse.Namespace, request: dict[str, Any]) -> int:
+    """``bench perf``: ``request`` holds the command line's run options."""
+    if args.repeats < 1:
+        raise UsageError(f"--repeats {args.repeats}: must be at least 1")
+    for key in ("tracking_uri", "experiment", "out"):
+        request.pop(key, None)
+    request.setdefault("epochs", 3)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for sub in ("a", "m", "s"):
+            (tmp / sub).mkdir()
+        if args.suite:
+            run_suite(args.suite, request, args.repeats, tmp)
+        elif args.methods:
+            print_methods(time_methods(request, [m.strip() for m in args.methods.split(",") if m.strip()], tmp / "m"))
+        elif args.strong:
+            print_strong(strong_share(request, tmp / "s"))
+        else:
+            print_trainer_vs_bare(trainer_vs_bare(request, args.repeats, tmp / "a"))
+    return 0

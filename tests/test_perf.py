@@ -1,0 +1,124 @@
+"""``bench perf`` on CPU with tiny sizes, the bare loop's like-for-like claim, and the opt-in
+speed flags (``--compile``, ``--fused``) against eager / unfused runs."""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.drivers.perf import EpochTimes, MemoryTracker, perf_spec, run_bare, summarise
+from bench.training.trainer import Trainer
+from tests.helpers import checkpoint, run_cli
+
+TINY = ["--dataset", "synthetic", "--set", "train_size=256", "--set", "test_size=64", "--set", "image_size=16",
+        "--backbone", "smallcnn", "--batch-size", "64"]
+
+
+def perf(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["perf", *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_trainer_against_bare_prints_both_and_the_ratio() -> None:
+    code, out, _ = perf(*TINY, "--epochs", "2", "--repeats", "1")
+    assert code == 0
+    ratio = re.search(r"ratio trainer/bare: ([\d.]+) per epoch, ([\d.]+) training only", out)
+    assert ratio and float(ratio.group(1)) > 0 and float(ratio.group(2)) > 0
+    for name in ("trainer", "bare loop"):
+        line = re.search(rf"^{name}: ([\d.]+) s/epoch \(training ([\d.]+) s, (\d+) images/s\)", out, re.M)
+        assert line and float(line.group(1)) >= float(line.group(2)) > 0 and int(line.group(3)) > 0
+
+
+def test_bare_loop_does_the_trainers_work(tmp_path: Path) -> None:
+    """Same initial weights, batches, augmentation draws and optimiser: after two epochs the
+    bare loop's network equals the trainer's CE network (the claim "exactly the same work")."""
+    request = {"dataset": "synthetic", "sets": ["train_size=128", "test_size=32", "image_size=16"],
+               "backbone": "smallcnn", "batch_size": 32, "epochs": 2}
+    spec = perf_spec(request, tmp_path)
+    (tmp_path / "runs").mkdir()
+    trainer = Trainer(spec, tmp_path / "runs" / "t", tracker=MemoryTracker())
+    (tmp_path / "runs" / "t").mkdir()
+    trainer.build()
+    trainer.run()
+    (tmp_path / "runs" / "p").mkdir()
+    probe = Trainer(spec, tmp_path / "runs" / "p", tracker=MemoryTracker()).build()
+    nets: list[torch.nn.Module] = []
+    run_bare(spec, probe, keep=nets)
+    ours, theirs = trainer.method.models["net"].state_dict(), nets[0].state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
+
+
+def test_methods_side_by_side_with_ratios() -> None:
+    code, out, _ = perf(*TINY, "--methods", "ce,dividemix,wrongevent", "--epochs", "3")
+    assert code == 0
+    rows = {m.group(1): m for m in re.finditer(r"^(\w+): ([\d.]+) s/epoch in (.+?) \(training", out, re.M)}
+    assert set(rows) == {"ce", "dividemix", "wrongevent"}
+    assert "warmup1" not in rows["dividemix"].group(3) and "strong" in rows["wrongevent"].group(3)
+    assert re.search(r"^wrongevent: .* x dividemix per epoch", out, re.M)
+    assert re.search(r"^ce: .*1\.000 x ce per epoch", out, re.M)
+
+
+def test_strong_view_share_for_each_dispatch() -> None:
+    code, out, _ = perf(*TINY, "--strong")
+    assert code == 0
+    shares = re.findall(r"strong view \((\w+) dispatch\).*\(([\d.]+)%\)", out)
+    assert {d for d, _ in shares} == {"subset", "batched"}
+    assert all(0 < float(s) < 100 for _, s in shares)
+
+
+def test_summary_takes_the_last_phase_and_drops_a_first_epoch_alike() -> None:
+    t = EpochTimes(epoch=[5.0, 2.0, 3.0], train=[4.0, 1.0, 2.0], labels=["a", "a", "a"])
+    assert summarise("ce", t).epoch_s == 2.5
+    t = EpochTimes(epoch=[5.0, 2.0, 4.0], train=[4.0, 1.0, 2.0], labels=["w", "m", "m"])
+    assert summarise("dm", t).epoch_s == 3.0 and summarise("dm", t).main == "m"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--epochs", "1"), "at least 2"),
+    (("--repeats", "0"), "--repeats 0"),
+    (("--methods", "ce,nosuch"), "nosuch"),
+    (("--compile", "fast"), "--compile fast: valid values are off, default, reduce-overhead, max-autotune"),
+])
+def test_bad_perf_input_is_one_line_and_exit_2(args: tuple[str, ...], message: str) -> None:
+    code, _, err = perf(*TINY, *args)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def _curves(tmp: Path, *extra: str) -> dict:
+    return run_cli(tmp, "--method", "ce", "--dataset", "synthetic", "--set", "train_size=256", "--set",
+                   "test_size=128", "--set", "image_size=16", "--batch-size", "64", "--eval-batch-size", "128",
+                   "--epochs", "2", *extra)
+
+
+def _assert_same_run(a: dict, b: dict, rtol: float) -> None:
+    """Two runs' final weights within ``rtol`` of the largest weight of each tensor, the same
+    test accuracy to one image of 128."""
+    wa, wb = checkpoint(a)["models"]["net"], checkpoint(b)["models"]["net"]
+    for key, value in wa.items():
+        if value.is_floating_point():
+            scale = value.abs().max().item()
+            assert (value - wb[key]).abs().max().item() <= rtol * scale, key
+    assert abs(a["last_test_acc"] - b["last_test_acc"]) <= 1 / 128
+
+
+def test_fused_optimiser_matches_the_default_within_tolerance(tmp_path: Path) -> None:
+    """Fused Adam against torch's default: the same update up to float rounding (measured:
+    5e-7 of the largest weight after 2 epochs)."""
+    _assert_same_run(_curves(tmp_path / "a"), _curves(tmp_path / "b", "--fused", "on"), 1e-4)
+
+
+def test_compile_matches_eager_within_tolerance(tmp_path: Path) -> None:
+    """CE for 2 epochs under torch.compile (inductor, C++ on CPU) against eager (measured:
+    2e-7 of the largest weight): batches of one size (256 = 4 x 64, one 128-image test
+    batch), so the compiled graphs are few."""
+    _assert_same_run(_curves(tmp_path / "a"), _curves(tmp_path / "b", "--compile", "default"), 1e-4)
