@@ -118,9 +118,11 @@ class Cores(Method):
         sieve = official_epoch(epoch, self.ctx.epochs) > SIEVE_FROM
         loss, kept, score = cores_loss(logits.float(), y, self.state["prior"], self._beta(epoch), sieve)
         self.state["kept"][idx], self.state["score"][idx] = kept, score
-        self._out += torch.bincount(y[~kept], minlength=self.ctx.num_classes).float()
+        self._out.index_add_(0, y, (~kept).to(self._out.dtype))  # the sieved-out per label, on the device
         terms = {"cores_kept": kept.float().mean()}
-        return StepOutput(loss=loss, logits=logits, terms=terms, step=bool(kept.any()))
+        # an empty sieve takes no step (a zero-loss step would still move momentum and weight
+        # decay): the one host read of the step, and only once the sieve is on
+        return StepOutput(loss=loss, logits=logits, terms=terms, step=not sieve or bool(kept.any()))
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """pi <- normalise(pi_0 N - c): the prior of the labels the sieve kept this epoch."""

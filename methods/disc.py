@@ -50,6 +50,12 @@ CAP = 0.99  # ws_threshold = torch.min(ws_threshold, 0.99) (DISC.py:343; commit 
 P_MIN = 1e-7  # GCE: pred.clamp(min=1e-7, max=1.0) (losses/loss_other.py:38-50)
 
 
+def members(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The positions where ``mask`` holds, ascending (the rows ``x[mask]`` takes), given their
+    ``count``: a static size, so the device is not read again."""
+    return torch.nonzero_static(mask, size=count).squeeze(1)
+
+
 def disc_defaults(dataset: str, noise: str, rate: float | None) -> dict[str, float]:
     """start_epoch, momentum and lambda_h of the official configs for the setting."""
     high = (rate or 0.0) >= 0.6
@@ -178,15 +184,22 @@ class DISC(Method):
             return StepOutput(loss=F.cross_entropy(w_logits, y) + F.cross_entropy(s_logits, y), logits=w_logits)
         loss, b = logits.new_zeros(()), len(y)
         clean, hard, weak = self.state["clean"][idx], self.state["hard"][idx], self.state["weak"][idx]
-        if clean.any():
-            ce = F.cross_entropy(w_logits[clean], y[clean]) + F.cross_entropy(s_logits[clean], y[clean])
+        # the sets' sizes in one host read: they decide which terms exist and the mixup batches'
+        # shapes; the members are then gathered at static sizes (x[mask] would read each again)
+        n_clean, n_hard, n_weak = torch.stack([clean.sum(), hard.sum(), weak.sum()]).tolist()
+        if n_clean:
+            at = members(clean, n_clean)
+            ce = F.cross_entropy(w_logits[at], y[at]) + F.cross_entropy(s_logits[at], y[at])
             loss = loss + ce * self.opts.lambda_ce * (clean.sum() / b)
-        if hard.any():
-            g = gce(w_logits[hard], y[hard], self.opts.q) + gce(s_logits[hard], y[hard], self.opts.q)
+        if n_hard:
+            at = members(hard, n_hard)
+            g = gce(w_logits[at], y[at], self.opts.q) + gce(s_logits[at], y[at], self.opts.q)
             loss = loss + g * self.lambda_h * (hard.sum() / b)
-        if weak.any():
-            labels = self.state["weak_labels"][idx][weak]
-            loss = loss + self._mixup(w_x[weak], labels) + self._mixup(s_x[weak], labels)
+        if n_weak:
+            at = members(weak, n_weak)
+            labels = self.state["weak_labels"][idx][at]
+            loss = loss + self._mixup(w_x[at], labels) + self._mixup(s_x[at], labels)
+        # a zero loss takes no step (DISC.py:319-322): the step's second host read
         return StepOutput(loss=loss, logits=w_logits, step=bool(loss.requires_grad) and loss.item() != 0)
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:

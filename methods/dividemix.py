@@ -152,6 +152,10 @@ class DivideMix(Method):
         half = max(1, self.ctx.batch_size // 2)
         labeled2 = torch.nonzero(self.state["prob2"] > self.p_threshold).squeeze(1)
         labeled1 = torch.nonzero(self.state["prob1"] > self.p_threshold).squeeze(1)
+        # each phase's unlabeled pool is made here, with its labeled set, not at its first step:
+        # its size is read on the host (nothing is drawn until the first batch)
+        self._unlabeled = {k: UnlabeledStream(self._unlabeled_pool(v), self.ctx.generators)
+                           for k, v in (("net1", labeled2), ("net2", labeled1))}
         return [Phase("net1", optimizers=("net1",), indices=labeled2, batch_size=half),
                 Phase("net2", optimizers=("net2",), indices=labeled1, batch_size=half)]
 
@@ -241,17 +245,22 @@ class DivideMix(Method):
             terms["penalty"] = penalty.detach()
         return StepOutput(loss=loss, logits=logits if key == "net1" else None, terms=terms)
 
+    def _unlabeled_pool(self, labeled_indices: torch.Tensor) -> torch.Tensor:
+        """The dataset indices a phase with labeled set ``labeled_indices`` draws unlabeled
+        batches from: the rest (of the epoch's sample, when the data set draws one), ascending."""
+        labeled = torch.zeros(self.ctx.num_train, dtype=torch.bool, device=self.ctx.device)
+        labeled[labeled_indices] = True
+        epoch_pool = self.ctx.epoch_pool()
+        if epoch_pool is not None:  # only the epoch's sample is unlabeled data
+            outside = torch.ones_like(labeled)
+            outside[epoch_pool] = False
+            labeled |= outside
+        return torch.nonzero(~labeled).squeeze(1)
+
     def _next_unlabeled(self, phase: Phase, size: int) -> torch.Tensor | None:
         """Unlabeled indices for this phase, cycling through reshuffled orders (the official loader)."""
-        if phase.name not in self._unlabeled:
-            labeled = torch.zeros(self.ctx.num_train, dtype=torch.bool, device=self.ctx.device)
-            labeled[phase.indices] = True
-            epoch_pool = self.ctx.epoch_pool()
-            if epoch_pool is not None:  # only the epoch's sample is unlabeled data
-                outside = torch.ones_like(labeled)
-                outside[epoch_pool] = False
-                labeled |= outside
-            self._unlabeled[phase.name] = UnlabeledStream(torch.nonzero(~labeled).squeeze(1), self.ctx.generators)
+        if phase.name not in self._unlabeled:  # a phase made by hand, not by phases()
+            self._unlabeled[phase.name] = UnlabeledStream(self._unlabeled_pool(phase.indices), self.ctx.generators)
         return self._unlabeled[phase.name].next(size)
 
     def _mix_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:

@@ -183,13 +183,17 @@ class MCorrection(Method):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self._cache = None
 
+    def on_epoch_start(self, epoch: int) -> dict[str, float]:
+        """The last fit's lookup on the device and its loss range as floats, for the epoch's
+        steps: read here, once, not at a step (a resumed run holds them on the device)."""
+        lo, hi = (float(v) for v in self.state["range"].cpu())
+        self._cache = (self.state["lookup"].to(self.ctx.device, torch.float32), lo, hi)
+        return {}
+
     # --- per step ------------------------------------------------------------------------
     def _batch_b(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """B of the batch: the lookup of its eval-mode loss (``compute_probabilities_batch``),
         clipped to [1e-4, 1 - 1e-4]."""
-        if self._cache is None:
-            lo, hi = (float(v) for v in self.state["range"].cpu())
-            self._cache = (self.state["lookup"].to(x.device, torch.float32), lo, hi)
         lookup, lo, hi = self._cache
         net.eval()
         with torch.no_grad():

@@ -5,14 +5,23 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import linecache
+import os
+import sys
+import traceback
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.cli import main
+from bench.training import augment
 from bench.training.config import Placement, RunConfig
 from bench.training.resolve import RunSpec
 from bench.training.trainer import Trainer
@@ -108,3 +117,166 @@ class FixedLogits(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.table[x[:, 0].long()] * self.scale
+
+
+# --- host-device synchronisation, detected on the CPU ------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+_PROJECT = tuple(str(ROOT / d) + "/" for d in ("methods", "bench"))
+_aten = torch.ops.aten
+# ops that wait for the device on CUDA whatever their arguments: a value or a shape the host must
+# read (item/bool/int/float are _local_scalar_dense; one-argument torch.where is nonzero; CUDA's
+# bincount reads its input's max); nonzero_static, topk and sort have static shapes and do not
+_ALWAYS_SYNC = frozenset({_aten._local_scalar_dense, _aten.nonzero, _aten.masked_select, _aten._unique,
+                          _aten._unique2, _aten.unique_dim, _aten.unique_consecutive, _aten.bincount,
+                          _aten.equal, _aten.allclose})
+_INDEX_PUT = frozenset({_aten.index_put, _aten.index_put_, _aten._index_put_impl_})
+_WATCHED = _ALWAYS_SYNC | _INDEX_PUT | {_aten.index, _aten.repeat_interleave, _aten.lift_fresh}
+
+
+@dataclass(frozen=True)
+class SyncSite:
+    """Where a synchronising op was called: the innermost frame in methods/ (else in bench/: the
+    trainer's backward of a method's masked indexing, say), and ``via`` the innermost frame in
+    bench/ under it (the data path a ``ctx.fetch`` runs). An allowance names a site by file,
+    function and source, not by line number: an edit above a site, which other work on the file
+    makes often, moves its number but not what it is."""
+
+    op: str
+    path: str
+    line: int
+    function: str
+    code: str
+    via: str = ""
+
+    def __str__(self) -> str:
+        via = f" (via {self.via})" if self.via else ""
+        return f"{self.path}:{self.line} in {self.function} [{self.op}]{via}: {self.code}"
+
+
+def _is_bool_index(indices: Any) -> bool:
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices or ())
+
+
+class SyncRecorder(TorchDispatchMode):
+    """Records the ops that would block the host on CUDA, run on the CPU: those of
+    ``_ALWAYS_SYNC``, boolean-mask indexing (``x[mask]``; ``x[mask] = v`` unless ``v`` is a
+    Python scalar, which CUDA turns into a sync-free masked_fill), ``repeat_interleave`` without
+    ``output_size``, and ``Tensor.tolist``/``numpy``/``cpu`` (patched by :func:`record_syncs`:
+    they do not dispatch on the CPU). Left out: ops called by torch.optim (its step counters are
+    CPU tensors on CUDA too) and the range checks of ``F.one_hot`` with a class count, which only
+    its CPU kernel reads (CUDA relies on a device assert)."""
+
+    def __init__(self, roots: tuple[str, ...] = _PROJECT) -> None:
+        super().__init__()
+        self.roots = roots  # the folders whose frames a site is attributed to, the method's first
+        self.sites: list[SyncSite] = []
+        self.muted = 0  # > 0: inside a call whose CPU-only syncs are not counted
+        self.lifted: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> tensor of a Python scalar
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No dynamo ``disable`` wrapper around :meth:`__torch_dispatch__`: it imports dynamo (2 s)
+        and costs every op; the steps recorded run eagerly."""
+        return False
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func.overloadpacket
+        if packet not in _WATCHED:  # nearly every op: the recorder runs on all of a step's
+            return out
+        if packet is _aten.lift_fresh:
+            self.lifted[id(out)] = out  # made from a Python scalar (a CPU tensor on CUDA too)
+        elif self._syncs(func, packet, args, kwargs):
+            self.note(str(packet).removeprefix("aten."))
+        return out
+
+    def _syncs(self, func: Any, packet: Any, args: tuple, kwargs: dict) -> bool:
+        if packet is _aten.index:
+            return _is_bool_index(args[1])
+        if packet in _INDEX_PUT:
+            value = args[2]
+            return _is_bool_index(args[1]) and not (self.lifted.get(id(value)) is value and value.numel() == 1)
+        if packet is _aten.repeat_interleave:
+            return func is _aten.repeat_interleave.Tensor and kwargs.get(
+                "output_size", args[1] if len(args) > 1 else None) is None
+        return True  # _ALWAYS_SYNC
+
+    def note(self, op: str) -> None:
+        if self.muted:
+            return
+        frames = [f for f, _ in traceback.walk_stack(sys._getframe(2)) if f.f_code.co_filename != __file__]
+        project = [f for f in frames if f.f_code.co_filename.startswith(self.roots)]  # innermost first
+        if not project or any("/torch/optim/" in f.f_code.co_filename for f in frames[:frames.index(project[0])]):
+            return
+        own = [f for f in project if f.f_code.co_filename.startswith(self.roots[0])]
+        site = own[0] if own else project[0]
+        via = "" if site is project[0] else _where(project[0])
+        path, line = site.f_code.co_filename, site.f_lineno
+        code = linecache.getline(path, line).strip()
+        self.sites.append(SyncSite(op, os.path.relpath(path, ROOT), line, site.f_code.co_name, code, via))
+
+
+def _where(frame: Any) -> str:
+    return f"{os.path.relpath(frame.f_code.co_filename, ROOT)}:{frame.f_lineno} in {frame.f_code.co_name}"
+
+
+@contextlib.contextmanager
+def record_syncs(recorder: SyncRecorder) -> Iterator[SyncRecorder]:
+    """``recorder`` active, with ``Tensor.tolist``/``numpy``/``cpu`` reporting to it,
+    ``F.one_hot`` muting it where CUDA does not sync, and the views a step fetches made with the
+    RandAugment dispatch CUDA gets (``auto`` is ``batched`` off the CPU; the CPU's ``subset``
+    gathers each op's images by a mask, and the two give the same bits)."""
+    originals = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy", "cpu")}
+    one_hot = torch.nn.functional.one_hot
+
+    def patched(name: str) -> Any:
+        def method(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            recorder.note(name)
+            return originals[name](self, *args, **kwargs)
+        return method
+
+    def muted_one_hot(tensor: torch.Tensor, num_classes: int = -1) -> torch.Tensor:
+        if num_classes < 0:  # the class count read from the data: a sync on CUDA too
+            return one_hot(tensor, num_classes)
+        recorder.muted += 1
+        try:
+            return one_hot(tensor, num_classes)
+        finally:
+            recorder.muted -= 1
+
+    for name in originals:
+        setattr(torch.Tensor, name, patched(name))
+    torch.nn.functional.one_hot = muted_one_hot
+    try:
+        with recorder, augment.use_dispatch("batched"):
+            yield recorder
+    finally:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, fn)
+        torch.nn.functional.one_hot = one_hot
+
+
+def record_step_syncs(monkeypatch: Any, cls: type) -> SyncRecorder:
+    """A recorder of the syncs in method class ``cls``'s ``train_step`` and ``after_step``, what
+    ``Trainer._step`` runs of the method, for the first instance that steps in the test (a resumed
+    run's method runs the same code again; recording costs a few tenths of a second a run). The
+    trainer's backward and optimiser step around them are not recorded: a sync there comes from
+    an op of the method's forward, seen already (the backward of ``x[mask]`` is a masked
+    ``index_put``), or from the trainer itself. Neither are the epoch hooks
+    (``on_epoch_start``/``on_epoch_end``, ``phases``, a phase's ``select``): whole-data work once
+    per epoch may read the device."""
+    recorder, first = SyncRecorder(), []
+
+    def recorded(fn: Any) -> Any:
+        def call(self: Any, *args: Any) -> Any:
+            first[:] = first or [self]
+            if first[0] is not self:
+                return fn(self, *args)
+            with record_syncs(recorder):
+                return fn(self, *args)
+        return call
+
+    for name in ("train_step", "after_step"):
+        monkeypatch.setattr(cls, name, recorded(getattr(cls, name)))
+    return recorder
