@@ -25,7 +25,6 @@ cuDNN's autotuning, the allocator's warm-up and any compilation):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common.errors import UsageError
+from bench.training.config import parse_set
 from bench.training.data import epoch_generator
 from bench.training.resolve import RunSpec, resolve
 from bench.training.trainer import Trainer, make_optimizer, seed_everything
@@ -78,10 +78,7 @@ def have_mlflow() -> bool:
 def perf_spec(request: dict[str, Any], tmp: Path, method: str = "ce", extra_sets: dict[str, str] | None = None
               ) -> RunSpec:
     """``request`` (the command line's run options) for ``method``, recorded in ``tmp``."""
-    sets = dict(extra_sets or {})
-    for pair in request.get("sets") or []:
-        key, _, value = pair.partition("=")
-        sets[key.strip()] = value.strip()
+    sets = {**(extra_sets or {}), **parse_set(request.get("sets"))}
     req = {**request, "method": method, "sets": sets, "out": str(tmp / "runs"), "progress": False,
            "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "perf"}
     return resolve(req)
@@ -140,15 +137,6 @@ def phase_label(method: Any, epoch: int) -> str:
 # --- the bare loop -------------------------------------------------------------------------------------
 
 
-def _autocast(trainer: Trainer) -> Any:
-    return torch.autocast(trainer.device.type, dtype=trainer.amp_dtype) if trainer.amp else contextlib.nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_bare(spec: RunSpec, probe: Trainer, keep: list[torch.nn.Module] | None = None) -> EpochTimes:
     """The hand-written loop on the probe trainer's own tensors, a fresh network built as the
     trainer builds it (channels-last, ``--compile``) and the run's optimiser: index, augment
@@ -173,20 +161,20 @@ def run_bare(spec: RunSpec, probe: Trainer, keep: list[torch.nn.Module] | None =
         for start in range(0, len(perm), cfg.batch_size):
             idx = perm[start:start + cfg.batch_size]
             x = views(images[idx], "train", gen)
-            with _autocast(probe):
+            with probe._autocast():
                 loss = F.cross_entropy(net(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-        _sync(device)
+        probe._sync()
         t1 = time.perf_counter()
         net.eval()
         correct = torch.zeros((), device=device)
         with torch.no_grad():
             for start in range(0, len(test), cfg.eval_batch_size):
                 x = views(test.images[start:start + cfg.eval_batch_size], "plain", gen)
-                with _autocast(probe):
+                with probe._autocast():
                     correct += (net(x).argmax(1) == test.labels[start:start + cfg.eval_batch_size]).sum()
         correct.item()
         t2 = time.perf_counter()
@@ -323,8 +311,8 @@ def strong_share(request: dict[str, Any], tmp: Path, steps: int = 10) -> dict[st
     res: dict[str, float] = {}
     for dispatch in ("subset", "batched"):
         with augment.use_dispatch(dispatch):
-            view_ms = _median_ms(lambda: loader.views(loader.images[index], "strong", gen), device, steps)
-            step_ms = _median_ms(lambda: trainer._step(loader.batch(index, views, gen), 1, phase, opts), device,
+            view_ms = _median_ms(lambda: loader.views(loader.images[index], "strong", gen), trainer, steps)
+            step_ms = _median_ms(lambda: trainer._step(loader.batch(index, views, gen), 1, phase, opts), trainer,
                                  steps)
         res[f"{dispatch}_view_ms"], res[f"{dispatch}_step_ms"] = view_ms, step_ms
         res[f"{dispatch}_share"] = view_ms / step_ms
@@ -332,13 +320,13 @@ def strong_share(request: dict[str, Any], tmp: Path, steps: int = 10) -> dict[st
     return res
 
 
-def _median_ms(fn: Any, device: torch.device, steps: int) -> float:
+def _median_ms(fn: Any, trainer: Trainer, steps: int) -> float:
     times = []
     for i in range(steps + 1):
-        _sync(device)
+        trainer._sync()
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        trainer._sync()
         if i:  # the first call is not timed
             times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
