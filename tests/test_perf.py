@@ -29,11 +29,17 @@ def perf(*args: str) -> tuple[int, str, str]:
 def test_trainer_against_bare_prints_both_and_the_ratio() -> None:
     code, out, _ = perf(*TINY, "--epochs", "2", "--repeats", "1")
     assert code == 0
-    ratio = re.search(r"ratio trainer/bare: ([\d.]+) per epoch, ([\d.]+) training only", out)
-    assert ratio and float(ratio.group(1)) > 0 and float(ratio.group(2)) > 0
+    ratio = re.search(r"ratio trainer/bare: ([\d.]+) per epoch, ([\d.]+) training only, ([\d.]+) without the "
+                      r"checkpoint and record", out)
+    assert ratio and all(float(ratio.group(i)) > 0 for i in (1, 2, 3))
+    assert float(ratio.group(3)) <= float(ratio.group(1))  # the loop alone is part of the epoch
     for name in ("trainer", "bare loop"):
-        line = re.search(rf"^{name}: ([\d.]+) s/epoch \(training ([\d.]+) s, (\d+) images/s\)", out, re.M)
+        line = re.search(rf"^{name}: ([\d.]+) s/epoch \(training ([\d.]+) s, (\d+) images/s; evaluation ([\d.]+) s",
+                         out, re.M)
         assert line and float(line.group(1)) >= float(line.group(2)) > 0 and int(line.group(3)) > 0
+        assert float(line.group(1)) >= float(line.group(4)) > 0
+    parts = re.search(r"^trainer: .*; hooks ([\d.]+) s, checkpoint and record ([\d.]+) s\)$", out, re.M)
+    assert parts and float(parts.group(2)) > 0  # the trainer writes a checkpoint every epoch
 
 
 def test_bare_loop_does_the_trainers_work(tmp_path: Path) -> None:
