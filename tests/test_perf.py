@@ -81,6 +81,29 @@ def test_strong_view_share_for_each_dispatch() -> None:
     assert all(0 < float(s) < 100 for _, s in shares)
 
 
+def test_gpu_suite_runs_every_figure_of_its_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prepared GPU check, its shapes shrunk to CPU size: a lent GPU's few minutes must not
+    be spent finding a crash. Each shape prints trainer / bare, and the first two the strong
+    view's share and CE / DivideMix / IDO epochs."""
+    from bench.drivers import perf as driver
+
+    small = {"backbone": "smallcnn", "image_size": 16}
+    monkeypatch.setattr(driver, "PREACT_32", {**driver.PREACT_32, **small})
+    monkeypatch.setattr(driver, "RESNET50_224", {**driver.RESNET50_224, **small, "image_size": 24})
+    monkeypatch.setattr(driver, "SYNTH_32", ["train_size=128", "test_size=32", "image_size=12"])
+    monkeypatch.setattr(driver, "SYNTH_224", ["train_size=128", "test_size=32", "image_size=12"])
+    code, out, err = perf("--suite", "gpu", "--epochs", "2", "--repeats", "1")
+    assert code == 0, err
+    titles = [t for t, _, _ in driver.suite_requests("gpu", {})]
+    for title in titles:
+        assert re.search(rf"^{re.escape(title)}: ratio trainer/bare: [\d.]+ per epoch", out, re.M), title
+    for title in titles[:2]:
+        assert len(re.findall(rf"^{re.escape(title)}: strong view \((subset|batched) dispatch\)", out, re.M)) == 2
+        for method in ("ce", "dividemix", "wrongevent"):
+            assert re.search(rf"^{re.escape(title)}: {method}: [\d.]+ s/epoch", out, re.M), (title, method)
+    assert "fused on" in err and re.search(r"^suite gpu: \d+ s$", out, re.M)
+
+
 def test_summary_takes_the_last_phase_and_drops_a_first_epoch_alike() -> None:
     t = EpochTimes(epoch=[5.0, 2.0, 3.0], train=[4.0, 1.0, 2.0], labels=["a", "a", "a"])
     assert summarise("ce", t).epoch_s == 2.5

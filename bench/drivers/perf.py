@@ -114,6 +114,7 @@ class EpochTimes:
         return [max(e - t - h - v, 0.0) for e, t, h, v in
                 zip(self.epoch, self.train, self.hooks, self.evaluation, strict=True)]
 
+    @property
     def loop(self) -> list[float]:
         """Per epoch, the epoch less its checkpoint and record."""
         return [e - r for e, r in zip(self.epoch, self.rest, strict=True)]
@@ -235,7 +236,7 @@ def trainer_vs_bare(request: dict[str, Any], repeats: int, tmp: Path) -> dict[st
     res["ratio_epoch"] = res["trainer_epoch_s"] / res["bare_epoch_s"]
     res["ratio_train"] = res["trainer_train_s"] / res["bare_train_s"]
     # the loop alone: the trainer's epoch less what a bare loop has no counterpart for
-    res["ratio_loop"] = (statistics.median(t for run in rows["trainer"] for t in run.loop()[1:])
+    res["ratio_loop"] = (statistics.median(t for run in rows["trainer"] for t in run.loop[1:])
                          / res["bare_epoch_s"])
     return res
 
