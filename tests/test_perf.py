@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,6 +105,23 @@ def test_gpu_suite_runs_every_figure_of_its_shapes(monkeypatch: pytest.MonkeyPat
         for method in ("ce", "dividemix", "wrongevent"):
             assert re.search(rf"^{re.escape(title)}: {method}: [\d.]+ s/epoch", out, re.M), (title, method)
     assert "fused on" in err and re.search(r"^suite gpu: \d+ s$", out, re.M)
+
+
+def test_perf_runs_where_mlflow_and_optuna_are_not_installed() -> None:
+    """A lent GPU machine has neither (gpu.md): perf times the trainer without its record and
+    says so, instead of failing on an import; the methods side by side too."""
+    code = ("import sys; sys.modules['mlflow'] = sys.modules['optuna'] = None\n"
+            "from bench.cli import main\n"
+            "args = sys.argv[1:]\n"
+            "sys.exit(main(args) or main([*args, '--methods', 'ce,wrongevent']))")
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_TRACKING"}  # as a user runs it
+    proc = subprocess.run([sys.executable, "-c", code, "perf", *TINY, "--epochs", "2", "--repeats", "1"],
+                          capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1],
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "MLflow not installed: no record" in proc.stderr
+    assert re.search(r"^ratio trainer/bare: [\d.]+ per epoch", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^wrongevent: [\d.]+ s/epoch", proc.stdout, re.M), proc.stdout
 
 
 def test_summary_takes_the_last_phase_and_drops_a_first_epoch_alike() -> None:
