@@ -8,12 +8,13 @@ cuDNN's autotuning, the allocator's warm-up and any compilation):
   tensor on the device), training view (the loader's own augmentation code), batch size,
   optimiser (and its ``--fused`` flag), AMP dtype and loss scaling, channels-last,
   ``--compile`` mode and evaluation pass each epoch. The trainer's time includes all it does
-  per epoch (running sums, evaluation, the MLflow record, the checkpoint). Runs are interleaved
-  and the medians compared. Each side's epoch is printed in parts (training, evaluation; the
-  trainer's hooks and its checkpoint and record), and a third ratio leaves the checkpoint and
-  record out, which a bare loop without checkpoints never pays (torch.save of PreAct
-  ResNet-18's or ResNet-50's 90 or 190 MB with SGD momentum took 120 or 250 ms on the 2-core
-  reference machine; against a GPU epoch of a second or two that is not small).
+  per epoch (running sums, evaluation, the MLflow record, the checkpoint). Runs are interleaved,
+  in alternating order, and the medians compared. Each side's epoch is printed in parts
+  (training, evaluation; the trainer's hooks and its checkpoint and record), and a third ratio
+  leaves the checkpoint and record out, which a bare loop without checkpoints never pays
+  (torch.save of PreAct ResNet-18's or ResNet-50's 90 or 190 MB with SGD momentum took 120 or
+  250 ms on the 2-core reference machine; against a GPU epoch of a second or two that is not
+  small).
 - **methods** (``--methods a,b,c``): each method through the trainer on the same data and
   backbone, its schedule shortened by its ``smoke_options`` (a one-epoch warm-up), after one
   untimed CE epoch that warms the device up. Each epoch is labelled by the method's phases and
@@ -205,8 +206,9 @@ def run_bare(spec: RunSpec, probe: Trainer, keep: list[torch.nn.Module] | None =
 
 
 def trainer_vs_bare(request: dict[str, Any], repeats: int, tmp: Path) -> dict[str, float]:
-    """Interleaved repeats of the bare loop and the trainer (CE); medians of the per-epoch
-    seconds after the first epoch, images per second of training, the ratios."""
+    """Interleaved repeats of the bare loop and the trainer (CE), each repeat in the other order
+    than the last; medians of the per-epoch seconds after the first epoch, images per second of
+    training, the ratios."""
     spec = perf_spec(request, tmp)
     cfg = spec.config
     if cfg.epochs < 2:
@@ -224,8 +226,12 @@ def trainer_vs_bare(request: dict[str, Any], repeats: int, tmp: Path) -> dict[st
         f"{torch.get_num_threads()} threads" + ("" if have_mlflow() else "; MLflow not installed: no record"))
     rows: dict[str, list[EpochTimes]] = {"bare": [], "trainer": []}
     for r in range(repeats):
-        rows["bare"].append(run_bare(spec, probe))
-        rows["trainer"].append(run_trainer(spec, new_run_dir(tmp, f"t{r}")))
+        # the order alternates: on the 2-core reference machine, with the bare loop always first,
+        # PreAct ResNet-18's trainer / bare was 1.08 in one suite and 0.94 in another; a fixed
+        # order cannot tell an order effect from the trainer's own cost
+        for kind in (("bare", "trainer") if r % 2 == 0 else ("trainer", "bare")):
+            rows[kind].append(run_bare(spec, probe) if kind == "bare"
+                              else run_trainer(spec, new_run_dir(tmp, f"t{r}")))
         log(f"  repeat {r + 1}: trainer {statistics.median(rows['trainer'][-1].epoch[1:]):.3f} s/epoch, "
             f"bare {statistics.median(rows['bare'][-1].epoch[1:]):.3f} s/epoch")
     res = {}
