@@ -14,7 +14,16 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.drivers.perf import EpochTimes, MemoryTracker, perf_spec, run_bare, summarise
+from bench.drivers.perf import (
+    EpochTimes,
+    MemoryTracker,
+    bare_epochs,
+    new_run_dir,
+    perf_spec,
+    run_bare,
+    run_trainer,
+    summarise,
+)
 from bench.training.trainer import Trainer
 from tests.helpers import checkpoint, run_cli
 
@@ -64,6 +73,33 @@ def test_bare_loop_does_the_trainers_work(tmp_path: Path) -> None:
     assert ours.keys() == theirs.keys()
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
+
+
+def test_interleaved_epochs_leave_both_loops_their_own_work(tmp_path: Path) -> None:
+    """perf alternates the bare loop's epochs with the trainer's: a bare epoch leaves the global
+    random state as it found it, and both networks end as they do when run apart."""
+    request = {"dataset": "synthetic", "sets": ["train_size=128", "test_size=32", "image_size=16"],
+               "backbone": "smallcnn", "batch_size": 32, "epochs": 2}
+    spec = perf_spec(request, tmp_path)
+    apart = Trainer(spec, new_run_dir(tmp_path, "apart"), tracker=MemoryTracker()).build()
+    apart.run()
+    probe = Trainer(spec, new_run_dir(tmp_path, "probe"), tracker=MemoryTracker()).build()
+    alone: list[torch.nn.Module] = []
+    run_bare(spec, probe, keep=alone)
+
+    nets: list[torch.nn.Module] = []
+    epochs = bare_epochs(spec, probe, EpochTimes(), keep=nets)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    next(epochs)  # builds its network from its own seed, trains an epoch
+    assert torch.equal(torch.get_rng_state(), before)
+    times = run_trainer(spec, new_run_dir(tmp_path, "t"), between=lambda: next(epochs, None))
+    assert len(times.epoch) == 2 and all(t > 0 for t in times.epoch)
+    ours = checkpoint({"run_dir": tmp_path / "runs" / "t"})["models"]["net"]  # the trainer's last state
+    for key, value in apart.method.models["net"].state_dict().items():
+        torch.testing.assert_close(ours[key], value, rtol=0, atol=0, msg=key)
+    for key, value in alone[0].state_dict().items():
+        torch.testing.assert_close(nets[0].state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
 def test_methods_side_by_side_with_ratios() -> None:

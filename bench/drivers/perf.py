@@ -8,13 +8,13 @@ cuDNN's autotuning, the allocator's warm-up and any compilation):
   tensor on the device), training view (the loader's own augmentation code), batch size,
   optimiser (and its ``--fused`` flag), AMP dtype and loss scaling, channels-last,
   ``--compile`` mode and evaluation pass each epoch. The trainer's time includes all it does
-  per epoch (running sums, evaluation, the MLflow record, the checkpoint). Runs are interleaved,
-  in alternating order, and the medians compared. Each side's epoch is printed in parts
-  (training, evaluation; the trainer's hooks and its checkpoint and record), and a third ratio
-  leaves the checkpoint and record out, which a bare loop without checkpoints never pays
-  (torch.save of PreAct ResNet-18's or ResNet-50's 90 or 190 MB with SGD momentum took 120 or
-  250 ms on the 2-core reference machine; against a GPU epoch of a second or two that is not
-  small).
+  per epoch (running sums, evaluation, the MLflow record, the checkpoint). The two alternate
+  epoch by epoch (the bare loop's first in every other repeat), and the medians are compared.
+  Each side's epoch is printed in parts (training, evaluation; the trainer's hooks and its
+  checkpoint and record), and a third ratio leaves the checkpoint and record out, which a bare
+  loop without checkpoints never pays (torch.save of PreAct ResNet-18's or ResNet-50's 90 or
+  190 MB with SGD momentum took 120 or 250 ms on the 2-core reference machine; against a GPU
+  epoch of a second or two that is not small).
 - **methods** (``--methods a,b,c``): each method through the trainer on the same data and
   backbone, its schedule shortened by its ``smoke_options`` (a one-epoch warm-up), after one
   untimed CE epoch that warms the device up. Each epoch is labelled by the method's phases and
@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from bench.common.errors import UsageError
 from bench.training.config import parse_set
 from bench.training.data import epoch_generator
 from bench.training.resolve import RunSpec, resolve
-from bench.training.trainer import Trainer, make_optimizer, seed_everything
+from bench.training.trainer import Trainer, make_optimizer, rng_state, seed_everything, set_rng_state
 
 
 def log(text: str) -> None:
@@ -121,17 +122,22 @@ class EpochTimes:
         return [e - r for e, r in zip(self.epoch, self.rest, strict=True)]
 
 
-def run_trainer(spec: RunSpec, run_dir: Path) -> EpochTimes:
+def run_trainer(spec: RunSpec, run_dir: Path, between: Callable[[], Any] | None = None) -> EpochTimes:
     """Train ``spec`` and time each epoch: from the end of the previous epoch's checkpoint and
-    record (the first: from the end of setup) to the end of this one's."""
+    record (the first: from the end of setup) to the end of this one's. ``between`` runs after
+    each epoch's timing, outside it (the bare loop's epoch, interleaved)."""
     out = EpochTimes()
     marks: list[float] = []
+    starts: list[float] = []
 
     def callback(epoch: int, metrics: dict[str, float]) -> bool:
         marks.append(time.perf_counter())
         out.train.append(metrics["train_time_s"])
         out.hooks.append(metrics["hooks_time_s"])
         out.evaluation.append(metrics["eval_time_s"])
+        if between is not None:
+            between()
+        starts.append(time.perf_counter())
         return False
 
     tracker = None if have_mlflow() else MemoryTracker()
@@ -141,7 +147,7 @@ def run_trainer(spec: RunSpec, run_dir: Path) -> EpochTimes:
     t0 = time.perf_counter()
     summary = trainer.run()
     start = t0 + summary["setup_time_s"]
-    out.epoch = [b - a for a, b in zip([start, *marks[:-1]], marks, strict=True)]
+    out.epoch = [b - a for a, b in zip([start, *starts[:-1]], marks, strict=True)]
     return out
 
 
@@ -155,12 +161,24 @@ def phase_label(method: Any, epoch: int) -> str:
 
 
 def run_bare(spec: RunSpec, probe: Trainer, keep: list[torch.nn.Module] | None = None) -> EpochTimes:
+    """Every epoch of :func:`bare_epochs` in a row."""
+    out = EpochTimes()
+    for _ in bare_epochs(spec, probe, out, keep):
+        pass
+    return out
+
+
+def bare_epochs(spec: RunSpec, probe: Trainer, out: EpochTimes, keep: list[torch.nn.Module] | None = None
+                ) -> Iterator[None]:
     """The hand-written loop on the probe trainer's own tensors, a fresh network built as the
     trainer builds it (channels-last, ``--compile``) and the run's optimiser: index, augment
     (the loader's training view), forward under the same autocast, loss, zero_grad, backward
-    (scaled as the trainer scales it), step; then the test pass. The network goes into ``keep``
-    (tests compare it with the trainer's)."""
+    (scaled as the trainer scales it), step; then the test pass. One epoch per ``next``, its
+    times appended to ``out``. Its random state is its own, swapped in and out around each
+    epoch, so epochs interleaved with a trainer's change neither's draws. The network goes into
+    ``keep`` (tests compare it with the trainer's)."""
     cfg, device = spec.config, probe.device
+    outer = rng_state()
     seed_everything(cfg.seed)
     net = probe.method.ctx.make_backbone()
     if keep is not None:
@@ -169,8 +187,12 @@ def run_bare(spec: RunSpec, probe: Trainer, keep: list[torch.nn.Module] | None =
     scaler = torch.amp.GradScaler(device.type, enabled=probe.scaler.is_enabled())
     loader, test = probe.train_loader, probe.test_loader
     images, labels, views = loader.images, loader.labels, loader.views
-    out = EpochTimes()
+    own = rng_state()
+    set_rng_state(outer)
     for epoch in range(cfg.epochs):
+        outer = rng_state()
+        set_rng_state(own)
+        probe._sync()
         t0 = time.perf_counter()
         gen = epoch_generator(cfg.seed, epoch, device)
         perm = torch.randperm(len(labels), generator=gen, device=gen.device).to(device)
@@ -199,16 +221,18 @@ def run_bare(spec: RunSpec, probe: Trainer, keep: list[torch.nn.Module] | None =
         out.train.append(t1 - t0)
         out.evaluation.append(t2 - t1)
         out.hooks.append(0.0)
-    return out
+        own = rng_state()
+        set_rng_state(outer)
+        yield
 
 
 # --- measurement 1: trainer against the bare loop ------------------------------------------------------
 
 
 def trainer_vs_bare(request: dict[str, Any], repeats: int, tmp: Path) -> dict[str, float]:
-    """Interleaved repeats of the bare loop and the trainer (CE), each repeat in the other order
-    than the last; medians of the per-epoch seconds after the first epoch, images per second of
-    training, the ratios."""
+    """Repeats of the trainer (CE) with the bare loop's epochs interleaved one by one (the bare
+    epoch first in every other repeat); medians of the per-epoch seconds after the first epoch,
+    images per second of training, the ratios."""
     spec = perf_spec(request, tmp)
     cfg = spec.config
     if cfg.epochs < 2:
@@ -226,12 +250,18 @@ def trainer_vs_bare(request: dict[str, Any], repeats: int, tmp: Path) -> dict[st
         f"{torch.get_num_threads()} threads" + ("" if have_mlflow() else "; MLflow not installed: no record"))
     rows: dict[str, list[EpochTimes]] = {"bare": [], "trainer": []}
     for r in range(repeats):
-        # the order alternates: on the 2-core reference machine, with the bare loop always first,
-        # PreAct ResNet-18's trainer / bare was 1.08 in one suite and 0.94 in another; a fixed
-        # order cannot tell an order effect from the trainer's own cost
-        for kind in (("bare", "trainer") if r % 2 == 0 else ("trainer", "bare")):
-            rows[kind].append(run_bare(spec, probe) if kind == "bare"
-                              else run_trainer(spec, new_run_dir(tmp, f"t{r}")))
+        # epoch by epoch, the bare loop's epoch first in every other repeat: on the 2-core
+        # reference machine the same loop's epochs drift by 10-20% over minutes, so whole runs
+        # one after the other (trainer / bare 0.93-1.14 between suites) compare the machine's
+        # moods, not the code
+        bare = EpochTimes()
+        epochs = bare_epochs(spec, probe, bare)
+        if r % 2:
+            next(epochs)
+        rows["trainer"].append(run_trainer(spec, new_run_dir(tmp, f"t{r}"), between=lambda e=epochs: next(e, None)))
+        for _ in epochs:  # none left unless the trainer stopped early
+            pass
+        rows["bare"].append(bare)
         log(f"  repeat {r + 1}: trainer {statistics.median(rows['trainer'][-1].epoch[1:]):.3f} s/epoch, "
             f"bare {statistics.median(rows['bare'][-1].epoch[1:]):.3f} s/epoch")
     res = {}
