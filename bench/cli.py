@@ -279,7 +279,7 @@ def add_perf_parser(sub: Any) -> None:
               "stage-2 step; --suite: every figure of a named set. Nothing is recorded. " + RESOLUTION)
     add_run_flags(pf, skip={"method", "tracking_uri", "experiment", "out", "val_fraction"})
     pf.add_argument("--repeats", type=int, default=3,
-                    help="interleaved repeats of trainer and bare loop, in alternating order")
+                    help="repeats of the trainer with the bare loop's epochs interleaved")
     pf.add_argument("--methods", help="comma-separated methods to time side by side, e.g. ce,dividemix,wrongevent")
     pf.add_argument("--strong", action="store_true", help="the strong view's share of a wrong-event stage-2 step")
     pf.add_argument("--suite", choices=("cpu", "gpu"), help="every figure of README's Speed section for this "
