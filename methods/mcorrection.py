@@ -33,7 +33,8 @@ and the optimiser and lr schedule are the run's. The noise is the harness's for 
 (the official CIFAR-100 noise draws from 10 classes only, ``utils.py:64``).
 
 Departures, each an option: the Beta-mixture posteriors are exact (``posterior=official``
-floors each weighted density at 1e-12, as ``BetaMixture1D.responsibilities``); the soft
+gives ``BetaMixture1D``'s guards: each weighted density floored at 1e-12 in the E-step,
+``utils.py:696-701``, and 1e-12 added to the look-up's denominator, ``:693-694``); the soft
 variant's regulariser uses the run's class count (``soft_prior=official``: the official 1/10
 prior, ``utils.py:383``, which differs only when C != 10).
 """
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, StepOutput
-from methods.mixtures import EPS_NAN, BetaMixture
+from methods.mixtures import EPS_NAN, MCORRECTION_GUARDS, BetaMixture, Guards
 
 OFFICIAL_EPOCHS = 300  # RunScripts.sh --epochs 300
 OFFICIAL_BOOTSTRAP = 105  # bootstrap_ep_mixup = M[0] + 5 + 1 = 106, 1-based (train.py:125-135)
@@ -81,8 +82,9 @@ class MCorrectionOptions:
     bmm_iterations: int = field(default=10, metadata={"help": "EM steps of the Beta mixture",
                                                        "source": "BetaMixture1D(max_iters=10), utils.py:120"})
     posterior: Literal["exact", "official"] = field(default="exact", metadata={
-        "help": "exact: mixture posteriors in log space; official: each weighted density floored at 1e-12",
-        "source": "utils.py BetaMixture1D.responsibilities"})
+        "help": "exact: mixture posteriors in log space; official: BetaMixture1D's 1e-12 E-step floor and "
+                "look-up denominator",
+        "source": "utils.py:693-701 (BetaMixture1D.posterior, responsibilities)"})
     soft_prior: Literal["classes", "official"] = field(default="classes", metadata={
         "help": "soft variant's regulariser prior: 1/C, or the official 1/10 whatever C", "source": "utils.py:383"})
 
@@ -110,17 +112,19 @@ def loss_range(losses: np.ndarray) -> tuple[float, float, np.ndarray]:
     return lo + MIN_SHIFT, hi, kept
 
 
-def fit_mixture(kept: np.ndarray, lo: float, hi: float, iterations: int, floor: float | None) -> BetaMixture:
+def fit_mixture(kept: np.ndarray, lo: float, hi: float, iterations: int, guards: Guards | None) -> BetaMixture:
     """The Beta mixture of the normalised losses; like ``BetaMixture1D.fit`` it squeezes them into
     [1e-4, 1 - 1e-4] first (values just above 0 survive the normalisation's own clip)."""
-    bmm = BetaMixture(clamp=False, floor=floor)
+    bmm = BetaMixture(clamp=False, guards=guards)
     bmm.fit_normalised(np.clip(normalise_losses(kept, lo, hi), FIT_EPS, 1 - FIT_EPS), iterations)
     return bmm
 
 
 def make_lookup(bmm: BetaMixture) -> np.ndarray:
-    """Posterior of the noisy component on 100 points of (0, 1), made non-decreasing after its
-    maximum (``BetaMixture1D.create_lookup``; its 1e-12 in the denominator is immaterial)."""
+    """Posterior of the noisy component at the official 100 points, 1e-12 .. 1 - 1e-12, as they
+    are (``BetaMixture1D.create_lookup``, ``utils.py:730-735``), made non-decreasing after its
+    maximum. The end points matter: where the noisy component has alpha < 1 its density rises
+    without bound towards 0, and bin 0 reads another posterior at 1e-12 than at 1e-6."""
     x = np.linspace(EPS_NAN, 1 - EPS_NAN, LOOKUP_BINS)
     post = bmm.posterior(x)[1].copy()
     post[int(np.argmax(post)):] = post.max()
@@ -262,8 +266,8 @@ class MCorrection(Method):
         losses = F.cross_entropy(logits.float(), self.ctx.given_labels.to(logits.device), reduction="none")
         raw = losses.double().cpu().numpy()
         lo, hi, kept = loss_range(raw)
-        floor = EPS_NAN if self.opts.posterior == "official" else None
-        bmm = fit_mixture(kept, lo, hi, self.opts.bmm_iterations, floor)
+        guards = MCORRECTION_GUARDS if self.opts.posterior == "official" else None
+        bmm = fit_mixture(kept, lo, hi, self.opts.bmm_iterations, guards)
         lookup = make_lookup(bmm)
         self.state["lookup"] = torch.from_numpy(lookup)
         self.state["range"] = torch.tensor([lo, hi], dtype=torch.float64)

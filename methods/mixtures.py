@@ -14,15 +14,40 @@ Component 0 is the clean one (low scores), component 1 the noisy one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 from scipy import stats
 from scipy.special import logsumexp
 
-EPS = 1e-6  # IDO squeezes normalised scores into [eps, 1 - eps] (ido-method.md)
+EPS = 1e-6  # IDO squeezes normalised scores into [eps, 1 - eps] (IDO utils/bmm.py:12, 29)
 EPS_NAN = 1e-12  # floor of the moment estimates in the M-step (M-Correction's BetaMixture1D)
+
+
+@dataclass(frozen=True)
+class Guards:
+    """The numerical guards of an official Beta-mixture implementation, reproduced by the
+    methods' ``posterior=official`` options. Each changes results where densities are tiny (the
+    tails of the score range) or a component is nearly empty, which is where the methods'
+    weights matter most. ``None`` in their place (the default) means exact arithmetic: E-step
+    and posteriors in log space, no floors beyond what keeps the moments finite."""
+
+    e_floor: float  # E-step: each weighted density at or below it becomes it
+    e_denom: float  # E-step: added to the sum of the two before dividing
+    m_denom: float  # M-step: added to the weight sum of the weighted mean and variance
+    m_floor: float  # M-step: floor of the weighted variance and of alpha and beta
+    post_denom: float  # posterior look-up: added to the sum of the two, no floor
+
+
+# IDO utils/bmm.py: epsilon 1e-6 (:12) as the E-step floor and denominator (:48-50), in the
+# weighted mean (:33), as the variance floor (:38-39) and the alpha / beta floor (:42-43), and
+# in predict()'s denominator with no floor (:70-71)
+IDO_GUARDS = Guards(e_floor=1e-6, e_denom=1e-6, m_denom=1e-6, m_floor=1e-6, post_denom=1e-6)
+# M-Correction utils.py BetaMixture1D: eps_nan 1e-12 as the E-step floor, normalised by the sum
+# alone (:696-701); no guard in the moments (:659-667: 1e-12 here only keeps a zero variance
+# finite, where the official gives inf); posterior() adds eps_nan to the denominator (:693-694)
+MCORRECTION_GUARDS = Guards(e_floor=EPS_NAN, e_denom=0.0, m_denom=0.0, m_floor=EPS_NAN, post_denom=EPS_NAN)
 
 
 class Mixture(Protocol):
@@ -37,10 +62,17 @@ class Mixture(Protocol):
 
 @dataclass
 class Normaliser:
-    """Min-max normalisation with the range of the last fit, squeezed into [eps, 1 - eps]."""
+    """Min-max normalisation with the range of the last fit, put into [eps, 1 - eps].
+
+    ``affine``: IDO's map x (1 - 2 eps) + eps (``utils/bmm.py:28-29, 68-69``); otherwise values
+    are clipped into [eps, 1 - eps]. ``clip``: a score outside the fitted range (a wrong-event
+    count past the last fit's maximum) is clipped to the range's end; without it, it maps
+    outside (0, 1), where the official look-ups give it zero density (``bmm.py:68-71``)."""
 
     lo: float = 0.0
     hi: float = 1.0
+    affine: bool = False
+    clip: bool = True
 
     def refit(self, values: np.ndarray) -> None:
         self.lo, self.hi = float(np.min(values)), float(np.max(values))
@@ -51,7 +83,9 @@ class Normaliser:
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         x = (np.asarray(values, dtype=np.float64) - self.lo) / self.span
-        return np.clip(x, EPS, 1 - EPS)
+        if self.affine:
+            x = x * (1 - 2 * EPS) + EPS
+        return np.clip(x, EPS, 1 - EPS) if self.clip else x
 
 
 def weighted_beta_moments(x: np.ndarray, w: np.ndarray) -> tuple[float, float]:
@@ -66,27 +100,37 @@ def weighted_beta_moments(x: np.ndarray, w: np.ndarray) -> tuple[float, float]:
     return alpha, max(alpha * (1 - mean) / mean, EPS_NAN)
 
 
+def guarded_beta_moments(x: np.ndarray, w: np.ndarray, g: Guards) -> tuple[float, float]:
+    """The weighted method of moments with an official implementation's guards ``g``
+    (IDO ``utils/bmm.py:32-44``; M-Correction ``utils.py:659-667``)."""
+    wsum = float(w.sum()) + g.m_denom
+    mean = float((w * x).sum()) / wsum
+    var = max(float((w * (x - mean) ** 2).sum()) / wsum, g.m_floor)
+    alpha = mean * (mean * (1 - mean) / var - 1)
+    return max(alpha, g.m_floor), max(alpha * (1 - mean) / mean, g.m_floor)
+
+
 @dataclass
 class BetaMixture:
     """Two-component Beta mixture fitted by EM with weighted method-of-moments M-steps.
 
     Init alpha = (1, 2), beta = (2, 1), weights (0.5, 0.5); after each M-step IDO clamps
     beta_clean and alpha_noisy: a value below 1.02 becomes 1.1, which keeps the clean
-    density decreasing and the noisy one increasing (IDO official ``utils/bmm.py``, as
-    described in ido-method.md; the EM itself follows Arazo et al. 2019, M-Correction).
+    density decreasing and the noisy one increasing (IDO official ``utils/bmm.py:56-64``; the
+    EM itself follows Arazo et al. 2019, M-Correction). ``guards``: None for exact arithmetic,
+    or an official implementation's numerical guards (:class:`Guards`).
     """
 
     clamp: bool = True
-    # None: exact posteriors (log space); EPS_NAN: the official floor of each weighted density
-    floor: float | None = None
+    guards: Guards | None = None
     alphas: np.ndarray = field(default_factory=lambda: np.array([1.0, 2.0]))
     betas: np.ndarray = field(default_factory=lambda: np.array([2.0, 1.0]))
     weights: np.ndarray = field(default_factory=lambda: np.array([0.5, 0.5]))
     norm: Normaliser = field(default_factory=Normaliser)
 
     def _likelihood(self, x: np.ndarray) -> np.ndarray:
-        """(2, N) weighted component densities."""
-        return np.exp(self._log_likelihood(x))
+        """(2, N) weighted component densities (zero outside (0, 1))."""
+        return self.weights[:, None] * stats.beta.pdf(x[None, :], self.alphas[:, None], self.betas[:, None])
 
     def _log_likelihood(self, x: np.ndarray) -> np.ndarray:
         """(2, N) logs of the weighted component densities."""
@@ -94,24 +138,29 @@ class BetaMixture:
             logw = np.log(self.weights)
         return logw[:, None] + stats.beta.logpdf(x[None, :], self.alphas[:, None], self.betas[:, None])
 
-    def _responsibilities(self, x: np.ndarray) -> np.ndarray:
-        """Posteriors of the two components, computed in log space.
-
-        M-Correction's ``BetaMixture1D`` (and IDO's copy of it) floors each weighted density at
-        1e-12 before normalising; where both densities underflow the floor (the highest
-        wrong-event counts, far in both tails) that gives 0.5 / 0.5 instead of the limit,
-        which is the component with the heavier tail there. Log space has no floor; ``floor``
-        reproduces the official behaviour."""
-        if self.floor is not None:
-            r = np.maximum(self._likelihood(x), self.floor)
-            return r / r.sum(axis=0, keepdims=True)
+    def _exact_posterior(self, x: np.ndarray) -> np.ndarray:
+        """(2, N) posteriors in log space: where both densities underflow (the highest
+        wrong-event counts, far in both tails) the limit, the component with the heavier
+        tail there, rather than a floor's 0.5 / 0.5."""
         ll = self._log_likelihood(x)
         return np.exp(ll - logsumexp(ll, axis=0, keepdims=True))
+
+    def _responsibilities(self, x: np.ndarray) -> np.ndarray:
+        """E-step: exact, or with the official floor and denominator (``bmm.py:46-51``,
+        M-Correction ``utils.py:696-701``)."""
+        g = self.guards
+        if g is None:
+            return self._exact_posterior(x)
+        r = np.maximum(self._likelihood(x), g.e_floor)
+        return r / (r.sum(axis=0, keepdims=True) + g.e_denom)
 
     def em_step(self, x: np.ndarray) -> None:
         r = self._responsibilities(x)
         for k in range(2):
-            self.alphas[k], self.betas[k] = weighted_beta_moments(x, r[k])
+            if self.guards is None:
+                self.alphas[k], self.betas[k] = weighted_beta_moments(x, r[k])
+            else:
+                self.alphas[k], self.betas[k] = guarded_beta_moments(x, r[k], self.guards)
         self.weights = r.sum(axis=1) / r.sum()
         if self.clamp:
             if self.betas[0] < 1.02:
@@ -129,14 +178,23 @@ class BetaMixture:
     def fit_normalised(self, x: np.ndarray, iterations: int) -> None:
         """``iterations`` EM steps on scores the caller has already put into (0, 1) its own way
         (M-Correction: percentile range, ``train.py`` ``track_training_loss``); later calls take
-        such scores too (the normalisation becomes the identity)."""
-        self.norm = Normaliser(0.0, 1.0)
+        such scores too, as they are (no clip: the official look-up table's end points are
+        1e-12 and 1 - 1e-12, ``utils.py:731``)."""
+        self.norm = Normaliser(0.0, 1.0, clip=False)
         x = self.norm(x)
         for _ in range(iterations):
             self.em_step(x)
 
     def posterior(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        r = self._responsibilities(self.norm(values))
+        """(p_clean, p_noisy): exact, summing to 1; or, with guards, weighted density / (sum +
+        ``post_denom``) with no floor, as the official look-ups (IDO ``bmm.py:70-71``,
+        M-Correction ``utils.py:693-694``): 0 and 0 outside (0, 1) or where both underflow."""
+        x = self.norm(values)
+        if self.guards is None:
+            r = self._exact_posterior(x)
+        else:
+            lik = self._likelihood(x)
+            r = lik / (lik.sum(axis=0, keepdims=True) + self.guards.post_denom)
         return r[0], r[1]
 
     def cdf(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +217,7 @@ class BetaMixture:
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.alphas, self.betas, self.weights = s["alphas"].copy(), s["betas"].copy(), s["weights"].copy()
-        self.norm = Normaliser(s["lo"], s["hi"])
+        self.norm = replace(self.norm, lo=s["lo"], hi=s["hi"])  # the range of the fit; its mapping as made
 
 
 @dataclass
@@ -228,7 +286,7 @@ class GaussianMixture2:
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.gmm = s["gmm"]
-        self.norm = Normaliser(s["lo"], s["hi"])
+        self.norm = replace(self.norm, lo=s["lo"], hi=s["hi"])  # the range of the fit; its mapping as made
 
 
 class ClasswiseMixture:
@@ -260,11 +318,15 @@ class ClasswiseMixture:
         if not self.fitted.all():
             self.fallback.fit(values if mask is None else values[mask], iterations)
 
+    def part_for(self, c: int) -> Any:
+        """The mixture that scores the samples of given class ``c``."""
+        return self.parts[c] if self.fitted[c] else self.fallback
+
     def _apply(self, fn: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, b = np.zeros(len(values)), np.zeros(len(values))
-        for part, idx, fitted in zip(self.parts, self.members, self.fitted, strict=True):
+        for c, idx in enumerate(self.members):
             if len(idx):
-                a[idx], b[idx] = getattr(part if fitted else self.fallback, fn)(values[idx])
+                a[idx], b[idx] = getattr(self.part_for(c), fn)(values[idx])
         return a, b
 
     def posterior(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

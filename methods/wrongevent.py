@@ -24,13 +24,24 @@ Deviations from the official code, each with the official behaviour as an option
 - L_N is per sample (``entropy=per_sample``, the paper's formula); the official code
   broadcasts (B, 1) x (B,) to (B, B), which makes it mean(conf) * mean((1 - p_c) H)
   (``entropy=official``).
-The weights p_c, p_n, F_c, F_n of a sample are computed from its count at the start of the
-epoch; each sample is visited once per epoch, so this equals the official per-batch lookup.
+- the Beta-mixture posteriors are exact (log space, ``posterior=exact``); the official
+  ``utils/bmm.py`` guards every step with 1e-6 (E-step floor and denominator, moments,
+  look-up denominator) and looks a count past the last fit's maximum up outside (0, 1), where
+  both densities are 0: p_c = p_n = 0 and F_c = F_n = 1 (``posterior=official``, exact to it).
+  The exact form clips such a count to the fitted maximum.
+
+As the official step (``stage_2.py:69-79``, ``stage_2_class.py:69-91``), a step first adds its
+wrong events (0-2 a sample), then looks p_c, p_n, F_c, F_n up at each sample's *new* count, in
+the mixture of the last fit (its given class's, class-wise). The look-up is a table over
+(given class, count), made at the start of each stage-2 epoch for every count a sample can reach
+in it (a sample is visited at most once an epoch), so the step reads it on the device. The
+loss-based ablation scores (``metric=loss``, ``accumulated_loss``) are real numbers with no such
+table: their weights are those of each sample's score at the start of the epoch (the ablation's
+code is not published).
 """
 from __future__ import annotations
 
 import copy
-import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -42,7 +53,7 @@ import torch.nn.functional as F
 from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
-from methods.mixtures import EPS_NAN, BetaMixture, ClasswiseMixture, GaussianMixture2
+from methods.mixtures import IDO_GUARDS, BetaMixture, ClasswiseMixture, GaussianMixture2, Normaliser
 
 # EM iterations: 20 before stage 2; then 1 per epoch for the global mixture (stage_2.py),
 # 2 per epoch for the class-wise one (stage_2_class.py) (ido-method.md).
@@ -50,6 +61,7 @@ FIT_ITERS_START = 20
 FIT_ITERS_EPOCH = {"global": 1, "classwise": 2}
 ETA_MIN = 1e-4  # stage-2 cosine floor (official stage_2.py)
 PROB_CLAMP = 1e-4  # softmax clamp in WELoss
+WEIGHTS = ("p_c", "p_n", "f_c", "f_n")  # BetaMixtureModel.predict's prob1, prob2, cdf1, cdf2
 
 
 @dataclass
@@ -74,9 +86,10 @@ class WrongEventOptions:
         "help": "L_N per sample (paper) or the official code's (B, B) broadcast",
         "source": "utils/lnl_methods.py WELoss"})
     posterior: Literal["exact", "official"] = field(default="exact", metadata={
-        "help": "BMM posteriors in log space (exact), or with each weighted density floored at 1e-12 "
-                "as the official utils/bmm.py (0.5 / 0.5 where both underflow, at the highest counts)",
-        "source": "utils/bmm.py, after M-Correction's BetaMixture1D (eps_nan 1e-12)"})
+        "help": "BMM in exact arithmetic, or with the official utils/bmm.py's 1e-6 guards (E-step floor "
+                "and denominator, moments, look-up denominator; a count past the fit's maximum gets "
+                "p_c = p_n = 0, F = 1)",
+        "source": "utils/bmm.py:12, 32-51, 67-75"})
     base_weights: Literal["previous", "official"] = field(default="previous", metadata={
         "help": "copy the weights of epoch e-1 (paper) or keep the official code's live reference (epoch e)",
         "source": "stage_1.py quirk (ido-method.md)"})
@@ -196,12 +209,17 @@ class WrongEvent(Method):
         if self.opts.mixture == "gmm":
             make: Any = GaussianMixture2
         else:
-            floor = EPS_NAN if self.opts.posterior == "official" else None
-            make = functools.partial(BetaMixture, floor=floor)
+            make = self._new_bmm
         if self.opts.bmm_scope == "global":
             return make()
         labels = self.ctx.given_labels.cpu().numpy()
         return ClasswiseMixture(labels, self.ctx.num_classes, make)
+
+    def _new_bmm(self) -> BetaMixture:
+        """IDO's BMM: scores squeezed affinely into [eps, 1 - eps] (``bmm.py:29, 69``); exact, or
+        with the official guards and no clip of a count past the fitted maximum."""
+        official = self.opts.posterior == "official"
+        return BetaMixture(guards=IDO_GUARDS if official else None, norm=Normaliser(affine=True, clip=not official))
 
     # --- per-epoch hooks ------------------------------------------------------------------
     def views(self, epoch: int) -> tuple[str, ...]:
@@ -250,13 +268,31 @@ class WrongEvent(Method):
         return self.state[key[self.opts.metric]].double().cpu().numpy()
 
     def _sample_weights(self) -> dict[str, torch.Tensor]:
-        """p_c, p_n, F_c, F_n of every sample from its current score, on the device."""
-        scores = self._scores()
-        p_c, p_n = self.mixture.posterior(scores)
-        f_c, f_n = self.mixture.cdf(scores)
+        """The epoch's look-up of p_c, p_n, F_c, F_n, on the device. Wrong events: a table with a
+        row per given class and a column per count 0 .. max + 2, every count a sample can reach
+        this epoch (at most once visited: the full pass, or the epoch's pool drawn without
+        replacement; one event per view); read at the step with the sample's new count. Loss
+        scores: each sample's weights at its score now, read at the step by dataset index."""
         dev = self.ctx.device
-        return {k: torch.as_tensor(v, dtype=torch.float32, device=dev)
-                for k, v in (("p_c", p_c), ("p_n", p_n), ("f_c", f_c), ("f_n", f_n))}
+        if self.opts.metric != "wrong_event":
+            scores = self._scores()
+            values = (*self.mixture.posterior(scores), *self.mixture.cdf(scores))
+        else:
+            counts = np.arange(int(self.state["wrong_events"].max()) + 3, dtype=np.float64)
+            mix = self.mixture
+            parts = ([mix.part_for(c) for c in range(self.ctx.num_classes)] if isinstance(mix, ClasswiseMixture)
+                     else [mix] * self.ctx.num_classes)
+            rows = [(*part.posterior(counts), *part.cdf(counts)) for part in parts]
+            values = tuple(np.stack([r[i] for r in rows]) for i in range(len(WEIGHTS)))
+        return {k: torch.as_tensor(v, dtype=torch.float32, device=dev) for k, v in zip(WEIGHTS, values, strict=True)}
+
+    def _weights_at(self, idx: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """p_c, p_n, F_c, F_n of the batch's samples: by (given class, count now) from the table,
+        or by dataset index for the loss scores."""
+        if self.opts.metric != "wrong_event":
+            return {k: v[idx] for k, v in self._weights.items()}
+        counts = self.state["wrong_events"][idx].long()
+        return {k: v[y, counts] for k, v in self._weights.items()}
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         metrics = self._end_stage1(epoch) if epoch < self.e1 else self._end_stage2_epoch()
@@ -353,13 +389,14 @@ class WrongEvent(Method):
         idx, y = batch["index"], batch["label"]
         net = self.models["net"]
         w, s = net(batch["weak"]), net(batch["strong"])  # two forwards, as the official code
-        wt = {k: v[idx] for k, v in self._weights.items()}
-        loss, terms = wrong_event_loss(w.float(), s.float(), y, wt["p_c"], wt["p_n"], wt["f_c"], wt["f_n"],
-                                       self.opts.sim_weight, self.opts.entropy)
+        # this step's wrong events first, then the weights at the new counts (stage_2.py:69-76)
         ce_w = F.cross_entropy(w.detach(), y, reduction="none")
         self._record(idx, w, y, ce_w)
         self._record(idx, s, y, F.cross_entropy(s.detach(), y, reduction="none"))
         self.state["loss_last"][idx] = ce_w.float()
+        wt = self._weights_at(idx, y)
+        loss, terms = wrong_event_loss(w.float(), s.float(), y, wt["p_c"], wt["p_n"], wt["f_c"], wt["f_n"],
+                                       self.opts.sim_weight, self.opts.entropy)
         return StepOutput(loss=loss, logits=w, terms=terms)
 
     # --- checkpoint ----------------------------------------------------------------------------

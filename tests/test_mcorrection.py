@@ -25,7 +25,7 @@ from methods.mcorrection import (
     normalise_losses,
     prior_penalty,
 )
-from methods.mixtures import EPS_NAN
+from methods.mixtures import MCORRECTION_GUARDS
 
 
 def test_prior_penalty_by_hand():
@@ -86,20 +86,36 @@ class OfficialBMM:
         return post
 
 
-def test_mixture_and_lookup_match_the_official_code():
+def official_fits() -> list[np.ndarray]:
+    """Losses of two shapes: a noisy bump (noisy alpha > 1) and a noisy spread reaching down to
+    the clean losses (noisy alpha < 1, its density unbounded towards 0)."""
     rng = np.random.default_rng(0)
-    losses = np.concatenate([rng.gamma(1.0, 0.3, 800), rng.normal(3.0, 0.5, 200).clip(0)])
+    bump = np.concatenate([rng.gamma(1.0, 0.3, 800), rng.normal(3.0, 0.5, 200).clip(0)])
+    rng = np.random.default_rng(6)
+    spread = np.concatenate([rng.exponential(0.5, 700), rng.uniform(0, 4, 300)])
+    return [bump, spread]
+
+
+@pytest.mark.parametrize("shape", [0, 1], ids=["noisy-alpha-above-1", "noisy-alpha-below-1"])
+def test_mixture_and_lookup_match_the_official_code(shape):
+    losses = official_fits()[shape]
     lo, hi, kept = loss_range(losses)
     x = normalise_losses(kept, lo, hi)
     ref = OfficialBMM()
     ref.fit(x)
-    ours = fit_mixture(kept, lo, hi, 10, EPS_NAN)
+    assert (ref.a[1] < 1) == bool(shape)
+    ours = fit_mixture(kept, lo, hi, 10, MCORRECTION_GUARDS)
     np.testing.assert_allclose(ours.alphas, ref.a, rtol=1e-9)
     np.testing.assert_allclose(ours.betas, ref.b, rtol=1e-9)
-    # the lookup's two end points: the official evaluates at 1e-12, ours squeezes to 1e-6
-    np.testing.assert_allclose(make_lookup(ours)[1:-1], ref.lookup()[1:-1], rtol=1e-6)
+    # every bin, the end points 1e-12 and 1 - 1e-12 included
+    np.testing.assert_allclose(make_lookup(ours), ref.lookup(), rtol=1e-9, atol=1e-300)
+    exact = fit_mixture(kept, lo, hi, 10, None)  # the default: the same table but for the 1e-12 terms
+    np.testing.assert_allclose(make_lookup(exact), ref.lookup(), rtol=1e-6, atol=1e-15)
     lookup = make_lookup(ours)
     assert np.all(np.diff(lookup[np.argmax(lookup):]) == 0) and lookup[-1] > 0.5 > lookup[0]
+    if shape:  # bin 0 holds about a tenth of the samples; at 1e-6 its posterior is another
+        assert (normalise_losses(losses, lo, hi) < 0.01).mean() > 0.05
+        assert ours.posterior(np.array([1e-6]))[1][0] > 1.5 * lookup[0]
 
 
 def test_schedule_scales_the_official_300_epochs_and_variant_follows_the_noise():

@@ -13,7 +13,7 @@ from helpers import FixedLogits, assert_resume_equals_uninterrupted, fake_genera
 
 from bench.common.options import build_options
 from methods.base import Phase
-from methods.mixtures import BetaMixture, ClasswiseMixture, GaussianMixture2
+from methods.mixtures import IDO_GUARDS, BetaMixture, ClasswiseMixture, GaussianMixture2, Normaliser
 from methods.wrongevent import WrongEvent, label_wave_base, wrong_event_loss
 
 # --- the Beta mixture ---------------------------------------------------------------------------
@@ -95,17 +95,92 @@ def test_classwise_mixture_scores_a_one_sample_class_with_the_global_fallback(ma
 
 def test_bmm_posterior_is_exact_where_both_densities_underflow():
     # at the highest count (x = 1 - eps) both weighted densities are far below 1e-12: the
-    # official floor makes the posterior 0.5 / 0.5; the limit is the heavier tail, the noisy one
+    # official look-up divides them by their sum + 1e-6, which gives 0 and 0; the limit is the
+    # heavier tail, the noisy one
     bmm = BetaMixture(alphas=np.array([1.0, 3.0]), betas=np.array([30.0, 4.0]))
     bmm.norm.refit(np.array([0.0, 10.0]))
     assert bmm._likelihood(bmm.norm(np.array([10.0]))).max() < 1e-12
     p_c, p_n = bmm.posterior(np.array([0.0, 5.0, 10.0]))
     assert p_n[-1] > 0.999 and p_c[0] > 0.999
     np.testing.assert_allclose(p_c + p_n, 1.0, atol=1e-12)
-    official = BetaMixture(alphas=bmm.alphas.copy(), betas=bmm.betas.copy(), floor=1e-12, norm=bmm.norm)
-    assert official.posterior(np.array([10.0]))[1][0] == pytest.approx(0.5)  # the official behaviour
-    # where the densities are ordinary, the floor changes nothing
-    np.testing.assert_allclose(official.posterior(np.array([5.0]))[0], bmm.posterior(np.array([5.0]))[0])
+    official = BetaMixture(alphas=bmm.alphas.copy(), betas=bmm.betas.copy(), guards=IDO_GUARDS, norm=bmm.norm)
+    p_c, p_n = official.posterior(np.array([10.0]))
+    assert p_c[0] < 1e-6 and p_n[0] < 1e-6  # the official behaviour
+    # where the densities are ordinary, the guards change nothing beyond their 1e-6
+    np.testing.assert_allclose(official.posterior(np.array([5.0]))[0], bmm.posterior(np.array([5.0]))[0], rtol=1e-5)
+
+
+# An independent re-computation of IDO's official BetaMixtureModel (utils/bmm.py), one scalar
+# at a time: the reference the `posterior=official` option must reproduce.
+def _beta_pdf(x: float, a: float, b: float) -> float:
+    if not 0 < x < 1:
+        return 0.0
+    return math.exp((a - 1) * math.log(x) + (b - 1) * math.log(1 - x) - math.lgamma(a) - math.lgamma(b)
+                    + math.lgamma(a + b))
+
+
+def official_fit(seq, iters, start=None, e=1e-6):
+    lo, hi = min(seq), max(seq)
+    x = [(v - lo) / (hi - lo) * (1 - 2 * e) + e for v in seq]
+    al, be, wt = ([1.0, 2.0], [2.0, 1.0], [0.5, 0.5]) if start is None else (list(p) for p in start[:3])
+    for _ in range(iters):
+        lik = [[max(wt[k] * _beta_pdf(xi, al[k], be[k]), e) for xi in x] for k in range(2)]
+        resp = [[lik[k][i] / (lik[0][i] + lik[1][i] + e) for i in range(len(x))] for k in range(2)]
+        for k in range(2):
+            w = resp[k]
+            mean = sum(wi * xi for wi, xi in zip(w, x, strict=True)) / (sum(w) + e)
+            var = max(sum(wi * (xi - mean) ** 2 for wi, xi in zip(w, x, strict=True)) / (sum(w) + e), e)
+            a = mean * (mean * (1 - mean) / var - 1)
+            al[k], be[k] = max(a, e), max(a * (1 - mean) / mean, e)
+            if k == 0 and be[0] < 1.02:
+                be[0] = 1.1
+            if k == 1 and al[1] < 1.02:
+                al[1] = 1.1
+        tot = [sum(r) for r in resp]
+        wt = [t / sum(tot) for t in tot]
+    return al, be, wt, lo, hi
+
+
+def official_predict(model, v, e=1e-6):
+    from scipy import stats
+
+    al, be, wt, lo, hi = model
+    x = (v - lo) / (hi - lo) * (1 - 2 * e) + e
+    d = [wt[k] * _beta_pdf(x, al[k], be[k]) for k in range(2)]
+    return (d[0] / (d[0] + d[1] + e), d[1] / (d[0] + d[1] + e),
+            float(stats.beta.cdf(x, al[0], be[0])), float(stats.beta.cdf(x, al[1], be[1])))
+
+
+def tail_counts() -> np.ndarray:
+    """Wrong events after a short stage 1: a clean bulk at 0-3, a noisy bulk at 6-12 and a few
+    samples at the top count, beyond the noisy bulk."""
+    rng = np.random.default_rng(3)
+    return np.concatenate([rng.poisson(0.8, 600), 6 + rng.poisson(2.5, 380), [30] * 5]).astype(float)
+
+
+def test_official_posterior_is_the_official_mixture_on_a_tail_fit():
+    v = tail_counts()
+    ref = official_fit(list(v), 20)
+    bmm = BetaMixture(guards=IDO_GUARDS, norm=Normaliser(affine=True, clip=False))
+    bmm.fit(v, 20)
+    np.testing.assert_allclose(bmm.alphas, ref[0], rtol=1e-9)
+    np.testing.assert_allclose(bmm.betas, ref[1], rtol=1e-9)
+    np.testing.assert_allclose(bmm.weights, ref[2], rtol=1e-9)
+    counts = np.array([0.0, 2.0, 6.0, 11.0, 13.0, 25.0, 30.0, 31.0, 40.0])  # 31, 40: past the maximum
+    got = (*bmm.posterior(counts), *bmm.cdf(counts))
+    want = np.array([official_predict(ref, c) for c in counts]).T
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-7, atol=1e-15)
+    assert got[0][-2:].tolist() == [0.0, 0.0] and got[1][-2:].tolist() == [0.0, 0.0]
+    assert got[2][-2:].tolist() == [1.0, 1.0] and got[3][-2:].tolist() == [1.0, 1.0]
+    # one more EM step, as after each stage-2 epoch, stays with the reference
+    more = np.concatenate([v[:-5] + 1, v[-5:]])
+    bmm.fit(more, 1)
+    np.testing.assert_allclose(bmm.alphas, official_fit(list(more), 1, start=ref)[0], rtol=1e-9)
+    # the exact mixture is another model on this fit: it is the default, not the official one
+    exact = BetaMixture(norm=Normaliser(affine=True))
+    exact.fit(v, 20)
+    assert np.abs(exact.posterior(counts)[0] - got[0]).max() > 0.05
 
 
 def test_a_component_without_weight_gets_finite_moments():
@@ -218,10 +293,77 @@ def test_wrong_events_counted_by_dataset_index():
     assert m.state["pred_cur"][[4, 1, 5]].tolist() == [0, 1, 2]
     # stage 2: +1 per view; weak right / strong wrong for index 1; both wrong for index 4
     m.e1 = 0
-    m._weights = {k: torch.full((6,), 0.5) for k in ("p_c", "p_n", "f_c", "f_n")}
+    m._weights = {k: torch.full((3, 8), 0.5) for k in ("p_c", "p_n", "f_c", "f_n")}  # (class, count)
     batch2 = dict(batch, weak=batch["train"], strong=torch.tensor([[0.0], [0.0], [2.0]]))
     m.train_step(batch2, 1, Phase())
     assert m.state["wrong_events"].tolist() == [0, 1, 0, 0, 3, 0]
+
+
+def stage2_method(n: int, counts: np.ndarray, **opts) -> WrongEvent:
+    """A method at its first stage-2 step: n samples of given class i % 3, the wrong events
+    ``counts`` after stage 1, the first fit made (20 iterations), the epoch's look-up built."""
+    labels = torch.arange(n) % 3
+    ctx = SimpleNamespace(
+        num_classes=3, num_train=n, device=torch.device("cpu"), epochs=4, pretrained=False,
+        make_backbone=lambda: torch.nn.Linear(4, 3), make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        make_scheduler=lambda opt, k: None, generators=fake_generators, given_labels=labels,
+        artifact_dir=Path("."))
+    m = WrongEvent(build_options(WrongEvent, {"stage1_epochs": "1", **opts}), ctx)
+    m.setup()
+    m.state["wrong_events"].copy_(torch.as_tensor(counts, dtype=torch.int32))
+    m.state["seen"].fill_(True)
+    m.stage, m.mixture = 2, m._new_mixture()
+    m._fit(20)
+    m._weights = m._sample_weights()
+    return m
+
+
+@pytest.mark.parametrize("scope", ["global", "classwise"])
+@pytest.mark.parametrize("posterior", ["exact", "official"])
+def test_first_stage2_step_weighs_each_sample_at_its_new_count(scope, posterior):
+    """stage_2.py:69-79: the step's wrong events are added first, then p_c, p_n, F_c, F_n are
+    looked up at the new counts; counts pushed past the fit's maximum get p_c = p_n = 0 and
+    F = 1 in the official mixture, and the maximum's weights in the exact one."""
+    v = np.concatenate([tail_counts()[:582], [30.0] * 3])  # 585 samples, 195 per class
+    m = stage2_method(len(v), v, bmm_scope=scope, posterior=posterior)
+    # logits by input id: id 0 predicts class 0, id 1 class 1, id 2 class 2
+    m.models["net"] = FixedLogits(torch.tensor([[3.0, 0.5, -1.0], [0.2, 2.5, 0.1], [-0.5, 0.3, 1.7]]))
+    idx = torch.tensor([582, 583, 584, 0, 1, 4, 600 % 585])  # the three at the maximum (30) first
+    y = idx % 3
+    weak = torch.tensor([[1.0], [2.0], [2.0], [0.0], [1.0], [1.0], [0.0]])  # wrong, wrong, right, ...
+    strong = torch.tensor([[1.0], [0.0], [2.0], [1.0], [1.0], [1.0], [0.0]])
+    before = m.state["wrong_events"][idx].clone()
+    out = m.train_step({"index": idx, "label": y, "weak": weak, "strong": strong}, 1, Phase())
+    wrong = (weak[:, 0].long() != y).int() + (strong[:, 0].long() != y).int()
+    new = (before + wrong).double().numpy()
+    assert m.state["wrong_events"][idx].tolist() == new.astype(int).tolist()
+    assert new[:3].tolist() == [32.0, 32.0, 30.0]  # two past the fitted maximum of 30, one at it
+    rows = []
+    for i, c in zip(new, y.tolist(), strict=True):
+        part = m.mixture.part_for(c) if scope == "classwise" else m.mixture
+        if posterior == "official":  # the reference, fitted on the stage-1 counts by itself
+            members = np.flatnonzero(np.arange(len(v)) % 3 == c) if scope == "classwise" else np.arange(len(v))
+            rows.append(official_predict(official_fit(list(v[members]), 20), i))
+        else:
+            rows.append([float(part.posterior(np.array([i]))[0][0]), float(part.posterior(np.array([i]))[1][0]),
+                         float(part.cdf(np.array([i]))[0][0]), float(part.cdf(np.array([i]))[1][0])])
+    p_c, p_n, f_c, f_n = (list(col) for col in zip(*rows, strict=True))
+    if posterior == "official":
+        assert p_c[:2] == [0.0, 0.0] and p_n[:2] == [0.0, 0.0] and f_c[:2] == [1.0, 1.0] and f_n[:2] == [1.0, 1.0]
+    else:  # clipped to the maximum: the weights of count 30
+        top = [float(a[0]) for a in (*m.mixture.posterior(np.array([30.0])), *m.mixture.cdf(np.array([30.0])))] \
+            if scope == "global" else None
+        if top is not None:
+            assert [p_c[0], p_n[0], f_c[0], f_n[0]] == pytest.approx(top, abs=1e-6)
+    w, s = m.models["net"](weak).tolist(), m.models["net"](strong).tolist()
+    expected = hand_loss(w, s, y.tolist(), p_c, p_n, f_c, f_n, "per_sample")[0]
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # the counts at the start of the epoch give another loss (the defect this test pins)
+    old_rows = [official_predict(official_fit(list(v), 20), i) for i in before.double().tolist()] \
+        if posterior == "official" and scope == "global" else None
+    if old_rows is not None:
+        stale = hand_loss(w, s, y.tolist(), *(list(c) for c in zip(*old_rows, strict=True)), "per_sample")[0]
+        assert abs(stale - expected) > 1e-3
 
 
 # --- the loss ------------------------------------------------------------------------------------------
