@@ -1,7 +1,7 @@
 """PLC, progressive label correction (Zhang, Zheng, Wu, Goswami, Chen, "Learning with
 Feature-Dependent Label Noise: A Progressive Approach", ICLR 2021; official
 github.com/pxiangwu/PLC @8c2bcfd, ``cifar/train.py``, ``clothing1m/train_clothing1m.py``,
-``utils.py``). Facts: ../shared/reference/methods-paper-set.md, section 3.
+``utils.py``).
 
 One network trained with CE on its *current* labels, which start as the given ones. Every
 training forward stores its softmax (augmented view, train mode) in a rolling record of the
@@ -12,8 +12,28 @@ epoch from ``warmup_epochs`` on (0-based, ``epoch >= warm_up``), with ``f = f_re
     fewer than 0.001 n corrections      ->  delta <- min(delta + inc, 0.9)
 
 (``lrt_correction``, utils.py:291-318; the paper's Algorithm 1 with theta = delta, beta = inc).
-Corrections overwrite the current labels, so they compound. The label vector, the record and
-delta are per-sample / run state, indexed by dataset index and checkpointed.
+Corrections overwrite the current labels, so they compound. The label vector, the record, each
+sample's visit count and delta are per-sample / run state, indexed by dataset index and
+checkpointed.
+
+Sampled epochs (Clothing1M, WebVision: an epoch is a class-balanced sample, 1000 x batch by
+default, ``ctx.epoch_pool()`` not None). The official scripts visit every sample once per
+epoch (train_clothing1m.py:113-129, cifar/train.py:186-202), so slot ``epoch % 5`` holds every
+sample's prediction of that epoch and ``f_record.mean(0)`` is each sample's last 5. With a
+sample of the data, that slot would keep an unvisited sample's prediction from an older epoch,
+and a sample never visited would have an all-zero row, which the official rule's second softmax
+turns uniform (top 1/14 < thd 0.1) and relabels to the argmax of a tie, class 0. Here, when the
+epoch is sampled, the record is per sample: its visit ``v`` (counted from 0; ``visits`` holds the
+count) goes to its own slot ``v % roll_window``, and ``f`` is the mean of the visits it has, at most its
+last ``roll_window`` (not divided by ``roll_window``: the second softmax of ``prob_correction``
+depends on the scale of ``f``, and in the official run every row is a full window's mean from
+the fifth epoch on). A prediction older than the sample's last ``roll_window`` visits is never
+averaged in. Each visit is a record entry, also two visits in one epoch or one batch (copies in
+one batch take consecutive slots in batch order; of more than ``roll_window`` copies in one
+batch, the last ``roll_window`` stay). A sample with no visit has no record and keeps its label
+under either rule. With full epochs a sample's visit ``v`` is epoch ``v``, so ``v % window`` is
+the official ``epoch % window``; full epochs keep the official code path as it is (slot
+``epoch % roll_window``, mean over the whole window, empty slots of the first epochs included).
 
 Departures from the official code, on purpose:
 
@@ -25,12 +45,15 @@ Departures from the official code, on purpose:
   second softmax over the averaged probabilities, top-1 only, and delta raised only when nothing
   is corrected, uncapped. The default here is the paper's rule with Clothing1M's own delta_0 0.7
   and warm-up 1; ``--set correction=official`` gives ``prob_correction`` (its multinomial draw is
-  over the single top class, so it is the argmax and needs no random draw).
+  over the single top class, so it is the argmax and needs no random draw). A sample without a
+  record (never visited: sampled epochs, or an image that failed to decode) keeps its label,
+  where the official rule would relabel its zero row.
 - Optimiser and schedule are the run's (every method gets the same trainer); the official ones
   are SGD lr 0.01 Nesterov, wd 5e-4, MultiStep [40, 80] x 0.5, 180 epochs (cifar/train.py:170-171).
 
 Noise detection: the score is the likelihood ratio of the *given* label under the rolling
-record, the clean set the samples whose label PLC has left as given.
+record (the average the correction uses; 0 for a sample without a record), the clean set the
+samples whose label PLC has left as given (a sample without a record among them).
 """
 from __future__ import annotations
 
@@ -67,11 +90,13 @@ class PLCOptions:
         "help": "epochs of plain CE before the first correction; default 8, 1 on Clothing1M",
         "source": "cifar/train.py:281; clothing1m/train_clothing1m.py:211"})
     roll_window: int = field(default=5, metadata={
-        "help": "epochs of training softmax averaged for the likelihood ratio",
+        "help": "epochs of training softmax averaged for the likelihood ratio; with sampled epochs "
+                "(Clothing1M, WebVision) each sample's last roll_window visits",
         "source": "cifar/train.py:279 (--rollWindow 5)"})
     correction: Literal["paper", "official"] = field(default="paper", metadata={
         "help": "paper: the likelihood-ratio rule everywhere; official: Clothing1M's prob_correction "
-                "(double softmax, delta uncapped) on Clothing1M",
+                "(double softmax, delta uncapped) on Clothing1M; either leaves a sample without a "
+                "record (not yet visited) as given",
         "source": "utils.py:291-318 (lrt_correction), 321-360 (prob_correction)"})
 
     def __post_init__(self) -> None:
@@ -106,12 +131,15 @@ def prob_correction(labels: torch.Tensor, f_x: torch.Tensor, delta: float, inc: 
     """The official Clothing1M rule (utils.py ``prob_correction``), quirks kept: a softmax over
     the averaged probabilities; where its top value reaches ``thd`` the likelihood-ratio rule on
     it, elsewhere the label becomes the top class unconditionally (not counted); delta rises by
-    ``inc``, uncapped, only when nothing was corrected."""
+    ``inc``, uncapped, only when nothing was corrected. A sample without a record (a zero row)
+    keeps its label: the official code has none after its first epoch (every sample is visited,
+    train_clothing1m.py:113-129), and its softmax would be uniform, relabelled to class 0."""
     p = F.softmax(f_x, dim=1)
     top, arg = p.max(dim=1)
     ratio = p.gather(1, labels[:, None]).squeeze(1) / top
-    flip = (top >= thd) & (ratio < delta)
-    new = torch.where(flip | (top < thd), arg, labels)
+    recorded = f_x.amax(dim=1) > 0
+    flip = recorded & (top >= thd) & (ratio < delta)
+    new = torch.where(flip | (recorded & (top < thd)), arg, labels)
     count = int(flip.sum())
     return new, delta + inc if count == 0 else delta, count
 
@@ -141,31 +169,70 @@ class PLC(Method):
         n, c = ctx.num_train, ctx.num_classes
         self.state["labels"] = ctx.given_labels.to(ctx.device).clone()
         self.state["record"] = torch.zeros(o.roll_window, n, c, device=ctx.device)
+        self.state["visits"] = torch.zeros(n, dtype=torch.int64, device=ctx.device)  # record entries so far
         self.state["delta"] = torch.tensor(d["delta"] if o.delta is None else o.delta, dtype=torch.float64)
+        self.sampled = False  # this epoch visits a sample of the data (set when an epoch starts)
 
     def resolved_options(self) -> dict[str, Any]:
         d = self.opts.delta
         return {**super().resolved_options(), "delta": plc_defaults(self.ctx.dataset)["delta"] if d is None else d,
                 "warmup_epochs": self.warmup, "correction": "official" if self.official else "paper"}
 
+    def on_epoch_start(self, epoch: int) -> dict[str, float]:
+        self.sampled = self.ctx.epoch_pool() is not None
+        return {}
+
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Any) -> StepOutput:
         idx = batch["index"]
         logits = self.models["net"](batch["train"])
         with torch.no_grad():
-            self.state["record"][epoch % self.opts.roll_window, idx] = F.softmax(logits.detach().float(), dim=1)
+            p = F.softmax(logits.detach().float(), dim=1)
+            if self.sampled:
+                self._record_visits(idx, p)
+            else:  # the official slot (cifar/train.py:202, train_clothing1m.py:129)
+                self.state["record"][epoch % self.opts.roll_window, idx] = p
+                self.state["visits"][idx] += 1
         return StepOutput(loss=F.cross_entropy(logits.float(), self.state["labels"][idx]), logits=logits)
+
+    def _record_visits(self, idx: torch.Tensor, p: torch.Tensor) -> None:
+        """Sampled epochs: each sample's visit ``v`` goes to its own slot ``v % roll_window``.
+        Copies of one index in a batch are consecutive visits in batch order; where more than
+        ``roll_window`` copies share a slot, all write the last one's row (no duplicate scatter
+        of different values). Host-sync free: a batch x batch comparison, no masks."""
+        w, visits = self.opts.roll_window, self.state["visits"]
+        same = idx[:, None] == idx[None, :]
+        before = same.tril(-1).sum(dim=1)  # copies of this index earlier in the batch
+        slot = (visits[idx] + before) % w
+        shares = same & ((before[None, :] - before[:, None]) % w == 0)  # copies writing the same slot
+        last = torch.where(shares, before[None, :], -1).argmax(dim=1)  # the latest of them
+        self.state["record"][slot, idx] = p[last]
+        visits[idx] = visits[idx] + same.sum(dim=1)
+
+    def average(self) -> torch.Tensor:
+        """``f``: per sample the mean of its recorded softmax; a zero row without a record. Full
+        epochs: the official ``f_record.mean(0)`` over the window (cifar/train.py:208,
+        train_clothing1m.py:167); sampled epochs: the mean of the sample's last visits, at most
+        ``roll_window``."""
+        record = self.state["record"]
+        if not self.sampled:
+            return record.mean(dim=0)
+        count = self.state["visits"].clamp(1, self.opts.roll_window).to(record.dtype)
+        return record.sum(dim=0) / count[:, None]
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         if epoch < self.warmup:
             return {}
-        f_x = self.state["record"].mean(dim=0)
+        f_x = self.average()
         rule = prob_correction if self.official else lrt_correction
         labels, delta, count = rule(self.state["labels"], f_x, float(self.state["delta"]), self.opts.inc)
         self.state["labels"], self.state["delta"] = labels, torch.tensor(delta, dtype=torch.float64)
         changed = (labels != self.ctx.given_labels.to(labels.device)).float().mean()
-        return {"plc_corrected": float(count), "plc_delta": delta, "plc_relabelled": float(changed)}
+        metrics = {"plc_corrected": float(count), "plc_delta": delta, "plc_relabelled": float(changed)}
+        if self.sampled:  # the share of samples with a record (the others keep their label)
+            metrics["plc_recorded"] = float((self.state["visits"] > 0).float().mean())
+        return metrics
 
     def detections(self, epoch: int) -> list[Detection]:
         given = self.ctx.given_labels.to(self.ctx.device)
-        score = likelihood_ratio(self.state["record"].mean(dim=0), given).nan_to_num(0.0)
+        score = likelihood_ratio(self.average(), given).nan_to_num(0.0)
         return [Detection(score, selected=self.state["labels"] == given)]
