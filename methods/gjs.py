@@ -1,7 +1,7 @@
 """GJS, the generalized Jensen-Shannon loss (Englesson & Azizpour, "Generalized Jensen-Shannon
 Divergence Loss for Learning with Noisy Labels", NeurIPS 2021; official
 github.com/ErikEnglesson/GJS @1a3c9e0, ``losses.py``, ``train.py``, ``scripts/*/*.yaml``,
-``datasets/transforms.py``). Facts: ../shared/reference/methods-paper-set.md, section 6.
+``datasets/transforms.py``).
 
 One network, a drop-in loss. With d_1 = onehot(y), d_{j+1} = softmax of the network on the
 j-th augmented view of the image, weights pi (pi_1 for the label, the rest split evenly over
@@ -15,14 +15,17 @@ per view (the official default, train.py:266-278). Two views make GJS (M = 3), o
 (M = 2). It keeps no per-sample state and selects nothing, so it has no noise-detection metric.
 
 Views: the official CIFAR views are two "strong" ones, RandAugment(N=1, M=3) then crop + flip,
-then Cutout(16) (``augs: ss``): the shared view layer's ``ra-cutout`` / ``ra-cutout2``
-(bench/training/data.py; under ``--views shared`` built on the run's ``--augment``). WebVision's
-``ww`` (two weak views) are ``weak`` / ``weak2`` here, without the official ColorJitter.
+then Cutout(16) (``augs: ss``; JS: one, ``augs: s``): the shared view layer's ``ra-cutout`` /
+``ra-cutout2`` (bench/training/data.py; under ``--views shared`` built on the run's
+``--augment``). WebVision's ``ww`` (two weak views; JS ``w``) are ``weak`` / ``weak2`` here,
+without the official ColorJitter.
 
-Defaults: pi_1 per data set, noise type and rate from the official configs (nearest published
-rate; ties the lower; instance noise takes the symmetric values, it has no config; data sets the
-paper does not cover take the CIFAR values of the same class count). The official lr and weight
-decay per setting (0.1-0.4, 5e-5-1e-3) are trainer settings here, the same for every method.
+Defaults: pi_1 per variant (GJS from the ``gjs-*.yaml`` configs, JS, ``views=1``, from the
+``js-*.yaml`` ones), data set, noise type and rate (nearest published rate, ties the lower; 0%
+is a published rate; instance noise takes the symmetric values, it has no config; data sets
+the paper does not cover take the CIFAR values of the same class count, and real label noise
+of unknown rate, other than WebVision's, the 20% values). The official lr and weight decay per
+setting (0.01-0.4, 5e-5-1e-3) are trainer settings here, the same for every method.
 WebVision's official loss is the unscaled one (``JSWC``); the default here is the paper's scaled
 loss everywhere, ``scaling=official`` gives the unscaled loss on WebVision (1/Z = 10.55 times
 smaller at pi_1 = 0.1).
@@ -43,32 +46,43 @@ from methods.shared import nearest
 
 LOG_CLAMP = 1e-7  # mean_distrib.clamp(1e-7, 1.0).log(); target.clamp(min=1e-7).log() (losses.py:45,155)
 
-# pi_1 (the label's weight) per class count, noise kind and rate: scripts/C10, C100 *.yaml
-PI_LABEL = {
-    (10, "sym"): {0.2: 0.3, 0.4: 0.9, 0.6: 0.1, 0.8: 0.1},
-    (10, "asym"): {0.2: 0.3, 0.4: 0.3},
-    (100, "sym"): {0.2: 0.3, 0.4: 0.5, 0.6: 0.9, 0.8: 0.1},
-    (100, "asym"): {0.2: 0.5, 0.4: 0.1},
+# pi_1 (the label's weight, the first of ``js_weights``) per class count (C10: scripts/C10,
+# C100: scripts/C100), noise kind and rate of the official configs; WebVision: scripts/WebVision
+PI_LABEL_GJS = {  # GJS (views=2, augs: ss)
+    (10, "sym"): {0.0: 0.5, 0.2: 0.3, 0.4: 0.9, 0.6: 0.1, 0.8: 0.1},  # scripts/C10/sym/gjs-{0,20,40,60,80}.yaml
+    (10, "asym"): {0.2: 0.3, 0.4: 0.3},  # scripts/C10/asym/gjs-{20,40}.yaml
+    (100, "sym"): {0.0: 0.3, 0.2: 0.3, 0.4: 0.5, 0.6: 0.9, 0.8: 0.1},  # scripts/C100/sym/gjs-{0,20,40,60,80}.yaml
+    (100, "asym"): {0.2: 0.5, 0.4: 0.1},  # scripts/C100/asym/gjs-{20,40}.yaml
+    "webvision": 0.1,  # scripts/WebVision/gjs.yaml: js_weights 0.1 0.45 0.45
 }
-WEBVISION_PI = 0.1  # scripts/WebVision: .1/.45/.45
+PI_LABEL_JS = {  # JS (views=1, augs: s)
+    (10, "sym"): {0.0: 0.1, 0.2: 0.7, 0.4: 0.7, 0.6: 0.9, 0.8: 0.9},  # scripts/C10/sym/js-{0,20,40,60,80}.yaml
+    (10, "asym"): {0.2: 0.3, 0.4: 0.3},  # scripts/C10/asym/js-{20,40}.yaml
+    (100, "sym"): {0.0: 0.1, 0.2: 0.1, 0.4: 0.3, 0.6: 0.5, 0.8: 0.3},  # scripts/C100/sym/js-{0,20,40,60,80}.yaml
+    (100, "asym"): {0.2: 0.5, 0.4: 0.5},  # scripts/C100/asym/js-{20,40}.yaml
+    "webvision": 0.1,  # scripts/WebVision/js.yaml: js_weights 0.1 0.9
+}
+PI_LABEL = {2: PI_LABEL_GJS, 1: PI_LABEL_JS}  # by the number of views
+REAL_NOISE_RATE = 0.2  # rate None (real noise, rate unknown): the lowest published noisy rate
 
 
-def gjs_defaults(dataset: str, noise: str, rate: float | None, num_classes: int) -> float:
-    """pi_1 of the official config for the setting."""
+def gjs_defaults(dataset: str, noise: str, rate: float | None, num_classes: int, views: int = 2) -> float:
+    """pi_1 of the official config for the setting: the GJS configs for two views, the JS ones for one."""
+    table = PI_LABEL[views]
     if dataset == "webvision":
-        return WEBVISION_PI
+        return table["webvision"]
     kind = "asym" if noise in CLASS_DEPENDENT else "sym"
-    return nearest(rate or 0.0, PI_LABEL[(10 if num_classes <= 10 else 100, kind)])
+    return nearest(REAL_NOISE_RATE if rate is None else rate, table[(10 if num_classes <= 10 else 100, kind)])
 
 
 @dataclass
 class GJSOptions:
     pi_label: float | None = field(default=None, metadata={
-        "help": "weight pi_1 of the label in the mixture; default per data set, noise type and rate",
-        "source": "scripts/C10, C100, WebVision *.yaml (js_weights)"})
+        "help": "weight pi_1 of the label in the mixture; default per variant (GJS, JS), data set, noise and rate",
+        "source": "scripts/C10, C100, WebVision gjs-*.yaml / js-*.yaml (js_weights)"})
     views: int = field(default=2, metadata={
         "help": "augmented views besides the label: 2 = GJS (M = 3), 1 = JS (M = 2)",
-        "source": "paper Sec. 3; configs augs: ss"})
+        "source": "paper Sec. 3; configs augs: ss (gjs-*.yaml) / s (js-*.yaml)"})
     scaling: Literal["paper", "official"] = field(default="paper", metadata={
         "help": "paper: the loss scaled by 1/Z everywhere; official: unscaled on WebVision (JSWC)",
         "source": "losses.py:133-158; scripts/WebVision"})
@@ -111,7 +125,7 @@ class GJS(Method):
 
     def setup(self) -> None:
         ctx, o = self.ctx, self.opts
-        d = gjs_defaults(ctx.dataset, ctx.noise, ctx.noise_rate, ctx.num_classes)
+        d = gjs_defaults(ctx.dataset, ctx.noise, ctx.noise_rate, ctx.num_classes, o.views)
         self.pi_label = d if o.pi_label is None else o.pi_label
         self.scaled = not (o.scaling == "official" and ctx.dataset == "webvision")
         views = ("weak", "weak2") if ctx.dataset == "webvision" else ("ra-cutout", "ra-cutout2")

@@ -1,6 +1,6 @@
 """UNICON (Karim et al., CVPR 2022; official github.com/nazmul-karim170/UNICON, ``Train_cifar.py``,
-``dataloader_cifar.py``, ``Contrastive_loss.py``, ``PreResNet_cifar.py``). Facts, defaults and
-quirks: ../shared/reference/methods-paper-set.md section 1.
+``dataloader_cifar.py``, ``Contrastive_loss.py``, ``PreResNet_cifar.py``; the lines named below
+are of those files).
 
 DivideMix's two networks and MixMatch, with a different division and a contrastive loss:
 
@@ -30,13 +30,16 @@ this harness: warm-up the run's batch (official 2B = 128), training half of it (
 Departures, named: the official JSD uses the natural log, so the mean never exceeds d_u = 0.7
 and the tau branch is dead code (it would raise a NameError); ``jsd_base=2`` divides by ln 2 as
 the paper's [0, 1] range presumes (selection, threshold and weights alike). The official
-uniform selection pads a class with fewer samples than its quota with index 0
-(dataloader_cifar.py:139-156); here such a class gives all it has. The official JSD of network
-2 runs network 1 in training mode (no ``.eval()``); here both are in eval mode, as the
-Clothing1M script does. The official best checkpoint is chosen on the test set; here the run
-reports best and last like every method. The AutoAugment views follow torchvision's
-``AutoAugment`` (zero fill, nearest interpolation); the ``CIFAR10Policy`` UNICON imports has the
-same sub-policies but fills warps with grey and shears bicubically.
+labeled list has int(SR N) zero-filled slots, of which the classes fill C int(SR N / C) at most
+(a class shorter than its quota gives all it has), so whenever int(SR N) is not a multiple of C,
+or a class is short, the rest stay index 0: sample 0 joins the labeled list, once per empty
+slot, and leaves the unlabeled set (dataloader_cifar.py:139-156, 163-167); here the labeled set
+holds the selected samples only, each once. The official JSD of network 2 runs network 1 in
+training mode (no ``.eval()``); here both are in eval mode, as the Clothing1M script does.
+The official best checkpoint is chosen on the test set; here the run reports best and last like
+every method. The AutoAugment views follow torchvision's ``AutoAugment`` (zero fill, nearest
+interpolation); the ``CIFAR10Policy`` UNICON imports has the same sub-policies but fills warps
+with grey and shears bicubically.
 
 The step and schedule are the CIFAR script's on every data set. The other official scripts
 differ in ways not reproduced here: Clothing1M (``Train_clothing1M.py``) adds the warm-up
@@ -72,7 +75,7 @@ ETA_MIN_SHARE = 2e-4 / 0.02  # eta_min 2e-4 of lr 0.02 (Train_cifar.py:28, 359)
 
 
 def unicon_defaults(dataset: str, num_classes: int) -> dict[str, float]:
-    """Per-data-set defaults of the official scripts (methods-paper-set.md section 1)."""
+    """Per-data-set defaults of the official scripts (Train_*.py, lines named below)."""
     if dataset == "clothing1m":  # Train_clothing1M.py: warm_up 0 [330], alpha 0.5, no Lu term [147]
         return {"warmup_epochs": 0, "lambda_u": 0.0, "alpha": 0.5}
     if dataset == "webvision":  # Train_webvision.py: warm_up 2 [253], alpha 0.5, no Lu term [137]
@@ -137,7 +140,8 @@ def jsd_threshold(jsd: torch.Tensor, d_u: float, tau: float) -> float:
 
 def uniform_selection(jsd: torch.Tensor, labels: torch.Tensor, num_classes: int, ratio: float) -> torch.Tensor:
     """Positions of the ``int(ratio * n / C)`` lowest-JSD samples of every given-label class (a
-    class with fewer gives all it has), in class order (dataloader_cifar.py:138-156)."""
+    class with fewer gives all it has), in class order, without the official index-0 padding
+    (dataloader_cifar.py:138-156)."""
     quota = int(ratio * len(jsd) / num_classes)
     order = torch.argsort(jsd, stable=True)
     order = order[torch.argsort(labels[order], stable=True)]  # by class, lowest JSD first

@@ -1,5 +1,6 @@
-"""DISC: the end-of-epoch update by hand (methods-paper-set.md, section 2), GCE, the defaults,
-the strong view's mechanics, the skipped zero-loss step, a short run and resume."""
+"""DISC: the end-of-epoch update by hand (algorithms/DISC.py:328-360 of github.com/JackYFL/DISC),
+GCE, the defaults of the official branches (DISC.py:57-113), the strong view's mechanics, the
+skipped zero-loss step, a short run and resume."""
 from __future__ import annotations
 
 import pytest
@@ -30,14 +31,32 @@ def test_gce_by_hand():
     assert gce(torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([0]), 0.7).item() == pytest.approx(0.354614, abs=1e-6)
 
 
-@pytest.mark.parametrize("dataset,noise,rate,expected", [
-    ("cifar10", "sym", 0.2, (20, 0.99, 1.0)), ("cifar10", "sym", 0.8, (20, 0.95, 0.2)),
-    ("cifar10", "asym", 0.4, (20, 0.95, 1.0)), ("cifar100", "instance", 0.4, (15, 0.99, 1.0)),
-    ("fashion-mnist", "pairflip", 0.4, (20, 0.95, 1.0)), ("clothing1m", "none", None, (10, 0.95, 1.0)),
-    ("webvision", "none", None, (15, 0.99, 1.0)), ("tiny-imagenet", "asym", 0.4, (15, 0.95, 1.0)),
+@pytest.mark.parametrize("dataset,noise,rate,classes,expected", [
+    ("cifar10", "sym", 0.2, 10, (20, 0.99, 1.0)), ("cifar10", "sym", 0.8, 10, (20, 0.95, 0.2)),
+    ("cifar10", "asym", 0.4, 10, (20, 0.95, 1.0)), ("cifar100", "asym", 0.4, 100, (20, 0.95, 1.0)),
+    ("fashion-mnist", "pairflip", 0.4, 10, (20, 0.95, 1.0)), ("cifar100n", "none", None, 100, (20, 0.99, 1.0)),
+    ("clothing1m", "none", None, 14, (10, 0.95, 1.0)), ("food101n", "none", None, 101, (10, 0.95, 1.0)),
+    ("webvision", "none", None, 50, (15, 0.99, 1.0)), ("tiny-imagenet", "asym", 0.4, 200, (15, 0.95, 1.0)),
+    ("tiny-imagenet", "sym", 0.8, 200, (15, 0.99, 1.0)),  # no rate rule outside CIFAR
 ])
-def test_defaults_by_setting(dataset, noise, rate, expected):
-    d = disc_defaults(dataset, noise, rate)
+def test_defaults_by_setting(dataset, noise, rate, classes, expected):
+    d = disc_defaults(dataset, noise, rate, classes)
+    assert (d["warmup_epochs"], d["momentum"], d["lambda_h"]) == expected
+
+
+@pytest.mark.parametrize("dataset,noise,rate,classes,expected", [
+    # CIFAR-100's percent == 0.8 branch sets start_epoch 20 after the ins rule's 15 (DISC.py:80-81, 87-90)
+    ("cifar100", "instance", 0.8, 100, (20, 0.95, 0.2)), ("cifar100", "instance", 0.6, 100, (15, 0.95, 0.2)),
+    ("cifar100", "instance", 0.4, 100, (15, 0.99, 1.0)), ("cifar100", "instance", 0.2, 100, (15, 0.99, 1.0)),
+    ("cifar100", "sym", 0.8, 100, (20, 0.95, 0.2)), ("cifar100", "sym", 0.6, 100, (20, 0.95, 0.2)),
+    # CIFAR-10 has no such branch: ins stays 15 at 80% (DISC.py:68-73)
+    ("cifar10", "instance", 0.8, 10, (15, 0.95, 0.2)), ("cifar10", "instance", 0.6, 10, (15, 0.95, 0.2)),
+    ("cifar10", "instance", 0.4, 10, (15, 0.99, 1.0)),
+    # other data sets take the CIFAR branch of their class count
+    ("cifar100n", "instance", 0.8, 100, (20, 0.95, 0.2)), ("fashion-mnist", "instance", 0.8, 10, (15, 0.95, 0.2)),
+])
+def test_instance_noise_warm_up_and_the_cifar100_80_percent_branch(dataset, noise, rate, classes, expected):
+    d = disc_defaults(dataset, noise, rate, classes)
     assert (d["warmup_epochs"], d["momentum"], d["lambda_h"]) == expected
 
 

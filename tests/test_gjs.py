@@ -1,5 +1,6 @@
-"""GJS: the loss by hand (methods-paper-set.md, section 6), its defaults, its views (RandAugment
-n=1 m=3, the base augmentation, Cutout) under both view policies, a short run."""
+"""GJS: the loss by hand (losses.py:133-158 of github.com/ErikEnglesson/GJS), its defaults (GJS
+and JS against every official config), its views (RandAugment n=1 m=3, the base augmentation,
+Cutout) under both view policies, a short run."""
 from __future__ import annotations
 
 import math
@@ -38,16 +39,48 @@ def test_gradients_flow_through_every_view():
     assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("dataset,noise,rate,classes,expected", [
-    ("cifar10", "sym", 0.2, 10, 0.3), ("cifar10", "sym", 0.4, 10, 0.9), ("cifar10", "sym", 0.8, 10, 0.1),
-    ("cifar10", "asym", 0.4, 10, 0.3), ("cifar100", "sym", 0.4, 100, 0.5), ("cifar100", "sym", 0.6, 100, 0.9),
-    ("cifar100", "asym", 0.4, 100, 0.1), ("cifar100", "asym", 0.2, 100, 0.5),
-    ("fashion-mnist", "pairflip", 0.4, 10, 0.3), ("fashion-mnist", "instance", 0.4, 10, 0.9),
-    ("fashion-mnist", "sym", 0.3, 10, 0.3),  # between 0.2 and 0.4: the lower
-    ("webvision", "none", None, 50, 0.1),
+# pi_1 = the first of js_weights in each official config (github.com/ErikEnglesson/GJS @1a3c9e0)
+OFFICIAL_GJS = [  # scripts/<dir>/gjs-<rate>.yaml
+    ("C10/sym/gjs-0", 0.5), ("C10/sym/gjs-20", 0.3), ("C10/sym/gjs-40", 0.9), ("C10/sym/gjs-60", 0.1),
+    ("C10/sym/gjs-80", 0.1), ("C10/asym/gjs-20", 0.3), ("C10/asym/gjs-40", 0.3),
+    ("C100/sym/gjs-0", 0.3), ("C100/sym/gjs-20", 0.3), ("C100/sym/gjs-40", 0.5), ("C100/sym/gjs-60", 0.9),
+    ("C100/sym/gjs-80", 0.1), ("C100/asym/gjs-20", 0.5), ("C100/asym/gjs-40", 0.1),
+    ("WebVision/gjs", 0.1),
+]
+OFFICIAL_JS = [  # scripts/<dir>/js-<rate>.yaml
+    ("C10/sym/js-0", 0.1), ("C10/sym/js-20", 0.7), ("C10/sym/js-40", 0.7), ("C10/sym/js-60", 0.9),
+    ("C10/sym/js-80", 0.9), ("C10/asym/js-20", 0.3), ("C10/asym/js-40", 0.3),
+    ("C100/sym/js-0", 0.1), ("C100/sym/js-20", 0.1), ("C100/sym/js-40", 0.3), ("C100/sym/js-60", 0.5),
+    ("C100/sym/js-80", 0.3), ("C100/asym/js-20", 0.5), ("C100/asym/js-40", 0.5),
+    ("WebVision/js", 0.1),
+]
+
+
+def _setting(config: str) -> tuple[str, str, float | None, int]:
+    """(data set, noise, rate, classes) of an official config's path under scripts/."""
+    if config.startswith("WebVision"):
+        return "webvision", "none", None, 50
+    folder, kind, name = config.split("/")
+    classes = 10 if folder == "C10" else 100
+    return f"cifar{classes}", kind, int(name.split("-")[1]) / 100, classes
+
+
+@pytest.mark.parametrize("views,config,expected",
+                         [(2, c, e) for c, e in OFFICIAL_GJS] + [(1, c, e) for c, e in OFFICIAL_JS])
+def test_defaults_equal_every_official_config(views, config, expected):
+    dataset, noise, rate, classes = _setting(config)
+    assert gjs_defaults(dataset, noise, rate, classes, views) == expected
+
+
+@pytest.mark.parametrize("dataset,noise,rate,classes,views,expected", [
+    ("fashion-mnist", "pairflip", 0.4, 10, 2, 0.3), ("fashion-mnist", "instance", 0.4, 10, 2, 0.9),
+    ("fashion-mnist", "instance", 0.4, 10, 1, 0.7), ("fashion-mnist", "none", 0.0, 10, 2, 0.5),
+    ("fashion-mnist", "sym", 0.3, 10, 2, 0.3), ("fashion-mnist", "sym", 0.5, 10, 1, 0.7),  # ties: the lower
+    ("fashion-mnist", "sym", 0.1, 10, 2, 0.5), ("cifar100", "sym", 0.9, 100, 1, 0.3),
+    ("clothing1m", "none", None, 14, 2, 0.3), ("clothing1m", "none", None, 14, 1, 0.1),  # real noise: the 20% values
 ])
-def test_defaults_by_setting(dataset, noise, rate, classes, expected):
-    assert gjs_defaults(dataset, noise, rate, classes) == expected
+def test_defaults_outside_the_official_settings(dataset, noise, rate, classes, views, expected):
+    assert gjs_defaults(dataset, noise, rate, classes, views) == expected
 
 
 @pytest.mark.parametrize("key,value", [("pi_label", "0"), ("pi_label", "1"), ("views", "3"), ("scaling", "none")])
@@ -86,3 +119,10 @@ def test_short_run_trains_on_its_two_views_and_logs_pi(tmp_path):
     assert tr.method.resolved_options()["pi_label"] == 0.9 and tr.method.scaled
     m = tr.run_epoch(0)
     assert math.isfinite(m["train_loss"]) and m["train_loss"] > 0
+
+
+def test_js_variant_resolves_the_js_configs_default(tmp_path):
+    tr = make_trainer(tmp_path, method="gjs", noise="sym", noise_rate=0.4, subset=200, epochs=1, batch_size=100,
+                      method_options={"views": "1"})
+    assert tr.method.views(0) == ("ra-cutout",)
+    assert tr.method.resolved_options()["pi_label"] == 0.7  # scripts/C10/sym/js-40.yaml, GJS's is 0.9

@@ -1,12 +1,13 @@
-"""UNICON: the reference sheet's hand-checked values (JSD, threshold, uniform selection, the
-MixMatch terms, sharpening, ramp-up), the SimCLR loss against a literal transcription of
-``SupConLoss``, the projection head, the second selection made after network 1 trains, a short
-run on a Fashion-MNIST subset with its detection metrics, and the per-data-set defaults.
-Resume is the registry's test (tests/test_registry_entries.py)."""
+"""UNICON: hand-checked values (JSD, threshold, uniform selection and its departure from the
+official index-0 padding, the MixMatch terms, sharpening, ramp-up), the SimCLR loss against a
+literal transcription of ``SupConLoss``, the projection head, the second selection made after
+network 1 trains, a short run on a Fashion-MNIST subset with its detection metrics, and the
+per-data-set defaults. Resume is the registry's test (tests/test_registry_entries.py)."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from methods.unicon import (
 
 
 def test_jsd_by_hand():
-    """methods-paper-set.md: logits [[2,1,0],[0,0,3]], labels [0,0] -> JSD [0.132958, 0.599936]."""
+    """Jensen_Shannon (Train_cifar.py:278-287): logits [[2,1,0],[0,0,3]], labels [0,0] -> JSD [0.132958, 0.599936]."""
     p = F.softmax(torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]]), dim=1)
     torch.testing.assert_close(p[0], torch.tensor([0.665241, 0.244728, 0.090031]), atol=1e-6, rtol=0)
     jsd = js_divergence(p, torch.eye(3)[[0, 0]])
@@ -61,6 +62,35 @@ def test_uniform_selection_takes_the_lowest_per_class_and_all_of_a_short_class()
     labels = torch.tensor([0, 0, 0, 0, 1, 2, 2])
     chosen = uniform_selection(jsd, labels, 3, 6 / 7)  # quota int(6/7 * 7 / 3) = 2
     assert sorted(chosen.tolist()) == [1, 2, 4, 5, 6]  # class 1 has one sample: it gives it, no index 0 padding
+
+
+def _official_labeled_list(jsd: list[float], labels: list[int], num_class: int, ratio: float) -> list[int]:
+    """dataloader_cifar.py:139-156 (github.com/nazmul-karim170/UNICON), transcribed."""
+    num_sample = len(jsd)
+    pred_idx = np.zeros(int(ratio * num_sample))
+    class_len = int(ratio * num_sample / num_class)
+    size_pred = 0
+    for i in range(num_class):
+        class_indices = [k for k, x in enumerate(labels) if x == i]
+        prob1 = np.argsort(np.array(jsd)[class_indices])
+        try:
+            chosen = np.array(class_indices)[prob1[0:class_len].astype(int)].squeeze()
+            pred_idx[size_pred:size_pred + class_len] = chosen
+            size_pred += class_len
+        except ValueError:
+            pred_idx[size_pred:size_pred + len(class_indices)] = np.array(class_indices)
+            size_pred += len(class_indices)
+    return [int(x) for x in pred_idx]
+
+
+def test_uniform_selection_has_no_index_0_padding_when_int_sr_n_is_not_a_multiple_of_c():
+    # no class is short (4 samples each, quota int(5/8 * 8 / 2) = 2), but int(5/8 * 8) = 5 is odd
+    jsd = [0.9, 0.1, 0.2, 0.3, 0.15, 0.05, 0.5, 0.6]
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    official = _official_labeled_list(jsd, labels, 2, 5 / 8)
+    assert official == [1, 2, 5, 4, 0]  # the fifth slot stays index 0, a sample neither class chose
+    chosen = uniform_selection(torch.tensor(jsd), torch.tensor(labels), 2, 5 / 8)
+    assert sorted(chosen.tolist()) == [1, 2, 4, 5]  # here: the selected samples only
 
 
 def test_refinement_weight_by_hand():
