@@ -1,8 +1,9 @@
 """Synthetic label noise: one seeded function that turns clean labels into given labels.
 
-The literature uses one name for several different things (see
-``/work/shared/reference/noise-models.md``), so every model here is named exactly and each
-docstring says which paper and official file its convention follows and where it differs.
+The literature uses one name for several different things (DivideMix's "asym" is a class map,
+Co-teaching's "pairflip" a cyclic shift, IDO's CIFAR-10 "asym" code is pair-flip), so every
+model here is named exactly and each docstring says which paper and official file its
+convention follows and where it differs.
 Noise is drawn once, for the whole label vector, from ``np.random.default_rng(spec.seed)``
 and nothing else, so it depends only on (labels, model, rate, seed, class map, features) and
 never on the training seed or on global RNG state. The caller saves the result as a file and

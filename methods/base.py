@@ -1,6 +1,6 @@
 """The method interface: what a method owns and what the trainer does for it.
 
-Division of labour (after USB's ``AlgorithmBase``; see ../shared/style.md):
+Division of labour (after USB's ``AlgorithmBase``, microsoft/Semi-supervised-learning):
 
 - The **trainer** (:mod:`bench.training.trainer`) owns devices, precision (autocast, grad scaling),
   the loops, ``zero_grad``/``backward``/optimiser steps, per-epoch scheduler steps,

@@ -1,7 +1,7 @@
 """Bootstrapping, soft and hard (Reed et al., "Training Deep Neural Networks on Noisy Labels with
 Bootstrapping", ICLR workshop 2015). No official code; the Keras reference implementations the
 SCE and loss-correction papers compare against (SCE ``loss.py:51-73``, soft and hard; LC
-``loss.py:56-62``, soft). Facts: ../shared/reference/methods-losses.md, section 4.
+``loss.py:56-62``, soft).
 
 One network trained with cross-entropy against a target that mixes the given one-hot label t
 with the network's own prediction q = p / sum(p), clipped to [1e-7, 1 - 1e-7] (``K.epsilon()``):

@@ -1,7 +1,6 @@
 """CORES^2, phase 1: confidence regularisation and the sample sieve (Cheng et al., "Learning with
 Instance-Dependent Label Noise: A Sample Sieve Approach", ICLR 2021; official
-github.com/UCSC-REAL/cores, ``loss.py:23-62``, ``phase1.py``). Facts:
-../shared/reference/methods-losses.md, section 9.
+github.com/UCSC-REAL/cores, ``loss.py:23-62``, ``phase1.py``).
 
 One network; per sample, with pi the current noisy-label prior and beta(e) the regulariser weight,
 

@@ -1,6 +1,6 @@
 """Co-teaching (Han et al., "Co-teaching: Robust Training of Deep Neural Networks with
 Extremely Noisy Labels", NeurIPS 2018; official code github.com/bhanML/Co-teaching, ``main.py``
-and ``loss.py`` ``loss_coteaching``). Facts: ../shared/reference/baselines.md.
+and ``loss.py`` ``loss_coteaching``).
 
 Two networks of the same architecture with different initialisations. Each step, both compute
 the per-sample cross-entropy of the batch; each network ranks the batch by its OWN loss and keeps

@@ -1,6 +1,6 @@
 """Co-teaching+ (Yu et al., "How does Disagreement Help Generalization against Label
 Corruption?", ICML 2019; official code github.com/xingruiyu/coteaching_plus @a68ed61, ``main.py``
-and ``loss.py`` ``loss_coteaching_plus``). Facts: ../shared/reference/methods-sota.md section 1.
+and ``loss.py`` ``loss_coteaching_plus``).
 
 Two networks, as Co-teaching (methods/coteaching.py), with the peer update restricted to where
 they disagree. Before ``init_epoch`` it is plain Co-teaching on the whole batch (``main.py:251-252``):

@@ -1,6 +1,6 @@
 """ELR, early-learning regularisation (Liu et al., "Early-Learning Regularization Prevents
 Memorization of Noisy Labels", NeurIPS 2020; official code github.com/shengliu66/ELR,
-``ELR/model/loss.py`` ``elr_loss``). Facts: ../shared/reference/baselines.md.
+``ELR/model/loss.py`` ``elr_loss``).
 
 One network. Every sample i keeps a target t_i (zeros at the start), a moving average of the
 network's predictions, updated at every visit BEFORE the loss is computed (as ``elr_loss``):

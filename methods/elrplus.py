@@ -1,7 +1,7 @@
 """ELR+ (Liu et al., "Early-Learning Regularization Prevents Memorization of Noisy Labels",
 NeurIPS 2020, section 5; official github.com/shengliu66/ELR, directory ``ELR_plus/``:
 ``trainer/trainer.py``, ``model/loss.py``, ``base/base_trainer.py``, ``utils/util.py``, the
-``config_*.json`` files). Facts: ../shared/reference/methods-sota.md, section 3.
+``config_*.json`` files).
 
 ELR (methods/elr.py) plus two networks, weight averaging, targets from the other network's
 average and mixup. Each network k has its own optimiser and schedule (the run's), its own

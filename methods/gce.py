@@ -1,6 +1,5 @@
 """GCE, the generalized cross-entropy L_q (Zhang & Sabuncu, "Generalized Cross Entropy Loss for
-Training Deep Neural Networks with Noisy Labels", NeurIPS 2018). Facts:
-../shared/reference/methods-losses.md, section 1.
+Training Deep Neural Networks with Noisy Labels", NeurIPS 2018).
 
 One network trained with
 

@@ -1,7 +1,7 @@
 """Generalized label smoothing: label smoothing (``ls``) and negative label smoothing (``nls``)
 (Wei et al., "To Smooth or Not? When Label Smoothing Meets Noisy Labels", ICML 2022; official
 github.com/UCSC-REAL/negative-label-smoothing, ``loss.py:25-34``, ``main_GLS_direct_train.py``,
-``main_warmup.py``, ``main_GLS_load.py``). Facts: ../shared/reference/methods-losses.md, section 3.
+``main_warmup.py``, ``main_GLS_load.py``).
 
 One network trained with cross-entropy against (1 - r) onehot(y) + r / C, for a smooth rate r
 of either sign (``loss_gls``):

@@ -1,7 +1,6 @@
 """JoCoR (Wei et al., "Combating Noisy Labels by Agreement: A Joint Training Method with
 Co-Regularization", CVPR 2020; official code github.com/hongxin001/JoCoR @86db359,
-``algorithm/jocor.py``, ``algorithm/loss.py``, ``main.py``). Facts:
-../shared/reference/methods-sota.md section 2.
+``algorithm/jocor.py``, ``algorithm/loss.py``, ``main.py``).
 
 Two networks trained jointly on one loss. Per sample (``loss.py:20-24``)
 

@@ -1,7 +1,7 @@
 """Forward and backward loss correction with the anchor-point estimate of T (Patrini et al.,
 "Making Deep Neural Networks Robust to Label Noise: a Loss Correction Approach", CVPR 2017;
 official Keras code github.com/giorgiop/loss-correction, ``loss.py:13-31``, ``models.py:413-477``,
-``experiment.py:97-145``). Facts: ../shared/reference/methods-losses.md, section 5.
+``experiment.py:97-145``).
 
 T is row-stochastic, T[i, j] = P(given j | true i); q = p / sum(p) clipped to [1e-7, 1 - 1e-7]:
 

@@ -1,7 +1,6 @@
 """M-Correction (Arazo, Ortego, Albert, O'Connor, McGuinness, "Unsupervised Label Noise Modeling
 and Loss Correction", ICML 2019; official github.com/PaulAlbert31/LabelNoiseCorrection
-@5e9a73e, ``train.py``, ``utils.py``, ``RunScripts.sh``). Facts:
-../shared/reference/methods-paper-set.md, section 4.
+@5e9a73e, ``train.py``, ``utils.py``, ``RunScripts.sh``).
 
 One network. Every epoch ends with a tracking pass (eval mode, the training augmentation) that
 gives each sample's CE loss; losses inside their [5th, 95th] percentiles, normalised to

@@ -1,6 +1,5 @@
 """mixup as a noisy-label baseline (Zhang et al., "mixup: Beyond Empirical Risk Minimization",
-ICLR 2018; official github.com/facebookresearch/mixup-cifar10 ``train.py:119-138``). Facts:
-../shared/reference/methods-losses.md, section 7.
+ICLR 2018; official github.com/facebookresearch/mixup-cifar10 ``train.py:119-138``).
 
 One network; per batch lambda ~ Beta(alpha, alpha) (lambda = 1 when alpha = 0) and a random
 permutation pi of the batch:

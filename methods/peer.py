@@ -1,7 +1,7 @@
 """Peer loss (Liu & Guo, "Peer Loss Functions: Learning from Noisy Labels without Knowing Noise
 Rates", ICML 2020; multi-class CIFAR code of the authors' group,
 github.com/weijiaheng/Multi-class-Peer-Loss-functions, ``CIFAR-10/runner.py``,
-``CIFAR-100/runner.py``). Facts: ../shared/reference/methods-losses.md, section 8.
+``CIFAR-100/runner.py``).
 
 One network;
 

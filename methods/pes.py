@@ -1,8 +1,7 @@
 """PES and PES-semi, progressive early stopping (Bai, Yang, Han, Yang, Li, Mao, Niu, Liu,
 "Understanding and Improving Early Stopping for Learning with Noisy Labels", NeurIPS 2021;
 official github.com/tmllab/PES @5466238: ``PES_cs.py`` (PES), ``PES_semi.py`` (PES-semi),
-``PES_noisylabels.py`` (CIFAR-N), ``networks/ResNet.py``, ``common/tools.py``). Facts:
-../shared/reference/methods-sota.md section 6.
+``PES_noisylabels.py`` (CIFAR-N), ``networks/ResNet.py``, ``common/tools.py``).
 
 **PES** (``pes``, PES_cs.py). CE on every sample until epoch T1. Epoch T1's training is replaced
 by the refinement (PES_cs.py:175-177, ``noisy_refine``): everything frozen, the last block

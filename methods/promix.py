@@ -1,7 +1,6 @@
 """ProMix (Xiao, Dong, Wang, Feng, Wu, Chen, Zhao, IJCAI 2023; official
 github.com/Justherozen/ProMix @40d8378, ``Train_promix.py``, ``utils/utils.py``, ``utils/fmix.py``,
-``dataloader_cifarn.py``, ``model.py``). Facts, defaults and quirks:
-../shared/reference/methods-sota.md section 5.
+``dataloader_cifarn.py``, ``model.py``).
 
 Two networks (the run's backbone), each with its primary head (the backbone's classifier) and a
 pseudo head h_AP (a new Linear on the penultimate features, ``model.py:158``); one optimiser over

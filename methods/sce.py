@@ -1,7 +1,6 @@
 """SCE, symmetric cross-entropy (Wang et al., "Symmetric Cross Entropy for Robust Learning with
 Noisy Labels", ICCV 2019; official Keras code github.com/YisenWang/symmetric_cross_entropy_for_noisy_labels,
-``loss.py:9-21``; PyTorch port HanxunH/SCELoss-Reproduce ``loss.py:14-27``). Facts:
-../shared/reference/methods-losses.md, section 2.
+``loss.py:9-21``; PyTorch port HanxunH/SCELoss-Reproduce ``loss.py:14-27``).
 
 One network trained with
 

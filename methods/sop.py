@@ -2,7 +2,6 @@
 Training under Label Noise by Over-parameterization", ICML 2022; official code
 github.com/shengliu66/SOP @4d991ce: ``model/loss.py`` ``overparametrization_loss``,
 ``trainer/trainer.py``, ``train.py``, ``config_cifar100.json``, ``README.md``).
-Facts: ../shared/reference/methods-sota.md, section 4.
 
 Every training sample i has two learnable vectors besides the network: u_i (a scalar) and v_i
 (C values), initialised N(0, std 1e-8) (loss.py:45-52; config_cifar100.json:21-30), drawn here

@@ -1,6 +1,5 @@
 """T-Revision (Xia et al., "Are Anchor Points Really Indispensable in Label-Noise Learning?",
 NeurIPS 2019; official github.com/xiaoboxia/T-Revision, ``main.py``, ``loss.py``, ``tools.py``).
-Facts: ../shared/reference/methods-losses.md, section 6.
 
 Three stages over the run's epochs, in the official proportions 20 : 200 : 200 (CIFAR-100
 15 : 200 : 200; ``main.py:56-79``):

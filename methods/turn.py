@@ -1,7 +1,7 @@
 """TURN (Ahn, Kim, Ko, Yun, "Fine tuning Pre trained Models for Robustness Under Noisy Labels",
 arXiv 2310.17668, 2023; IJCAI 2024 per a third-party source). No official code exists (the
 authors' repositories hold none); this follows the paper's abstract and the summary of its
-Algorithm 1 in ../shared/reference/methods-paper-set.md, section 5. Every number below that the
+Algorithm 1 of the paper. Every number below that the
 paper does not give is a harness choice, named as such.
 
 A pre-trained model is fine-tuned in two steps:

@@ -1,7 +1,7 @@
 """IDO, the wrong-event two-stage method (Zhang et al., "Handling Label Noise via Instance-Level
 Difficulty Modeling and Dynamic Optimization", NeurIPS 2025, arXiv 2505.00812; official code
 github.com/iTheresaApocalypse/IDO: ``stage_1.py``, ``stage_2.py``, ``stage_2_class.py``,
-``utils/bmm.py``, ``utils/lnl_methods.py`` ``WELoss``). Facts: ../shared/reference/ido-method.md.
+``utils/bmm.py``, ``utils/lnl_methods.py`` ``WELoss``).
 
 Stage 1 (epochs [0, E1)): cross-entropy on the given labels; every training step adds one
 "wrong event" to each sample whose training-mode prediction differs from its given label; the

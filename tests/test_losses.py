@@ -1,6 +1,6 @@
 """Robust losses of issue 15 on the reference sheet's hand-checkable values
-(../shared/reference/methods-losses.md): SCE (section 2), GLS's label smoothing and negative
-label smoothing (3), bootstrapping soft and hard (4), mixup (7); their options and defaults, and
+(worked from the papers' formulas): SCE, GLS's label smoothing and negative
+label smoothing, bootstrapping soft and hard, mixup; their options and defaults, and
 the two-stage schedule of NLS. Short runs and resume: the registry's tests."""
 from __future__ import annotations
 
