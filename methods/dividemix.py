@@ -1,9 +1,11 @@
 """DivideMix (Li, Socher, Hoi, ICLR 2020; official github.com/LiJunnan1992/DivideMix,
-``Train_cifar.py``, ``Train_clothing1M.py``, ``Train_webvision.py``). Facts and defaults:
-../shared/reference/baselines.md.
+``Train_cifar.py``, ``Train_clothing1M.py``, ``Train_webvision.py``; per-setting defaults
+from the paper's appendix and those scripts, each cited where it is set).
 
-Two networks. Warm-up: each network trained with CE on its own pass over the data (plus the
-negative-entropy confidence penalty under asymmetric noise). After warm-up, every epoch:
+Two networks. Warm-up: each network trained with CE on its own pass over the data, plus the
+negative-entropy confidence penalty under asymmetric noise (Train_cifar.py:132-136), always
+on Clothing1M (Train_clothing1M.py:127-130), never on WebVision (Train_webvision.py:128-131,
+commented out): option ``warmup_penalty``. After warm-up, every epoch:
 
 1. for each network, an evaluation pass over the whole training set (plain view), per-sample
    CE min-max normalised (averaged over the last 5 epochs at 90% noise), a fresh
@@ -16,7 +18,11 @@ negative-entropy confidence penalty under asymmetric noise). After warm-up, ever
    labeled ones (w * onehot + (1 - w) * own prediction), sharpening with temperature T,
    mixup with lambda ~ Beta(alpha, alpha), lambda = max(lambda, 1 - lambda), CE on the mixed
    labeled part, MSE on the mixed unlabeled part weighted by lambda_u ramped up linearly over
-   16 epochs after warm-up, and the uniform-prior penalty on the mean prediction.
+   16 epochs after warm-up, and the uniform-prior penalty on the mean prediction. On
+   Clothing1M and WebVision only the first 2B of the 4B permuted rows (the labeled views, each
+   mixed with any of the 4B) are mixed and forwarded, and the loss is Lx + the penalty over
+   them (Train_clothing1M.py:91-109, Train_webvision.py:93-110; Train_cifar.py:93-113 mixes
+   and forwards all 4B): option ``mix_rows``.
 
 Test: the sum of both networks' logits. Batch sizes follow the official ratio: warm-up uses
 the run's batch size B (official 128), training B / 2 labeled + B / 2 unlabeled (64 + 64).
@@ -42,16 +48,23 @@ from methods.shared import nearest
 HISTORY = 5  # epochs of loss averaged at 90% noise (Train_cifar.py eval_train)
 
 
-def dividemix_defaults(dataset: str, noise: str, rate: float | None, num_classes: int) -> dict[str, float]:
-    """Per-setting defaults of the DivideMix paper's appendix (baselines.md), with sources.
+def dividemix_defaults(dataset: str, noise: str, rate: float | None, num_classes: int) -> dict[str, Any]:
+    """Per-setting defaults of the DivideMix paper's appendix and the official scripts, with sources.
 
     Noise rates between published settings take the nearest one (ties: the lower rate).
-    Data sets the paper does not cover take the CIFAR values of the same class count.
+    Data sets the paper does not cover take the CIFAR values of the same class count, and the
+    CIFAR script's step (all 4B rows mixed) and warm-up (the penalty under class-dependent noise).
     """
     if dataset == "clothing1m":  # Train_clothing1M.py: warm-up 1, lambda_u 0, alpha 0.5
-        return {"warmup_epochs": 1, "lambda_u": 0.0, "p_threshold": 0.5, "alpha": 0.5}
+        return {"warmup_epochs": 1, "lambda_u": 0.0, "p_threshold": 0.5, "alpha": 0.5,
+                "mix_rows": "labeled",  # Train_clothing1M.py:91-109: first 2B rows mixed, Lx + penalty
+                "warmup_penalty": "always"}  # Train_clothing1M.py:127-130: CE + NegEntropy, any noise
     if dataset == "webvision":  # Train_webvision.py: warm-up 1, lambda_u 0, alpha 0.5
-        return {"warmup_epochs": 1, "lambda_u": 0.0, "p_threshold": 0.5, "alpha": 0.5}
+        return {"warmup_epochs": 1, "lambda_u": 0.0, "p_threshold": 0.5, "alpha": 0.5,
+                "mix_rows": "labeled",  # Train_webvision.py:93-110: first 2B rows mixed, Lx + penalty
+                "warmup_penalty": "never"}  # Train_webvision.py:128-131: the penalty commented out
+    step = {"mix_rows": "all",  # Train_cifar.py:93-113: all 4B rows mixed and forwarded, Lx + Lu + penalty
+            "warmup_penalty": "class-dependent"}  # Train_cifar.py:132-136: NegEntropy under asym (here pairflip too)
     rate = rate or 0.0
     if num_classes <= 10:  # CIFAR-10 (paper App. / README): warm-up 10
         lam = 0.0 if noise in CLASS_DEPENDENT else nearest(rate, {0.2: 0.0, 0.5: 25.0, 0.8: 25.0, 0.9: 50.0})
@@ -59,7 +72,8 @@ def dividemix_defaults(dataset: str, noise: str, rate: float | None, num_classes
     else:  # CIFAR-100: warm-up 30; lambda_u 25 at 20%, 150 from 50% up
         lam = nearest(rate, {0.2: 25.0, 0.5: 150.0, 0.8: 150.0, 0.9: 150.0})
         warmup = 30
-    return {"warmup_epochs": warmup, "lambda_u": lam, "p_threshold": 0.6 if rate >= 0.9 else 0.5, "alpha": 4.0}
+    return {"warmup_epochs": warmup, "lambda_u": lam, "p_threshold": 0.6 if rate >= 0.9 else 0.5, "alpha": 4.0,
+            **step}
 
 
 @dataclass
@@ -79,6 +93,16 @@ class DivideMixOptions:
     lr_schedule: Literal["official", "trainer"] = field(default="official", metadata={
         "help": "official: lr / 10 from half of the epochs (150 of 300); trainer: the run's own schedule",
         "source": "Train_cifar.py adjust_learning_rate"})
+    mix_rows: Literal["all", "labeled"] | None = field(default=None, metadata={
+        "help": "rows of the permuted 4B-row batch mixed and forwarded: all (CE on the labeled 2B, lambda_u x MSE "
+                "on the unlabeled 2B, penalty over all), or labeled (the first 2B, each mixed with any of the 4B; "
+                "loss CE + penalty over them, no unlabeled term: lambda_u has no effect); default labeled on "
+                "clothing1m and webvision, all elsewhere",
+        "source": "Train_clothing1M.py:91-109, Train_webvision.py:93-110; Train_cifar.py:93-113"})
+    warmup_penalty: Literal["always", "never", "class-dependent"] | None = field(default=None, metadata={
+        "help": "negative-entropy confidence penalty in the warm-up: always, never, or under class-dependent "
+                "noise (asym, pairflip); default always on clothing1m, never on webvision, class-dependent elsewhere",
+        "source": "Train_clothing1M.py:127-130, Train_webvision.py:128-131 (commented out), Train_cifar.py:132-136"})
 
     def __post_init__(self) -> None:
         if self.p_threshold is not None and not 0 < self.p_threshold < 1:
@@ -87,6 +111,12 @@ class DivideMixOptions:
             raise ValueError("temperature and alpha must be positive")
         if (self.lambda_u is not None and self.lambda_u < 0) or (self.warmup_epochs or 0) < 0:
             raise ValueError("lambda_u and warmup_epochs must be >= 0")
+        # --set values are checked against the Literal already; this catches options built in code
+        valid = {"mix_rows": ("all", "labeled"), "warmup_penalty": ("always", "never", "class-dependent")}
+        for name, choices in valid.items():
+            if getattr(self, name) not in (None, *choices):
+                raise ValueError(f"{name} {getattr(self, name)!r} must be one of {', '.join(choices)} "
+                                 "(or unset: per data set)")
 
 
 @METHODS.register("dividemix")
@@ -123,6 +153,8 @@ class DivideMix(Method):
         self.lambda_u = d["lambda_u"] if o.lambda_u is None else o.lambda_u
         self.p_threshold = d["p_threshold"] if o.p_threshold is None else o.p_threshold
         self.alpha = d["alpha"] if o.alpha is None else o.alpha
+        self.mix_rows = d["mix_rows"] if o.mix_rows is None else o.mix_rows
+        self.warmup_penalty = d["warmup_penalty"] if o.warmup_penalty is None else o.warmup_penalty
         if self.warmup >= ctx.epochs:
             raise UsageError(f"dividemix: warm-up of {self.warmup} epochs leaves no training epoch of "
                              f"--epochs {ctx.epochs}; raise --epochs or --set warmup_epochs=N")
@@ -140,7 +172,8 @@ class DivideMix(Method):
 
     def resolved_options(self) -> dict[str, Any]:
         return {**super().resolved_options(), "warmup_epochs": self.warmup, "lambda_u": self.lambda_u,
-                "p_threshold": self.p_threshold, "alpha": self.alpha}
+                "p_threshold": self.p_threshold, "alpha": self.alpha, "mix_rows": self.mix_rows,
+                "warmup_penalty": self.warmup_penalty}
 
     # --- epoch structure -------------------------------------------------------------------
     def views(self, epoch: int) -> tuple[str, ...]:
@@ -239,8 +272,9 @@ class DivideMix(Method):
         logits = self.models[key](batch["train"])
         loss = F.cross_entropy(logits, batch["label"])
         terms = {"loss_x": loss.detach()}
-        if self.ctx.noise in CLASS_DEPENDENT:  # NegEntropy: mean sum p log p (Train_cifar.py conf_penalty)
-            penalty = negative_entropy(logits)
+        if self.warmup_penalty == "always" or (self.warmup_penalty == "class-dependent"
+                                               and self.ctx.noise in CLASS_DEPENDENT):
+            penalty = negative_entropy(logits)  # NegEntropy: mean sum p log p (Train_cifar.py conf_penalty)
             loss = loss + penalty
             terms["penalty"] = penalty.detach()
         return StepOutput(loss=loss, logits=logits if key == "net1" else None, terms=terms)
@@ -282,10 +316,13 @@ class DivideMix(Method):
         inputs = [batch["weak"], batch["weak2"]] + ([ub["weak"], ub["weak2"]] if ub is not None else [])
         targets = [targets_x, targets_x] + ([targets_u, targets_u] if ub is not None else [])
         all_in, all_t = torch.cat(inputs), torch.cat(targets)
-        # the run's generators, not the global RNG (Train_cifar.py: np.random, torch.randperm)
-        mixed_in, mixed_t = mixup(all_in, all_t, self.alpha, self.ctx.generators())
+        # the run's generators, not the global RNG (Train_cifar.py: np.random, torch.randperm).
+        # mix_rows=labeled: a permutation of all 4B rows, only the first 2B mixed and forwarded,
+        # loss Lx + penalty over them (Train_clothing1M.py:91-109); all: all 4B (Train_cifar.py:93-113)
+        rows = 2 * n_l if self.mix_rows == "labeled" else None
+        mixed_in, mixed_t = mixup(all_in, all_t, self.alpha, self.ctx.generators(), rows=rows)
         logits = net(mixed_in)
-        loss, terms = mixmatch_loss(logits.float(), mixed_t, 2 * n_l, lam_u)
+        loss, terms = mixmatch_loss(logits.float(), mixed_t, 2 * n_l, lam_u)  # 2B rows: no loss_u (0)
         terms["lambda_u_ramped"] = torch.full((), lam_u, device=logits.device)  # on the device, as the other terms
         # train_acc: net 1's training-mode prediction of the labeled samples' weak view, against
         # their given labels (the warm-up reports net 1's too)

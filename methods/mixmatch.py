@@ -32,7 +32,11 @@ def mixmatch_loss(logits: torch.Tensor, mixed_target: torch.Tensor, n_labeled: i
                   lam_u: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CE on the mixed labeled part (the first ``n_labeled`` rows), ``lam_u`` times the MSE of
     the softmax on the unlabeled part (mean over all its elements), and the penalty
-    sum_c pi_c log(pi_c / mean prediction_c) with a uniform prior over all the rows."""
+    sum_c pi_c log(pi_c / mean prediction_c) with a uniform prior over all the rows.
+
+    ``logits`` of the labeled rows only (``n_labeled`` rows, no unlabeled part) give Lx + the
+    penalty over those rows, the loss of DivideMix's Train_clothing1M.py:101-109 and
+    Train_webvision.py:103-110 (``loss_u`` is then 0 and ``lam_u`` has no effect)."""
     lx = -(F.log_softmax(logits[:n_labeled], dim=1) * mixed_target[:n_labeled]).sum(dim=1).mean()
     if logits.shape[0] > n_labeled:
         lu = (F.softmax(logits[n_labeled:], dim=1) - mixed_target[n_labeled:]).pow(2).mean()
@@ -45,28 +49,51 @@ def mixmatch_loss(logits: torch.Tensor, mixed_target: torch.Tensor, n_labeled: i
     return loss, {"loss_x": lx.detach(), "loss_u": lu.detach(), "penalty": penalty.detach()}
 
 
-def mixup(inputs: torch.Tensor, targets: torch.Tensor, alpha: float, gens: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(inputs: torch.Tensor, targets: torch.Tensor, alpha: float, gens: Any,
+          rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """lambda ~ Beta(alpha, alpha) (numpy, as ``np.random.beta``), lambda = max(lambda, 1 - lambda),
     each row mixed with the row a random permutation puts there (``torch.randperm``); the draws
-    come from the run's generators ``gens`` (:class:`methods.base.Generators`), numpy first."""
+    come from the run's generators ``gens`` (:class:`methods.base.Generators`), numpy first.
+
+    ``rows``: mix and return only the first ``rows`` rows, each with the partner that the
+    permutation of *all* the rows puts there (so a partner may come from the rows left out), as
+    DivideMix's Train_clothing1M.py:91-97 and Train_webvision.py:93-99 mix the first 2B of the
+    4B rows. The draws are the same whatever ``rows`` (one beta draw, one permutation of all)."""
     lam = float(gens.numpy.beta(alpha, alpha))
     lam = max(lam, 1 - lam)
     perm = torch.randperm(inputs.shape[0], generator=gens.torch, device=gens.torch.device).to(inputs.device)
-    return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm]
+    if rows is None:
+        return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm]
+    perm = perm[:rows]
+    return lam * inputs[:rows] + (1 - lam) * inputs[perm], lam * targets[:rows] + (1 - lam) * targets[perm]
 
 
 def negative_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """mean_i sum_c p log p: the confidence penalty both warm-ups add under asymmetric noise
-    (``NegEntropy`` in Train_cifar.py)."""
+    """mean_i sum_c p log p: the confidence penalty (``NegEntropy``) DivideMix's and UNICON's
+    Train_cifar.py warm-ups add under asymmetric noise, and DivideMix's Train_clothing1M.py
+    warm-up always (Train_clothing1M.py:206-209, 129-130)."""
     p = F.softmax(logits, dim=1)
     return (p * p.clamp_min(1e-12).log()).sum(dim=1).mean()
 
 
 class UnlabeledStream:
-    """Batches of unlabeled dataset indices, the official unlabeled loader's way: a shuffled
-    order of the pool, consumed in full batches, reshuffled when the next batch no longer fits
-    (``drop_last``; a pool smaller than a batch comes whole). Draws from the run's torch
-    generator of the epoch."""
+    """Batches of unlabeled dataset indices for a phase: a shuffled order of the pool (drawn
+    from the run's torch generator of the epoch), consumed in batches of the size asked for.
+
+    What it does: when the next batch of ``size`` no longer fits in what is left of the order,
+    the rest of that order (``len(pool) % size`` indices) is skipped and a fresh order is drawn,
+    so every batch is a full one; a pool smaller than ``size`` comes whole, in a fresh order,
+    at every call.
+
+    The official loader differs in two ways. Its unlabeled ``DataLoader`` has ``shuffle=True``
+    and no ``drop_last`` (DivideMix dataloader_cifar.py:185-189, dataloader_clothing1M.py:155-159,
+    dataloader_webvision.py:157-162), and the training loop takes ``next()`` of it and starts a
+    fresh shuffled pass when it is exhausted (Train_cifar.py:48-52): the last batch of each pass,
+    the ``len(pool) % size`` remaining samples, is used as a partial batch; here it is skipped.
+    And the official unlabeled batches have the loader's batch size whatever the labeled
+    batch's, where the caller picks ``size`` here (DivideMix asks for its labeled batch's size,
+    which differs from the loader's only at an epoch's last, partial labeled batch). A pool
+    smaller than a batch behaves the same in both."""
 
     def __init__(self, pool: torch.Tensor, generators: Any) -> None:
         self.pool, self.generators = pool, generators

@@ -18,10 +18,11 @@ from methods.dividemix import DivideMix, dividemix_defaults
 from methods.mixmatch import linear_rampup, mixmatch_loss, sharpen
 
 
-def fake_dividemix(n: int = 8, noise_rate: float = 0.4, **opts) -> DivideMix:
+def fake_dividemix(n: int = 8, noise_rate: float | None = 0.4, dataset: str = "fashion-mnist", noise: str = "sym",
+                   num_classes: int = 3, batch_size: int = 4, **opts) -> DivideMix:
     ctx = SimpleNamespace(
-        num_classes=3, num_train=n, device=torch.device("cpu"), epochs=20, batch_size=4, noise_rate=noise_rate,
-        dataset="fashion-mnist", noise="sym", pretrained=False,
+        num_classes=num_classes, num_train=n, device=torch.device("cpu"), epochs=20, batch_size=batch_size,
+        noise_rate=noise_rate, dataset=dataset, noise=noise, pretrained=False,
         make_backbone=lambda: torch.nn.Linear(2, 3), make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
         make_scheduler=lambda opt, e: None, generators=fake_generators, given_labels=torch.zeros(n, dtype=torch.long),
         artifact_dir=Path("."), epoch_pool=lambda: None)
@@ -183,3 +184,202 @@ def test_with_an_epoch_sample_only_its_samples_are_divided_and_unlabeled():
     assert sorted(phase.indices.tolist()) == [1, 2]
     unlabeled = torch.cat([m._next_unlabeled(phase, 1) for _ in range(4)])
     assert sorted(set(unlabeled.tolist())) == [5, 6]
+
+
+# --- the Clothing1M / WebVision step (2B rows mixed) and warm-up (confidence penalty) ---------------
+
+class RowNet(torch.nn.Module):
+    """A tiny net with BatchNorm (so the rows forwarded together change the output) that records
+    the rows of each forward and whether it builds a graph."""
+
+    def __init__(self, features: int, classes: int, seed: int) -> None:
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.body = torch.nn.Sequential(torch.nn.Linear(features, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                            torch.nn.Linear(8, classes))
+        self.calls: list[tuple[int, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((x.shape[0], torch.is_grad_enabled()))
+        return self.body(x)
+
+
+def clothing_step(mix_rows: str | None, b: int = 4, n: int = 16, classes: int = 5, features: int = 3):
+    """A post-warm-up step of network 1 on "clothing1m" (noise none, lambda_u 0, alpha 0.5), B = ``b``
+    labeled + ``b`` unlabeled samples: (method, step output, inputs the official recomputation needs)."""
+    opts = {} if mix_rows is None else {"mix_rows": mix_rows}
+    m = fake_dividemix(n=n, noise_rate=None, dataset="clothing1m", noise="none", num_classes=classes,
+                       batch_size=2 * b, **opts)
+    gen = torch.Generator().manual_seed(1)
+    views = {v: torch.randn(n, features, generator=gen) for v in ("weak", "weak2")}
+    labels = torch.randint(0, classes, (n,), generator=gen)
+    m.state["prob2"] = torch.where(torch.arange(n) % 2 == 1, 0.55 + 0.4 * torch.rand(n, generator=gen), 0.1)
+    nets = (RowNet(features, classes, 1), RowNet(features, classes, 2))
+    m.models["net1"], m.models["net2"] = nets
+    fetched = []
+
+    def fetch(idx, vs):
+        fetched.append(idx.clone())
+        return {v: views[v][idx] for v in vs}
+
+    m.ctx.fetch = fetch
+    phase = m.phases(epoch=2)[0]  # net 1 on net 2's division (the odd indices)
+    idx = phase.indices[:b]
+    batch = {"index": idx, "label": labels[idx], "weak": views["weak"][idx], "weak2": views["weak2"][idx]}
+    init = {k: {n_: t.clone() for n_, t in net.state_dict().items()} for k, net in zip(("net1", "net2"), nets,
+                                                                                           strict=True)}
+    out = m.train_step(batch, 2, phase)
+    return m, out, SimpleNamespace(views=views, labels=labels, idx=idx, u_idx=fetched[0], init=init,
+                                   prob=m.state["prob2"], classes=classes, features=features)
+
+
+def official_clothing_loss(r, rows: str) -> tuple[torch.Tensor, torch.nn.Module]:
+    """Train_clothing1M.py:60-109 (rows "labeled") or Train_cifar.py:62-113 with lambda_u 0
+    ("all"), line by line, from the same inputs and generators (fake_generators: numpy and torch
+    seeded 0; np.random.beta and torch.randperm there); the loss and the network it trained."""
+    net, net2 = RowNet(r.features, r.classes, 0), RowNet(r.features, r.classes, 0)
+    net.load_state_dict(r.init["net1"])
+    net2.load_state_dict(r.init["net2"])
+    net.train()
+    net2.eval()
+    T, alpha = 0.5, 0.5  # Train_clothing1M.py --T 0.5, --alpha 0.5
+    inputs_x, inputs_x2 = r.views["weak"][r.idx], r.views["weak2"][r.idx]
+    inputs_u, inputs_u2 = r.views["weak"][r.u_idx], r.views["weak2"][r.u_idx]
+    batch_size = inputs_x.size(0)
+    labels_x = torch.zeros(batch_size, r.classes).scatter_(1, r.labels[r.idx].view(-1, 1), 1)
+    w_x = r.prob[r.idx].view(-1, 1).float()
+    with torch.no_grad():
+        pu = (torch.softmax(net(inputs_u), dim=1) + torch.softmax(net(inputs_u2), dim=1)
+              + torch.softmax(net2(inputs_u), dim=1) + torch.softmax(net2(inputs_u2), dim=1)) / 4
+        ptu = pu ** (1 / T)
+        targets_u = ptu / ptu.sum(dim=1, keepdim=True)
+        px = (torch.softmax(net(inputs_x), dim=1) + torch.softmax(net(inputs_x2), dim=1)) / 2
+        px = w_x * labels_x + (1 - w_x) * px
+        ptx = px ** (1 / T)
+        targets_x = ptx / ptx.sum(dim=1, keepdim=True)
+    lam = np.random.default_rng(0).beta(alpha, alpha)
+    lam = max(lam, 1 - lam)
+    all_inputs = torch.cat([inputs_x, inputs_x2, inputs_u, inputs_u2], dim=0)
+    all_targets = torch.cat([targets_x, targets_x, targets_u, targets_u], dim=0)
+    idx = torch.randperm(all_inputs.size(0), generator=torch.Generator().manual_seed(0))
+    input_a, input_b = all_inputs, all_inputs[idx]
+    target_a, target_b = all_targets, all_targets[idx]
+    keep = batch_size * 2 if rows == "labeled" else all_inputs.size(0)
+    mixed_input = lam * input_a[:keep] + (1 - lam) * input_b[:keep]
+    mixed_target = lam * target_a[:keep] + (1 - lam) * target_b[:keep]
+    logits = net(mixed_input)
+    lx = -torch.mean(torch.sum(F.log_softmax(logits[:batch_size * 2], dim=1) * mixed_target[:batch_size * 2], dim=1))
+    prior = torch.ones(r.classes) / r.classes
+    pred_mean = torch.softmax(logits, dim=1).mean(0)
+    penalty = torch.sum(prior * torch.log(prior / pred_mean))
+    return lx + penalty, net  # Train_cifar.py: + lamb * Lu, lamb = 0 (lambda_u 0)
+
+
+def test_clothing1m_step_mixes_and_forwards_the_labeled_2b_rows_as_the_official():
+    m, out, r = clothing_step(None)  # the clothing1m default
+    assert m.mix_rows == "labeled" and m.lambda_u == 0.0
+    ref, ref_net = official_clothing_loss(r, "labeled")
+    torch.testing.assert_close(out.loss, ref)
+    assert out.terms["loss_u"].item() == 0.0
+    # the same gradient, so the same step
+    out.loss.backward()
+    ref.backward()
+    for (name, p), q in zip(m.models["net1"].named_parameters(), ref_net.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    # network 1: 4 no-grad forwards of B rows (refinement, co-guessing), one of 2B with a graph
+    calls = m.models["net1"].calls
+    assert sorted(c for c in calls if not c[1]) == [(4, False)] * 4 and [c for c in calls if c[1]] == [(8, True)]
+    assert m.models["net2"].calls == [(4, False), (4, False)]  # co-guessing only
+
+
+def test_mix_rows_all_is_the_4b_step_and_differs():
+    _, lab, r_lab = clothing_step("labeled")
+    m, out, r = clothing_step("all")
+    assert torch.equal(r.u_idx, r_lab.u_idx)  # the same unlabeled batch, the same draws
+    ref, _ = official_clothing_loss(r, "all")
+    torch.testing.assert_close(out.loss, ref)
+    assert [c for c in m.models["net1"].calls if c[1]] == [(16, True)]  # all 4B rows forwarded
+    assert abs(out.loss.item() - lab.loss.item()) > 1e-3, (out.loss.item(), lab.loss.item())
+
+
+def test_clothing1m_step_does_not_sync():
+    from helpers import SyncRecorder, record_syncs
+
+    m = fake_dividemix(n=16, noise_rate=None, dataset="clothing1m", noise="none", num_classes=5, batch_size=8)
+    m.models["net1"], m.models["net2"] = RowNet(3, 5, 1), RowNet(3, 5, 2)
+    m.state["prob2"] = torch.where(torch.arange(16) % 2 == 1, 0.9, 0.1)
+    m.ctx.fetch = lambda idx, vs: {v: torch.ones(len(idx), 3) * idx[:, None] for v in vs}
+    phase = m.phases(epoch=2)[0]
+    idx = phase.indices[:4]
+    batch = {"index": idx, "label": idx % 5, "weak": torch.ones(4, 3), "weak2": -torch.ones(4, 3)}
+    with record_syncs(SyncRecorder()) as rec:
+        m.train_step(batch, 2, phase)
+    assert not rec.sites, [str(s) for s in rec.sites]
+
+
+LOGITS = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]]
+
+
+@pytest.mark.parametrize("dataset,noise,opts,penalised", [
+    ("clothing1m", "none", {}, True),  # Train_clothing1M.py:127-130: always
+    ("webvision", "none", {}, False),  # Train_webvision.py:128-131: commented out
+    ("fashion-mnist", "sym", {}, False),  # Train_cifar.py:132-136: asym only
+    ("fashion-mnist", "pairflip", {}, True),
+    ("cifar10", "asym", {}, True),
+    ("cifar10", "none", {}, False),
+    ("clothing1m", "none", {"warmup_penalty": "never"}, False),
+    ("fashion-mnist", "sym", {"warmup_penalty": "always"}, True),
+    ("webvision", "none", {"warmup_penalty": "class-dependent"}, False),
+])
+def test_warmup_confidence_penalty_per_data_set(dataset, noise, opts, penalised):
+    m = fake_dividemix(noise_rate=None if noise == "none" else 0.4, dataset=dataset, noise=noise, **opts)
+    m.models["net1"] = FixedLogits(torch.tensor(LOGITS))
+    batch = {"train": torch.tensor([[0.0], [1.0]]), "label": torch.tensor([1, 2])}
+    out = m.train_step(batch, 0, Phase("warmup1", optimizers=("net1",)))
+
+    def softmax(row):
+        z = sum(math.exp(v) for v in row)
+        return [math.exp(v) / z for v in row]
+
+    ce = -(math.log(softmax(LOGITS[0])[1]) + math.log(softmax(LOGITS[1])[2])) / 2
+    neg_entropy = sum(sum(q * math.log(q) for q in softmax(row)) for row in LOGITS) / 2  # mean sum p log p
+    assert out.loss.item() == pytest.approx(ce + neg_entropy if penalised else ce, rel=1e-6)
+    assert ("penalty" in out.terms) == penalised
+
+
+@pytest.mark.parametrize("dataset,noise,opts,expected", [
+    ("clothing1m", "none", {}, ("labeled", "always")),
+    ("webvision", "none", {}, ("labeled", "never")),
+    ("fashion-mnist", "sym", {}, ("all", "class-dependent")),
+    ("cifar100", "asym", {}, ("all", "class-dependent")),
+    ("clothing1m", "none", {"mix_rows": "all", "warmup_penalty": "never"}, ("all", "never")),
+    ("cifar10", "sym", {"mix_rows": "labeled"}, ("labeled", "class-dependent")),
+])
+def test_resolved_options_show_the_per_data_set_step_and_warmup(dataset, noise, opts, expected):
+    m = fake_dividemix(noise_rate=None if noise == "none" else 0.4, dataset=dataset, noise=noise, **opts)
+    got = m.resolved_options()
+    assert (got["mix_rows"], got["warmup_penalty"]) == expected
+    assert {k: dividemix_defaults(dataset, noise, 0.4, 10)[k] for k in ("mix_rows", "warmup_penalty")} == {
+        "mix_rows": "labeled" if dataset in ("clothing1m", "webvision") else "all",
+        "warmup_penalty": {"clothing1m": "always", "webvision": "never"}.get(dataset, "class-dependent")}
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("mix_rows", "unlabeled", "valid values are all, labeled"),
+    ("warmup_penalty", "asym", "valid values are always, never, class-dependent"),
+])
+def test_bad_step_and_warmup_options_are_rejected(key, value, fragment, tmp_path, capsys):
+    from bench.cli import main
+    from bench.common.errors import UsageError
+    from methods.dividemix import DivideMixOptions
+
+    with pytest.raises(UsageError, match=fragment):
+        build_options(DivideMix, {key: value})
+    with pytest.raises(ValueError, match=f"{key} '{value}' must be one of"):
+        DivideMixOptions(**{key: value})  # built in code, not from --set
+    code = main(["run", "--method", "dividemix", "--set", f"{key}={value}", "--out", str(tmp_path / "out"),
+                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("bench: error:") and fragment in err[0], err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.db").exists()
