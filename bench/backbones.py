@@ -27,7 +27,7 @@ class SmallCNN(nn.Module):
     """Two-conv CNN for 28x28 grey images: 16/32 channels, 1568-128-10 head (207k params)."""
 
     # Sized so that one epoch of the 60k Fashion-MNIST training images takes about 11 s on a
-    # 2-core CPU (channels-last); the 32/64-channel CNN of cpu-benchmark.md takes about 70 s.
+    # 2-core CPU (channels-last); a 32/64-channel CNN without channels-last took about 70 s.
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28) -> None:
         super().__init__()

@@ -105,7 +105,7 @@ class CIFAR100(CIFAR10):
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
     # asym: each class flips to the next class of its superclass, cyclically, with the
-    # superclasses taken from the data's own coarse labels (noise-models.md; not the index
+    # superclasses taken from the data's own coarse labels (not the index
     # blocks of 5 that Patrini's and ELR's code use). Filled in by read().
     asym_map: dict[int, int] | None = {}
     defaults = {**CIFAR10.defaults, "lr": 0.02}

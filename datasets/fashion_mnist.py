@@ -53,11 +53,11 @@ class FashionMNIST(Dataset):
     image_size = 28
     mean = (0.2860,)  # training-set pixel mean and std on [0, 1]
     std = (0.3530,)
-    # Our semantic map for `asym` (Fashion-MNIST has no published one; noise-models.md):
+    # Our semantic map for `asym` (Fashion-MNIST has no published one):
     # tops that look alike swap (T-shirt<->Shirt, Pullover<->Coat), footwear moves along
     # Sandal->Sneaker->Ankle boot->Sneaker; Trouser, Dress and Bag stay. 7 of 10 classes move.
     asym_map = {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 9, 9: 7}
-    # CPU protocol (cpu-benchmark.md): the small CNN, Adam lr 1e-3, batch 128.
+    # CPU protocol (README, `fmnist-cpu`): the small CNN, Adam lr 1e-3, batch 128.
     defaults = {"backbone": "smallcnn", "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
                 "batch_size": 128, "epochs": 20, "augment": "crop-flip"}
 

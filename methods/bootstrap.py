@@ -52,7 +52,7 @@ class BootstrapOptions:
         "source": "SCE loss.py:55, 67 (Reed et al. 2015)"})
     detach: bool = field(default=False, metadata={
         "help": "stop the gradient through the soft target's prediction (the Keras code does not)",
-        "source": "methods-losses.md section 4"})
+        "source": "SCE loss.py:51-73 (Keras: no stop-gradient); M-Correction utils.py:268 detaches"})
 
     def __post_init__(self) -> None:
         if self.beta is not None and not 0 <= self.beta <= 1:

@@ -1,7 +1,7 @@
 """Plain cross-entropy ("Standard"): the floor every LNL method is measured against.
 
 One network trained with cross-entropy on the given (possibly noisy) labels, using the
-run's shared backbone, optimiser and schedule (baselines.md, "CE").
+run's shared backbone, optimiser and schedule.
 """
 from __future__ import annotations
 

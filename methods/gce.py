@@ -7,7 +7,7 @@ One network trained with
 
 on the given label y, averaged over the batch: cross-entropy as q -> 0, (half) MAE at q = 1.
 p_y^q is computed as exp(q log_softmax_y), the same value without the NaN gradient that p^q
-has where p_y underflows to 0 (methods-losses.md, quirk 2). There is no official code; the
+has where p_y underflows to 0. There is no official code; the
 value of q is the paper's and the Keras reference's (SCE ``loss.py:33-39``).
 
 ``truncated=true`` gives the truncated L_q of the most-used reference code (AlanChou/Truncated-Loss,

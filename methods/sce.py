@@ -8,7 +8,7 @@ One network trained with
 
 on the one-hot given label y: with one-hot labels RCE = -ln(1e-4) (1 - p_y) = 9.2103 (1 - p_y).
 The paper writes log 0 = A = -4; the code's effective A is ln(1e-4), and the published alpha and
-beta were tuned with it, so the code is followed (methods-losses.md). CE is computed from the
+beta were tuned with it, so the code is followed. CE is computed from the
 logits (the PyTorch port; the Keras code clips p at 1e-7, the same value except where p_y < 1e-7).
 
 Defaults per data set (official ``train_models.py:207-225``): CIFAR-10 alpha 0.1, beta 1.0;

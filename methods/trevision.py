@@ -69,7 +69,7 @@ class TRevisionOptions:
         "help": "importance-reweighting epochs; default 200/420 of the epochs", "source": "main.py:224-257"})
     revision: Literal["paper", "official"] = field(default="paper", metadata={
         "help": "paper: T_hat + dT for every sample; official: sample i of a batch uses T_hat + (i + 1) dT",
-        "source": "loss.py:47-49 (methods-losses.md section 6)"})
+        "source": "loss.py:47-49"})
 
     def __post_init__(self) -> None:
         for name in ("estimate_epochs", "reweight_epochs"):

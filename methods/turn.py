@@ -52,7 +52,7 @@ class TURNOptions:
                                             "source": "GCE's default (Zhang & Sabuncu 2018); TURN Sec. 4 uses GCE"})
     p_threshold: float = field(default=0.5, metadata={
         "help": "clean posterior above which a sample counts for its class's n_c",
-        "source": "methods-paper-set.md section 5 (inferred)"})
+        "source": "paper Algorithm 1 (the value is inferred; no official code)"})
 
     def __post_init__(self) -> None:
         if not 0 < self.q <= 1:

@@ -56,7 +56,7 @@ from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.mixtures import IDO_GUARDS, BetaMixture, ClasswiseMixture, GaussianMixture2, Normaliser
 
 # EM iterations: 20 before stage 2; then 1 per epoch for the global mixture (stage_2.py),
-# 2 per epoch for the class-wise one (stage_2_class.py) (ido-method.md).
+# 2 per epoch for the class-wise one (stage_2_class.py).
 FIT_ITERS_START = 20
 FIT_ITERS_EPOCH = {"global": 1, "classwise": 2}
 ETA_MIN = 1e-4  # stage-2 cosine floor (official stage_2.py)
@@ -92,7 +92,7 @@ class WrongEventOptions:
         "source": "utils/bmm.py:12, 32-51, 67-75"})
     base_weights: Literal["previous", "official"] = field(default="previous", metadata={
         "help": "copy the weights of epoch e-1 (paper) or keep the official code's live reference (epoch e)",
-        "source": "stage_1.py quirk (ido-method.md)"})
+        "source": "stage_1.py (its saved state_dict is a live reference)"})
 
     def __post_init__(self) -> None:
         if self.stage1_epochs is not None and self.stage1_epochs < 1:
@@ -144,7 +144,7 @@ class WrongEvent(Method):
     code = "github.com/iTheresaApocalypse/IDO"
     score_artifacts = {"wrong_events.npy": "wrong events at the end of training (count)"}
     smoke_options = {"stage1_epochs": "1"}  # stage 1, then stage 2
-    own_views = ("weak", "strong")  # stage 2 (ido-method.md)
+    own_views = ("weak", "strong")  # stage 2 (stage_2.py, dataloader/randaugment.py)
     Options = WrongEventOptions
 
     @classmethod

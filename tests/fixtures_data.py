@@ -1,4 +1,4 @@
-"""Miniature copies of each benchmark's real on-disk layout (datasets.md), for the loader tests.
+"""Miniature copies of each benchmark's real on-disk layout (as each data set's release ships it), for the loader tests.
 
 Each ``make_*`` writes a tiny data set in exactly the real format (pickled CIFAR batches in the
 real dict layout, a torch-saved CIFAR-N label dict with the real keys, Clothing1M's text

@@ -1,4 +1,4 @@
-"""ELR+ mechanics on the fact sheet's hand-checkable values (methods-sota.md, section 3) and a
+"""ELR+ mechanics on the fact sheet's hand-checkable values (worked from the paper and official code) and a
 short run: targets from the peer's weight average, the averaging weight's ramp, the global step."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GCE: L_q by hand (methods-losses.md's hand-checkable values), its limits, and its options."""
+"""GCE: L_q by hand, its limits, and its options."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ from methods.shared import lq_loss
 
 
 def test_lq_by_hand():
-    # z = [2, 0, 0], y = 0: p_y = 0.78699, L_q = (1 - p_y^0.7) / 0.7 = 0.22054 (methods-losses.md)
+    # z = [2, 0, 0], y = 0: p_y = 0.78699, L_q = (1 - p_y^0.7) / 0.7 = 0.22054
     logits, y = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0])
     p = math.exp(2) / (math.exp(2) + 2)
     assert p == pytest.approx(0.78699, abs=1e-5)

@@ -1,4 +1,4 @@
-"""Forward and backward correction (methods-losses.md section 5): the losses and the anchor-point
+"""Forward and backward correction: the losses and the anchor-point
 estimate on the sheet's hand-checked values, forward correction with the true T recovering the
 clean-label optimum where it is computable, the oracle option's guard, and a short run that
 estimates T after the CE warm-up and logs its error against the realised T."""

@@ -1,4 +1,4 @@
-"""M-Correction: the sheet's hand-checkable values (methods-paper-set.md, section 4), the Beta
+"""M-Correction: the sheet's hand-checkable values (worked from the paper and official code), the Beta
 mixture and its lookup against a numpy copy of the official ``BetaMixture1D``, the schedule,
 the variants' defaults, a short Fashion-MNIST run of each variant, and resume."""
 from __future__ import annotations

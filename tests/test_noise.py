@@ -103,7 +103,7 @@ def test_instance_noise_ignores_feature_scale(clean: np.ndarray, features: np.nd
 
 
 def test_instance_noise_spreads_for_raw_pixels(clean: np.ndarray) -> None:
-    """Non-negative uint8 'pixels' (noise-models.md's pitfall) still flip to several classes."""
+    """Non-negative uint8 'pixels' (a known pitfall of feature-based instance noise) still flip to several classes."""
     pixels = np.random.default_rng(7).integers(0, 256, size=(N, 48), dtype=np.uint8)
     given = _noisy(clean, pixels, "instance")
     off = transition_matrix(clean, given, C) * (1 - np.eye(C))

@@ -1,4 +1,4 @@
-"""Peer loss (methods-losses.md section 8) and CORES^2 phase 1 (section 9): the sheet's
+"""Peer loss and CORES^2 phase 1: the sheet's
 hand-checked values, the alpha and beta plans stretched over a run's epochs, the learning-rate
 division, and short runs (the peer batch, the sieve's prior update and detection metrics)."""
 from __future__ import annotations

@@ -144,7 +144,7 @@ def test_gpu_suite_runs_every_figure_of_its_shapes(monkeypatch: pytest.MonkeyPat
 
 
 def test_perf_runs_where_mlflow_and_optuna_are_not_installed() -> None:
-    """A lent GPU machine has neither (gpu.md): perf times the trainer without its record and
+    """A lent GPU machine may have neither: perf times the trainer without its record and
     says so, instead of failing on an import; the methods side by side too."""
     code = ("import sys; sys.modules['mlflow'] = sys.modules['optuna'] = None\n"
             "from bench.cli import main\n"

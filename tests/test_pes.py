@@ -1,4 +1,4 @@
-"""PES and PES-semi: the fact sheet's hand-checked values (methods-sota.md section 6: the confident
+"""PES and PES-semi: the fact sheet's hand-checked values (worked by hand from the paper: the confident
 rule, class weights, batch split, lambda_u ramp), the semi-supervised loss by hand, the block each
 backbone re-creates, the seeded re-initialisation, per-setting defaults, options, and one short
 run per method: epoch T1 trains only the re-created parameters, renew=official keeps them at their

@@ -43,7 +43,7 @@ from tests.helpers import fake_generators, make_trainer
 
 
 def test_css_by_hand():
-    """methods-sota.md section 5: N=12, C=3, rho 0.5 -> quota ceil(4 * 0.5) = 2 per class."""
+    """By hand: N=12, C=3, rho 0.5 -> quota ceil(4 * 0.5) = 2 per class."""
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
     loss = torch.tensor([.1, .9, .3, .5, .2, .25, .8, .05, .6, .4, .7, .95])
     chosen = torch.nonzero(css_select(loss, labels, 3, 0.5)).squeeze(1).tolist()
@@ -60,7 +60,7 @@ def test_css_quota_is_capped_by_the_class_and_at_least_one():
 
 
 def test_debias_by_hand():
-    """z = [2, 0, 0], pi = [.5, .3, .2], tau 0.8 (methods-sota.md section 5)."""
+    """z = [2, 0, 0], pi = [.5, .3, .2], tau 0.8, by hand."""
     z, pi = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0.5, 0.3, 0.2])
     torch.testing.assert_close(debias_output(z, pi, 0.8), torch.tensor([[1.44548, -0.96318, -1.28755]]),
                                atol=1e-5, rtol=0)

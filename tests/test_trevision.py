@@ -1,4 +1,4 @@
-"""T-Revision (methods-losses.md section 6): the reweighted loss and the official accumulation
+"""T-Revision: the reweighted loss and the official accumulation
 bug on the sheet's hand-checked values, the three stages of a short run (T estimated after the
 CE stage, beta detached while reweighting, dT learning while revising), and the stage split."""
 from __future__ import annotations

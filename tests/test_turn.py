@@ -1,4 +1,4 @@
-"""TURN: the class-balanced selection by hand (methods-paper-set.md, section 5), the frozen
+"""TURN: the class-balanced selection by hand (the paper's Algorithm 1), the frozen
 linear probing, the classifier lookup, options, and a short run through LP, selection and FFT."""
 from __future__ import annotations
 

@@ -369,7 +369,7 @@ def test_first_stage2_step_weighs_each_sample_at_its_new_count(scope, posterior)
 # --- the loss ------------------------------------------------------------------------------------------
 
 def hand_loss(w, s, y, p_c, p_n, f_c, f_n, entropy):
-    """Scalar Python loops over the formula of ido-method.md."""
+    """Scalar Python loops over the paper's loss (the official WELoss, utils/lnl_methods.py)."""
     b, k = len(y), len(w[0])
 
     def softmax(row):

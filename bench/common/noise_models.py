@@ -6,7 +6,7 @@ from __future__ import annotations
 NOISE_MODELS: tuple[str, ...] = ("none", "sym", "sym-biased", "pairflip", "asym", "instance")
 # Class-dependent ("asymmetric") models: methods whose published settings differ for asymmetric
 # noise (DivideMix's penalty and lambda_u, ELR's beta and lambda) treat both alike; IDO's
-# CIFAR-10 "asym" is pair-flip (ido-method.md).
+# CIFAR-10 "asym" is pair-flip (its dataloader_cifar.py).
 CLASS_DEPENDENT: tuple[str, ...] = ("asym", "pairflip")
 _DESCRIPTIONS = {
     "none": "labels as the data set ships them",

@@ -403,9 +403,9 @@ def print_strong(res: dict[str, float], title: str = "") -> None:
 # --- suites ------------------------------------------------------------------------------------------
 
 
-# the two shapes of gpu.md: DivideMix's CIFAR protocol (PreAct ResNet-18, 32 px, batch 64, SGD) and
+# the two shapes measured on an H200 before: DivideMix's CIFAR protocol (PreAct ResNet-18, 32 px, batch 64, SGD) and
 # the IDO paper's (ResNet-50, no pretrained weights, batch 128, 224 px: 32-px images resized on the
-# device per batch, as gpu.md measured it)
+# device per batch, as measured there)
 SYNTH_32 = ["train_size=10000", "test_size=2000"]
 SYNTH_224 = ["train_size=4096", "test_size=1024"]
 PREACT_32 = {"dataset": "synthetic", "backbone": "preact_resnet18", "batch_size": 64, "optimizer": "sgd",

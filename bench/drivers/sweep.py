@@ -12,7 +12,7 @@
   array cover the grid, disjointly, with no coordinator (they share an MLflow server through
   ``--tracking-uri``).
 - ``--preset paper`` (or ``paper-vit``) expands to the IDO paper's protocol and noise grid for
-  the data set (paper-numbers.md): e.g. CIFAR-100 sym 20/40/60, asym 40, instance 40.
+  the data set (the paper's tables): e.g. CIFAR-100 sym 20/40/60, asym 40, instance 40.
 - ``--views shared,official`` makes the view policy a dimension of the grid for the methods
   with views of their own (IDO, DivideMix); the others run once, their batches being the same
   under both policies.
@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.common.errors import UsageError
 
-# The IDO paper's noise grid per benchmark (paper-numbers.md; README of the official code)
+# The IDO paper's noise grid per benchmark (its tables; README of the official code)
 PAPER_NOISE = {
     "cifar100": "sym:0.2,sym:0.4,sym:0.6,asym:0.4,instance:0.4",
     "cifar10": "sym:0.2,sym:0.4,sym:0.6,asym:0.4,instance:0.4",

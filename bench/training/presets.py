@@ -2,8 +2,8 @@
 
 A preset fills run settings between the data set's defaults and the command line: anything
 given on the command line wins, and the resolved values (not the preset's) are what gets
-logged, with the preset's name. The paper presets follow IDO's official code (ido-method.md,
-"Protocol in the code"): ImageNet-pretrained timm backbones at 224 px, stage 1 = 5 and stage 2
+logged, with the preset's name. The paper presets follow IDO's official code
+(``stage_1.py``, ``stage_2.py``, ``config/``): ImageNet-pretrained timm backbones at 224 px, stage 1 = 5 and stage 2
 = 10 epochs (wrongevent's default split of a 15-epoch pretrained run), batch 128; ResNet-50
 with AdamW lr 1e-3 wd 1e-5, ViT-B/16 with SGD lr 1e-2 wd 1e-5 and no momentum.
 """
@@ -53,7 +53,7 @@ def _build() -> dict[str, Preset]:
             presets[name + suffix] = Preset(
                 name + suffix, f"IDO protocol on {dataset}: pretrained {label}, 224 px, 5 + 10 epochs, "
                 f"batch {values['batch_size']}", values, dict(dopts))
-    # The CPU benchmark (cpu-benchmark.md): the memorisation regime, where CE's last accuracy
+    # The CPU benchmark: the memorisation regime, where CE's last accuracy
     # falls clearly under its best at sym 40% (measured here with 6,000 images: best 0.845,
     # 0.679 at epoch 30, 0.586 at 40). 4,000 training images and 30 epochs (no augmentation of
     # the plain view; the small CNN, Adam lr 1e-3, batch 128) keep that regime and let the
