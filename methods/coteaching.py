@@ -30,7 +30,8 @@ run's optimiser and scheduler alone.
 Deviations: ranking uses a stable sort (the official ``np.argsort`` is not stable: ties may
 break differently); ``num_keep`` is at least 1 (the official code divides by zero on a batch
 smaller than ``1 / (1 - r)``: its loader drops the last batch); no cap of 400 iterations per
-epoch (the official ``num_iter_per_epoch``). Test accuracy is network 1's (the official ``main.py`` prints both networks').
+epoch (the official ``num_iter_per_epoch``). Test accuracy is network 1's (the official
+``main.py`` prints both networks').
 """
 from __future__ import annotations
 
