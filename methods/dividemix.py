@@ -187,7 +187,7 @@ class DivideMix(Method):
         labeled1 = torch.nonzero(self.state["prob1"] > self.p_threshold).squeeze(1)
         # each phase's unlabeled pool is made here, with its labeled set, not at its first step:
         # its size is read on the host (nothing is drawn until the first batch)
-        self._unlabeled = {k: UnlabeledStream(self._unlabeled_pool(v), self.ctx.generators)
+        self._unlabeled = {k: UnlabeledStream(self._unlabeled_pool(v), self.ctx.generators, keep_partial=True)
                            for k, v in (("net1", labeled2), ("net2", labeled1))}
         return [Phase("net1", optimizers=("net1",), indices=labeled2, batch_size=half),
                 Phase("net2", optimizers=("net2",), indices=labeled1, batch_size=half)]
@@ -294,7 +294,8 @@ class DivideMix(Method):
     def _next_unlabeled(self, phase: Phase, size: int) -> torch.Tensor | None:
         """Unlabeled indices for this phase, cycling through reshuffled orders (the official loader)."""
         if phase.name not in self._unlabeled:  # a phase made by hand, not by phases()
-            self._unlabeled[phase.name] = UnlabeledStream(self._unlabeled_pool(phase.indices), self.ctx.generators)
+            self._unlabeled[phase.name] = UnlabeledStream(self._unlabeled_pool(phase.indices), self.ctx.generators,
+                                                          keep_partial=True)
         return self._unlabeled[phase.name].next(size)
 
     def _mix_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
@@ -308,11 +309,14 @@ class DivideMix(Method):
         self._steps[phase.name] = step + 1
         num_iter = len(phase.indices) // phase.batch_size + 1  # (len(labeled) // batch_size) + 1, official
         lam_u = linear_rampup(epoch + step / num_iter, self.warmup, self.lambda_u)
-        u_idx = self._next_unlabeled(phase, n_l)
+        # the official unlabeled loader's batch: the labeled loader's size, also beside an epoch's
+        # last, partial labeled batch, and partial at the end of each pass (Train_cifar.py:46-52)
+        u_idx = self._next_unlabeled(phase, phase.batch_size or n_l)
         ub = self.ctx.fetch(u_idx, ("weak", "weak2")) if u_idx is not None else None
-        with torch.no_grad():
-            targets_x, weak_logits = self._refine(net, batch, prob[idx])
-            targets_u = self._co_guess(net, other, ub) if ub is not None else None
+        with torch.no_grad():  # co-guessing, then refinement: the official order of the forwards,
+            # which decides the BatchNorm running statistics the division pass and the test use
+            targets_u = self._co_guess(net, other, ub) if ub is not None else None  # Train_cifar.py:60-71
+            targets_x, weak_logits = self._refine(net, batch, prob[idx])  # Train_cifar.py:73-82
         inputs = [batch["weak"], batch["weak2"]] + ([ub["weak"], ub["weak2"]] if ub is not None else [])
         targets = [targets_x, targets_x] + ([targets_u, targets_u] if ub is not None else [])
         all_in, all_t = torch.cat(inputs), torch.cat(targets)

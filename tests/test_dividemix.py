@@ -287,6 +287,10 @@ def test_clothing1m_step_mixes_and_forwards_the_labeled_2b_rows_as_the_official(
     ref.backward()
     for (name, p), q in zip(m.models["net1"].named_parameters(), ref_net.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+    # the forwards in the official order (co-guessing, then refinement, then the mixed rows): the
+    # same BatchNorm running statistics, which the division pass and the test read
+    for name, buf in m.models["net1"].named_buffers():
+        torch.testing.assert_close(buf, dict(ref_net.named_buffers())[name], msg=name)
     # network 1: 4 no-grad forwards of B rows (refinement, co-guessing), one of 2B with a graph
     calls = m.models["net1"].calls
     assert sorted(c for c in calls if not c[1]) == [(4, False)] * 4 and [c for c in calls if c[1]] == [(8, True)]
@@ -383,3 +387,33 @@ def test_bad_step_and_warmup_options_are_rejected(key, value, fragment, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("bench: error:") and fragment in err[0], err
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.parametrize("keep_partial,sizes", [(True, [4, 4, 2, 4, 4, 2]), (False, [4, 4, 4, 4, 4, 4])])
+def test_unlabeled_stream_keeps_the_partial_batch_of_each_pass_as_the_official_loader(keep_partial, sizes):
+    """10 unlabeled samples, batches of 4: the official loader (shuffle, no drop_last, a fresh
+    pass when exhausted) gives 4, 4, 2, then a new pass; without keep_partial the 2 are skipped."""
+    from methods.mixmatch import UnlabeledStream
+
+    stream = UnlabeledStream(torch.arange(10), fake_generators, keep_partial=keep_partial)
+    batches = [stream.next(4) for _ in range(6)]
+    assert [len(b) for b in batches] == sizes
+    if keep_partial:  # each pass is a permutation of the whole pool
+        assert sorted(torch.cat(batches[:3]).tolist()) == list(range(10))
+        assert sorted(torch.cat(batches[3:]).tolist()) == list(range(10))
+    small = UnlabeledStream(torch.arange(3), fake_generators, keep_partial=keep_partial)
+    assert [len(small.next(4)) for _ in range(3)] == [3, 3, 3]  # a pool smaller than a batch: whole
+
+
+def test_unlabeled_batch_is_the_loaders_size_beside_a_partial_labeled_batch():
+    """The official unlabeled loader's batch size is the labeled loader's, whatever the size of
+    the labeled batch at hand (the last of an epoch is partial)."""
+    m, _, r = clothing_step(None, b=4, n=40)
+    phase = m.phases(epoch=2)[0]
+    assert phase.batch_size == 4
+    idx = phase.indices[:2]  # a partial labeled batch of 2
+    sizes = []
+    m.ctx.fetch = lambda i, vs: sizes.append(len(i)) or {v: r.views[v][i] for v in vs}
+    batch = {"index": idx, "label": r.labels[idx], "weak": r.views["weak"][idx], "weak2": r.views["weak2"][idx]}
+    m.train_step(batch, 2, phase)
+    assert sizes == [4]
