@@ -302,7 +302,7 @@ class UNICON(Method):
         full[ids] = jsd
         self.state["jsd" + k], self.state["labeled" + k] = full, labeled
         unlabeled = ids[~labeled[ids]]
-        self._streams[k] = UnlabeledStream(unlabeled, ctx.generators)  # full batches: drop_last (dataloader_cifar.py:325)
+        self._streams[k] = UnlabeledStream(unlabeled, ctx.generators)  # full batches (dataloader_cifar.py:325)
         half = max(1, ctx.batch_size // 2)
         self._u_batch[k] = int(half / (2 * ratio)) if ratio > 0 else 0  # batch_size / (2 SR) (dataloader_cifar.py)
         self._weights[k] = refinement_weight(full)
