@@ -33,8 +33,8 @@ Deviations from the official code, each with the official behaviour as an option
 As the official step (``stage_2.py:69-79``, ``stage_2_class.py:69-91``), a step first adds its
 wrong events (0-2 a sample), then looks p_c, p_n, F_c, F_n up at each sample's *new* count, in
 the mixture of the last fit (its given class's, class-wise). The look-up is a table over
-(given class, count), made at the start of each stage-2 epoch for every count a sample can reach
-in it (a sample is visited at most once an epoch), so the step reads it on the device. The
+(given class, count), made at the start of each stage-2 epoch up to the count past which the
+weights no longer change, so the step reads it on the device. The
 loss-based ablation scores (``metric=loss``, ``accumulated_loss``) are real numbers with no such
 table: their weights are those of each sample's score at the start of the epoch (the ablation's
 code is not published).
@@ -269,19 +269,21 @@ class WrongEvent(Method):
 
     def _sample_weights(self) -> dict[str, torch.Tensor]:
         """The epoch's look-up of p_c, p_n, F_c, F_n, on the device. Wrong events: a table with a
-        row per given class and a column per count 0 .. max + 2, every count a sample can reach
-        this epoch (at most once visited: the full pass, or the epoch's pool drawn without
-        replacement; one event per view); read at the step with the sample's new count. Loss
-        scores: each sample's weights at its score now, read at the step by dataset index."""
+        row per given class and a column per count 0 .. the last fit's maximum + 2, read at the
+        step with the sample's new count. Past the fitted range the weights stop changing (a
+        count is clipped to the maximum, or, official, maps beyond 1 where the densities are 0:
+        from the maximum + 1 on, + 2 for a range of one value), so a higher count reads the last
+        column exactly. Loss scores: each sample's weights at its score now, by dataset index."""
         dev = self.ctx.device
         if self.opts.metric != "wrong_event":
             scores = self._scores()
             values = (*self.mixture.posterior(scores), *self.mixture.cdf(scores))
         else:
-            counts = np.arange(int(self.state["wrong_events"].max()) + 3, dtype=np.float64)
             mix = self.mixture
             parts = ([mix.part_for(c) for c in range(self.ctx.num_classes)] if isinstance(mix, ClasswiseMixture)
                      else [mix] * self.ctx.num_classes)
+            top = int(np.ceil(max(part.norm.hi for part in parts))) + 2
+            counts = np.arange(top + 1, dtype=np.float64)
             rows = [(*part.posterior(counts), *part.cdf(counts)) for part in parts]
             values = tuple(np.stack([r[i] for r in rows]) for i in range(len(WEIGHTS)))
         return {k: torch.as_tensor(v, dtype=torch.float32, device=dev) for k, v in zip(WEIGHTS, values, strict=True)}
@@ -291,7 +293,8 @@ class WrongEvent(Method):
         or by dataset index for the loss scores."""
         if self.opts.metric != "wrong_event":
             return {k: v[idx] for k, v in self._weights.items()}
-        counts = self.state["wrong_events"][idx].long()
+        top = next(iter(self._weights.values())).shape[1] - 1
+        counts = self.state["wrong_events"][idx].long().clamp_max(top)  # constant past the fitted range
         return {k: v[y, counts] for k, v in self._weights.items()}
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:

@@ -358,6 +358,15 @@ def test_first_stage2_step_weighs_each_sample_at_its_new_count(scope, posterior)
     w, s = m.models["net"](weak).tolist(), m.models["net"](strong).tolist()
     expected = hand_loss(w, s, y.tolist(), p_c, p_n, f_c, f_n, "per_sample")[0]
     assert out.loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # a count far past the table's last column (a sample stepped many times in one epoch, as
+    # `bench perf` does) reads the weights of that count: constant past the fitted range
+    for far in (33.0, 60.0):
+        m.state["wrong_events"][582] = int(far)
+        got = m._weights_at(torch.tensor([582]), torch.tensor([0]))
+        part = m.mixture.part_for(0) if scope == "classwise" else m.mixture
+        want = (*part.posterior(np.array([far])), *part.cdf(np.array([far])))
+        for k, w_ in zip(("p_c", "p_n", "f_c", "f_n"), want, strict=True):
+            assert got[k].item() == pytest.approx(float(w_[0]), abs=1e-6), (k, far)
     # the counts at the start of the epoch give another loss (the defect this test pins)
     old_rows = [official_predict(official_fit(list(v), 20), i) for i in before.double().tolist()] \
         if posterior == "official" and scope == "global" else None
