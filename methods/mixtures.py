@@ -67,7 +67,9 @@ class Normaliser:
     ``affine``: IDO's map x (1 - 2 eps) + eps (``utils/bmm.py:28-29, 68-69``); otherwise values
     are clipped into [eps, 1 - eps]. ``clip``: a score outside the fitted range (a wrong-event
     count past the last fit's maximum) is clipped to the range's end; without it, it maps
-    outside (0, 1), where the official look-ups give it zero density (``bmm.py:68-71``)."""
+    outside (0, 1), where the official look-ups give it zero density (``bmm.py:68-71``). A fit
+    whose values are all equal keeps a span of 1 here; the official code maps them to 0.5
+    (``bmm.py:25-26``, max 0) or divides by zero, and its look-up divides by zero."""
 
     lo: float = 0.0
     hi: float = 1.0
