@@ -284,7 +284,8 @@ class WrongEvent(Method):
                      else [mix] * self.ctx.num_classes)
             top = int(np.ceil(max(part.norm.hi for part in parts))) + 2
             counts = np.arange(top + 1, dtype=np.float64)
-            rows = [(*part.posterior(counts), *part.cdf(counts)) for part in parts]
+            once = {id(part): (*part.posterior(counts), *part.cdf(counts)) for part in parts}  # a shared part once
+            rows = [once[id(part)] for part in parts]
             values = tuple(np.stack([r[i] for r in rows]) for i in range(len(WEIGHTS)))
         return {k: torch.as_tensor(v, dtype=torch.float32, device=dev) for k, v in zip(WEIGHTS, values, strict=True)}
 
