@@ -70,7 +70,13 @@ RUN_FLAGS: dict[str, tuple[type, str]] = {
                      "graphs on CUDA; the first epoch pays the compilation)"),
     "fused": (str, f"fused optimiser kernels (SGD, Adam, AdamW): {', '.join(FUSED)}"),
     "eval_batch_size": (int, "batch size of evaluation passes"),
-    "workers": (int, "DataLoader workers for on-disk data sets"),
+    "workers": (int, "loader worker processes for on-disk data sets, for the run (default: the cores this "
+                     "process may use)"),
+    "prefetch": (int, "on-disk data: batches each worker makes ahead"),
+    "pin_memory": (str, f"on-disk data: pinned host memory for the copies to the device: {', '.join(TRISTATE)} "
+                        "(auto: on for CUDA)"),
+    "decode": (str, "on-disk data: decode JPEGs in the workers (cpu) or in batches on the CUDA device (gpu: "
+                    "nvJPEG, then resize and crop there)"),
     "tracking_uri": (str, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)"),
     "experiment": (str, "MLflow experiment the run is logged to"),
     "out": (str, "folder for run folders"),
@@ -157,7 +163,14 @@ EXAMPLES = {
             "python -m bench run --method wrongevent --preset fmnist-cpu --noise pairflip --noise-rate 0.4",
             "python -m bench run --resume results/runs/RUN_FOLDER"],
     "list": ["python -m bench list", "python -m bench list methods --verbose"],
-    "data": ["python -m bench data check --dataset cifar10 --data-root ~/data"],
+    "data": ["python -m bench data check --dataset cifar10 --data-root ~/data",
+             "python -m bench data pack --dataset clothing1m --data-root ~/data/clothing1m --out ~/fast/clothing1m",
+             "python -m bench data synth --layout clothing1m --out /tmp/c1m --n 2400"],
+    "synth": ["python -m bench data synth --layout clothing1m --out /tmp/c1m --n 2400",
+              "python -m bench data synth --layout folder --out /tmp/toy --n 600 --classes 6 --size 96x96 --jobs 2"],
+    "pack": ["python -m bench data pack --dataset clothing1m --data-root ~/data/clothing1m --out ~/fast/clothing1m",
+             "python -m bench data pack --dataset animal10n --data-root ~/data/animal10n --out /tmp/a10n --jobs 4",
+             "python -m bench data check --dataset clothing1m --data-root ~/fast/clothing1m"],
     "check": ["python -m bench data check --dataset cifar10 --data-root ~/data",
               "python -m bench data check --dataset folder --data-root ~/mydata --no-decode"],
     "ui": ["python -m bench ui --experiment fmnist-cpu"],
@@ -177,7 +190,10 @@ EXAMPLES = {
              "python -m bench perf --dataset synthetic --backbone preact_resnet18 --batch-size 64 "
              "--set train_size=4096",
              "python -m bench perf --methods ce,dividemix,wrongevent --preset fmnist-cpu --subset 4000",
-             "python -m bench perf --suite gpu"],
+             "python -m bench perf --dataset clothing1m --data-root /tmp/c1m --backbone smallcnn --image-size 64 "
+             "--batch-size 64 --workers 2 --set samples_per_epoch=1536",
+             "python -m bench perf --suite gpu",
+             "python -m bench perf --suite disk"],
 }
 
 
@@ -219,7 +235,7 @@ def add_list_parser(sub: Any) -> None:
 
 
 def add_data_parser(sub: Any) -> None:
-    data = _add(sub, "data", "inspect a data set's files without training")
+    data = _add(sub, "data", "check a data set's files, write a packed copy or a synthetic tree (no training)")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser, metavar="COMMAND")
     chk = _add(data_sub, "check", "counts, label ranges, missing and unreadable files, noise rate",
                "Check a data set's layout without training: exit 0 without faults, 1 with faults, 2 when the "
@@ -228,6 +244,48 @@ def add_data_parser(sub: Any) -> None:
     chk.add_argument("--data-root", default=None, help="folder holding the data set")
     chk.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", help="a data-set option")
     chk.add_argument("--no-decode", action="store_true", help="skip decoding every image (existence only)")
+    chk.add_argument("--original", metavar="DIR",
+                     help="a packed copy (`data pack`): also compare its splits with the original at DIR (default: "
+                          "the source named in its bench-pack.json, if that still exists)")
+    pk = _add(data_sub, "pack", "a resized copy of an on-disk image data set, in its own layout, for fast epochs",
+              "Write every image of an on-disk data set's splits once, shorter side resized to --short-side (never "
+              "upscaled), as JPEG at the same relative path under --out, with the list files the loader reads: "
+              "the copy is read unchanged as --data-root OUT. Resumable (a rerun skips the images already there); "
+              "bench-pack.json is written when all are done. `data check` on the copy verifies it.")
+    pk.add_argument("--dataset", required=True, help="an on-disk data set (clothing1m, webvision, food101n, animal10n, "
+                                                     "tiny-imagenet, folder); required")
+    pk.add_argument("--data-root", default=None, help="folder holding the data set; required")
+    pk.add_argument("--out", required=True, help="folder of the packed copy (new, empty or an unfinished pack); "
+                                                 "not inside --data-root; required")
+    pk.add_argument("--short-side", type=int, default=None, metavar="PX",
+                    help="shorter side of the packed images (default: the data set's protocol resize, 256 for "
+                         "clothing1m, webvision, food101n and folder; animal10n and tiny-imagenet train on native "
+                         "64-px images and are copied byte for byte unless this is given)")
+    pk.add_argument("--quality", type=int, default=90, help="JPEG quality of the resized images")
+    pk.add_argument("--jobs", type=int, default=None,
+                    help="processes packing images (default: the CPU cores this process may use)")
+    pk.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", help="a data-set option")
+    syn = _add(data_sub, "synth", "write photo-like JPEGs with class structure in a real data set's layout",
+               "Write a tree of photo-like JPEG images with learnable classes in the on-disk layout of a real data "
+               "set (list files included), to measure the on-disk loading path or try a run without the real data. "
+               "The test split (and the layout's other labelled splits) hold max(n/10, classes) images; layouts "
+               "with real label noise get that share of training labels flipped to another class. A rerun with the "
+               "same arguments resumes: the images already written are kept.")
+    syn.add_argument("--layout", required=True,
+                     help="clothing1m, webvision, food101n, animal10n, tiny-imagenet or folder; required")
+    syn.add_argument("--out", required=True, help="folder to write the tree to (new, empty or an earlier run's); "
+                                                  "required")
+    syn.add_argument("--n", type=int, required=True, help="training images; required")
+    syn.add_argument("--size", metavar="WxH", help="image size (default: 500x400 for clothing1m, webvision and "
+                                                   "food101n, 64x64 for animal10n and tiny-imagenet, 256x256 folder)")
+    syn.add_argument("--classes", type=int, help="number of classes where the loader allows fewer (folder, food101n, "
+                                                 "tiny-imagenet; default: the real data set's, 10 for folder)")
+    syn.add_argument("--seed", type=int, default=0, help="seed of images and labels: same arguments, same bytes")
+    syn.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    syn.add_argument("--noise-rate", type=float, help="share of training labels flipped (default: the real data "
+                                                      "set's estimate: clothing1m 0.38, webvision and food101n 0.2, "
+                                                      "animal10n 0.08; others ship clean labels)")
+    syn.add_argument("--jobs", type=int, help="processes writing images (default: the CPU cores this process may use)")
 
 
 def add_ui_parser(sub: Any) -> None:
@@ -274,16 +332,23 @@ def add_plot_parser(sub: Any) -> None:
 def add_perf_parser(sub: Any) -> None:
     pf = _add(sub, "perf", "time the trainer against a bare loop, methods side by side, the strong view",
               "Where the time goes, like for like in one process, first epoch left out: by default CE through "
-              "the trainer against a hand-written loop doing the same work; --methods: each method's epoch "
-              "after its warm-up with ratios to CE and DivideMix; --strong: the strong view's share of a "
-              "stage-2 step; --suite: every figure of a named set. Nothing is recorded. " + RESOLUTION)
+              "the trainer against a hand-written loop doing the same work (on-disk data sets: images/s of the "
+              "decode on one core, the loader alone, the step alone and an epoch, and which bounds it); "
+              "--methods: each method's epoch after its warm-up with ratios to CE and DivideMix; --strong: the "
+              "strong view's share of a stage-2 step; --suite: every figure of a named set. Nothing is recorded. "
+              + RESOLUTION)
     add_run_flags(pf, skip={"method", "tracking_uri", "experiment", "out", "val_fraction"})
     pf.add_argument("--repeats", type=int, default=3,
                     help="repeats of the trainer with the bare loop's epochs interleaved")
     pf.add_argument("--methods", help="comma-separated methods to time side by side, e.g. ce,dividemix,wrongevent")
     pf.add_argument("--strong", action="store_true", help="the strong view's share of a wrong-event stage-2 step")
-    pf.add_argument("--suite", choices=("cpu", "gpu"), help="every figure of README's Speed section for this "
-                                                             "machine kind (gpu: under 6 minutes on one GPU)")
+    pf.add_argument("--batches", type=int, default=40,
+                    help="on-disk data: batches the loader and the step are timed on (capped by the data); "
+                         "Clothing1M's epoch samples as many images unless --set samples_per_epoch=N")
+    pf.add_argument("--suite", choices=("cpu", "gpu", "disk"),
+                    help="every figure of README's Speed section for this machine kind (gpu: under 6 minutes on one "
+                         "GPU, and under 4 more for its on-disk shapes; disk: the on-disk figures on a synthetic "
+                         "Clothing1M tree, 2-5 minutes on 2 cores)")
 
 
 # the grid's own dimensions, and where the sweep logs; every other run flag passes through
@@ -491,15 +556,46 @@ def describe_views(views: tuple[str, ...]) -> str:
 
 def cmd_data(args: argparse.Namespace) -> int:
     """``data check``: print the report; exit 1 when it found faults, 0 when none."""
+    if args.data_command == "synth":
+        return cmd_data_synth(args)
+    if args.data_command == "pack":
+        return cmd_data_pack(args)
     from bench.common.options import build_options
     from datasets.base import DATASETS
     from datasets.check import check_dataset
 
     cls = DATASETS.get(args.dataset)
     ds = cls(build_options(cls, parse_set(args.sets), "data set"))
-    lines, faults = check_dataset(ds, args.data_root, decode=not args.no_decode)
+    lines, faults = check_dataset(ds, args.data_root, decode=not args.no_decode, original=args.original)
     print("\n".join(lines))
     return 1 if faults else 0
+
+
+def cmd_data_pack(args: argparse.Namespace) -> int:
+    """``data pack``: write (or complete) the packed copy, reporting as it goes."""
+    from bench.common.options import build_options
+    from datasets.base import DATASETS
+    from datasets.pack import pack_dataset
+
+    cls = DATASETS.get(args.dataset)
+    ds = cls(build_options(cls, parse_set(args.sets), "data set"))
+    pack_dataset(ds, args.data_root, args.out, args.short_side, args.quality, args.jobs,
+                 echo=lambda line: print(line, flush=True))
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    """``data synth``: write (or complete) the tree, then one line on speed and size."""
+    import os
+
+    from datasets.synth import describe, make_spec, write_tree
+
+    spec = make_spec(args.layout, args.n, args.size, args.classes, args.seed, args.quality, args.noise_rate)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = args.jobs if args.jobs is not None else cores
+    report = write_tree(spec, args.out, jobs, log=lambda line: print(line, file=sys.stderr))
+    print(describe(spec, report, jobs, args.out))
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

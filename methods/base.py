@@ -48,6 +48,12 @@ options, each with ``metadata={"help": ..., "source": ...}``), registers itself 
     guesses into noise-detection metrics (``clean_auc``, ``clean_precision``,
     ``clean_recall``) where the truth is known.
 
+Side batches: a batch besides the trainer's pass (DivideMix's unlabeled batch, peer loss's peer
+batch) comes from a :class:`methods.streams.BatchStream` made for the phase, whose batches are
+known ahead, so that on image files the loader's workers decode them before the step asks;
+``ctx.fetch`` (a batch of arbitrary indices, made while the step waits) is for what cannot be
+known ahead.
+
 Randomness: a method draws only from ``ctx.generators()`` (the run's torch and numpy
 generators of the current epoch, made from the seed and the epoch), never from a global RNG,
 so a resumed run draws what an uninterrupted one does.
@@ -147,7 +153,8 @@ class MethodContext:
     # logits of a model in eval mode for training samples (default all), in the order of the
     # indices given, of a view (default "plain"; "train" draws the run's augmentation)
     predict_train: Callable[..., torch.Tensor]
-    # batch of arbitrary dataset indices with the given views (e.g. DivideMix's unlabeled batches)
+    # batch of arbitrary dataset indices with the given views, made now (on-disk data: by the
+    # workers, while the step waits); a batch known ahead comes from a stream (prefetch)
     fetch: Callable[[torch.Tensor, tuple[str, ...]], dict[str, torch.Tensor]]
     given_labels: torch.Tensor
     artifact_dir: Path
@@ -160,6 +167,9 @@ class MethodContext:
     # true class; None for real noise and instance noise), what official code takes from its noise
     # generator for known-T experiments. A method may read it only under an option named as such.
     noise_transition: Callable[[], Any] = lambda: None
+    # the loader's maker of side-stream batches ahead of use (:class:`methods.streams.BatchStream`
+    # calls it: DivideMix's unlabeled batches); None: made by ``fetch`` when asked
+    prefetch: Any = None
 
 
 class Method:

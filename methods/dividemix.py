@@ -41,9 +41,10 @@ from bench.common.errors import UsageError
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
-from methods.mixmatch import UnlabeledStream, linear_rampup, mixmatch_loss, mixup, negative_entropy, sharpen
+from methods.mixmatch import linear_rampup, mixmatch_loss, mixup, negative_entropy, sharpen
 from methods.mixtures import GaussianMixture2
 from methods.shared import nearest
+from methods.streams import BatchStream
 
 HISTORY = 5  # epochs of loss averaged at 90% noise (Train_cifar.py eval_train)
 
@@ -167,7 +168,7 @@ class DivideMix(Method):
                           hist2=torch.zeros(HISTORY, n, device=ctx.device),
                           hist_len=torch.zeros((), dtype=torch.int64))
         self.onehot_eye = torch.eye(ctx.num_classes, device=ctx.device)
-        self._unlabeled: dict[str, UnlabeledStream] = {}
+        self._unlabeled: dict[str, BatchStream] = {}
         self._steps: dict[str, int] = {}
 
     def resolved_options(self) -> dict[str, Any]:
@@ -187,8 +188,7 @@ class DivideMix(Method):
         labeled1 = torch.nonzero(self.state["prob1"] > self.p_threshold).squeeze(1)
         # each phase's unlabeled pool is made here, with its labeled set, not at its first step:
         # its size is read on the host (nothing is drawn until the first batch)
-        self._unlabeled = {k: UnlabeledStream(self._unlabeled_pool(v), self.ctx.generators, keep_partial=True)
-                           for k, v in (("net1", labeled2), ("net2", labeled1))}
+        self._unlabeled = {k: self._stream(k, v, half) for k, v in (("net1", labeled2), ("net2", labeled1))}
         return [Phase("net1", optimizers=("net1",), indices=labeled2, batch_size=half),
                 Phase("net2", optimizers=("net2",), indices=labeled1, batch_size=half)]
 
@@ -291,12 +291,19 @@ class DivideMix(Method):
             labeled |= outside
         return torch.nonzero(~labeled).squeeze(1)
 
-    def _next_unlabeled(self, phase: Phase, size: int) -> torch.Tensor | None:
-        """Unlabeled indices for this phase, cycling through reshuffled orders (the official loader)."""
+    def _stream(self, name: str, labeled: torch.Tensor, size: int) -> BatchStream:
+        """The phase's unlabeled batches: the official unlabeled loader (shuffled, partial batches
+        kept, a fresh pass when exhausted; :mod:`methods.streams`), one batch per labeled batch."""
+        count = -(-len(labeled) // size)
+        return BatchStream(self.ctx, name, self._unlabeled_pool(labeled), size, ("weak", "weak2"), "partial", count)
+
+    def _next_unlabeled(self, phase: Phase) -> dict[str, torch.Tensor] | None:
+        """This step's unlabeled batch, of the labeled loader's size (the official loader's)."""
         if phase.name not in self._unlabeled:  # a phase made by hand, not by phases()
-            self._unlabeled[phase.name] = UnlabeledStream(self._unlabeled_pool(phase.indices), self.ctx.generators,
-                                                          keep_partial=True)
-        return self._unlabeled[phase.name].next(size)
+            stream = self._stream(phase.name, phase.indices, phase.batch_size or self.ctx.batch_size)
+            stream.count = None
+            self._unlabeled[phase.name] = stream
+        return self._unlabeled[phase.name].next()
 
     def _mix_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
         key, peer = ("net1", "net2") if phase.name == "net1" else ("net2", "net1")
@@ -311,8 +318,7 @@ class DivideMix(Method):
         lam_u = linear_rampup(epoch + step / num_iter, self.warmup, self.lambda_u)
         # the official unlabeled loader's batch: the labeled loader's size, also beside an epoch's
         # last, partial labeled batch, and partial at the end of each pass (Train_cifar.py:46-52)
-        u_idx = self._next_unlabeled(phase, phase.batch_size or n_l)
-        ub = self.ctx.fetch(u_idx, ("weak", "weak2")) if u_idx is not None else None
+        ub = self._next_unlabeled(phase)
         with torch.no_grad():  # co-guessing, then refinement: the official order of the forwards,
             # which decides the BatchNorm running statistics the division pass and the test use
             targets_u = self._co_guess(net, other, ub) if ub is not None else None  # Train_cifar.py:60-71

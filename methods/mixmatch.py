@@ -74,34 +74,3 @@ def negative_entropy(logits: torch.Tensor) -> torch.Tensor:
     warm-up always (Train_clothing1M.py:206-209, 129-130)."""
     p = F.softmax(logits, dim=1)
     return (p * p.clamp_min(1e-12).log()).sum(dim=1).mean()
-
-
-class UnlabeledStream:
-    """Batches of unlabeled dataset indices for a phase: a shuffled order of the pool (drawn
-    from the run's torch generator of the epoch), consumed in batches of the size asked for,
-    and a fresh order once it is used up.
-
-    ``keep_partial=True`` is the official loader: its unlabeled ``DataLoader`` has
-    ``shuffle=True`` and no ``drop_last`` (DivideMix dataloader_cifar.py:185-189,
-    dataloader_clothing1M.py:155-159, dataloader_webvision.py:157-162), and the training loop
-    takes ``next()`` of it and starts a fresh shuffled pass when it is exhausted
-    (Train_cifar.py:46-52): the ``len(pool) % size`` samples left at the end of a pass come as
-    a partial batch. ``keep_partial=False`` skips them and draws a fresh order, so every batch
-    is a full one: UNICON's loader, which has ``drop_last=True`` (UNICON dataloader_cifar.py:
-    321-325). Either way a pool smaller than ``size`` comes whole, in a fresh order, at
-    every call."""
-
-    def __init__(self, pool: torch.Tensor, generators: Any, keep_partial: bool = False) -> None:
-        self.pool, self.generators, self.keep_partial = pool, generators, keep_partial
-        self.order, self.pos = pool[:0], 0
-
-    def next(self, size: int) -> torch.Tensor | None:
-        if len(self.pool) == 0 or size < 1:
-            return None
-        used_up = self.pos >= len(self.order) if self.keep_partial else self.pos + size > len(self.order)
-        if used_up:
-            gen = self.generators().torch
-            self.order, self.pos = self.pool[torch.randperm(len(self.pool), generator=gen, device=gen.device)], 0
-        out = self.order[self.pos:self.pos + size]
-        self.pos += size
-        return out

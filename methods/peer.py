@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
+from methods.streams import BatchStream
 
 EPS = 1e-5  # CrossEntropyLossStable(eps=1e-5) (runner.py:31-44)
 SPARSE_RATES = (0.1, 0.2)  # "if args.r == 0.1 or args.r == 0.2: # Sparse setting" (runner.py:94)
@@ -97,6 +98,7 @@ class PeerLoss(Method):
             self.plan = self.opts.alpha_plan
         self.add_network("net", schedule_epochs=ctx.epochs)
         self._divided = 1.0
+        self._peers: BatchStream | None = None
 
     def resolved_options(self) -> dict[str, Any]:
         return {**super().resolved_options(), "alpha_plan": self.plan}
@@ -106,6 +108,7 @@ class PeerLoss(Method):
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         alpha = self._alpha(epoch)
+        self._peers = self._peer_stream() if alpha != 0 else None  # of this epoch's generators
         if self.opts.lr_divide:  # lr_plan[e] / (1 + alpha(e)); undone at the epoch's end for the run's schedule
             self._divided = 1.0 + alpha
             for g in self.optimizers["net"].param_groups:
@@ -121,17 +124,27 @@ class PeerLoss(Method):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self._divided = 1.0  # checkpoints are taken after on_epoch_end: the lr is undivided
 
+    def _peer_stream(self) -> BatchStream:
+        """The epoch's peer images: each batch the first ``batch_size`` of a fresh permutation
+        (:mod:`methods.streams`), made ahead on image files; one per full batch of the epoch,
+        the steps that take one."""
+        pool = self.ctx.epoch_pool()
+        ids = torch.arange(self.ctx.num_train, device=self.ctx.device) if pool is None else pool
+        size = self.ctx.batch_size
+        return BatchStream(self.ctx, "peer", ids, size, ("train",), "sample", count=len(ids) // size)
+
     def _peer_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images of one random batch, labels of another (the first and second batch of a fresh
-        shuffle of the peer loader)."""
+        """Images of one random batch (the stream's), labels of another (the first and second
+        batch of a fresh shuffle of the peer loader)."""
+        if self._peers is None:  # a step called without the epoch's start (a method built by hand)
+            self._peers = self._peer_stream()
+        images = self._peers.next()["train"]
         gen = self.ctx.generators().torch
         pool = self.ctx.epoch_pool()
         n = self.ctx.num_train if pool is None else len(pool)
-        i1 = torch.randperm(n, generator=gen, device=gen.device)[:size]
         i2 = torch.randperm(n, generator=gen, device=gen.device)[:size]
         if pool is not None:
-            i1, i2 = pool[i1.to(pool.device)], pool[i2.to(pool.device)]
-        images = self.ctx.fetch(i1.to(self.ctx.device), ("train",))["train"]
+            i2 = pool[i2.to(pool.device)]
         return images, self.ctx.given_labels[i2.to(self.ctx.device)]
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:

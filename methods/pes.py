@@ -91,8 +91,9 @@ from bench.common.errors import UsageError
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
-from methods.mixmatch import UnlabeledStream, linear_rampup, mixup, sharpen
+from methods.mixmatch import linear_rampup, mixup, sharpen
 from methods.shared import classifier_of
+from methods.streams import BatchStream
 
 PES_EPOCHS = 200  # PES_cs.py:25 --num_epochs 200
 SEMI_EPOCHS = 300  # PES_semi.py:32 --num_epochs 300
@@ -553,8 +554,8 @@ class PESSemi(_Progressive):
         self._reset_epoch()
 
     def _reset_epoch(self) -> None:
-        self._stream: UnlabeledStream | None = None
-        self._u_batch, self._iters, self._step = 0, 1, 0
+        self._stream: BatchStream | None = None
+        self._iters, self._step = 1, 0
         self._weights = torch.ones(self.ctx.num_classes, device=self.ctx.device)
 
     def _renewed(self) -> list[nn.Module]:
@@ -590,8 +591,8 @@ class PESSemi(_Progressive):
         labeled, unlabeled = ids[conf], ids[~conf]
         b_l, b_u = semi_batch_split(len(labeled), len(unlabeled), ctx.batch_size)
         self._iters = max(1, len(ids) // ctx.batch_size)  # num_iter = int(50000 / batch_size)
-        self._u_batch = b_u
-        self._stream = UnlabeledStream(unlabeled, ctx.generators)
+        # full batches, one per step of the epoch (the labeled loader is cycled to int(N / B) steps)
+        self._stream = BatchStream(ctx, "ssl", unlabeled, b_u, ("weak", "weak2"), "drop", count=self._iters)
         self._weights = class_weights(given[conf], ctx.num_classes, SEMI_WEIGHT_CLIP).to(ctx.device)
         phase.batch_size = b_l
         self._log.update(labeled_batch=float(b_l), unlabeled_batch=float(b_u), select_s=time.perf_counter() - t0)
@@ -610,11 +611,10 @@ class PESSemi(_Progressive):
         net, n_l = self.models["net"], batch["index"].shape[0]
         lam_u = linear_rampup(epoch + self._step / self._iters, self.t1, self.lambda_u, self.rampup)
         self._step += 1
-        u_idx = self._stream.next(self._u_batch) if self._stream is not None else None
+        ub = self._stream.next() if self._stream is not None else None
         targets_x = self.eye[batch["label"]]
         inputs, targets = [batch["weak"], batch["weak2"]], [targets_x, targets_x]
-        if u_idx is not None:
-            ub = self.ctx.fetch(u_idx, ("weak", "weak2"))
+        if ub is not None:
             with torch.no_grad():  # in training mode, as the official loop
                 pu = (F.softmax(net(ub["weak"]), dim=1) + F.softmax(net(ub["weak2"]), dim=1)).float() / 2
                 targets_u = sharpen(pu, self.opts.temperature)

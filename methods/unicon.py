@@ -65,8 +65,9 @@ from bench.common.errors import UsageError
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
-from methods.mixmatch import UnlabeledStream, linear_rampup, mixmatch_loss, mixup, negative_entropy, sharpen
+from methods.mixmatch import linear_rampup, mixmatch_loss, mixup, negative_entropy, sharpen
 from methods.shared import classifier_of
+from methods.streams import BatchStream
 
 EPS = 1e-10  # kl_divergence's (p + 1e-10) / (q + 1e-10) (Train_cifar.py:278)
 VIEWS = ("weak", "weak2", "autoaug", "autoaug2")  # transform_weak x 2, transform_strong x 2 (dataloader_cifar.py)
@@ -242,7 +243,7 @@ class UNICON(Method):
         self._reset_epoch()
 
     def _reset_epoch(self) -> None:
-        self._streams: dict[str, UnlabeledStream] = {}
+        self._streams: dict[str, BatchStream] = {}
         self._u_batch: dict[str, int] = {}
         self._weights: dict[str, torch.Tensor] = {}
         self._steps: dict[str, int] = {}
@@ -302,9 +303,11 @@ class UNICON(Method):
         full[ids] = jsd
         self.state["jsd" + k], self.state["labeled" + k] = full, labeled
         unlabeled = ids[~labeled[ids]]
-        self._streams[k] = UnlabeledStream(unlabeled, ctx.generators)  # full batches (dataloader_cifar.py:325)
         half = max(1, ctx.batch_size // 2)
         self._u_batch[k] = int(half / (2 * ratio)) if ratio > 0 else 0  # batch_size / (2 SR) (dataloader_cifar.py)
+        # full batches (drop_last, dataloader_cifar.py:325), one per full labeled batch (the steps)
+        self._streams[k] = BatchStream(ctx, "net" + k, unlabeled, self._u_batch[k], VIEWS, "drop",
+                                       count=len(chosen) // half)
         self._weights[k] = refinement_weight(full)
         self._log.update({f"jsd_threshold_net{k}": thr, f"selection_ratio_net{k}": ratio,
                           f"labeled_frac_net{k}": len(chosen) / max(1, len(ids)),
@@ -348,14 +351,13 @@ class UNICON(Method):
         self._steps[k] = step + 1
         num_iter = len(phase.indices) // phase.batch_size + 1  # (len(labeled) // batch_size) + 1
         lam_u = linear_rampup(epoch + step / num_iter, self.warmup, self.lambda_u)
-        u_idx = self._streams[k].next(self._u_batch[k])
-        ub = self.ctx.fetch(u_idx, VIEWS) if u_idx is not None else None
+        ub = self._streams[k].next()
         with torch.no_grad():
             targets_x, weak_logits = self._refine(net, batch, self._weights[k][batch["index"]])
             targets_u = self._co_guess(net, other, ub) if ub is not None else None
         terms: dict[str, torch.Tensor] = {}
         contrast = batch["weak"].new_zeros(())
-        if ub is not None and len(u_idx) > 1:  # SimCLR on the unlabeled AutoAugment views
+        if ub is not None and len(ub["index"]) > 1:  # SimCLR on the unlabeled AutoAugment views
             f1 = F.normalize(net.project(ub["autoaug"])[0].float(), dim=1)
             f2 = F.normalize(net.project(ub["autoaug2"])[0].float(), dim=1)
             t = self.opts.contrastive_temperature

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import struct
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -16,11 +15,9 @@ from PIL import Image
 
 from bench.common.errors import UsageError
 from bench.training.data import (
-    DiskLoader,
     InMemoryLoader,
     ViewMaker,
     epoch_generator,
-    file_transforms,
     make_view_maker,
     random_crop,
     random_flip,
@@ -458,88 +455,6 @@ def test_fashion_mnist_load_from_a_root_with_a_truncated_file(tmp_path):
     (tmp_path / FILES["train_labels"]).write_bytes(gzip.compress(idx_bytes(small["train_labels"])[:-3]))
     with pytest.raises(UsageError, match="truncated"):
         FashionMNIST().load(str(tmp_path))
-
-
-# --- on-disk images -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def png_loader(tmp_path) -> DiskLoader:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    files = []
-    for i in range(12):
-        path = tmp_path / f"img{i:02d}.png"
-        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        pixels[0, 0] = (i, 0, 0)  # identifies the file, to check image and index agree
-        Image.fromarray(pixels).save(path)
-        files.append(str(path))
-    labels = np.arange(12) % 4
-    views = make_view_maker((0.0,) * 3, (1 / 255,) * 3, CPU, "crop-flip", channels_last=False)
-    return DiskLoader(files, labels, (labels + 1) % 4, views, file_transforms(8, None, "crop-flip"), 8,
-                      batch_size=5, device=CPU, workers=0)
-
-
-def disk_batches(loader: DiskLoader, workers: int, seed: int = 1, epoch: int = 0, views=("plain",)) -> list[dict]:
-    loader.workers = workers
-    return list(loader.iterate(views, epoch_generator(seed, epoch, CPU)))
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_disk_loader_batches(png_loader, workers):
-    batches = disk_batches(png_loader, workers)
-    assert [len(b["index"]) for b in batches] == [5, 5, 2]
-    idx = torch.cat([b["index"] for b in batches])
-    assert sorted(idx.tolist()) == list(range(12))
-    for b in batches:
-        assert set(b) == {"index", "label", "plain"}  # no clean labels: methods see batches
-        assert b["plain"].shape == (len(b["index"]), 3, 8, 8) and b["plain"].dtype == torch.float32
-        assert torch.equal(b["label"], png_loader.labels[b["index"]])
-        assert torch.equal(png_loader.clean[b["index"]], (b["label"] + 1) % 4)  # kept by the loader
-        # the red value of pixel (0, 0) is the file's number: the image belongs to its index
-        assert torch.equal(b["plain"][:, 0, 0, 0].round().long(), b["index"])
-
-
-def test_disk_loader_order_and_augmentation_are_a_function_of_seed_and_epoch(png_loader):
-    def order(workers: int, seed: int, epoch: int) -> list[int]:
-        return torch.cat([b["index"] for b in disk_batches(png_loader, workers, seed, epoch)]).tolist()
-
-    assert order(0, 1, 0) == order(0, 1, 0)
-    assert order(2, 1, 0) == order(0, 1, 0)  # the workers do not change the order
-    assert order(0, 1, 0) != order(0, 1, 1)
-    assert order(0, 1, 0) != sorted(order(0, 1, 0))  # shuffled
-    a = disk_batches(png_loader, 2, 1, 0, views=("weak",))
-    b = disk_batches(png_loader, 2, 1, 0, views=("weak",))
-    assert all(torch.equal(x["weak"], y["weak"]) for x, y in zip(a, b, strict=True))
-
-
-def test_disk_loader_fetches_by_dataset_index(png_loader):
-    b = png_loader.batch(torch.tensor([7, 2]), ("plain", "strong"), epoch_generator(1, 0, CPU))
-    assert b["index"].tolist() == [7, 2] and b["strong"].shape == (2, 3, 8, 8)
-    assert b["plain"][:, 0, 0, 0].round().long().tolist() == [7, 2]
-
-
-def test_disk_loader_skips_and_counts_undecodable_images(png_loader):
-    Path(png_loader.files[4]).write_bytes(b"not a png")
-    batches = disk_batches(png_loader, 0)
-    idx = torch.cat([b["index"] for b in batches]).tolist()
-    assert sorted(idx) == [i for i in range(12) if i != 4] and png_loader.skipped == 1
-
-
-def test_disk_augmentation_does_not_depend_on_the_workers(png_loader):
-    views = ("weak", "strong")
-    runs = [disk_batches(png_loader, w, 1, 0, views=views) for w in (0, 0, 1, 2)]
-    for other in runs[1:]:
-        for x, y in zip(runs[0], other, strict=True):
-            assert torch.equal(x["index"], y["index"])
-            assert all(torch.equal(x[v], y[v]) for v in views)
-    again = disk_batches(png_loader, 0, 1, 1, views=views)
-    assert not torch.equal(runs[0][0]["weak"], again[0]["weak"]) or not torch.equal(
-        runs[0][0]["index"], again[0]["index"])  # another epoch draws anew
-    a = png_loader.batch(torch.tensor([3, 4]), views, epoch_generator(1, 0, CPU))
-    b = png_loader.batch(torch.tensor([3, 4]), views, epoch_generator(1, 0, CPU))
-    assert all(torch.equal(a[v], b[v]) for v in views)  # fetches by index too
 
 
 def test_test_subset_is_stratified_fixed_and_logged(tmp_path):

@@ -182,8 +182,7 @@ def test_with_an_epoch_sample_only_its_samples_are_divided_and_unlabeled():
     assert prob[1] > 0.5 and prob[2] > 0.5 and prob[5] < 0.5 and prob[6] < 0.5
     phase = m.phases(0)[0]
     assert sorted(phase.indices.tolist()) == [1, 2]
-    unlabeled = torch.cat([m._next_unlabeled(phase, 1) for _ in range(4)])
-    assert sorted(set(unlabeled.tolist())) == [5, 6]
+    assert sorted(m._unlabeled[phase.name].pool.tolist()) == [5, 6]  # the rest of the epoch's sample
 
 
 # --- the Clothing1M / WebVision step (2B rows mixed) and warm-up (confidence penalty) ---------------
@@ -389,20 +388,21 @@ def test_bad_step_and_warmup_options_are_rejected(key, value, fragment, tmp_path
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.db").exists()
 
 
-@pytest.mark.parametrize("keep_partial,sizes", [(True, [4, 4, 2, 4, 4, 2]), (False, [4, 4, 4, 4, 4, 4])])
-def test_unlabeled_stream_keeps_the_partial_batch_of_each_pass_as_the_official_loader(keep_partial, sizes):
+@pytest.mark.parametrize("order,sizes", [("partial", [4, 4, 2, 4, 4, 2]), ("drop", [4, 4, 4, 4, 4, 4])])
+def test_unlabeled_stream_keeps_the_partial_batch_of_each_pass_as_the_official_loader(order, sizes):
     """10 unlabeled samples, batches of 4: the official loader (shuffle, no drop_last, a fresh
-    pass when exhausted) gives 4, 4, 2, then a new pass; without keep_partial the 2 are skipped."""
-    from methods.mixmatch import UnlabeledStream
+    pass when exhausted) gives 4, 4, 2, then a new pass; with ``drop`` the 2 are skipped."""
+    from itertools import islice
 
-    stream = UnlabeledStream(torch.arange(10), fake_generators, keep_partial=keep_partial)
-    batches = [stream.next(4) for _ in range(6)]
+    from methods.streams import index_batches
+
+    batches = list(islice(index_batches(torch.arange(10), 4, order, torch.Generator().manual_seed(0)), 6))
     assert [len(b) for b in batches] == sizes
-    if keep_partial:  # each pass is a permutation of the whole pool
+    if order == "partial":  # each pass is a permutation of the whole pool
         assert sorted(torch.cat(batches[:3]).tolist()) == list(range(10))
         assert sorted(torch.cat(batches[3:]).tolist()) == list(range(10))
-    small = UnlabeledStream(torch.arange(3), fake_generators, keep_partial=keep_partial)
-    assert [len(small.next(4)) for _ in range(3)] == [3, 3, 3]  # a pool smaller than a batch: whole
+    small = index_batches(torch.arange(3), 4, order, torch.Generator().manual_seed(0))
+    assert [len(next(small)) for _ in range(3)] == [3, 3, 3]  # a pool smaller than a batch: whole
 
 
 def test_unlabeled_batch_is_the_loaders_size_beside_a_partial_labeled_batch():

@@ -1,5 +1,6 @@
-"""``bench perf`` on CPU with tiny sizes, the bare loop's like-for-like claim, and the opt-in
-speed flags (``--compile``, ``--fused``) against eager / unfused runs."""
+"""``bench perf`` on CPU with tiny sizes, the bare loop's like-for-like claim, the opt-in
+speed flags (``--compile``, ``--fused``) against eager / unfused runs, and the on-disk figures
+on tiny synthetic Clothing1M trees (:mod:`datasets.synth`)."""
 from __future__ import annotations
 
 import contextlib
@@ -120,10 +121,26 @@ def test_strong_view_share_for_each_dispatch() -> None:
     assert all(0 < float(s) < 100 for _, s in shares)
 
 
+def shrink_disk_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suites' on-disk shapes at test size: 64 images of 80x64 in the trees, smallcnn at
+    32 px, batches of 8, 3 timed batches, epochs of 16 sampled images."""
+    from bench.drivers import perf as driver
+
+    small = {"backbone": "smallcnn", "image_size": 32, "batch_size": 8}
+    monkeypatch.setattr(driver, "DISK_TREES", {"disk": (64, "80x64"), "gpu": (64, "80x64")})
+    monkeypatch.setattr(driver, "DISK_SMALLCNN", {**driver.DISK_SMALLCNN, **small})
+    monkeypatch.setattr(driver, "DISK_RESNET50", {**driver.DISK_RESNET50, **small})
+    monkeypatch.setattr(driver, "DISK_BATCHES", {"smallcnn": (3, None), "resnet50-cpu": (3, 1),
+                                                 "resnet50-gpu": (3, None)})
+    monkeypatch.setattr(driver, "DISK_R50_CPU_SAMPLES", 16)
+    monkeypatch.setattr(driver, "GPU_METHOD_SAMPLES", 16)
+
+
 def test_gpu_suite_runs_every_figure_of_its_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     """The prepared GPU check, its shapes shrunk to CPU size: a lent GPU's few minutes must not
     be spent finding a crash. Each shape prints trainer / bare, and the first two the strong
-    view's share and CE / DivideMix / IDO epochs."""
+    view's share and CE / DivideMix / IDO epochs; then the on-disk shapes on a tree it writes
+    (``--decode gpu`` said to be skipped without CUDA) and the methods' epochs on that tree."""
     from bench.drivers import perf as driver
 
     small = {"backbone": "smallcnn", "image_size": 16}
@@ -131,7 +148,8 @@ def test_gpu_suite_runs_every_figure_of_its_shapes(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(driver, "RESNET50_224", {**driver.RESNET50_224, **small, "image_size": 24})
     monkeypatch.setattr(driver, "SYNTH_32", ["train_size=128", "test_size=32", "image_size=12"])
     monkeypatch.setattr(driver, "SYNTH_224", ["train_size=128", "test_size=32", "image_size=12"])
-    code, out, err = perf("--suite", "gpu", "--epochs", "2", "--repeats", "1")
+    shrink_disk_shapes(monkeypatch)
+    code, out, err = perf("--suite", "gpu", "--epochs", "2", "--repeats", "1", "--workers", "1")
     assert code == 0, err
     titles = [t for t, _, _ in driver.suite_requests("gpu", {})]
     for title in titles:
@@ -141,6 +159,15 @@ def test_gpu_suite_runs_every_figure_of_its_shapes(monkeypatch: pytest.MonkeyPat
         for method in ("ce", "dividemix", "wrongevent"):
             assert re.search(rf"^{re.escape(title)}: {method}: [\d.]+ s/epoch", out, re.M), (title, method)
     assert "fused on" in err and re.search(r"^suite gpu: \d+ s$", out, re.M)
+    assert re.search(r"^synth: clothing1m tree at .*: 64 training images of 80x64.* in [\d.]+ s with", out, re.M)
+    cpu, gpu = (t for t, _, _ in driver.disk_shapes("gpu", {}, Path("tree")))
+    assert_disk_figures(out, cpu)
+    if torch.cuda.is_available():
+        assert_disk_figures(out, gpu)
+    else:
+        assert f"{gpu}: skipped (--decode gpu needs a CUDA device)" in out
+    assert re.search(r"^on disk resnet50 224 px batch 64, 16 sampled per epoch: wrongevent: [\d.]+ s/epoch .*"
+                     r"x dividemix per epoch", out, re.M), out
 
 
 def test_perf_runs_where_mlflow_and_optuna_are_not_installed() -> None:
@@ -170,6 +197,7 @@ def test_summary_takes_the_last_phase_and_drops_a_first_epoch_alike() -> None:
 @pytest.mark.parametrize("args, message", [
     (("--epochs", "1"), "at least 2"),
     (("--repeats", "0"), "--repeats 0"),
+    (("--batches", "0"), "--batches 0: must be at least 1"),
     (("--methods", "ce,nosuch"), "nosuch"),
     (("--compile", "fast"), "--compile fast: valid values are off, default, reduce-overhead, max-autotune"),
 ])
@@ -177,6 +205,77 @@ def test_bad_perf_input_is_one_line_and_exit_2(args: tuple[str, ...], message: s
     code, _, err = perf(*TINY, *args)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+# --- on disk -----------------------------------------------------------------------------------------
+
+DISK_ROWS = ("decode, 1 core", "loader alone", "step alone", "epoch")
+
+
+def assert_disk_figures(out: str, title: str = "") -> dict[str, float]:
+    """Every row of an on-disk table (``title``'s, or the untitled one) with a positive rate in
+    images/s, and the bound line; the rates."""
+    head = re.escape(f"{title}: ") if title else ""
+    assert re.search(rf"^{head}on disk: clothing1m, ", out, re.M), out
+    rates = {}
+    for row in DISK_ROWS:
+        m = re.search(rf"^{head}  {re.escape(row)} +([\d.]+) images/s  \S", out, re.M)
+        assert m and float(m.group(1)) > 0, (row, out)
+        rates[row] = float(m.group(1))
+    bound = re.search(rf"^{head}  (loader|step)-bound: (loader / step|step / loader) = ([\d.]+); "
+                      r"epoch / min\(loader, step\) = ([\d.]+)$", out, re.M)
+    assert bound and float(bound.group(3)) > 0 and float(bound.group(4)) > 0, out
+    loader_bound = rates["loader alone"] < rates["step alone"]
+    assert bound.group(1) == ("loader" if loader_bound else "step")
+    return rates
+
+
+@pytest.fixture(scope="module")
+def tiny_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic Clothing1M tree of 64 training images of 80 x 64 (14 test images)."""
+    from datasets.synth import make_spec, write_tree
+
+    root = tmp_path_factory.mktemp("c1m")
+    write_tree(make_spec("clothing1m", 64, "80x64"), root, 1, log=lambda _: None)
+    return root
+
+
+DISK = ["--dataset", "clothing1m", "--backbone", "smallcnn", "--image-size", "32", "--batch-size", "8",
+        "--batches", "4", "--workers", "1"]
+
+
+def test_perf_on_disk_prints_each_rate_and_what_bounds_it(tiny_tree: Path) -> None:
+    code, out, err = perf(*DISK, "--data-root", str(tiny_tree))
+    assert code == 0, err
+    assert_disk_figures(out)
+    assert "4 batches of 8" in out and "1 worker " in out
+    assert "16 sampled per epoch" not in err and "32 sampled per epoch" in err  # 4 batches of 8 by default
+    code, out, _ = perf(*DISK, "--data-root", str(tiny_tree), "--set", "samples_per_epoch=16")
+    assert code == 0 and re.search(r"^  epoch +[\d.]+ images/s  14 images trained in", out, re.M), out
+
+
+def test_disk_suite_writes_its_tree_and_measures_each_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--suite disk``, its tree and shapes made tiny: the tree's line (its generation time),
+    every figure of both shapes, the ResNet-50 shape's steps timed on 1 of its batches."""
+    from bench.drivers import perf as driver
+
+    shrink_disk_shapes(monkeypatch)
+    code, out, err = perf("--suite", "disk", "--workers", "1")
+    assert code == 0, err
+    assert re.search(r"^synth: clothing1m tree at .*: 64 training images of 80x64.* in [\d.]+ s with \d+ jobs",
+                     out, re.M), out
+    small, r50 = (t for t, _, _ in driver.disk_shapes("disk", {}, Path("tree")))
+    assert_disk_figures(out, small)
+    assert_disk_figures(out, r50)
+    assert re.search(rf"^{re.escape(r50)}:   step alone .* CE steps on 1 of these 3 batches", out, re.M), out
+    assert re.search(r"^suite disk: \d+ s$", out, re.M)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is of machines without CUDA")
+def test_decode_gpu_without_cuda_is_one_line_and_exit_2(tiny_tree: Path) -> None:
+    code, out, err = perf(*DISK, "--data-root", str(tiny_tree), "--decode", "gpu")
+    assert code == 2 and out == ""
+    assert "--decode gpu needs a CUDA device" in err and len(err.strip().splitlines()) == 1
 
 
 def _curves(tmp: Path, *extra: str) -> dict:

@@ -328,7 +328,7 @@ def test_pes_semi_mixes_all_2_bl_plus_bu_rows_with_alpha_4_then_0_75(tmp_path, m
     m, seen, real = tr.method, [], pes.mixup
 
     def spy(inputs, targets, alpha, gens):
-        seen.append((epoch, inputs.shape[0], alpha, m._u_batch))
+        seen.append((epoch, inputs.shape[0], alpha, m._stream.size))
         return real(inputs, targets, alpha, gens)
 
     monkeypatch.setattr(pes, "mixup", spy)

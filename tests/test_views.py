@@ -17,7 +17,8 @@ from PIL import Image
 from bench.cli import main
 from bench.training.augment import rand_augment
 from bench.training.config import RunConfig
-from bench.training.data import VIEWS, file_transforms, make_view_maker, random_crop, random_flip
+from bench.training.data import VIEWS, make_view_maker, random_crop, random_flip
+from bench.training.disk import file_transforms
 
 CPU = torch.device("cpu")
 

@@ -24,8 +24,18 @@ cuDNN's autotuning, the allocator's warm-up and any compilation):
   strong view (batched RandAugment), with the per-op dispatch of old (``subset``) and the
   whole-batch one (``batched``), in the same process.
 
+- **on disk** (the default when the data set is read from image files, ``Dataset.on_disk``:
+  Clothing1M and the other file layouts; :mod:`bench.drivers.perf_disk`): images per second of
+  the decode on one core in this process, the loader alone over ``--batches`` K batches (its
+  workers started before; with its efficiency against the workers' cores), CE steps alone on
+  those batches held on the device, and the trainer's second epoch; then whether the loader or
+  the step bounds training, and how close the epoch gets to the slower of the two.
+
 ``--suite cpu`` and ``--suite gpu`` run the figures of issue 17's "Done when" in one command
-(README, "Speed"). Nothing here writes outside a temporary folder.
+(README, "Speed"); ``--suite disk`` the on-disk figures on a synthetic Clothing1M tree it writes
+first (:mod:`datasets.synth`), and ``--suite gpu`` ends with its on-disk shapes (ResNet-50 with
+``--decode cpu`` and ``gpu``, and CE / DivideMix / IDO epochs on the tree). Nothing here writes
+outside a temporary folder.
 """
 from __future__ import annotations
 
@@ -43,10 +53,13 @@ import torch
 import torch.nn.functional as F
 
 from bench.common.errors import UsageError
+from bench.common.options import option_names
+from bench.drivers.perf_disk import DiskFigures, make_tree, measure_disk, plural, print_disk
 from bench.training.config import parse_set
 from bench.training.data import epoch_generator
 from bench.training.resolve import RunSpec, resolve
 from bench.training.trainer import Trainer, make_optimizer, rng_state, seed_everything, set_rng_state
+from datasets.base import DATASETS
 
 
 def log(text: str) -> None:
@@ -357,6 +370,9 @@ def strong_share(request: dict[str, Any], tmp: Path, steps: int = 10) -> dict[st
     from bench.training import augment
 
     spec = perf_spec({**request, "epochs": 2}, tmp, "wrongevent", {"stage1_epochs": "1"})
+    if DATASETS.get(spec.config.dataset).on_disk:
+        raise UsageError(f"--strong: data set {spec.config.dataset!r} is read from files; the strong view's share "
+                         "is measured on an in-memory data set (synthetic, cifar10, ...)")
     trainer = Trainer(spec, new_run_dir(tmp, "strong"), tracker=MemoryTracker()).build()
     trainer.run_epoch(0)  # stage 1, then the switch to stage 2 (the base model, the mixture)
     m, cfg = trainer.method, spec.config
@@ -400,6 +416,43 @@ def print_strong(res: dict[str, float], title: str = "") -> None:
               f"({100 * res[dispatch + '_share']:.1f}%)")
 
 
+# --- measurement 4: on disk -------------------------------------------------------------------------
+
+
+def on_disk(request: dict[str, Any], tmp: Path) -> bool:
+    """Is the request's data set (after its preset) read from image files?"""
+    return DATASETS.get(perf_spec(request, tmp).config.dataset).on_disk
+
+
+def disk_spec(request: dict[str, Any], batches: int, tmp: Path) -> RunSpec:
+    """``request`` for CE; a data set that samples its epoch (Clothing1M) samples ``batches``
+    batches of images unless ``--set samples_per_epoch=`` (or the preset) says otherwise."""
+    spec = perf_spec(request, tmp)
+    ds_cls = DATASETS.get(spec.config.dataset)
+    if "samples_per_epoch" in option_names(ds_cls) and spec.config.dataset_options.get("samples_per_epoch") is None:
+        spec = perf_spec(request, tmp, extra_sets={"samples_per_epoch": str(batches * spec.config.batch_size)})
+    return spec
+
+
+def disk_figures(request: dict[str, Any], batches: int, tmp: Path, steps: int | None = None) -> DiskFigures:
+    """The on-disk rates of ``request`` (:func:`bench.drivers.perf_disk.measure_disk`) on a
+    trainer of its own, its workers ended after."""
+    spec = disk_spec(request, batches, tmp)
+    cfg = spec.config
+    if cfg.epochs < 2:
+        raise UsageError(f"--epochs {cfg.epochs}: perf needs at least 2 (the first epoch is not timed)")
+    trainer = Trainer(spec, new_run_dir(tmp, "disk"), tracker=MemoryTracker()).build()
+    try:
+        sampled = cfg.dataset_options.get("samples_per_epoch")
+        log(f"perf on disk: CE, {cfg.dataset} ({len(trainer.train_loader)} training images"
+            + (f", {sampled} sampled per epoch" if sampled else "") + f"), {cfg.backbone}, {trainer.data.image_size} "
+            f"px, batch {cfg.batch_size}, up to {batches} batches, decode {cfg.decode}, "
+            f"{plural(trainer.data.pool.workers, 'worker')}, device {trainer.device}")
+        return measure_disk(trainer, batches, log, steps)
+    finally:
+        trainer.close()
+
+
 # --- suites ------------------------------------------------------------------------------------------
 
 
@@ -429,9 +482,78 @@ def suite_requests(name: str, base: dict[str, Any]) -> list[tuple[str, dict[str,
              {**PREACT_32, "sets": ["train_size=2048", "test_size=256"], **keep}, ("strong",))]
 
 
+# on-disk shapes (issue 25): synthetic Clothing1M trees (datasets/synth.py) of (training images,
+# WxH) per suite, written into the suite's temporary folder with the machine's cores: 1,200 on
+# the CPU (about 30 s on 2 cores), 20,000 on a GPU machine, so that 40 batches of 64 are
+# 2,560 distinct images and the methods' epochs sample from a data set larger than themselves
+DISK_TREES = {"disk": (1200, "500x400"), "gpu": (20_000, "500x400")}
+DISK_SMALLCNN = {"dataset": "clothing1m", "backbone": "smallcnn", "image_size": 64, "batch_size": 64}
+DISK_RESNET50 = {"dataset": "clothing1m", "backbone": "timm:resnet50", "image_size": 224, "batch_size": 64}
+DISK_TEST_IMAGES = 28  # each epoch's evaluation (2 per class): not what is measured, kept short
+# (loader batches, timed steps: None = on all of them) per shape. The CPU's ResNet-50: a step of
+# 64 images at 224 px took 23 s on the one thread of the 2-core reference machine (55-85 s while
+# other jobs shared it), so 8 loader batches (4 per worker; a second of decoding), 1 timed step,
+# and 1-batch epochs (64 sampled: 56 images, 4 per class): 4 steps in all, the suite about 2
+# minutes. The GPU's: 40 batches, epochs of 2,560 (40 x 64), the methods' of 2,048
+DISK_BATCHES: dict[str, tuple[int, int | None]] = {"smallcnn": (40, None), "resnet50-cpu": (8, 1),
+                                                    "resnet50-gpu": (40, None)}
+DISK_R50_CPU_SAMPLES = 64
+GPU_METHOD_SAMPLES = 2048
+
+
+def disk_shapes(name: str, base: dict[str, Any], root: Path
+                ) -> list[tuple[str, dict[str, Any], tuple[int, int | None]]]:
+    """(title, request, (batches, steps)) of each on-disk shape of suite ``name`` on the tree at
+    ``root``; ``base`` may change the device, compile, fused and AMP flags, the epochs and the
+    loader's workers."""
+    keep = {k: v for k, v in base.items()
+            if k in ("device", "compile", "fused", "amp", "channels_last", "epochs", "workers", "prefetch",
+                     "pin_memory")}
+    n = DISK_TREES[name][0]
+    common = {"data_root": str(root), "test_subset": min(DISK_TEST_IMAGES, max(n // 10, 14)), **keep}
+    if name == "gpu":
+        r50, k = {**DISK_RESNET50, **common}, DISK_BATCHES["resnet50-gpu"]
+        return [(f"on disk resnet50 224 px batch 64, decode {d}", {**r50, "decode": d}, k) for d in ("cpu", "gpu")]
+    return [("on disk smallcnn 64 px batch 64", {**DISK_SMALLCNN, **common}, DISK_BATCHES["smallcnn"]),
+            ("on disk resnet50 224 px batch 64",
+             {**DISK_RESNET50, **common, "sets": [f"samples_per_epoch={DISK_R50_CPU_SAMPLES}"]},
+             DISK_BATCHES["resnet50-cpu"])]
+
+
+def run_disk_shapes(name: str, base: dict[str, Any], tmp: Path) -> None:
+    """The suite's tree written (its generation time printed), then each on-disk shape; on the
+    GPU suite, CE / DivideMix / IDO epochs on the tree too. ``--decode gpu`` is skipped, said so,
+    where there is no CUDA device."""
+    n, size = DISK_TREES[name]
+    root = tmp / "tree"
+    print(make_tree(root, n, size, log))
+    sys.stdout.flush()
+    shapes = disk_shapes(name, base, root)
+    for i, (title, request, (batches, steps)) in enumerate(shapes):
+        if request.get("decode") == "gpu" and (request.get("device") == "cpu" or not torch.cuda.is_available()):
+            print(f"{title}: skipped (--decode gpu needs a CUDA device)")
+            continue
+        sub = tmp / f"disk{i}"
+        sub.mkdir()
+        print_disk(disk_figures(request, batches, sub, steps), title)
+        sys.stdout.flush()
+    if name == "gpu":
+        title, request, _ = shapes[0]
+        sub = tmp / "disk-methods"
+        sub.mkdir()
+        request = {**request, "sets": [f"samples_per_epoch={GPU_METHOD_SAMPLES}"]}
+        print_methods(time_methods(request, ["ce", "dividemix", "wrongevent"], sub),
+                      title.removesuffix(", decode cpu") + f", {GPU_METHOD_SAMPLES} sampled per epoch")
+        sys.stdout.flush()
+
+
 def run_suite(name: str, base: dict[str, Any], repeats: int, tmp: Path) -> None:
     """Every figure of the suite, shape by shape, printed as it comes."""
     t0 = time.perf_counter()
+    if name == "disk":
+        run_disk_shapes(name, base, tmp)
+        print(f"suite {name}: {time.perf_counter() - t0:.0f} s")
+        return
     for i, (title, request, more) in enumerate(suite_requests(name, base)):
         sub = tmp / f"shape{i}"
         sub.mkdir()
@@ -442,6 +564,8 @@ def run_suite(name: str, base: dict[str, Any], repeats: int, tmp: Path) -> None:
         if "methods" in more:
             print_methods(time_methods(request, ["ce", "dividemix", "wrongevent"], sub / "m"), title)
         sys.stdout.flush()
+    if name == "gpu":
+        run_disk_shapes(name, base, tmp)
     print(f"suite {name}: {time.perf_counter() - t0:.0f} s")
 
 
@@ -452,12 +576,15 @@ def run_perf(args: argparse.Namespace, request: dict[str, Any]) -> int:
     """``bench perf``: ``request`` holds the command line's run options."""
     if args.repeats < 1:
         raise UsageError(f"--repeats {args.repeats}: must be at least 1")
+    batches = getattr(args, "batches", 40)
+    if batches < 1:
+        raise UsageError(f"--batches {batches}: must be at least 1")
     for key in ("tracking_uri", "experiment", "out"):
         request.pop(key, None)
     request.setdefault("epochs", 3)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for sub in ("a", "m", "s"):
+        for sub in ("a", "m", "s", "d"):
             (tmp / sub).mkdir()
         if args.suite:
             run_suite(args.suite, request, args.repeats, tmp)
@@ -465,6 +592,8 @@ def run_perf(args: argparse.Namespace, request: dict[str, Any]) -> int:
             print_methods(time_methods(request, [m.strip() for m in args.methods.split(",") if m.strip()], tmp / "m"))
         elif args.strong:
             print_strong(strong_share(request, tmp / "s"))
+        elif on_disk(request, tmp / "d"):
+            print_disk(disk_figures(request, batches, tmp / "d"))
         else:
             print_trainer_vs_bare(trainer_vs_bare(request, args.repeats, tmp / "a"))
     return 0

@@ -17,7 +17,8 @@ import torch
 from bench.common.errors import UsageError
 from bench.common.options import build_options
 from bench.training.config import Placement, RunConfig
-from bench.training.data import DiskLoader, InMemoryLoader, file_transforms, make_view_maker
+from bench.training.data import InMemoryLoader, make_view_maker
+from bench.training.disk import DiskLoader, DiskPool, default_workers, file_transforms
 from datasets.base import DATASETS, Dataset, NoiseReport, TrainSet, make_train_set, stratified_subset
 from datasets.noise import NoiseSpec
 
@@ -34,6 +35,7 @@ class Assembly:
     val: Any | None  # the validation split held out of the noisy training set
     image_size: int  # the side the backbone sees
     epoch_samples: int | None  # a fresh class-balanced sample per epoch (Clothing1M), or None
+    pool: DiskPool | None = None  # the workers of on-disk data (closed when the run ends)
 
     @property
     def is_clean(self) -> torch.Tensor | None:
@@ -53,23 +55,21 @@ def load_dataset(config: RunConfig) -> Dataset:
 
 def assemble(config: RunConfig, place: Placement, device: torch.device, channels_last: bool) -> Assembly:
     ds = load_dataset(config)
+    check_decode(config.decode, ds, device)
     spec = NoiseSpec(config.noise, config.noise_rate, config.noise_seed)  # checked by the resolver
     raw = ds.load(place.data_root)
     train, report = make_train_set(ds, raw, spec, config.subset, noise_cache(place), config.val_fraction)
     image_size = config.image_size or ds.image_size
 
-    def loader(images: Any, labels: Any, clean: Any, batch_size: int) -> Any:
-        if not ds.on_disk:
+    pool = disk_pool(ds, config, place, device, image_size) if ds.on_disk else None
+
+    def loader(split: str, images: Any, labels: Any, clean: Any, batch_size: int) -> Any:
+        if pool is None:
             views = make_view_maker(ds.mean, ds.std, device, config.augment, channels_last, config.image_size,
                                     config.views)
             return InMemoryLoader(images, labels, clean, views, batch_size, device)
-        if ds.resize:  # keep the data set's resize : crop ratio (256 : 224)
-            resize = round(image_size * ds.resize / ds.image_size)
-        else:  # native size: pad-and-crop; another size: the ImageNet-style 8 : 7
-            resize = None if image_size == ds.image_size else round(image_size * 8 / 7)
         views = make_view_maker(ds.mean, ds.std, device, config.augment, channels_last, policy=config.views)
-        transforms = file_transforms(image_size, resize, config.augment, config.views)
-        return DiskLoader(images, labels, clean, views, transforms, image_size, batch_size, device, place.workers)
+        return DiskLoader(pool, split, images, labels, clean, views, batch_size)
 
     test_images, test_labels = raw.test_images, raw.test_labels
     if config.test_subset is not None:  # the same images every run: stratified, seed 0
@@ -78,9 +78,9 @@ def assemble(config: RunConfig, place: Placement, device: torch.device, channels
         keep = stratified_subset(np.asarray(test_labels), config.test_subset, 0)
         test_images = test_images[keep] if hasattr(test_images, "shape") else [test_images[i] for i in keep]
         test_labels = np.asarray(test_labels)[keep]
-    tests = {"": loader(test_images, test_labels, None, config.eval_batch_size)}
+    tests = {"": loader("test", test_images, test_labels, None, config.eval_batch_size)}
     for name, (images, labels) in raw.extra_tests.items():
-        tests[name] = loader(images, labels, None, config.eval_batch_size)
+        tests[name] = loader(f"test_{name}", images, labels, None, config.eval_batch_size)
     val = train.validation
     epoch_samples = ds.epoch_samples(config.batch_size)
     if epoch_samples is not None and epoch_samples < ds.num_classes:
@@ -88,9 +88,32 @@ def assemble(config: RunConfig, place: Placement, device: torch.device, channels
                          "classes it is balanced over; give at least that many")
     return Assembly(
         dataset=ds, train_set=train, noise=report,
-        train=loader(train.images, train.given, train.clean, config.batch_size), tests=tests,
-        val=None if val is None else loader(val.images, val.given, val.clean, config.eval_batch_size),
-        image_size=image_size, epoch_samples=epoch_samples)
+        train=loader("train", train.images, train.given, train.clean, config.batch_size), tests=tests,
+        val=None if val is None else loader("val", val.images, val.given, val.clean, config.eval_batch_size),
+        image_size=image_size, epoch_samples=epoch_samples, pool=pool)
+
+
+def check_decode(decode: str, ds: Dataset, device: torch.device) -> None:
+    """``--decode gpu`` needs image files and a CUDA device: else one line, before anything is read."""
+    if decode != "gpu":
+        return
+    if not ds.on_disk:
+        raise UsageError(f"--decode gpu: data set {ds.name} is held in memory, nothing is decoded; valid: cpu")
+    if device.type != "cuda":
+        raise UsageError(f"--decode gpu needs a CUDA device (this run's is {device.type}); valid here: cpu")
+
+
+def disk_pool(ds: Dataset, config: RunConfig, place: Placement, device: torch.device, image_size: int) -> DiskPool:
+    """The run's workers for image files, with the protocol's resize and crop."""
+    if ds.resize:  # keep the data set's resize : crop ratio (256 : 224)
+        resize = round(image_size * ds.resize / ds.image_size)
+    else:  # native size: pad-and-crop; another size: the ImageNet-style 8 : 7
+        resize = None if image_size == ds.image_size else round(image_size * 8 / 7)
+    transforms = file_transforms(image_size, resize, config.augment, config.views)
+    workers = default_workers() if place.workers is None else place.workers
+    pin = None if place.pin_memory == "auto" else place.pin_memory == "on"
+    return DiskPool(transforms, image_size, resize, config.augment, config.views, device, workers,
+                    place.prefetch, pin, config.decode)
 
 
 def draw_pool(assembly: Assembly, seed: int, epoch: int, device: torch.device) -> torch.Tensor | None:

@@ -32,11 +32,13 @@ VIEW_POLICIES = ("shared", "official")
 # adds CUDA graphs on CUDA); bench/training/trainer.py
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 FUSED = ("off", "on")  # the single-kernel (fused) implementation of SGD, Adam and AdamW
+DECODERS = ("cpu", "gpu")  # where on-disk JPEGs are decoded (bench/training/disk.py)
 
 
 # fields added after runs were logged: left out of the hash at their default, so a sweep still
 # recognises the runs it finished before the field existed
-ADDED_LATER: dict[str, Any] = {"val_fraction": 0.0, "test_subset": None, "compile": "off", "fused": "off"}
+ADDED_LATER: dict[str, Any] = {"val_fraction": 0.0, "test_subset": None, "compile": "off", "fused": "off",
+                               "decode": "cpu"}
 
 
 @dataclass
@@ -72,6 +74,9 @@ class RunConfig:
     compile: str = "off"  # torch.compile mode of the backbones (nn.Module.compile: state_dict keys unchanged)
     fused: str = "off"    # fused optimiser kernels (on CUDA they also spare GradScaler's per-step sync)
     eval_batch_size: int = 1024
+    # on-disk data: JPEGs decoded by the loader's workers (cpu) or in batches on the device (gpu:
+    # nvJPEG, then resize and crop there); the pixels differ a little, so it is part of the result
+    decode: str = "cpu"
     method_options: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
 
@@ -142,6 +147,7 @@ class RunConfig:
         _choice("--channels-last", self.channels_last, TRISTATE)
         _choice("--compile", self.compile, COMPILE_MODES)
         _choice("--fused", self.fused, FUSED)
+        _choice("--decode", self.decode, DECODERS)
         _choice("--augment", self.augment, AUGMENTS)
         _choice("--views", self.views, VIEW_POLICIES)
         if self.noise == "none":
@@ -157,7 +163,9 @@ class Placement:
 
     device: str = "auto"
     data_root: str | None = None
-    workers: int = 4  # DataLoader workers for on-disk data sets
+    workers: int | None = None  # loader workers for on-disk data sets; None: the cores this process may use
+    prefetch: int = 2  # batches each worker makes ahead (DataLoader's prefetch_factor)
+    pin_memory: str = "auto"  # pinned host memory for on-disk batches (auto: on for CUDA)
     tracking_uri: str | None = None
     experiment: str = "bench"
     out: str = "results/runs"
@@ -171,7 +179,9 @@ class Placement:
         return cls(**{k: v for k, v in d.items() if k in field_names(cls)})
 
     def validate(self) -> None:
-        _check(self.workers >= 0, f"--workers {self.workers}: must be >= 0")
+        _check(self.workers is None or self.workers >= 0, f"--workers {self.workers}: must be >= 0")
+        _check(self.prefetch >= 1, f"--prefetch {self.prefetch}: must be >= 1")
+        _choice("--pin-memory", self.pin_memory, TRISTATE)
         _choice("--device", self.device, DEVICES)
 
 

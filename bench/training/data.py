@@ -1,5 +1,6 @@
 """Batches for the trainer: the whole data set as one uint8 tensor on the device, augmented
-in whole batches (airbench's manner), and a DataLoader path for on-disk data.
+in whole batches (airbench's manner); on-disk data has the same interface in
+:mod:`bench.training.disk`.
 
 Every batch is a dict: ``index`` (dataset indices, the key of per-sample state), ``label``
 (the given label) and one float tensor per requested view. The true labels stay with the loader
@@ -53,8 +54,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
 
 Batch = dict[str, torch.Tensor]
 VIEWS = ("plain", "train", "weak", "weak2", "strong", "ra-cutout", "ra-cutout2", "strong-mc", "autoaug", "autoaug2",
@@ -235,133 +234,26 @@ class InMemoryLoader:
         for start in range(0, len(idx), bs):
             yield self.batch(idx[start:start + bs], views, gen)
 
-
-class FileViews(TorchDataset):
-    """Image files decoded and augmented by a DataLoader's workers (data too large for memory).
-
-    ``transforms`` maps view names to callables from a PIL image to a uint8 tensor (C, H, W):
-    decoding and augmentation run in the workers, off the training loop; the float conversion
-    and normalisation run on the device. A file that fails to decode gives ``ok = False`` and a
-    black image; the loader drops it from its batch and counts it, so one damaged JPEG in a
-    million never ends a run.
-    """
-
-    def __init__(self, files: Sequence[str], transforms: dict[str, Callable], views: Sequence[str],
-                 size: int, seed: int = 0) -> None:
-        self.files, self.transforms, self.views, self.size = files, transforms, tuple(views), size
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> dict:
-        from PIL import Image
-
-        item: dict = {"index": i, "ok": True}
-        try:
-            # each sample's augmentation draws come from (pass seed, dataset index), so they do
-            # not depend on the number of workers or on which worker decodes the image
-            with Image.open(self.files[i]) as im, torch.random.fork_rng(devices=[]):
-                torch.manual_seed((self.seed + i * 1_000_003) % 2**63)
-                im = im.convert("RGB")
-                for view in self.views:
-                    item[view] = self.transforms[view](im)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # PIL's decode errors
-            item["ok"] = False
-            for view in self.views:
-                item[view] = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
-        return item
+    def prefetch(self, plan: Iterator[tuple[torch.Tensor, int]], views: tuple[str, ...],
+                 start: bool = False) -> Iterator[Batch]:
+        """A side stream's batches (:class:`methods.streams.BatchStream`), made when asked (in
+        memory there is nothing to read ahead, ``start`` changes nothing), each augmented from
+        its own seed."""
+        for idx, seed in plan:
+            gen = torch.Generator(device=self.device if self.device.type == "cuda" else "cpu")
+            yield self.batch(idx.to(self.device), views, gen.manual_seed(seed % 2**63))
 
 
-def file_transforms(size: int, resize: int | None, augment: str, policy: str = "shared") -> dict[str, Callable]:
-    """PIL -> uint8 tensor transforms per view for on-disk images.
+@dataclass
+class Prefetcher:
+    """What the trainer gives a method as ``ctx.prefetch``: where a stream draws its index
+    batches (``device``) and the loader's ``prefetch(plan, views)``."""
 
-    ``resize`` (e.g. 256 for 224-px crops, the usual ImageNet-style protocol of DivideMix's and
-    IDO's Clothing1M/WebVision loaders) scales the shorter side first; the plain view then takes
-    the centre crop, the augmented views a random crop (padding 4 when there is no resize, the
-    CIFAR-style crop of the in-memory path). Each view starts from :func:`base_augment` (the view
-    ``policy`` as in memory); ``strong`` adds torchvision's RandAugment (n=2, m=10), the same
-    policy :mod:`bench.training.augment` applies batched on the device.
-    """
-    from torchvision import transforms as T
+    device: torch.device
+    make: Callable[..., Iterator[Batch]]
+    # True while the trainer runs an epoch's phases: a stream made then may start at once (one
+    # made outside, e.g. by a look at a method's phases before training, waits for its first use)
+    live: bool = False
 
-    head = [T.Resize(resize), T.CenterCrop(size)] if resize else [T.Resize(size), T.CenterCrop(size)]
-    pad = None if resize else 4
-    crop = [T.Resize(resize)] if resize else [T.Resize(size), T.CenterCrop(size)]
-    crop.append(T.RandomCrop(size, padding=pad))
-
-    def chain(view: str) -> Callable:
-        aug = base_augment(view, augment, policy)
-        steps = [T.RandAugment(*LIGHT_RA)] if view in CUTOUT_VIEWS else []  # Cutout: on the device
-        steps += list(crop) if "crop" in aug else list(head)
-        if "flip" in aug:
-            steps.append(T.RandomHorizontalFlip())
-        if view == "strong":
-            steps.append(T.RandAugment(num_ops=2, magnitude=10))
-        return T.Compose([*steps, T.PILToTensor()])
-
-    return {view: chain(view) for view in VIEWS}
-
-
-class DiskLoader:
-    """The in-memory loader's interface over image files: batches come from DataLoader workers
-    with pinned memory, in an order drawn from the epoch's generator (so a resumed run sees the
-    same order), normalised on the device. ``skipped`` counts images that failed to decode."""
-
-    def __init__(self, files: Sequence[str], labels: np.ndarray, clean: np.ndarray | None,
-                 views: ViewMaker, transforms: dict[str, Callable], size: int, batch_size: int,
-                 device: torch.device, workers: int) -> None:
-        self.files = [str(f) for f in files]
-        self.device, self.views, self.transforms, self.size = device, views, transforms, size
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
-        self.clean = None if clean is None else torch.from_numpy(np.asarray(clean, dtype=np.int64)).to(device)
-        self.batch_size, self.workers = batch_size, workers
-        self.skipped = 0
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def _finish(self, raw: dict, views: Sequence[str], gen: torch.Generator) -> Batch | None:
-        ok = raw["ok"]
-        if not bool(ok.all()):
-            self.skipped += int((~ok).sum())
-            raw = {k: v[ok] for k, v in raw.items()}
-            if len(raw["index"]) == 0:
-                return None
-        index = raw["index"].to(self.device)
-        out: Batch = {"index": index, "label": self.labels[index]}
-        for view in views:
-            x = self.views.device_stage(view, raw[view].to(self.device, non_blocking=True), gen)
-            out[view] = self.views.finish(view, self.views.normalise(x), gen)
-        return out
-
-    def batch(self, index: torch.Tensor, views: Sequence[str], gen: torch.Generator) -> Batch:
-        """The samples with dataset indices ``index``, read in this process (e.g. DivideMix's
-        unlabeled batches); failed decodes are dropped as in :meth:`iterate`."""
-        from torch.utils.data import default_collate
-
-        seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
-        ds = FileViews(self.files, self.transforms, views, self.size, seed)
-        out = self._finish(default_collate([ds[i] for i in index.tolist()]), views, gen)
-        if out is None:  # every image of the batch failed: an empty batch of the right shapes
-            empty = torch.zeros(0, dtype=torch.int64, device=self.device)
-            out = {"index": empty, "label": empty}
-            out.update({v: torch.zeros(0, 3, self.size, self.size, device=self.device) for v in views})
-        return out
-
-    def iterate(self, views: Sequence[str], gen: torch.Generator | None = None, shuffle: bool = True,
-                indices: torch.Tensor | None = None, batch_size: int | None = None) -> Iterator[Batch]:
-        idx = torch.arange(len(self)) if indices is None else indices.cpu()
-        gen = gen if gen is not None else epoch_generator(0, 0, torch.device("cpu"))
-        if shuffle:
-            idx = idx[torch.randperm(len(idx), generator=gen, device=gen.device).cpu()]
-        # the augmentation draws come from the epoch's generator too (per sample, see FileViews)
-        seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
-        loader = DataLoader(FileViews(self.files, self.transforms, views, self.size, seed),
-                            batch_size=batch_size or self.batch_size, sampler=idx.tolist(),
-                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
-        for raw in loader:
-            out = self._finish(raw, views, gen)
-            if out is not None:
-                yield out
+    def __call__(self, plan: Iterator[tuple[torch.Tensor, int]], views: tuple[str, ...]) -> Iterator[Batch]:
+        return self.make(plan, views, start=self.live)

@@ -282,6 +282,12 @@ class TrackerProcess:
         try:
             self.flush()
         finally:
+            # "exit" first: end of input alone never comes while a process forked from the run
+            # (a loader worker) holds a copy of the pipe's write end
+            if self.proc.stdin is not None and not self.proc.stdin.closed and self.proc.poll() is None:
+                with contextlib.suppress(BrokenPipeError, ValueError):
+                    self.proc.stdin.write('{"op": "exit"}\n')
+                    self.proc.stdin.flush()
             if self.proc.stdin is not None and not self.proc.stdin.closed:
                 with contextlib.suppress(BrokenPipeError):
                     self.proc.stdin.close()
@@ -290,7 +296,7 @@ class TrackerProcess:
 
 def serve() -> None:
     """The child of :class:`TrackerProcess`: one JSON request per line on standard input, one
-    JSON answer per line on standard output, until standard input closes."""
+    JSON answer per line on standard output, until ``exit`` or the end of standard input."""
     import json
     import signal
     import sys
@@ -311,6 +317,8 @@ def serve() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         op = request.pop("op")
+        if op == "exit":  # the run is done (or its input may never close: see TrackerProcess.close)
+            break
         try:
             if op == "open":
                 uri = request["uri"]

@@ -29,9 +29,10 @@ from bench.common.options import build_options
 from bench.training.assemble import Assembly, assemble, draw_pool
 from bench.training.catalogue import method_class
 from bench.training.config import RunConfig
-from bench.training.data import DiskLoader, epoch_generator
+from bench.training.data import Prefetcher, epoch_generator
 from bench.training.device import peak_memory_mb, resolve_device
 from bench.training.diagnostics import detection_metrics, transition_error
+from bench.training.disk import DiskLoader
 from bench.training.record import RunRecord
 from bench.training.resolve import CHECKPOINT, RunSpec
 from bench.training.tracking import new_tracker
@@ -257,6 +258,7 @@ class Trainer:
 
     def _context(self) -> MethodContext:
         cfg, ds = self.config, self.data.dataset
+        self.prefetcher = self._prefetcher()
         art = self.run_dir / "artifacts"
         art.mkdir(parents=True, exist_ok=True)
 
@@ -276,11 +278,18 @@ class Trainer:
             make_scheduler=lambda opt, epochs: make_scheduler(cfg, opt, epochs),
             predict_train=self.predict_train,
             fetch=lambda index, views: self.train_loader.batch(index.to(self.device), views, self._gen),
+            prefetch=self.prefetcher,
             given_labels=self.train_loader.labels, artifact_dir=art,
             generators=lambda: self._gens, epoch_pool=lambda: self.pool,
             noise_transition=lambda: None if ds.real_noise else expected_transition(
                 ds.num_classes, NoiseSpec(cfg.noise, cfg.noise_rate, cfg.noise_seed), asym_map=ds.asym_map),
         )
+
+    def _prefetcher(self) -> Prefetcher:
+        """Side streams' batches (DivideMix's unlabeled ones): on-disk, made ahead by the workers
+        from index batches drawn on the host; in memory, made when asked on the device."""
+        loader = self.train_loader
+        return Prefetcher(torch.device("cpu") if isinstance(loader, DiskLoader) else self.device, loader.prefetch)
 
     # --- evaluation ---------------------------------------------------------------------------
     def _autocast(self) -> Any:
@@ -387,8 +396,18 @@ class Trainer:
         views = m.views(epoch)
         stats = EpochStats(self.device)
         m.train_mode(True)
-        bar = self._bar(epoch)
-        for phase in m.phases(epoch):
+        self.prefetcher.live = True  # streams made from here on may start decoding at once
+        try:
+            self._train_phases(epoch, gen, views, stats)
+        finally:
+            self.prefetcher.live = False
+        return stats.result()
+
+    def _train_phases(self, epoch: int, gen: torch.Generator, views: tuple[str, ...], stats: EpochStats) -> None:
+        m = self.method
+        phases = m.phases(epoch)  # once: a method may make per-phase state here (DivideMix's streams)
+        bar = self._bar(epoch, phases)
+        for phase in phases:
             if phase.select is not None:  # a selection made now, after the earlier phases
                 phase.indices = phase.select()
             opts = [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))]
@@ -399,16 +418,15 @@ class Trainer:
                     bar.update(1)
         if bar is not None:
             bar.close()
-        return stats.result()
 
-    def _bar(self, epoch: int) -> Any:
+    def _bar(self, epoch: int, phases: list) -> Any:
         if not self.progress:
             return None
         from tqdm import tqdm
 
         n = len(self.train_loader) if self.pool is None else len(self.pool)
         total = sum(-(-(n if p.indices is None else len(p.indices)) // (p.batch_size or self.config.batch_size))
-                    for p in self.method.phases(epoch))
+                    for p in phases)
         return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, file=sys.stderr)
 
     def _sync(self) -> None:
@@ -485,10 +503,18 @@ class Trainer:
             summary = self._run(tracker, ckpt, t_setup)
         except BaseException:
             with contextlib.suppress(Exception):  # the error in flight is the one to report
+                self.close()
+            with contextlib.suppress(Exception):
                 tracker.close()
             raise
+        self.close()  # the loader workers first: forked from the run, they hold its pipes
         tracker.close()
         return summary
+
+    def close(self) -> None:
+        """End the loader workers of on-disk data (they live for the run)."""
+        if self.data is not None and self.data.pool is not None:
+            self.data.pool.close()
 
     def _run(self, tracker: Any, ckpt: dict[str, Any] | None, t_setup: float) -> dict[str, Any]:
         if self.data is None:
