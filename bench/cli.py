@@ -586,13 +586,11 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     """``data synth``: write (or complete) the tree, then one line on speed and size."""
-    import os
-
+    from bench.common.cores import usable_cores
     from datasets.synth import describe, make_spec, write_tree
 
     spec = make_spec(args.layout, args.n, args.size, args.classes, args.seed, args.quality, args.noise_rate)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    jobs = args.jobs if args.jobs is not None else cores
+    jobs = args.jobs if args.jobs is not None else usable_cores()
     report = write_tree(spec, args.out, jobs, log=lambda line: print(line, file=sys.stderr))
     print(describe(spec, report, jobs, args.out))
     return 0

@@ -68,6 +68,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common.cores import usable_cores
 from bench.common.errors import UsageError
 from datasets.base import Dataset, RawSplits
 from datasets.files import IMAGE_SUFFIXES
@@ -375,7 +376,7 @@ def pack_dataset(ds: Dataset, data_root: str | None, out: str, short_side: int |
         raise UsageError(f"--short-side {short_side}: must be at least 1 (pixels)")
     if not 1 <= quality <= 100:
         raise UsageError(f"--quality {quality}: must be in [1, 100]")
-    jobs = len(os.sched_getaffinity(0)) if jobs is None else jobs
+    jobs = usable_cores() if jobs is None else jobs
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: must be at least 1")
     if not out:

@@ -21,13 +21,13 @@ generated training images (``read``; placeholders before).
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
 
+from bench.common.cores import usable_cores
 from datasets.base import DATASETS, Dataset, RawSplits
 
 GRID = 4              # side of the coarse grid a class template is upsampled from
@@ -161,7 +161,7 @@ def generate(opts: SyntheticOptions) -> tuple[RawSplits, tuple[float, ...], tupl
     half = np.random.default_rng(streams[0]).random((opts.classes, opts.channels, GRID, GRID // 2),
                                                      dtype=np.float32)
     templates = np.concatenate([half, half[..., ::-1]], axis=3)
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = usable_cores()
     train, train_labels, total, squares = _split(templates, opts.train_size, opts.image_size, streams[1], workers)
     test, test_labels, _, _ = _split(templates, opts.test_size, opts.image_size, streams[2], workers)
     count = opts.train_size * opts.image_size**2

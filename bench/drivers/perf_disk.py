@@ -266,10 +266,10 @@ def make_tree(root: Path, n: int, size: str, log: Callable[[str], None], jobs: i
     """A synthetic Clothing1M tree of ``n`` training images of ``size`` (WxH) at ``root``,
     written with ``jobs`` processes (default: the cores this process may use); the line
     :func:`datasets.synth.describe` gives (its generation time included)."""
-    from bench.training.disk import default_workers
+    from bench.common.cores import usable_cores
     from datasets.synth import describe, make_spec, write_tree
 
-    jobs = jobs or default_workers()
+    jobs = jobs or usable_cores()
     spec = make_spec("clothing1m", n, size)
     report = write_tree(spec, root, jobs, log=log)
     return describe(spec, report, jobs, root)

@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.common.cores import usable_cores
 from bench.common.errors import UsageError
 from bench.common.options import build_options
 from bench.training.config import Placement, RunConfig
 from bench.training.data import InMemoryLoader, make_view_maker
-from bench.training.disk import DiskLoader, DiskPool, default_workers, file_transforms
+from bench.training.disk import DiskLoader, DiskPool, file_transforms
 from datasets.base import DATASETS, Dataset, NoiseReport, TrainSet, make_train_set, stratified_subset
 from datasets.noise import NoiseSpec
 
@@ -110,7 +111,7 @@ def disk_pool(ds: Dataset, config: RunConfig, place: Placement, device: torch.de
     else:  # native size: pad-and-crop; another size: the ImageNet-style 8 : 7
         resize = None if image_size == ds.image_size else round(image_size * 8 / 7)
     transforms = file_transforms(image_size, resize, config.augment, config.views)
-    workers = default_workers() if place.workers is None else place.workers
+    workers = usable_cores() if place.workers is None else place.workers
     pin = None if place.pin_memory == "auto" else place.pin_memory == "on"
     return DiskPool(transforms, image_size, resize, config.augment, config.views, device, workers,
                     place.prefetch, pin, config.decode)

@@ -28,7 +28,6 @@ Files that are not JPEG are decoded by the workers and finished on the device th
 """
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -44,14 +43,6 @@ PAD = 4  # the CIFAR-style padding of a crop at the native size (no resize)
 # the geometry a worker draws for one view of one sample under --decode gpu, as int64 fields
 GEOMETRY = ("height", "width", "center", "pad", "top", "left", "flip")
 Key = tuple[str, int, int, tuple[str, ...]]  # (split, dataset index, seed, views)
-
-
-def default_workers() -> int:
-    """The CPU cores this process may use: the default number of workers for on-disk data."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def resized_size(height: int, width: int, short: int) -> tuple[int, int]:
