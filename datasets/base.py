@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -241,10 +242,18 @@ def instance_features(ds: Dataset, images: np.ndarray) -> np.ndarray:
     return flat
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file of this process, then rename: parallel runs of the same
-    setting never see (or leave) half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+def temp_name(path: str | Path) -> Path:
+    """A temporary name beside ``path``, of this process (``.NAME.PID.HEX8.tmp``): no image
+    suffix, so no loader lists it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file of this process (``write(tmp)``), then rename: parallel
+    runs of the same setting, or a packing killed mid-write, never see (or leave) half a file
+    under its real name."""
+    tmp = temp_name(path)
     try:
         write(tmp)
         tmp.replace(path)
@@ -257,7 +266,7 @@ def _save_labels(path: Path, labels: np.ndarray) -> None:
         with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
             np.save(f, labels)
 
-    _write_atomic(path, write)
+    write_atomic(path, write)
 
 
 def noisy_labels(ds: Dataset, raw: RawSplits, spec: noise_lib.NoiseSpec, cache_dir: Path) -> tuple[np.ndarray, Path]:

@@ -60,7 +60,6 @@ import re
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +69,7 @@ import numpy as np
 
 from bench.common.cores import usable_cores
 from bench.common.errors import UsageError
-from datasets.base import Dataset, RawSplits
+from datasets.base import Dataset, RawSplits, write_atomic
 from datasets.files import IMAGE_SUFFIXES
 
 MANIFEST = "bench-pack.json"
@@ -192,7 +191,7 @@ def _inside(path: Path, root: Path) -> bool:
 # writing
 
 
-TMP = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # what _tmp_name makes
+TMP = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # what datasets.base.temp_name makes
 
 
 def _alive(pid: int) -> bool:
@@ -203,11 +202,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _tmp_name(dst: str) -> str:
-    head, tail = os.path.split(dst)
-    return os.path.join(head, f".{tail}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def remove_stale_tmp(folders: Iterable[str]) -> int:
@@ -226,18 +220,6 @@ def remove_stale_tmp(folders: Iterable[str]) -> int:
                 os.unlink(e.path)
                 removed += 1
     return removed
-
-
-def _write_atomic(dst: str, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the destination's folder, then rename: an interrupted
-    pack never leaves half an image under its real name."""
-    tmp = _tmp_name(dst)
-    try:
-        write(tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def pack_image(job: tuple[str, str, int | None, int]) -> tuple[str, str, int, int, str]:
@@ -277,11 +259,11 @@ def pack_image(job: tuple[str, str, int | None, int]) -> tuple[str, str, int, in
                     def save(tmp: str) -> None:
                         small.save(tmp, format="JPEG", quality=quality)
 
-                    _write_atomic(dst, save)
+                    write_atomic(dst, save)
                     return dst, RESIZED, before, os.path.getsize(dst), replaced
         except (*DECODE_ERRORS, Image.DecompressionBombError):
             status = UNDECODABLE
-    _write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
+    write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
     return dst, status, before, os.path.getsize(dst), replaced
 
 
@@ -314,7 +296,7 @@ def _copy_if_changed(src: Path, dst: Path) -> bool:
     if dst.is_file() and dst.stat().st_size == src.stat().st_size and dst.read_bytes() == src.read_bytes():
         return False
     dst.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(str(dst), lambda tmp: shutil.copyfile(src, tmp))
+    write_atomic(str(dst), lambda tmp: shutil.copyfile(src, tmp))
     return True
 
 
@@ -322,7 +304,7 @@ def _write_json_if_changed(path: Path, obj: dict[str, Any]) -> bool:
     text = json.dumps(obj, indent=1, sort_keys=True) + "\n"
     if path.is_file() and path.read_text() == text:
         return False
-    _write_atomic(str(path), lambda tmp: Path(tmp).write_text(text))
+    write_atomic(str(path), lambda tmp: Path(tmp).write_text(text))
     return True
 
 
