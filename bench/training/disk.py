@@ -28,6 +28,7 @@ Files that are not JPEG are decoded by the workers and finished on the device th
 """
 from __future__ import annotations
 
+import io
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -144,11 +145,13 @@ class FileViews(TorchDataset):
         split, i, seed, views = key
         item: dict = {"index": i, "ok": True}
         try:
+            # under --decode gpu the file is read once: the bytes go to the device, PIL reads the header
+            source = io.BytesIO(_read(self.files[split][i])) if self.decode == "gpu" else self.files[split][i]
             # each sample's draws come from (seed, dataset index): not from the worker
-            with Image.open(self.files[split][i]) as im, torch.random.fork_rng(devices=[]):
+            with Image.open(source) as im, torch.random.fork_rng(devices=[]):
                 torch.manual_seed((seed + i * 1_000_003) % 2**63)
                 if self.decode == "gpu":
-                    item["data"] = self._payload(im, self.files[split][i])
+                    item["data"] = self._payload(im, source)
                     for view in views:
                         aug = base_augment(view, self.augment, self.policy)
                         item[view] = torch.tensor(draw_geometry(im.height, im.width, self.size, self.resize, aug))
@@ -166,14 +169,18 @@ class FileViews(TorchDataset):
         return item
 
     @staticmethod
-    def _payload(im: Any, path: str) -> torch.Tensor:
+    def _payload(im: Any, source: io.BytesIO) -> torch.Tensor:
         """A JPEG's bytes (1-D uint8), or the RGB pixels (C, H, W) decoded here of another format
         or of a JPEG in another colour space (CMYK, YCCK: PIL converts them, the device decoder
         may not)."""
         if im.format == "JPEG" and im.mode in ("RGB", "L"):
-            with open(path, "rb") as f:
-                return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+            return torch.frombuffer(bytearray(source.getbuffer()), dtype=torch.uint8)
         return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def collate(items: list[dict]) -> dict:
