@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run|list|data|ui|sweep|table|plot|study|study-report|perf``.
+"""Command line: ``python -m bench run|list|data|ui|sweep|table|plot|study|study-report|perf|weights``.
 
 Every user error ends in one line on standard error and exit code 2; a run's last line on
 standard output is one JSON object with its results.
@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shlex
 import shutil
 import signal
 import sys
@@ -52,7 +53,7 @@ RUN_FLAGS: dict[str, tuple[type, str]] = {
     "weight_decay": (float, "weight decay"),
     "scheduler": (str, f"one of {', '.join(SCHEDULERS)}"),
     "backbone": (str, "backbone name or timm:NAME (see `bench list backbones`)"),
-    "weights": (str, "local weights file for --pretrained (nothing is downloaded)"),
+    "weights": (str, "local weights file for --pretrained, in place of timm's (then nothing is downloaded)"),
     "augment": (str, f"augmentation of the shared training view: {', '.join(AUGMENTS)}"),
     "views": (str, "a method's own views (weak, strong): shared = built on --augment, so every method gets the "
                    "same augmentation; official = as the method published them (crop + flip)"),
@@ -150,7 +151,11 @@ def add_run_flags(parser: argparse.ArgumentParser, skip: set[str] = frozenset())
             parser.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, default=None, metavar=metavar,
                                 help=_run_flag_help(name, help_))
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                        help="load pretrained timm weights (--no-pretrained overrides a preset)")
+                        help="start from timm's pretrained weights, downloaded on first use into the Hugging Face "
+                             "cache (HF_HOME); --no-pretrained: random weights, overriding a preset or data set")
+    parser.add_argument("--offline", action=argparse.BooleanOptionalAction, default=None,
+                        help="never download: pretrained weights only from the cache, as HF_HUB_OFFLINE=1 "
+                             "(prepare it with `bench weights fetch`)")
     parser.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
                         help="a method or data-set option (repeatable; see `bench list methods --verbose`, "
                              "`bench list datasets --verbose`)")
@@ -186,6 +191,16 @@ EXAMPLES = {
     "study": ["python -m bench study --method dividemix --params lambda_u,p_threshold --preset fmnist-cpu "
               "--noise sym --noise-rate 0.4 --epochs 15 --trials 20"],
     "study-report": ["python -m bench study-report --study-name dividemix-fashion-mnist-sym0.4"],
+    "weights": ["python -m bench weights fetch --preset clothing1m",
+                "python -m bench weights fetch --preset paper --dataset cifar100 --preset paper-vit",
+                "python -m bench weights fetch --backbone timm:resnet50 --backbone timm:vit_base_patch16_224",
+                "python -m bench weights fetch --sweep-args '--methods ce,wrongevent --dataset webvision --noise none'",
+                "python -m bench weights list"],
+    "weights fetch": ["python -m bench weights fetch --preset clothing1m",
+                      "python -m bench weights fetch --dataset food101n --dry-run",
+                      "python -m bench weights fetch --sweep-args '--methods ce,dividemix --preset paper --dataset "
+                      "cifar100'"],
+    "weights list": ["python -m bench weights list"],
     "perf": ["python -m bench perf --epochs 3 --repeats 3",
              "python -m bench perf --dataset synthetic --backbone preact_resnet18 --batch-size 64 "
              "--set train_size=4096",
@@ -197,8 +212,8 @@ EXAMPLES = {
 }
 
 
-def _add(sub: Any, name: str, help_: str, description: str = "") -> Parser:
-    epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
+def _add(sub: Any, name: str, help_: str, description: str = "", parent: str = "") -> Parser:
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[f"{parent} {name}".strip()])
     text = textwrap.fill(description or help_[0].upper() + help_[1:] + ".", width=100)
     return sub.add_parser(name, help=help_, description=text, epilog=epilog)
 
@@ -209,7 +224,7 @@ def build_parser() -> Parser:
                       "  python -m bench list\n  python -m bench COMMAND --help")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     for add in (add_run_parser, add_list_parser, add_data_parser, add_ui_parser, add_sweep_parser,
-                add_study_parsers, add_table_parser, add_plot_parser, add_perf_parser):
+                add_study_parsers, add_table_parser, add_plot_parser, add_perf_parser, add_weights_parser):
         add(sub)
     return p
 
@@ -351,6 +366,29 @@ def add_perf_parser(sub: Any) -> None:
                          "Clothing1M tree, 2-5 minutes on 2 cores)")
 
 
+def add_weights_parser(sub: Any) -> None:
+    wt = _add(sub, "weights", "fetch the pretrained weights runs will load, list what is cached",
+              "Pretrained timm weights: runs download them on first use into the Hugging Face cache (HF_HOME); "
+              "`weights fetch` downloads ahead what presets, data sets, backbones or a sweep will load, for "
+              "compute nodes without internet (run them with HF_HUB_OFFLINE=1 or --offline).")
+    wt_sub = wt.add_subparsers(dest="weights_command", required=True, parser_class=Parser, metavar="COMMAND")
+    fe = _add(wt_sub, "fetch", "download the weights that presets, data sets, backbones or a sweep will load",
+              "Download every pretrained weight file the named runs will load into the standard cache, print where "
+              "each went and its size, and load each into its model from the cache alone, as an offline run will.",
+              parent="weights")
+    fe.add_argument("--preset", action="append", default=[], metavar="NAME",
+                    help="a preset's runs (repeatable; all: every preset; paper/paper-vit with --dataset)")
+    fe.add_argument("--dataset", action="append", default=[], metavar="NAME",
+                    help="bare `bench run --dataset NAME` runs (the data set's protocol), or the data set of "
+                         "--preset paper/paper-vit (repeatable)")
+    fe.add_argument("--backbone", action="append", default=[], metavar="timm:NAME",
+                    help="a timm model's default pretrained weights (repeatable; NAME.TAG for another tag)")
+    fe.add_argument("--sweep-args", metavar="ARGS",
+                    help="the arguments of a `bench sweep`, quoted as one: the weights its runs load")
+    fe.add_argument("--dry-run", action="store_true", help="list what would be fetched and what is cached")
+    _add(wt_sub, "list", "the cached weight files, and whether the presets' backbones are cached", parent="weights")
+
+
 # the grid's own dimensions, and where the sweep logs; every other run flag passes through
 SWEEP_OWN = {"method", "noise", "noise_rate", "seed", "workers", "tracking_uri", "experiment"}
 
@@ -399,7 +437,7 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The run options of a `run`, `sweep` or `study` command line as a request dict (what
     :func:`bench.training.resolve.resolve` takes); flags not given are left out."""
     request = {k: getattr(args, k, None) for k in RUN_FLAGS}
-    request.update(pretrained=args.pretrained, sets=args.sets)
+    request.update(pretrained=args.pretrained, offline=args.offline, sets=args.sets)
     if getattr(args, "progress", "auto") != "auto":
         request["progress"] = args.progress == "bar"
     return {k: v for k, v in request.items() if v is not None}
@@ -527,7 +565,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         elif section == "backbones":
             for name in cat.backbones.names():
                 print(f"  {name:<18} {cat.backbones.get(name).doc}")
-            print(f"  {'timm:NAME':<18} any timm model (timm.create_model); --pretrained needs cached or --weights")
+            print(f"  {'timm:NAME':<18} any timm model (timm.create_model); --pretrained: timm's weights, downloaded "
+                  "on first use (HF_HUB_OFFLINE=1 / --offline: from the cache only; `bench weights fetch`)")
         else:
             for name in NOISE_MODELS:
                 print(f"  {name:<18} {describe_noise(name)}")
@@ -620,16 +659,64 @@ def cmd_study(args: argparse.Namespace) -> int:
     return run_study(args, request_from_args(args))
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from bench.drivers.weights import preset_requests, pretrained_models, run_fetch, run_list
+
+    if args.weights_command == "list":
+        return run_list()
+    requests = preset_requests(args.preset, args.dataset)
+    for name in args.backbone:
+        if not name.startswith("timm:"):
+            raise UsageError(f"--backbone {name}: only timm:NAME backbones have pretrained weights")
+        requests.append({"backbone": name, "pretrained": True})
+    if args.sweep_args:
+        requests += sweep_requests(args.sweep_args)
+    if not requests:
+        raise UsageError("name what to fetch: --preset NAME, --dataset NAME, --backbone timm:NAME or --sweep-args ARGS")
+    from bench.backbones import check_backbone_name
+
+    for name in args.backbone:
+        check_backbone_name(name)
+    return run_fetch(pretrained_models(requests), args.dry_run)
+
+
+def sweep_requests(text: str) -> list[dict[str, Any]]:
+    """The requests of the runs of the sweep that ``text`` (its arguments) describes."""
+    from bench.drivers.sweep import sweep_points
+
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"--sweep-args {text!r}: {exc}") from None
+    args = build_parser().parse_args(["sweep", *argv])
+    base = request_from_args(args)
+    return [point.request(base) for point in sweep_points(args)]
+
+
 COMMANDS = {"run": cmd_run, "list": cmd_list, "ui": cmd_ui, "data": cmd_data, "sweep": cmd_sweep, "study": cmd_study,
             "table": _lazy("bench.records.reports", "cmd_table"), "plot": _lazy("bench.records.figures", "cmd_plot"),
-            "perf": cmd_perf,
+            "perf": cmd_perf, "weights": cmd_weights,
             "study-report": _lazy("bench.drivers.study_report", "cmd_study_report")}
+
+
+def _joined(argv: list[str]) -> list[str]:
+    """``--sweep-args ARGS`` as ``--sweep-args=ARGS``: argparse would take ARGS, which starts
+    with ``--``, for a flag of its own."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--sweep-args" and i + 1 < len(argv):
+            out.append(f"--sweep-args={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()  # a run's setup time counts from here, imports included
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_joined(sys.argv[1:] if argv is None else list(argv)))
         args.started = started
         import datasets  # noqa: F401  (registers the data sets: numpy only; the methods load when needed)
 

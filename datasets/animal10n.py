@@ -37,6 +37,8 @@ class Animal10N(FileDataset):
     image_size = 64
     resize = None
     expected = {"train": 50_000, "test": 5_000}
+    # not pretrained: Animal-10N's published protocol trains from scratch on the 64-px images
+    # (PLC, github.com/pxiangwu/PLC animal10/train.py: vgg19_bn(pretrained=False))
 
     def index(self, root: Path) -> FileIndex:
         train_files, train_labels = labelled_files(root / "training")

@@ -43,6 +43,9 @@ class Clothing1M(FileDataset):
     # val/test key lists hold about 14k and 10.5k keys, and sources disagree which is which,
     # so `data check` prints both counts instead of expecting one
     expected = {"train": 1_000_000}
+    # ImageNet-pretrained ResNet-50, as every Clothing1M protocol: DivideMix Train_clothing1M.py
+    # create_model() (torchvision resnet50(pretrained=True)); IDO paper Sec. 4 and its configs
+    defaults = {**FileDataset.defaults, "pretrained": True}
 
     def epoch_samples(self, batch_size: int) -> int | None:
         return self.opts.samples_per_epoch or 1000 * batch_size

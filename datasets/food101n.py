@@ -27,6 +27,9 @@ class Food101N(FileDataset):
     name = "food101n"
     real_noise = True
     expected = {"train": 310_009, "test": 25_250}
+    # ImageNet-pretrained ResNet-50 (IDO author response, Food-101N column: every method
+    # fine-tunes a pretrained ResNet-50; "from scratch" rows are marked as such)
+    defaults = {**FileDataset.defaults, "pretrained": True}
     _classes: tuple[str, ...] = ()
 
     @property

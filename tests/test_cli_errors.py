@@ -6,9 +6,9 @@ and no traceback, and a bad run must fail before anything is written: every run 
 an MLflow store and a run folder inside ``tmp_path``, and the checks that names and values
 are validated up front assert that neither was created.
 
-The offline ``--pretrained`` case runs as a subprocess started when this module starts
-(:func:`offline_pretrained`) and is checked by the last test, so its time limit overlaps the
-other tests instead of adding to the suite's run time.
+The ``--pretrained`` case whose download fails (every connection refused) runs as a subprocess
+started when this module starts (:func:`offline_pretrained`) and is checked by the last test, so
+its time limit overlaps the other tests instead of adding to the suite's run time.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def assert_nothing_written(tmp_path: Path) -> None:
 
 
 def subprocess_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for ``python -m bench``: no network, empty model caches, no offline switch
-    (setting HF_HUB_OFFLINE is the code's job, not the caller's)."""
+    """Environment for ``python -m bench``: no network, empty model caches, downloads allowed
+    (no HF_HUB_OFFLINE), so a run asking for weights tries the network and must fail fast."""
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "NO_PROXY", "no_proxy")}
     env.update(NO_NETWORK, HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"),
                PYTHONUNBUFFERED="1")
@@ -86,7 +86,7 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
 def offline_pretrained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """Start ``--pretrained --backbone timm:resnet18`` without ``--weights`` in the background
     (only when its test is selected)."""
-    if not any(item.name == "test_pretrained_timm_without_weights_fails_fast_offline"
+    if not any(item.name == "test_pretrained_timm_whose_download_fails_fails_fast"
                for item in request.session.items):
         yield None
         return
@@ -333,7 +333,8 @@ def test_build_options_bad_literal_lists_the_choices():
 
 # --- last: the background --pretrained run (module docstring) -----------------------------------------
 
-def test_pretrained_timm_without_weights_fails_fast_offline(offline_pretrained):
+def test_pretrained_timm_whose_download_fails_fails_fast(offline_pretrained):
+    """huggingface_hub alone would retry five times with back-off per file (about 50 s)."""
     proc, started, tmp = offline_pretrained
     try:
         _, err = proc.communicate(timeout=max(0.0, OFFLINE_LIMIT_S - (time.monotonic() - started)))
@@ -342,7 +343,8 @@ def test_pretrained_timm_without_weights_fails_fast_offline(offline_pretrained):
     assert proc.returncode == 2
     assert "Traceback" not in err
     line = error_line(err)
-    assert "--weights" in line and "resnet18" in line
+    assert "could not download the pretrained weights of timm:resnet18" in line
+    assert "--weights PATH" in line and "--no-pretrained" in line and "bench weights fetch" in line
     assert len(err.splitlines()) == 1, err
     assert_nothing_written(tmp)
 

@@ -221,7 +221,8 @@ def test_webvision_logs_the_imagenet_test_set(tmp_path):
 
     make_webvision(tmp_path / "data")
     s = run_cli(tmp_path, "--method", "ce", "--dataset", "webvision", "--data-root", str(tmp_path / "data"),
-                "--backbone", "timm:test_resnet", "--image-size", "32", "--epochs", "1", "--workers", "0")
+                "--backbone", "timm:test_resnet", "--no-pretrained", "--image-size", "32", "--epochs", "1",
+                "--workers", "0")
     acc = metric_curve(tmp_path, s["run_id"], "test_acc_imagenet")
     assert len(acc) == 1 and acc[0] in (0.0, 1 / 3, 2 / 3, 1.0)  # 3 ImageNet val images
 
@@ -366,8 +367,8 @@ def test_wrongevent_with_sampled_epochs_fits_on_seen_samples_only(tmp_path):
 
     make(tmp_path / "data")
     s = run_cli(tmp_path, "--method", "wrongevent", "--dataset", "clothing1m", "--data-root", str(tmp_path / "data"),
-                "--backbone", "timm:test_resnet", "--image-size", "32", "--epochs", "4", "--workers", "0",
-                "--batch-size", "7", "--set", "samples_per_epoch=14", "--set", "stage1_epochs=3")
+                "--backbone", "timm:test_resnet", "--no-pretrained", "--image-size", "32", "--epochs", "4",
+                "--workers", "0", "--batch-size", "7", "--set", "samples_per_epoch=14", "--set", "stage1_epochs=3")
     assert s["status"] == "finished"
     state = torch.load(Path(s["run_dir"]) / "checkpoint.pt", weights_only=False)["method"]["state"]
     assert 14 <= int(state["seen"].sum()) < 28  # 4 samples of 14 out of 28: some never drawn

@@ -54,8 +54,14 @@ def sweep(tmp: Path, *argv: str, uri: str | None = None) -> tuple[int, str]:
     return code, buf.getvalue()
 
 
-def test_paper_preset_expands_the_papers_grid(tmp_path):
+def test_paper_preset_expands_the_papers_grid(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+
     from tests.fixtures_data import make_cifar100
+
+    # downloads allowed (the pretrained ResNet-50 is not cached here; a dry run fetches nothing)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
 
     make_cifar100(tmp_path / "data")
     code, out = sweep(tmp_path, "--methods", "ce", "--preset", "paper", "--dataset", "cifar100",

@@ -28,7 +28,7 @@ from bench.common.registry import Registry
 ROOT = Path(__file__).resolve().parents[2]
 PATH = Path(__file__).with_name("catalogue.json")
 # the files whose content decides the catalogue
-SOURCES = ("methods/*.py", "bench/backbones.py", "bench/common/*.py", "bench/training/catalogue.py")
+SOURCES = ("methods/*.py", "bench/backbones/*.py", "bench/common/*.py", "bench/training/catalogue.py")
 BASE_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 

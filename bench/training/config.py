@@ -170,6 +170,8 @@ class Placement:
     experiment: str = "bench"
     out: str = "results/runs"
     progress: bool | None = None  # a tqdm bar; None: on a terminal
+    # pretrained weights only from the cache (as HF_HUB_OFFLINE=1): a missing file fails at once
+    offline: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -52,12 +52,14 @@ class RunSpec:
 
 def resolve(request: Mapping[str, Any]) -> RunSpec:
     """The request as a checked run; one-line :class:`UsageError` for anything wrong."""
-    spec = _resolve(request)
+    spec = resolve_values(request)
     check(spec, deep=True)
     return spec
 
 
-def _resolve(request: Mapping[str, Any]) -> RunSpec:
+def resolve_values(request: Mapping[str, Any]) -> RunSpec:
+    """The request's values with the preset's and the data set's filled in, checked on their
+    own (:meth:`RunConfig.validate`); no data, method or backbone check (:func:`check`)."""
     from bench.training.catalogue import catalogue
     from bench.training.presets import get_preset
     from datasets.base import DATASETS
@@ -81,6 +83,10 @@ def _resolve(request: Mapping[str, Any]) -> RunSpec:
             dataset_sets.update(preset.dataset_options)
     values.update({k: v for k, v in request.items() if k in RESULT_KEYS | PLACE_KEYS})
     values.update(method=method, dataset=dataset)
+    if "pretrained" not in request and not str(values.get("backbone", "")).startswith("timm:"):
+        # a protocol's "pretrained" goes with its timm backbone: another backbone the request
+        # names (smallcnn on Clothing1M) starts from random weights, as it only can
+        values["pretrained"] = False
     method_sets, ds_sets = split_sets(parse_set(request.get("sets")), methods.get(method), DATASETS.get(dataset))
     dataset_sets.update(ds_sets)
     config = RunConfig.from_dict({**values, "method_options": method_sets, "dataset_options": dataset_sets})
@@ -146,6 +152,10 @@ def check(spec: RunSpec, deep: bool = True) -> None:
     resolve_device(place.device)
     if timm:
         check_backbone_name(cfg.backbone)
+        if cfg.pretrained and not cfg.weights:  # weights timm has, cached unless downloading is on
+            from bench.backbones.weights import check as check_weights
+
+            check_weights(cfg.backbone[5:], place.offline)
     build_options(method_class(cfg.method), {k: str(v) for k, v in cfg.method_options.items()})
 
 

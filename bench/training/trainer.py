@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.backbones import create_backbone
+from bench.backbones import create_backbone, ensure_weights
 from bench.common.errors import UsageError
 from bench.common.options import build_options
 from bench.training.assemble import Assembly, assemble, draw_pool
@@ -198,6 +198,7 @@ class Trainer:
         self._gen = epoch_generator(self.config.seed, 0, self.device)  # the current epoch's data generator
         self._gens = self._method_generators(0)
         self.data: Assembly | None = None
+        self.notes: list[str] = []  # lines for stderr once the build has succeeded (bad input: one line)
         self._transition: np.ndarray | None = None
 
     # --- the data, as the loops and tests see it ----------------------------------------------
@@ -235,6 +236,7 @@ class Trainer:
         written (the run folder gets only the method's artifact folder)."""
         cfg = self.config
         seed_everything(cfg.seed)
+        self.extra_tags["weights"] = self._initial_weights()
         self.data = assemble(cfg, self.place, self.device, self.channels_last)
         cfg.dataset_options = self.data.dataset.resolved_options()
         method_cls = method_class(cfg.method)
@@ -243,6 +245,23 @@ class Trainer:
         self.method.setup()
         cfg.method_options = self.method.resolved_options()  # the values in use are what gets logged
         return self
+
+    def _initial_weights(self) -> str:
+        """The backbone's starting weights, said on stderr and recorded (the ``weights`` tag).
+        timm's pretrained weights are fetched here, before any data is read, so a download that
+        fails (or, offline, a file not cached) fails first."""
+        cfg = self.config
+        where = ""
+        if not cfg.pretrained or not cfg.backbone.startswith("timm:"):  # resolve refuses pretrained others
+            what = "random initialisation"
+        elif cfg.weights:
+            what = f"file:{cfg.weights}"
+        else:
+            src, path, fresh = ensure_weights(cfg.backbone.removeprefix("timm:"), self.place.offline)
+            what = src.provenance(path)
+            where = f" ({'downloaded to' if fresh else 'from the cache:'} {path})"
+        self.notes.append(f"backbone {cfg.backbone}: {what}{where}")  # said once the run has started
+        return what
 
     def draw_pool(self, epoch: int) -> torch.Tensor | None:
         """This epoch's class-balanced sample of training indices (Clothing1M's epoch), or None."""
@@ -264,7 +283,7 @@ class Trainer:
 
         def backbone() -> torch.nn.Module:
             net = create_backbone(cfg.backbone, ds.num_classes, ds.channels, self.data.image_size,
-                                  cfg.pretrained, cfg.weights).to(self.device)
+                                  cfg.pretrained, cfg.weights, self.place.offline).to(self.device)
             net = net.to(memory_format=torch.channels_last) if self.channels_last else net
             return compile_backbone(net, cfg.compile)
 
@@ -520,6 +539,9 @@ class Trainer:
         if self.data is None:
             self.build()
         # only now: a run that fails to build (weights not found offline) leaves no store behind
+        for note in self.notes:
+            print(note, file=sys.stderr)
+        self.notes.clear()
         tracker.open(self.place.tracking_uri, self.place.experiment)
         record = RunRecord(tracker, self.spec, self.run_dir)
         if ckpt is not None:

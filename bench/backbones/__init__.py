@@ -4,20 +4,22 @@
 - ``preact_resnet18``: DivideMix's CIFAR backbone (He et al. 2016, "Identity Mappings in
   Deep Residual Networks"; DivideMix's ``PreResNet.py``), written fresh.
 - ``timm:NAME``: any timm model, created with ``timm.create_model``. Pretrained weights come
-  from a local file (``--weights PATH``) or timm's local cache; nothing is downloaded, so an
-  offline run fails at once with a clear message instead of hanging.
+  from a local file (``--weights PATH``) or, as timm takes them, from the Hugging Face Hub:
+  downloaded on first use into huggingface_hub's cache unless ``HF_HUB_OFFLINE=1`` or
+  ``--offline`` (:mod:`bench.backbones.weights`).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.backbones.weights import ensure as ensure_weights
+from bench.backbones.weights import fetch_command, hub_offline
 from bench.common.errors import UsageError
-from bench.common.registry import Registry, describe
+from bench.common.registry import Registry
 
 BACKBONES: Registry = Registry("backbone")
 
@@ -89,23 +91,6 @@ class PreActResNet18(nn.Module):
         return self.linear(out)
 
 
-@contextmanager
-def _hub_offline():
-    """Make huggingface_hub use only its local cache while timm looks for weights.
-
-    huggingface_hub reads ``HF_HUB_OFFLINE`` once, at import, so the environment variable
-    alone has no effect here: the module constant is what its download code consults.
-    """
-    import huggingface_hub.constants as hub
-
-    old = hub.HF_HUB_OFFLINE
-    hub.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hub.HF_HUB_OFFLINE = old
-
-
 def _timm_create(name: str, image_size: int | None, **kwargs: object) -> nn.Module:
     """``timm.create_model``, telling models built for one input size (ViTs and the like) the
     run's image size; convolutional nets take any size and refuse the argument."""
@@ -121,7 +106,9 @@ def _timm_create(name: str, image_size: int | None, **kwargs: object) -> nn.Modu
 
 
 def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool,
-                 weights: str | None, image_size: int | None = None) -> nn.Module:
+                 weights: str | None, image_size: int | None = None, offline: bool = False) -> nn.Module:
+    """A timm model: random weights, a local file (``weights``), or timm's pretrained weights,
+    downloaded on first use unless ``offline`` (or ``HF_HUB_OFFLINE``) says not to."""
 
     _check_timm_name(name)
     common = {"num_classes": num_classes, "in_chans": in_chans}
@@ -134,14 +121,14 @@ def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool,
         net = _timm_create(name, image_size, pretrained=False, **common)
         load_weights_file(net, path, name)
         return net
-    try:
-        with _hub_offline():
+    src, path, _ = ensure_weights(name, offline)
+    try:  # from the file just checked or fetched: timm finds it in the cache
+        with hub_offline():
             return _timm_create(name, image_size, pretrained=True, **common)
-    except Exception as exc:  # timm raises several types when weights are not cached
-        raise UsageError(
-            f"pretrained weights for timm:{name} are not in the local cache and cannot be "
-            f"downloaded offline ({type(exc).__name__}); pass --weights PATH to a local file"
-        ) from None
+    except Exception as exc:  # timm raises several types for a file that does not load
+        raise UsageError(f"the pretrained weights of timm:{name} ({src.label}) are in the cache ({path}) but do not "
+                         f"load ({type(exc).__name__}: {str(exc).strip()[:160]}); delete that file and fetch it again "
+                         f"(`{fetch_command(name)}`), or pass --weights PATH") from None
 
 
 def load_weights_file(net: nn.Module, path: Path, name: str) -> None:
@@ -191,10 +178,11 @@ def load_weights_file(net: nn.Module, path: Path, name: str) -> None:
 
 
 def create_backbone(name: str, num_classes: int, in_chans: int, image_size: int,
-                    pretrained: bool = False, weights: str | None = None) -> nn.Module:
-    """Build backbone ``name`` (a registered name or ``timm:NAME``)."""
+                    pretrained: bool = False, weights: str | None = None, offline: bool = False) -> nn.Module:
+    """Build backbone ``name`` (a registered name or ``timm:NAME``); ``offline``: pretrained
+    weights come only from the cache (as with ``HF_HUB_OFFLINE=1``)."""
     if name.startswith("timm:"):
-        return _create_timm(name[5:], num_classes, in_chans, pretrained, weights, image_size)
+        return _create_timm(name[5:], num_classes, in_chans, pretrained, weights, image_size, offline)
     factory = BACKBONES.get(name)
     if pretrained or weights:
         raise UsageError(f"backbone {name!r} has no pretrained weights; use a timm:NAME backbone")
@@ -217,12 +205,6 @@ def _check_timm_name(name: str) -> None:
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
         hint = f" (close: {', '.join(close)})" if close else ""
         raise UsageError(f"unknown timm model {name!r}{hint}; see timm.list_models() for valid names")
-
-
-def backbone_descriptions() -> list[tuple[str, str]]:
-    rows = [(n, describe(BACKBONES.get(n))) for n in BACKBONES.names()]
-    rows.append(("timm:NAME", "any timm model (timm.create_model); --pretrained needs cached or --weights"))
-    return rows
 
 
 def count_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
