@@ -10,13 +10,11 @@ import dataclasses
 import json
 import math
 import shlex
-import shutil
 import signal
 import sys
 import textwrap
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from bench.common.errors import UsageError
@@ -465,60 +463,26 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _run_trainer(trainer: Any, resume: bool) -> dict[str, Any]:
-    try:
-        return trainer.run(resume=resume)
-    except KeyboardInterrupt:
-        if (trainer.run_dir / "checkpoint.pt").exists():
-            print(f"bench: interrupted; the last finished epoch is checkpointed: continue with "
-                  f"python -m bench run --resume {trainer.run_dir}", file=sys.stderr)
-        raise SystemExit(130) from None
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    """``bench run``: :func:`bench.drivers.runs.run_request` (which ``bench.run`` calls too), its
+    summary printed as the last line on stdout."""
+    from bench.drivers.runs import Interrupted, run_request
     from bench.training.tracking import new_tracker
 
-    signal.signal(signal.SIGTERM, _terminate)
+    # the handler is this command's: put back after it (a caller running `main` in-process, as
+    # the tests do, keeps its own, and processes it forks later do not inherit ours)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     # MLflow's imports (seconds) run in a child process while this one resolves the request and
     # imports torch; the child opens the store only once every check has passed
     tracker = new_tracker()
     try:
-        return _run(args, tracker)
+        summary = run_request(request_from_args(args), resume=args.resume, stop_after=args.stop_after,
+                              started=args.started, tracker=tracker)
+    except Interrupted:  # said where the run can be continued; no "bench: interrupted" after it
+        raise SystemExit(130) from None
     finally:
         tracker.close()
-
-
-def _run(args: argparse.Namespace, tracker: Any) -> int:
-    from bench.training.resolve import resolve, resolve_resume
-
-    request = request_from_args(args)
-    if args.resume:
-        run_dir = Path(args.resume)
-        spec = resolve_resume(run_dir, request)
-        if (run_dir / "summary.json").exists():
-            print(f"run in {run_dir} has already finished; its summary follows", file=sys.stderr)
-            print(json.dumps(json.loads((run_dir / "summary.json").read_text())))
-            return 0
-        from bench.training.trainer import Trainer
-
-        trainer = Trainer(spec, run_dir, stop_after=args.stop_after, started=args.started, tracker=tracker)
-        summary = _run_trainer(trainer, True)
-    else:
-        spec = resolve(request)
-        from bench.training.trainer import Trainer, new_run_dir
-
-        run_dir = new_run_dir(spec)
-        trainer = Trainer(spec, run_dir, stop_after=args.stop_after, started=args.started, tracker=tracker)
-        try:
-            summary = _run_trainer(trainer, False)
-        except UsageError:
-            # failed before its first checkpoint (e.g. weights not found): leave nothing behind
-            if not any(run_dir.glob("checkpoint.pt")):
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-    if summary["status"] == "stopped":
-        print(f"stopped after epoch {summary['epochs_done']}; continue with: "
-              f"python -m bench run --resume {run_dir}", file=sys.stderr)
+        signal.signal(signal.SIGTERM, previous)
     print(json.dumps(_jsonable(summary)))
     return 0
 
@@ -715,12 +679,15 @@ def _joined(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()  # a run's setup time counts from here, imports included
+    from bench.drivers.runs import progress_to_stderr  # the standard library only
+
     try:
         args = build_parser().parse_args(_joined(sys.argv[1:] if argv is None else list(argv)))
         args.started = started
         import datasets  # noqa: F401  (registers the data sets: numpy only; the methods load when needed)
 
-        return COMMANDS[args.command](args)
+        with progress_to_stderr():  # the trainer's lines (logging, "bench") as it says them
+            return COMMANDS[args.command](args)
     except (UsageError, UnknownNameError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2

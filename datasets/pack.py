@@ -54,11 +54,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common.cores import usable_cores
+from bench.common.cores import process_pool, usable_cores
 from bench.common.errors import UsageError
 from datasets.base import Dataset, RawSplits, write_atomic
 from datasets.files import IMAGE_SUFFIXES
@@ -420,8 +418,6 @@ def pack_dataset(ds: Dataset, data_root: str | None, out: str, short_side: int |
     tally = Tally({s: 0 for s in (RESIZED, COPIED, DONE, UNDECODABLE, MISSING)})
     src_root, dst_root = os.path.abspath(root), os.path.abspath(out_dir)
     work = [(os.path.join(src_root, k), os.path.join(dst_root, k), side, quality) for k in keys]
-    if side is not None:  # imported once, before the clock starts (and inherited by the forked workers)
-        from torchvision.transforms import functional  # noqa: F401
     started = last = time.perf_counter()
     for n, result in enumerate(_run(work, jobs), 1):
         tally.add(*result)
@@ -472,8 +468,8 @@ def _run(work: list, jobs: int) -> Iterable[tuple[str, str, int, int, str]]:
     if jobs == 1 or len(work) <= 1:
         yield from map(pack_image, work)
         return
-    method = "fork" if sys.platform.startswith("linux") else None
-    with multiprocessing.get_context(method).Pool(min(jobs, len(work))) as pool:
+    # the resize's module imported once, in the pool's server, and inherited by every worker
+    with process_pool(min(jobs, len(work)), preload=("datasets.pack", "torchvision.transforms.functional")) as pool:
         yield from pool.imap_unordered(pack_image, work, chunksize=max(1, min(64, len(work) // (jobs * 8))))
 
 

@@ -46,6 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bench.common.cores import process_pool
 from bench.common.errors import UsageError
 
 # --- the class patterns (coordinates: y in [-1, 1] top to bottom, x in [-W/H, W/H]) ---
@@ -325,9 +326,7 @@ def _run_items(root: Path, spec: SynthSpec, items: list[Item], jobs: int,
     tasks = ((str(root), spec, chunk) for chunk in _chunks(items, CHUNK))
     if jobs == 1:
         return _tally(map(_write_task, tasks), progress)
-    import multiprocessing
-
-    with multiprocessing.get_context().Pool(jobs) as pool:
+    with process_pool(jobs, preload=("datasets.synth",)) as pool:
         return _tally(pool.imap_unordered(_write_task, tasks), progress)
 
 

@@ -9,9 +9,9 @@ Division of labour (after USB's ``AlgorithmBase``, microsoft/Semi-supervised-lea
   from the helpers in :class:`MethodContext`, so every method gets the same backbone and
   optimiser settings), its step, and its per-sample state.
 
-A method subclass sets ``name`` and ``Options`` (a dataclass whose fields are its ``--set``
-options, each with ``metadata={"help": ..., "source": ...}``), registers itself with
-``@METHODS.register()``, and overrides:
+A method subclass sets ``Options`` (a dataclass whose fields are its ``--set`` options, each
+with ``metadata={"help": ..., "source": ...}``), registers itself with
+``@METHODS.register("name")`` (which sets its ``name``), and overrides:
 
 ``setup()``
     Build ``self.models`` / ``self.optimizers`` / ``self.schedulers`` (dicts by name; the
@@ -22,10 +22,12 @@ options, each with ``metadata={"help": ..., "source": ...}``), registers itself 
     :meth:`extra_state` / :meth:`load_extra_state`.
 ``views(epoch)``
     The image views a batch must carry this epoch: ``"train"`` (the run's shared
-    ``--augment``, default), ``"plain"``, and the method's own ``"weak"``/``"weak2"`` (two
-    independent draws) and ``"strong"`` (weak + RandAugment), declared in ``own_views``; under
-    ``--views shared`` they start from the run's ``--augment``, under ``official`` from crop +
-    flip (see bench/training/data.py).
+    ``--augment``, default), ``"plain"``, and the method's own, declared in ``own_views``:
+    ``"weak"``/``"weak2"`` (two independent draws), ``"strong"`` (weak + RandAugment), and the
+    strong views some methods publish, ``"ra-cutout"``/``"ra-cutout2"`` (GJS), ``"strong-mc"``
+    (DISC), ``"autoaug"``/``"autoaug2"`` (UNICON), ``"autoaug-cutout"`` (SOP+) and
+    ``"ra-promix"`` (ProMix); under ``--views shared`` they start from the run's ``--augment``,
+    under ``official`` from crop + flip (each with its source: bench/training/data.py).
 ``phases(epoch)``
     The passes over the training data this epoch (default one). A two-network method that
     trains its networks one after the other (DivideMix) returns one :class:`Phase` per
@@ -191,6 +193,13 @@ class Method:
     # `--set` options under which a 3-epoch run goes through every phase of the method (a 1-epoch
     # warm-up, say): the registry's smoke test (tests/test_registry_entries.py) runs each method so
     smoke_options: ClassVar[dict[str, str]] = {}
+    # what `bench perf` times of the method (bench/drivers/perf.py), under ``smoke_options``:
+    # ``perf_figures`` names the figures it is in ("methods": the suites' methods side by side;
+    # "strong": the strong view's share of its step), ``perf_step_epoch`` the epoch (from 0)
+    # whose first phase is the step timed alone (the first after the warm-up that the smoke
+    # options shorten)
+    perf_figures: ClassVar[tuple[str, ...]] = ()
+    perf_step_epoch: ClassVar[int] = 0
 
     def __init__(self, options: Any, ctx: MethodContext) -> None:
         self.opts = options

@@ -63,7 +63,6 @@ class BootstrapOptions:
 class Bootstrap(Method):
     """Bootstrapping (ICLR-W 2015): CE against beta * label + (1 - beta) * own (soft or hard) prediction."""
 
-    name = "bootstrap"
     paper = "Reed et al., Training Deep Neural Networks on Noisy Labels with Bootstrapping, ICLR workshop 2015"
     code = "none official; Keras reference github.com/YisenWang/symmetric_cross_entropy_for_noisy_labels"
     Options = BootstrapOptions

@@ -15,10 +15,10 @@ from methods.base import METHODS, Method, Phase, StepOutput
 class CrossEntropy(Method):
     """Cross-entropy on the given labels: one network, no noise handling (the baseline floor)."""
 
-    name = "ce"
     paper = "the cross-entropy baseline every LNL paper reports (Standard)"
     code = "none (the harness's plain training)"
     time_reference = "CE"  # `bench table --time`: every method's time per epoch against CE's
+    perf_figures = ("methods",)  # `bench perf`'s suites time it beside the others (the reference)
 
     def setup(self) -> None:
         self.add_network("net", schedule_epochs=self.ctx.epochs)

@@ -77,7 +77,6 @@ class CoresOptions:
 class Cores(Method):
     """CORES^2 phase 1 (ICLR 2021): CE with a prior-weighted confidence regulariser and a sample sieve."""
 
-    name = "cores"
     paper = "Cheng et al., Learning with Instance-Dependent Label Noise: A Sample Sieve Approach, ICLR 2021"
     code = "github.com/UCSC-REAL/cores"
     Options = CoresOptions

@@ -138,7 +138,6 @@ class CoteachingPlus(Method):
     """Co-teaching+ (ICML 2019): Co-teaching's peer update, restricted to the samples the two
     networks' predictions disagree on after ``init_epoch``."""
 
-    name = "coteaching_plus"
     paper = "Yu et al., How does Disagreement Help Generalization against Label Corruption?, ICML 2019"
     code = "github.com/xingruiyu/coteaching_plus"
     Options = CoteachingPlusOptions

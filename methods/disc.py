@@ -144,7 +144,6 @@ def end_of_epoch(w_probs: torch.Tensor, s_probs: torch.Tensor, labels: torch.Ten
 class DISC(Method):
     """DISC (CVPR 2023): per-sample EMA thresholds on two views; clean, hard, corrected and mixup sets."""
 
-    name = "disc"
     paper = ("Li et al., "
              "DISC: Learning from Noisy Labels via Dynamic Instance-Specific Selection and Correction, CVPR 2023")
     code = "github.com/JackYFL/DISC"

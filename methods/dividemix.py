@@ -124,11 +124,11 @@ class DivideMixOptions:
 class DivideMix(Method):
     """DivideMix (ICLR 2020): two nets, GMM co-divide on per-sample loss, MixMatch-style training."""
 
-    name = "dividemix"
     paper = "Li, Socher, Hoi, DivideMix: Learning with Noisy Labels as Semi-supervised Learning, ICLR 2020"
     code = "github.com/LiJunnan1992/DivideMix"
     time_reference = "DivideMix"  # the IDO paper's time claim is against DivideMix
     smoke_options = {"warmup_epochs": "1"}  # warm-up, then co-divide and MixMatch
+    perf_figures = ("methods",)  # `bench perf`'s suites: the IDO paper's time claim is against it
     own_views = ("weak", "weak2")  # its two augmentations of every sample (Train_cifar.py)
     Options = DivideMixOptions
 

@@ -114,7 +114,6 @@ class _GLS(Method):
 class LabelSmoothing(_GLS):
     """Label smoothing (r > 0) as GLS defines it (ICML 2022): direct training, r = 0.1."""
 
-    name = "ls"
     paper = "Wei et al., To Smooth or Not? When Label Smoothing Meets Noisy Labels, ICML 2022"
     code = "github.com/UCSC-REAL/negative-label-smoothing"
     Options = LSOptions
@@ -124,7 +123,6 @@ class LabelSmoothing(_GLS):
 class NegativeLabelSmoothing(_GLS):
     """Negative label smoothing (ICML 2022): CE warm-up, then r < 0 at a tiny learning rate."""
 
-    name = "nls"
     paper = "Wei et al., To Smooth or Not? When Label Smoothing Meets Noisy Labels, ICML 2022"
     code = "github.com/UCSC-REAL/negative-label-smoothing"
     Options = NLSOptions

@@ -158,7 +158,6 @@ class _Correction(Method):
 class Forward(_Correction):
     """Forward correction (CVPR 2017): -log of the prediction pushed through T, T from anchor points."""
 
-    name = "forward"
     paper = "Patrini et al., Making Deep Neural Networks Robust to Label Noise: a Loss Correction Approach, CVPR 2017"
     code = "github.com/giorgiop/loss-correction"
 
@@ -170,7 +169,6 @@ class Forward(_Correction):
 class Backward(_Correction):
     """Backward correction (CVPR 2017): the per-class losses weighted by T^-1's row of the given label."""
 
-    name = "backward"
     paper = "Patrini et al., Making Deep Neural Networks Robust to Label Noise: a Loss Correction Approach, CVPR 2017"
     code = "github.com/giorgiop/loss-correction"
 

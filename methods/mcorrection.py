@@ -153,7 +153,6 @@ def bootstrap_loss(logp: torch.Tensor, y: torch.Tensor, target: torch.Tensor, b:
 class MCorrection(Method):
     """M-Correction (ICML 2019): mixup, then bootstrapping weighted by a Beta mixture on the losses."""
 
-    name = "mcorrection"
     paper = "Arazo et al., Unsupervised Label Noise Modeling and Loss Correction, ICML 2019"
     code = "github.com/PaulAlbert31/LabelNoiseCorrection"
     Options = MCorrectionOptions

@@ -42,7 +42,6 @@ def mixup_loss(logits: torch.Tensor, y: torch.Tensor, y_perm: torch.Tensor, lam:
 class Mixup(Method):
     """mixup (ICLR 2018): convex combinations of image pairs and of their given labels."""
 
-    name = "mixup"
     paper = "Zhang et al., mixup: Beyond Empirical Risk Minimization, ICLR 2018"
     code = "github.com/facebookresearch/mixup-cifar10"
     Options = MixupOptions

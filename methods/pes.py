@@ -464,7 +464,6 @@ def _params(modules: list[nn.Module]) -> list[nn.Parameter]:
 class PES(_Progressive):
     """PES (NeurIPS 2021): CE, refinement of the re-created last block and classifier, confident-set CE."""
 
-    name = "pes"
     paper = ("Bai et al., Understanding and Improving Early Stopping for Learning with Noisy Labels, "
              "NeurIPS 2021 (PES)")
     code = "github.com/tmllab/PES (PES_cs.py)"
@@ -523,7 +522,6 @@ class PES(_Progressive):
 class PESSemi(_Progressive):
     """PES-semi (NeurIPS 2021): CE, classifier refinement, MixMatch on the confident / other split."""
 
-    name = "pes_semi"
     paper = ("Bai et al., Understanding and Improving Early Stopping for Learning with Noisy Labels, "
              "NeurIPS 2021 (PES with semi-supervised learning)")
     code = "github.com/tmllab/PES (PES_semi.py)"

@@ -148,7 +148,6 @@ def prob_correction(labels: torch.Tensor, f_x: torch.Tensor, delta: float, inc: 
 class PLC(Method):
     """PLC (ICLR 2021): CE on labels corrected progressively by a likelihood-ratio test."""
 
-    name = "plc"
     paper = "Zhang et al., Learning with Feature-Dependent Label Noise: A Progressive Approach, ICLR 2021"
     code = "github.com/pxiangwu/PLC"
     Options = PLCOptions

@@ -377,7 +377,6 @@ class PseudoHeadNet(nn.Module):
 class ProMix(Method):
     """ProMix (IJCAI 2023): CSS + MHCS selection per network, debiased primary and pseudo heads."""
 
-    name = "promix"
     paper = ("Xiao, Dong, Wang, Feng, Wu, Chen, Zhao, ProMix: Combating Label Noise via Maximizing Clean "
              "Sample Utility, IJCAI 2023")
     code = "github.com/Justherozen/ProMix"

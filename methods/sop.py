@@ -186,7 +186,6 @@ def sop_loss(z_w: torch.Tensor, y: torch.Tensor, u: torch.Tensor, v: torch.Tenso
 class SOP(Method):
     """SOP (ICML 2022): per-sample sparse terms u^2 y - v^2 (1 - y) learn the label noise beside the network."""
 
-    name = "sop"
     paper = "Liu, Zhu, Qu & You, Robust Training under Label Noise by Over-parameterization, ICML 2022"
     code = "github.com/shengliu66/SOP"
     Options = SOPOptions
@@ -262,7 +261,6 @@ class SOP(Method):
 class SOPPlus(SOP):
     """SOP+ (ICML 2022): SOP with a weak/strong consistency and a class-balance term."""
 
-    name = "sop_plus"
     Options = SOPPlusOptions
     own_views = ("weak", "autoaug-cutout")
 

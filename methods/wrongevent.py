@@ -138,12 +138,13 @@ def label_wave_base(changes: list[float]) -> int | None:
 class WrongEvent(Method):
     """IDO (NeurIPS 2025): wrong-event counts, label-wave base model, BMM-weighted 3-term loss."""
 
-    name = "wrongevent"
     paper = ("Zhang et al., "
              "Handling Label Noise via Instance-Level Difficulty Modeling and Dynamic Optimization (IDO), NeurIPS 2025")
     code = "github.com/iTheresaApocalypse/IDO"
     score_artifacts = {"wrong_events.npy": "wrong events at the end of training (count)"}
     smoke_options = {"stage1_epochs": "1"}  # stage 1, then stage 2
+    perf_figures = ("methods", "strong")  # `bench perf`: the suites, and the strong view's share of a step
+    perf_step_epoch = 1  # that step: stage 2's (epoch 1 under smoke_options)
     own_views = ("weak", "strong")  # stage 2 (stage_2.py, dataloader/randaugment.py)
     Options = WrongEventOptions
 
@@ -357,7 +358,7 @@ class WrongEvent(Method):
         return out
 
     def _write_artifacts(self) -> None:
-        from bench.common.figures import prediction_change_curve, score_histogram
+        from bench.common.plotting import prediction_change_curve, score_histogram
 
         out = self.ctx.artifact_dir
         we = self.state["wrong_events"].cpu().numpy()

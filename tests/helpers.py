@@ -25,7 +25,7 @@ from bench.training import augment
 from bench.training.config import Placement, RunConfig
 from bench.training.resolve import RunSpec
 from bench.training.trainer import Trainer
-from methods.base import Generators
+from methods.base import Generators, MethodContext
 
 
 def tracking_uri(tmp: Path) -> str:
@@ -49,6 +49,33 @@ def metric_curve(tmp: Path, run_id: str, name: str) -> list[float]:
 def fake_generators() -> Generators:
     """The generators a fake method context hands out (fixed seeds)."""
     return Generators(torch=torch.Generator().manual_seed(0), numpy=np.random.default_rng(0))
+
+
+def _not_in_a_fake_context(name: str) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"fake_context has no data: pass {name}= to fake_context (or set ctx.{name})")
+    return call
+
+
+def fake_context(**overrides: Any) -> MethodContext:
+    """The real :class:`MethodContext` a method test builds by hand: every field filled with a
+    harmless default for a CPU test (3 classes, 4 samples of given label 0, a 2-in linear
+    backbone, SGD at lr 0.1, no scheduler, the fixed-seed :func:`fake_generators`), ``overrides``
+    replacing them. ``predict_train`` and ``fetch`` fail when called unless given; the artifact
+    folder does not exist (a test that writes artifacts passes ``artifact_dir=tmp_path``). A field
+    MethodContext lacks is a TypeError, so the tests notice when the context changes."""
+    num_train, num_classes = overrides.get("num_train", 4), overrides.get("num_classes", 3)
+    values: dict[str, Any] = dict(
+        num_classes=num_classes, num_train=num_train, device=torch.device("cpu"), epochs=3, batch_size=4,
+        noise_rate=0.4, dataset="fake", noise="sym", pretrained=False,
+        make_backbone=lambda: torch.nn.Linear(2, num_classes),
+        make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+        make_scheduler=lambda optimizer, epochs: None,
+        predict_train=_not_in_a_fake_context("predict_train"), fetch=_not_in_a_fake_context("fetch"),
+        given_labels=torch.zeros(num_train, dtype=torch.long),
+        artifact_dir=Path("/nonexistent/fake_context-artifacts"), generators=fake_generators)
+    values.update(overrides)
+    return MethodContext(**values)
 
 
 def spec_of(**values: Any) -> RunSpec:

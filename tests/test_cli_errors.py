@@ -252,6 +252,7 @@ def test_unknown_flag(tmp_path, capsys):
 
 # --- the same through a real process: exit status, no traceback ------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, fragment", [
     pytest.param(["frobnicate"], "frobnicate", id="unknown-subcommand"),
     pytest.param(["run", "--method", "nosuchmethod"], "unknown method 'nosuchmethod'", id="unknown-method"),
@@ -333,6 +334,7 @@ def test_build_options_bad_literal_lists_the_choices():
 
 # --- last: the background --pretrained run (module docstring) -----------------------------------------
 
+@pytest.mark.slow
 def test_pretrained_timm_whose_download_fails_fails_fast(offline_pretrained):
     """huggingface_hub alone would retry five times with back-off per file (about 50 s)."""
     proc, started, tmp = offline_pretrained
@@ -357,3 +359,13 @@ def test_resume_with_a_damaged_config_fails_in_one_line(tmp_path, capsys):
     code, _, err = bench(["run", "--resume", str(run)], capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert "config.json is damaged" in error_line(err)
+
+
+def test_run_puts_back_the_sigterm_handler_it_installs(tmp_path, capsys):
+    """`bench run` turns SIGTERM into an interrupt for its own duration only: a process running
+    ``main`` in-process keeps its handler, and processes it forks later do not inherit ours."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, _ = bench(run_args(tmp_path, "--method", "nosuchmethod"), capsys)
+    assert code == 2 and signal.getsignal(signal.SIGTERM) is before

@@ -4,8 +4,6 @@ diagnostics, and resume through the command line."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import torch
 from helpers import (
     TableNet,
     assert_resume_equals_uninterrupted,
-    fake_generators,
+    fake_context,
     make_trainer,
     metric_curve,
     tracking_uri,
@@ -65,12 +63,10 @@ def fake_method(nets=None, num_train: int = 8, epochs: int = 10, noise_rate: flo
             return torch.optim.Adam(params, lr=1e-3)
         return torch.optim.SGD(params, lr=0.1, momentum=0.9)
 
-    ctx = SimpleNamespace(
-        num_classes=num_classes, num_train=num_train, device=torch.device("cpu"), epochs=epochs,
-        noise_rate=noise_rate, dataset="fake", noise="sym", pretrained=False,
+    ctx = fake_context(
+        num_classes=num_classes, num_train=num_train, epochs=epochs, noise_rate=noise_rate,
         make_backbone=lambda: next(nets), make_optimizer=make_optimizer,
-        make_scheduler=scheduler or (lambda opt, n: None), generators=fake_generators,
-        given_labels=torch.zeros(num_train, dtype=torch.long), artifact_dir=Path("."))
+        make_scheduler=scheduler or (lambda opt, n: None))
     m = Coteaching(build_options(Coteaching, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
     return m
@@ -200,6 +196,7 @@ def test_trainer_schedule_is_left_alone():
 
 # --- a short run on a Fashion-MNIST subset --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_short_run_logs_diagnostics(tmp_path):
     tr = make_trainer(tmp_path, method="coteaching", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=100,
                       method_options={"tk": 1})
@@ -218,6 +215,7 @@ def test_short_run_logs_diagnostics(tmp_path):
 
 # --- resume ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     # 3 epochs, tk 2: after the interruption the forget rate goes 0 -> 0.3, beta1 0.9 -> 0.1 (decay
     # from round(0.4 * 3) = 1) and the lr 1e-3 -> 5e-4

@@ -6,13 +6,11 @@ disagreement samples after it."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import TableNet, fake_generators, make_trainer
+from helpers import TableNet, fake_context, make_trainer
 
 from bench.common.errors import UsageError
 from bench.common.options import build_options
@@ -24,12 +22,9 @@ from methods.coteachingplus import CoteachingPlus, init_epoch_default, peer_upda
 def fake_method(nets=None, num_train: int = 8, epochs: int = 10, noise_rate: float | None = 0.4,
                 num_classes: int = 3, dataset: str = "fake", **opts) -> CoteachingPlus:
     nets = iter(nets or [torch.nn.Linear(4, num_classes), torch.nn.Linear(4, num_classes)])
-    ctx = SimpleNamespace(
-        num_classes=num_classes, num_train=num_train, device=torch.device("cpu"), epochs=epochs,
-        noise_rate=noise_rate, dataset=dataset, noise="sym", pretrained=False,
-        make_backbone=lambda: next(nets), make_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
-        make_scheduler=lambda opt, n: None, generators=fake_generators,
-        given_labels=torch.zeros(num_train, dtype=torch.long), artifact_dir=Path("."))
+    ctx = fake_context(
+        num_classes=num_classes, num_train=num_train, epochs=epochs, noise_rate=noise_rate, dataset=dataset,
+        make_backbone=lambda: next(nets), make_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
     m = CoteachingPlus(build_options(CoteachingPlus, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
     return m

@@ -170,6 +170,7 @@ def test_data_check_reports_planted_faults(tmp_path):
         dataset("clothing1m").load(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_damaged_image_is_skipped_and_counted_in_a_run(tmp_path):
     from tests.fixtures_data import make_animal10n
 
@@ -216,6 +217,7 @@ def test_an_epoch_visits_only_its_pool(tmp_path):
     assert torch.equal(torch.sort(torch.cat(seen)).values, t.pool)
 
 
+@pytest.mark.slow
 def test_webvision_logs_the_imagenet_test_set(tmp_path):
     from tests.fixtures_data import make_webvision
 
@@ -360,6 +362,7 @@ def test_too_small_an_epoch_sample_fails_in_one_line(tmp_path):
                      backbone="timm:test_resnet", image_size=32, workers=0, dataset_options={"samples_per_epoch": 10})
 
 
+@pytest.mark.slow
 def test_wrongevent_with_sampled_epochs_fits_on_seen_samples_only(tmp_path):
     """Clothing1M-style epochs: the label wave compares samples predicted in both epochs and
     the mixture is fitted on samples trained on so far, not on never-seen zeros."""

@@ -81,6 +81,7 @@ def test_strong_view_ops_and_grey_cutout():
     assert 0.15 < same < 0.5  # (1/2)^2 untouched, plus ops that change nothing on these images
 
 
+@pytest.mark.slow
 def test_warm_up_then_sets_and_skipped_zero_loss(tmp_path):
     tr = make_trainer(tmp_path, method="disc", noise="sym", noise_rate=0.4, subset=300, epochs=3, batch_size=100,
                       method_options={"warmup_epochs": "1"})

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from fixtures_data import make_clothing1m
-from helpers import assert_resume_equals_uninterrupted, fake_generators, run_cli
+from helpers import assert_resume_equals_uninterrupted, fake_context, run_cli
 
 from bench.training.data import Prefetcher, epoch_generator, make_view_maker
 from bench.training.disk import DiskLoader, DiskPool, draw_geometry, file_transforms, resized_size
+from methods.base import MethodContext
 from methods.streams import BatchStream
 
 CPU = torch.device("cpu")
@@ -138,9 +138,9 @@ def test_workers_live_across_passes_and_splits(png_files):
     loader.pool.close()
 
 
-def stream_ctx(make, fetch=None) -> SimpleNamespace:
+def stream_ctx(make, fetch=None) -> MethodContext:
     prefetch = None if make is None else Prefetcher(CPU, make)
-    return SimpleNamespace(device=CPU, generators=fake_generators, prefetch=prefetch, fetch=fetch)
+    return fake_context(device=CPU, prefetch=prefetch, **({} if fetch is None else {"fetch": fetch}))
 
 
 def test_a_stream_made_by_the_workers_is_the_stream_made_in_this_process(png_files):
@@ -202,6 +202,7 @@ def run_args(root: Path, tmp: Path, method: str, workers: int, *extra: str) -> t
             str(workers), "--set", "samples_per_epoch=16", "--optimizer", "sgd", "--lr", "0.01", *extra)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 0])
 def test_no_image_is_decoded_in_the_training_process(tmp_path, monkeypatch, workers):
     """With workers, a DivideMix run (warm-up, then co-divided steps drawing unlabeled batches)
@@ -224,6 +225,7 @@ def test_no_image_is_decoded_in_the_training_process(tmp_path, monkeypatch, work
     assert (opened == []) if workers else len(opened) > 16, opened[:3]
 
 
+@pytest.mark.slow
 def test_a_killed_run_on_image_files_resumes_exactly(tmp_path):
     """DivideMix over a Clothing1M-layout tree with workers, stopped after the warm-up and
     resumed: the curves and weights of the uninterrupted run."""
@@ -308,6 +310,7 @@ def test_decode_gpu_is_refused_without_cuda(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "--decode gpu needs a CUDA device" in err[0], err
 
 
+@pytest.mark.slow
 def test_a_run_with_workers_and_its_logging_process_ends(tmp_path):
     """The workers live for the run and are forked from it, so they hold copies of the pipe to
     the MLflow logging process: the run must end them (and tell the logger to exit) rather than
@@ -347,7 +350,7 @@ def test_a_stream_made_during_the_phases_starts_at_once_and_gives_the_same_batch
     the side lane is free; a second one made meanwhile waits for its first use. Either way the
     batches are those of a stream started at its first ``next``."""
     loader = png_loader(png_files, 2)
-    live = SimpleNamespace(device=CPU, generators=fake_generators, prefetch=Prefetcher(CPU, loader.prefetch, live=True))
+    live = fake_context(device=CPU, prefetch=Prefetcher(CPU, loader.prefetch, live=True))
     pool = torch.arange(12)
     first = BatchStream(live, "a", pool, 3, ("plain",), "partial", count=4)
     lane = loader.pool.lane("side")

@@ -3,14 +3,13 @@ lambda_u ramp-up, per-setting defaults, a short run, and resume."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import FixedLogits, assert_resume_equals_uninterrupted, fake_generators, make_trainer
+from helpers import FixedLogits, assert_resume_equals_uninterrupted, fake_context, make_trainer
 
 from bench.common.options import build_options
 from methods.base import Phase
@@ -20,12 +19,9 @@ from methods.mixmatch import linear_rampup, mixmatch_loss, sharpen
 
 def fake_dividemix(n: int = 8, noise_rate: float | None = 0.4, dataset: str = "fashion-mnist", noise: str = "sym",
                    num_classes: int = 3, batch_size: int = 4, **opts) -> DivideMix:
-    ctx = SimpleNamespace(
-        num_classes=num_classes, num_train=n, device=torch.device("cpu"), epochs=20, batch_size=batch_size,
-        noise_rate=noise_rate, dataset=dataset, noise=noise, pretrained=False,
-        make_backbone=lambda: torch.nn.Linear(2, 3), make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-        make_scheduler=lambda opt, e: None, generators=fake_generators, given_labels=torch.zeros(n, dtype=torch.long),
-        artifact_dir=Path("."), epoch_pool=lambda: None)
+    ctx = fake_context(
+        num_classes=num_classes, num_train=n, epochs=20, batch_size=batch_size, noise_rate=noise_rate,
+        dataset=dataset, noise=noise, make_backbone=lambda: torch.nn.Linear(2, 3))
     m = DivideMix(build_options(DivideMix, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
     return m
@@ -142,6 +138,7 @@ def test_mix_step_refines_with_the_peer_probabilities_and_mixes_unlabeled():
 
 # --- a short run on a Fashion-MNIST subset, and resume -------------------------------------------
 
+@pytest.mark.slow
 def test_short_run_logs_division_metrics(tmp_path):
     tr = make_trainer(tmp_path, method="dividemix", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=100,
                       method_options={"warmup_epochs": 1})
@@ -153,6 +150,7 @@ def test_short_run_logs_division_metrics(tmp_path):
     assert 0 < m2["labeled_frac_net1"] < 1
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     args = ("--method", "dividemix", "--noise", "sym", "--noise-rate", "0.4", "--subset", "300",
             "--batch-size", "100", "--epochs", "3", "--set", "warmup_epochs=1")

@@ -3,13 +3,17 @@ index, the per-setting defaults, a short Fashion-MNIST run and resume through th
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import TableNet, assert_resume_equals_uninterrupted, fake_generators, make_trainer, tracking_uri
+from helpers import (
+    TableNet,
+    assert_resume_equals_uninterrupted,
+    fake_context,
+    make_trainer,
+    tracking_uri,
+)
 from mlflow.tracking import MlflowClient
 
 from bench.common.errors import UsageError
@@ -37,11 +41,8 @@ def np_loss(z: np.ndarray, y: list[int], t: np.ndarray, lam: float) -> tuple[flo
 def fake_method(num_train: int = 6, net=None, dataset: str = "fashion-mnist", noise: str = "sym",
                 num_classes: int = 3, **opts) -> ELR:
     net = net or torch.nn.Linear(4, num_classes)
-    ctx = SimpleNamespace(
-        num_classes=num_classes, num_train=num_train, device=torch.device("cpu"), epochs=3, noise_rate=0.4,
-        dataset=dataset, noise=noise, pretrained=False, make_backbone=lambda: net,
-        make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1), make_scheduler=lambda opt, n: None,
-        generators=fake_generators, given_labels=torch.zeros(num_train, dtype=torch.long), artifact_dir=Path("."))
+    ctx = fake_context(num_classes=num_classes, num_train=num_train, epochs=3, noise_rate=0.4, dataset=dataset,
+                       noise=noise, make_backbone=lambda: net, make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     m = ELR(build_options(ELR, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
     return m
@@ -135,6 +136,7 @@ def test_invalid_options_raise_one_line_errors(key, value):
 
 # --- a short run and resume -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_short_run_logs_terms_and_resolved_options(tmp_path):
     tr = make_trainer(tmp_path, method="elr", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=100)
     m1, m2 = tr.run_epoch(0), tr.run_epoch(1)
@@ -145,6 +147,7 @@ def test_short_run_logs_terms_and_resolved_options(tmp_path):
     assert torch.allclose(t.sum(1), torch.full((300,), 1 - 0.7 ** 2))  # every sample visited twice
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     args = ("--method", "elr", "--noise", "asym", "--noise-rate", "0.3", "--subset", "300",
             "--batch-size", "100", "--epochs", "2")

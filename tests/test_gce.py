@@ -49,6 +49,7 @@ def test_truncated_lq_and_pruning_by_hand():
     assert truncated_lq(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]), torch.zeros(1), 0.7, 0.5).item() == 0
 
 
+@pytest.mark.slow
 def test_truncated_run_prunes_on_schedule(tmp_path):
     from helpers import make_trainer
 

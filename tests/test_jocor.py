@@ -5,13 +5,11 @@ validation, and a short Fashion-MNIST run with the kept counts and the one joint
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import TableNet, fake_generators, make_trainer
+from helpers import TableNet, fake_context, make_trainer
 
 from bench.common.errors import UsageError
 from bench.common.options import build_options
@@ -23,12 +21,10 @@ from methods.jocor import JoCoR, co_lambda_default, jocor_loss
 def fake_method(nets=None, num_train: int = 4, epochs: int = 10, noise_rate: float | None = 0.4, noise: str = "sym",
                 num_classes: int = 3, dataset: str = "fake", scheduler=None, **opts) -> JoCoR:
     nets = iter(nets or [torch.nn.Linear(4, num_classes), torch.nn.Linear(4, num_classes)])
-    ctx = SimpleNamespace(
-        num_classes=num_classes, num_train=num_train, device=torch.device("cpu"), epochs=epochs,
-        noise_rate=noise_rate, dataset=dataset, noise=noise, pretrained=False,
-        make_backbone=lambda: next(nets), make_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
-        make_scheduler=scheduler or (lambda opt, n: None), generators=fake_generators,
-        given_labels=torch.zeros(num_train, dtype=torch.long), artifact_dir=Path("."))
+    ctx = fake_context(
+        num_classes=num_classes, num_train=num_train, epochs=epochs, noise_rate=noise_rate, dataset=dataset,
+        noise=noise, make_backbone=lambda: next(nets), make_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
+        make_scheduler=scheduler or (lambda opt, n: None))
     m = JoCoR(build_options(JoCoR, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
     return m

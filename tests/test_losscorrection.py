@@ -38,6 +38,7 @@ def test_anchor_points_by_hand():
     assert eta[0, 0] == .9  # filtered on a copy, not in place
 
 
+@pytest.mark.slow
 def test_forward_correction_with_the_true_t_recovers_the_clean_optimum():
     """One input whose true class follows pi; given labels follow pi T. The expected forward loss
     sum_j (pi T)_j (-log (q T)_j) is minimised at q = pi (T invertible); plain CE at q = pi T."""
@@ -60,6 +61,7 @@ def test_transition_error_is_relative_l1():
     assert transition_error(est, T.numpy()) == pytest.approx(np.abs(np.eye(3) - T.numpy()).sum() / 3)
 
 
+@pytest.mark.slow
 def test_short_run_estimates_t_after_the_warm_up_and_logs_its_error(tmp_path):
     tr = make_trainer(tmp_path, method="forward", noise="pairflip", noise_rate=0.4, subset=300, epochs=2,
                       batch_size=100)
@@ -72,6 +74,7 @@ def test_short_run_estimates_t_after_the_warm_up_and_logs_its_error(tmp_path):
     assert math.isfinite(m1["t_error"]) and m1["t_error"] > 0
 
 
+@pytest.mark.slow
 def test_oracle_t_is_the_noise_models_nominal_t_and_refused_without_one(tmp_path):
     tr = make_trainer(tmp_path / "a", method="backward", noise="sym", noise_rate=0.4, subset=200, epochs=1,
                       batch_size=100, method_options={"t_source": "true"})

@@ -92,6 +92,7 @@ def test_defaults_and_bad_options():
             build_options(cls, {key: value})
 
 
+@pytest.mark.slow
 def test_nls_warms_up_with_ce_then_smooths_at_a_tiny_lr(tmp_path):
     tr = make_trainer(tmp_path, method="nls", noise="sym", noise_rate=0.4, subset=200, epochs=4, batch_size=100)
     m = tr.method

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_resume_equals_uninterrupted, make_trainer
+from helpers import assert_resume_equals_uninterrupted, fake_context, make_trainer
 from scipy import stats
 
 from bench.common.errors import UsageError
@@ -129,11 +129,8 @@ def test_schedule_scales_the_official_300_epochs_and_variant_follows_the_noise()
 
 
 def scaled(epochs: int) -> MCorrection:
-    from types import SimpleNamespace
-
-    ctx = SimpleNamespace(epochs=epochs, noise_rate=0.4, num_train=4, num_classes=3, device=torch.device("cpu"),
-                          make_backbone=lambda: torch.nn.Linear(2, 3), make_optimizer=lambda p: torch.optim.SGD(p, 0.1),
-                          make_scheduler=lambda o, n: None)
+    ctx = fake_context(epochs=epochs, noise_rate=0.4, num_train=4, num_classes=3,
+                       make_backbone=lambda: torch.nn.Linear(2, 3), make_optimizer=lambda p: torch.optim.SGD(p, 0.1))
     m = MCorrection(build_options(MCorrection, {}), ctx)
     m.setup()
     return m
@@ -146,6 +143,7 @@ def test_invalid_options_raise_one_line_errors(key, value):
         build_options(MCorrection, {key: value})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["hard", "soft", "dynamic"])
 def test_short_run_of_each_variant(tmp_path, variant):
     tr = make_trainer(tmp_path, method="mcorrection", noise="sym", noise_rate=0.4, subset=300, epochs=3,
@@ -166,6 +164,7 @@ def test_short_run_of_each_variant(tmp_path, variant):
         assert math.isfinite(m1["loss_boot"]) and 0 < m1["mean_b"] < 1 and math.isfinite(m2["loss_reg"])
 
 
+@pytest.mark.slow
 def test_resume_of_the_dynamic_variant_equals_uninterrupted(tmp_path):
     args = ("--method", "mcorrection", "--noise", "sym", "--noise-rate", "0.4", "--subset", "300",
             "--batch-size", "100", "--epochs", "3", "--set", "variant=dynamic", "--set", "bootstrap_epoch=1")

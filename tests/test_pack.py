@@ -348,3 +348,18 @@ def test_options_file_records_how_the_copy_is_made(tmp_path, capsys):
     assert made["short_side"] == manifest["short_side"] == 32 and manifest["quality"] == 80
     assert manifest["source"] == str(src) and manifest["splits"]["train"]["count"] == 8
     assert manifest["splits"]["test"]["count"] == 8 and "wnids.txt" in manifest["list_files"]
+
+
+def test_pool_workers_start_clean_of_this_process_signal_handlers():
+    """A worker forked from a process whose SIGTERM runs Python code (as `bench run`'s does) would
+    not end when the pool terminates it while stuck in C code: the pool's workers start clean."""
+    import signal
+
+    from bench.common.cores import process_pool
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        with process_pool(1) as pool:
+            assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -45,6 +45,7 @@ def test_cores_by_hand():
     assert official_epoch(29, 30) == 96 and official_epoch(0, 30) == 0
 
 
+@pytest.mark.slow
 def test_peer_short_run_divides_the_lr_and_restores_it(tmp_path):
     tr = make_trainer(tmp_path, method="peer", noise="sym", noise_rate=0.4, subset=300, epochs=20, batch_size=100)
     m = tr.method
@@ -56,6 +57,7 @@ def test_peer_short_run_divides_the_lr_and_restores_it(tmp_path):
     assert "loss_peer" in metrics and m.optimizers["net"].param_groups[0]["lr"] == pytest.approx(lr)
 
 
+@pytest.mark.slow
 def test_cores_short_run_sieves_updates_the_prior_and_reports_detection(tmp_path):
     tr = make_trainer(tmp_path, method="cores", noise="sym", noise_rate=0.4, subset=300, epochs=3, batch_size=100)
     m = tr.method

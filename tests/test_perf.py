@@ -39,6 +39,7 @@ def perf(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 def test_trainer_against_bare_prints_both_and_the_ratio() -> None:
     code, out, _ = perf(*TINY, "--epochs", "2", "--repeats", "1")
     assert code == 0
@@ -76,6 +77,7 @@ def test_bare_loop_does_the_trainers_work(tmp_path: Path) -> None:
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_interleaved_epochs_leave_both_loops_their_own_work(tmp_path: Path) -> None:
     """perf alternates the bare loop's epochs with the trainer's: a bare epoch leaves the global
     random state as it found it, and both networks end as they do when run apart."""
@@ -103,6 +105,7 @@ def test_interleaved_epochs_leave_both_loops_their_own_work(tmp_path: Path) -> N
         torch.testing.assert_close(nets[0].state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_methods_side_by_side_with_ratios() -> None:
     code, out, _ = perf(*TINY, "--methods", "ce,dividemix,wrongevent", "--epochs", "3")
     assert code == 0
@@ -136,6 +139,7 @@ def shrink_disk_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(driver, "GPU_METHOD_SAMPLES", 16)
 
 
+@pytest.mark.slow
 def test_gpu_suite_runs_every_figure_of_its_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     """The prepared GPU check, its shapes shrunk to CPU size: a lent GPU's few minutes must not
     be spent finding a crash. Each shape prints trainer / bare, and the first two the strong
@@ -170,6 +174,7 @@ def test_gpu_suite_runs_every_figure_of_its_shapes(monkeypatch: pytest.MonkeyPat
                      r"x dividemix per epoch", out, re.M), out
 
 
+@pytest.mark.slow
 def test_perf_runs_where_mlflow_and_optuna_are_not_installed() -> None:
     """A lent GPU machine may have neither: perf times the trainer without its record and
     says so, instead of failing on an import; the methods side by side too."""
@@ -244,6 +249,7 @@ DISK = ["--dataset", "clothing1m", "--backbone", "smallcnn", "--image-size", "32
         "--batches", "4", "--workers", "1"]
 
 
+@pytest.mark.slow
 def test_perf_on_disk_prints_each_rate_and_what_bounds_it(tiny_tree: Path) -> None:
     code, out, err = perf(*DISK, "--data-root", str(tiny_tree))
     assert code == 0, err
@@ -254,6 +260,7 @@ def test_perf_on_disk_prints_each_rate_and_what_bounds_it(tiny_tree: Path) -> No
     assert code == 0 and re.search(r"^  epoch +[\d.]+ images/s  14 images trained in", out, re.M), out
 
 
+@pytest.mark.slow
 def test_disk_suite_writes_its_tree_and_measures_each_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--suite disk``, its tree and shapes made tiny: the tree's line (its generation time),
     every figure of both shapes, the ResNet-50 shape's steps timed on 1 of its batches."""
@@ -295,12 +302,14 @@ def _assert_same_run(a: dict, b: dict, rtol: float) -> None:
     assert abs(a["last_test_acc"] - b["last_test_acc"]) <= 1 / 128
 
 
+@pytest.mark.slow
 def test_fused_optimiser_matches_the_default_within_tolerance(tmp_path: Path) -> None:
     """Fused Adam against torch's default: the same update up to float rounding (measured:
     5e-7 of the largest weight after 2 epochs)."""
     _assert_same_run(_curves(tmp_path / "a"), _curves(tmp_path / "b", "--fused", "on"), 1e-4)
 
 
+@pytest.mark.slow
 def test_compile_matches_eager_within_tolerance(tmp_path: Path) -> None:
     """CE for 2 epochs under torch.compile (inductor, C++ on CPU) against eager (measured:
     2e-7 of the largest weight): batches of one size (256 = 4 x 64, one 128-image test

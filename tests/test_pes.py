@@ -7,7 +7,6 @@ Resume is the registry's test (tests/test_registry_entries.py)."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -37,7 +36,7 @@ from methods.pes import (
     semi_loss,
 )
 from methods.shared import classifier_of
-from tests.helpers import assert_resume_equals_uninterrupted, fake_generators, make_trainer
+from tests.helpers import assert_resume_equals_uninterrupted, fake_context, make_trainer
 
 
 # --- the fact sheet's values -----------------------------------------------------------------------
@@ -263,12 +262,9 @@ def test_pes_semi_refines_the_classifier_then_mixes_the_confident_and_the_rest(t
 
 def fake(cls, n: int = 2, epochs: int = 30, **opts):
     """A method on a hand-made context: a 2-4-3 MLP, two classes of given labels 0."""
-    ctx = SimpleNamespace(
-        num_classes=3, num_train=n, device=torch.device("cpu"), epochs=epochs, batch_size=4, noise_rate=0.4,
-        dataset="fashion-mnist", noise="sym", pretrained=False,
-        make_backbone=lambda: nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 3)),
-        make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1), make_scheduler=lambda opt, e: None,
-        generators=fake_generators, given_labels=torch.zeros(n, dtype=torch.long), epoch_pool=lambda: None)
+    ctx = fake_context(
+        num_classes=3, num_train=n, epochs=epochs, batch_size=4, noise_rate=0.4, dataset="fashion-mnist",
+        make_backbone=lambda: nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 3)))
     m = cls(build_options(cls, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
     return m
@@ -306,6 +302,7 @@ def test_official_network_schedule_leaves_the_refinement_alone(cls, expected):
     assert m.optimizers["refine_head"].param_groups[0]["lr"] == 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,sets", [("pes", ("--set", "T2=1", "--set", "T3=1")), ("pes_semi", ("--set", "T2=1",))])
 def test_resume_after_the_refinement_keeps_the_frozen_layers_frozen(tmp_path, name, sets):
     """Stopped after the refinement epoch under renew=official and resumed, a run ends as an
@@ -318,6 +315,7 @@ def test_resume_after_the_refinement_keeps_the_frozen_layers_frozen(tmp_path, na
         assert torch.equal(value, resumed["state"][key]), key
 
 
+@pytest.mark.slow
 def test_pes_semi_mixes_all_2_bl_plus_bu_rows_with_alpha_4_then_0_75(tmp_path, monkeypatch):
     """Every SSL step mixes the 2 (B_l + B_u) rows of both views of the labeled and unlabeled
     batches; alpha is 4 before half of the epochs and 0.75 from there on (PES_semi.py:72-73)."""

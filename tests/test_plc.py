@@ -6,8 +6,6 @@ record, no host syncs in the step, and resume through the command line."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from helpers import (
     SyncRecorder,
     TableNet,
     assert_resume_equals_uninterrupted,
-    fake_generators,
+    fake_context,
     make_trainer,
     record_syncs,
 )
@@ -34,11 +32,10 @@ def fake_method(num_train: int = 4, net=None, dataset: str = "fashion-mnist", gi
     """A PLC on a fake context; ``pool``: the indices of a sampled epoch (None: full epochs)."""
     net = net or torch.nn.Linear(1, 3)
     given = torch.zeros(num_train, dtype=torch.long) if given is None else given
-    ctx = SimpleNamespace(
-        num_classes=num_classes, num_train=num_train, epoch_pool=lambda: pool, device=torch.device("cpu"), epochs=3,
-        noise_rate=0.4, dataset=dataset, noise="sym", pretrained=False, make_backbone=lambda: net,
-        make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1), make_scheduler=lambda opt, n: None,
-        generators=fake_generators, given_labels=given, artifact_dir=Path("."))
+    ctx = fake_context(
+        num_classes=num_classes, num_train=num_train, epoch_pool=lambda: pool, epochs=3, noise_rate=0.4,
+        dataset=dataset, make_backbone=lambda: net, make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        given_labels=given)
     m = PLC(build_options(PLC, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
     return m
@@ -122,6 +119,7 @@ def test_invalid_options_raise_one_line_errors(key, value):
         build_options(PLC, {key: value})
 
 
+@pytest.mark.slow
 def test_short_run_corrects_labels(tmp_path):
     tr = make_trainer(tmp_path, method="plc", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=100,
                       method_options={"warmup_epochs": "0"})
@@ -251,6 +249,7 @@ def test_the_step_makes_no_host_sync_in_either_record():
         assert rec.sites == [], rec.sites
 
 
+@pytest.mark.slow
 def test_sampled_clothing1m_run_corrects_only_visited_samples_and_resumes_bit_equal(tmp_path):
     from tests.fixtures_data import make_clothing1m
 

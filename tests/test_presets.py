@@ -27,6 +27,7 @@ def test_every_paper_benchmark_has_a_resnet50_and_a_vit_preset():
             assert p.values["pretrained"] and p.values["image_size"] == 224 and p.values["epochs"] == 15
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PAPER)
 def test_preset_runs_wrongevent_on_its_fixture(preset, tmp_path):
     dataset = PRESETS[preset].values["dataset"]
@@ -42,6 +43,7 @@ def test_preset_runs_wrongevent_on_its_fixture(preset, tmp_path):
     assert len(metric_curve(tmp_path, s["run_id"], "test_acc")) == 2
 
 
+@pytest.mark.slow
 def test_command_line_overrides_a_preset_and_the_resolved_values_are_logged(tmp_path):
     s = run_cli(tmp_path, "--method", "ce", "--preset", "fmnist-cpu", "--epochs", "1", "--subset", "300",
                 "--lr", "0.002")
@@ -50,6 +52,7 @@ def test_command_line_overrides_a_preset_and_the_resolved_values_are_logged(tmp_
     assert params["augment"] == "none" and params["preset"] == "fmnist-cpu"  # the rest from the preset
 
 
+@pytest.mark.slow
 def test_clothing1m_preset_sets_the_epoch_sample(tmp_path):
     MAKERS["clothing1m"](tmp_path / "data")
     s = run_cli(tmp_path, "--method", "ce", "--preset", "clothing1m", "--data-root", str(tmp_path / "data"),

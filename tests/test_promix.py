@@ -218,6 +218,7 @@ def test_search_space_spans_the_published_values():
     assert space["rho"].grid == (0.5, 0.7) and space["tau"].grid == (0.95, 0.99)
 
 
+@pytest.mark.slow
 def test_short_run_selects_per_network_moves_the_priors_and_guesses_labels(tmp_path):
     tr = make_trainer(tmp_path, method="promix", noise="sym", noise_rate=0.4, subset=300, epochs=3, batch_size=64,
                       test_subset=500, method_options={"warmup_epochs": "1"})

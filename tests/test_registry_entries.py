@@ -2,13 +2,12 @@
 runs every one of its phases on a small in-memory data set with finite losses and its metrics
 logged, and a run stopped after its first epoch and resumed ends bit-equal to an uninterrupted
 one (CPU); each data set reads its fixture (tests/fixtures_data.py); each backbone's forward
-shape is tested in tests/test_registry.py. The README's "Adding a method" example is run too."""
+shape is tested in tests/test_registry.py. The README's "Adding a method" example goes through
+these tests as a method module of its own (tests/test_readme_example.py)."""
 from __future__ import annotations
 
 import math
 import re
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from tests.helpers import (
     assert_resume_equals_uninterrupted,
     metric_curve,
     record_step_syncs,
-    spec_of,
     tracking_uri,
 )
 
@@ -72,6 +70,7 @@ def run_args(name: str) -> tuple[str, ...]:
             "--epochs", str(EPOCHS), "--augment", "none", "--eval-batch-size", "4096", "--test-subset", "500", *sets)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", catalogue().methods.names())
 def test_every_method_runs_its_phases_and_resumes_bit_equal(name, tmp_path, monkeypatch):
     cls = method_class(name)
@@ -120,29 +119,3 @@ def test_a_method_context_holds_no_clean_labels():
 def test_every_data_set_has_a_fixture_of_its_real_layout():
     # Fashion-MNIST is read from Debian's dataset-fashion-mnist itself (tests/test_data.py)
     assert set(DATASETS.names()) - {"fashion-mnist", "synthetic"} == set(MAKERS)
-
-
-def test_the_readme_example_method_trains(tmp_path):
-    """The "Adding a method" example, exactly as README.md has it, registered and run."""
-    from bench.training.trainer import Trainer
-    from methods.base import METHODS
-
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Adding a method", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    module = types.ModuleType("readme_example")  # a module of its own, as methods/mymethod.py would be
-    sys.modules[module.__name__] = module
-    exec(compile(code, "README.md (Adding a method)", "exec"), module.__dict__)
-    try:
-        spec = spec_of(method="mymethod", noise="sym", noise_rate=0.4, subset=100, batch_size=50, epochs=2,
-                       out=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path}/m.db",
-                       method_options={"temperature": "2"})
-        run_dir = tmp_path / "runs" / "r"
-        run_dir.mkdir(parents=True)
-        trainer = Trainer(spec, run_dir)
-        summary = trainer.run()
-        assert summary["status"] == "finished" and 0 <= summary["last_test_acc"] <= 1
-        assert int(trainer.method.state["seen"].sum()) == 2 * 100  # every sample, each epoch, by its index
-    finally:
-        METHODS.remove("mymethod")
-        del sys.modules[module.__name__]

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.cli import main
-from bench.training.record import TAG_SCORE_ARTIFACTS, TAG_TIME_REFERENCE
+from bench.training.runrecord import TAG_SCORE_ARTIFACTS, TAG_TIME_REFERENCE
 from tests.helpers import tracking_uri
 
 RUNS = {  # (method, setting) -> [(best, last, wall_clock_s)] per seed
@@ -81,6 +81,7 @@ def table(tmp, *argv: str) -> str:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_accuracy_table_is_mean_and_std_over_seeds(store):
     out = table(store, "--metric", "last_test_acc", "--format", "csv")
     t = pd.read_csv(io.StringIO(out), index_col=0)
@@ -140,6 +141,7 @@ def test_every_plot_kind_renders(store, kind, tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_runs_with_other_settings_are_separate_rows_not_seeds(tmp_path):
     """The README's main job (60k samples, 5 epochs) and a `--subset 2000 --epochs 3` run, both
     seed 1 in one experiment, beside DivideMix on the subset: never averaged as seeds; the time

@@ -15,6 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.helpers import tracking_uri
 
+pytestmark = pytest.mark.slow  # every test kills a run in a subprocess and resumes it
+
 ROOT = Path(__file__).resolve().parent.parent
 # bench's command line with the run's log_metrics wrapped to SIGKILL the run at one moment: the
 # metrics handed to the MLflow logging process (which then writes them), or not yet

@@ -32,6 +32,7 @@ def two_epoch_run(tmp_path_factory):
         os.environ["BENCH_TRACKING"] = inline
 
 
+@pytest.mark.slow
 def test_summary_line(two_epoch_run):
     _, s = two_epoch_run
     for key in SUMMARY_KEYS:
@@ -88,6 +89,7 @@ def test_run_folder_contents(two_epoch_run):
     assert "device" not in cfg and "tracking_uri" not in cfg and place["experiment"] == "test"
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     args = (*BASE, "--epochs", "3")
     assert_resume_equals_uninterrupted(tmp_path, args, 1, ("test_acc", "train_loss", "train_acc"))
@@ -104,6 +106,7 @@ def _open_tracker(uri: str) -> str:
     return Tracker(uri, "parallel").experiment_id
 
 
+@pytest.mark.slow
 def test_parallel_runs_can_open_a_new_store(tmp_path):
     """Runs of a sweep start at once on a new sqlite store: one of them must not die of the
     other's table creation ("table ... already exists")."""

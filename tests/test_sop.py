@@ -5,13 +5,11 @@ unscheduled SGD (momentum 0, weight decay 0)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import fake_generators, make_trainer
+from helpers import fake_context, make_trainer
 
 from bench.common.errors import UsageError
 from bench.common.options import build_options
@@ -156,12 +154,11 @@ def test_defaults_by_setting(dataset, noise, num_classes, expected):
 
 def fake_method(cls=SOP, num_train: int = 8, noise: str = "sym", dataset: str = "cifar100", **opts):
     net = torch.nn.Linear(4, 3)
-    ctx = SimpleNamespace(
-        num_classes=3, num_train=num_train, device=torch.device("cpu"), epochs=3, noise_rate=0.4, dataset=dataset,
-        noise=noise, pretrained=False, make_backbone=lambda: net,
+    ctx = fake_context(
+        num_classes=3, num_train=num_train, epochs=3, noise_rate=0.4, dataset=dataset, noise=noise,
+        make_backbone=lambda: net,
         make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4),
-        make_scheduler=lambda opt, n: torch.optim.lr_scheduler.CosineAnnealingLR(opt, n), generators=fake_generators,
-        given_labels=torch.zeros(num_train, dtype=torch.long), artifact_dir=Path("."))
+        make_scheduler=lambda opt, n: torch.optim.lr_scheduler.CosineAnnealingLR(opt, n))
     m = cls(build_options(cls, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
     return m

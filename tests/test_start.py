@@ -1,5 +1,5 @@
 """The first minutes of a user: `bench list`, `--help` and usage errors answer without importing
-torch, scipy or MLflow (from the committed catalogue, which must be fresh); help that shows
+torch, scipy or MLflow (from the cached catalogue, which equals a fresh build); help that shows
 defaults, marks required flags, describes every flag and gives an example per subcommand;
 suggestions for mistyped flags and misplaced `--set` keys; every preset listed; `bench ui`
 with one worker, no repeated warnings, opened on the experiment's runs page."""
@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "scipy", "mlflow", "pandas", "matplotlib", "sklearn", "timm")
 
 
-def imported(*argv: str, tmp: Path) -> tuple[int, set[str], str]:
+def imported(*argv: str, tmp: Path, env: dict[str, str] | None = None) -> tuple[int, set[str], str]:
     """Run ``python -m bench ARGV`` with -X importtime: (exit code, top-level packages imported, stderr)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_CATALOGUE_READONLY": "1"}
+    env = env or {**os.environ, "PYTHONPATH": str(ROOT)}  # the session's catalogue cache (tests/conftest.py)
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "bench", *argv], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=120)
     mods = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
@@ -51,18 +51,48 @@ def test_list_help_and_usage_errors_import_no_heavy_package(argv, code, tmp_path
         assert err.strip().startswith("bench: error:") and len(err.strip().splitlines()) == 1, err
 
 
-def test_committed_catalogue_is_fresh_and_matches_the_registries():
-    data = json.loads(cat_mod.PATH.read_text())
-    assert data["fingerprint"] == cat_mod.fingerprint(), (
-        "bench/catalogue.json is stale: run any `python -m bench` command (it rewrites the file) and commit it")
-    fresh = cat_mod.build()
-    assert data == json.loads(json.dumps(fresh))
+def test_the_cached_catalogue_equals_a_fresh_build_from_the_sources():
+    """What `bench list` reads is the file cached under the sources' fingerprint, and it holds
+    exactly what the registries give now."""
+    path = cat_mod.cache_path()
+    assert path.parent == Path(os.environ["BENCH_CACHE_DIR"]), "tests never use the user's cache"
+    data = json.loads(path.read_text())
+    assert data["fingerprint"] == cat_mod.fingerprint()
+    assert data == json.loads(json.dumps(cat_mod.build()))
 
 
+def test_a_fresh_checkout_builds_the_catalogue_once_then_reads_it(tmp_path):
+    """No cached file (a fresh checkout, or a source changed): the first command builds and
+    writes it, atomically (no temporary file left), and the next one reads it without torch."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_CACHE_DIR": str(tmp_path / "cache")}
+    first = subprocess.run([sys.executable, "-m", "bench", "list", "methods"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"catalogue-{cat_mod.fingerprint()}.json"]
+    code, mods, err = imported("list", "methods", tmp=tmp_path, env=env)
+    assert code == 0 and not mods & set(HEAVY), (err, sorted(mods & set(HEAVY)))
+
+
+def test_a_stale_or_torn_cached_catalogue_is_rebuilt(tmp_path, monkeypatch):
+    """A cached file that does not hold its fingerprint's catalogue is built again and replaced;
+    only the newest KEEP catalogues stay."""
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    for i in range(cat_mod.KEEP + 2):
+        (tmp_path / f"catalogue-old{i}.json").write_text("{}")
+        os.utime(tmp_path / f"catalogue-old{i}.json", (1e9 + i, 1e9 + i))
+    path = cat_mod.cache_path()
+    path.write_text('{"fingerprint": "')  # torn
+    assert cat_mod._load_or_build() == json.loads(json.dumps(cat_mod.build()))
+    assert json.loads(path.read_text())["fingerprint"] == cat_mod.fingerprint()
+    kept = {p.name for p in tmp_path.glob("catalogue-*.json")}
+    assert kept == {path.name, *(f"catalogue-old{i}.json" for i in range(3, cat_mod.KEEP + 2))}  # the newest
+
+
+@pytest.mark.slow
 def test_a_run_imports_only_its_own_method_module(tmp_path):
     code = ("import sys; from bench.training.catalogue import method_class; method_class('ce'); "
             "print(sorted(m for m in sys.modules if m.startswith('methods.')))")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_CATALOGUE_READONLY": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert out.strip() == "['methods.base', 'methods.ce']"  # no DivideMix, so no scipy or scikit-learn
@@ -125,6 +155,7 @@ def test_every_preset_is_listed_and_paper_resolves(capsys):
     assert get_preset("paper-vit", "clothing1m").name == "clothing1m-vit"
 
 
+@pytest.mark.slow
 def test_bench_ui_one_worker_quiet_and_on_the_runs_page(tmp_path):
     from bench.training.tracking import Tracker
 

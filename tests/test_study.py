@@ -127,6 +127,7 @@ def test_trainer_holds_out_the_validation_split_and_logs_val_acc(tmp_path):
     assert 0 <= m["val_acc"] <= 1 and 0 <= m["val_acc_clean"] <= 1
 
 
+@pytest.mark.slow
 def test_an_epoch_callback_that_says_stop_ends_the_run_as_pruned(tmp_path):
     from bench.training.trainer import Trainer
 
@@ -153,6 +154,7 @@ def test_grid_studies_default_to_the_grid_size_plus_the_defaults():
 
 
 # --- studies on SQLite -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_three_trial_study_writes_trials_nested_runs_and_a_report(tmp_path):
     code, out = study_cli(tmp_path, "--method", "coteaching", "--params", "forget_rate,tk", "--epochs", "1",
                           "--trials", "3", "--sampler-seed", "0", "--study-name", "s")
@@ -198,6 +200,7 @@ def test_three_trial_study_writes_trials_nested_runs_and_a_report(tmp_path):
     assert client.get_run(parent[0].info.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_a_grid_study_in_a_fresh_folder_with_the_default_storage(tmp_path, monkeypatch):
     """No results/ yet; the grid sampler under ask/tell, past the enqueued defaults trial."""
     monkeypatch.chdir(tmp_path)
@@ -224,6 +227,7 @@ def poisoned_root(tmp: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_the_objective_never_reads_test_labels(tmp_path):
     clean_dir, bad_dir = tmp_path / "a", tmp_path / "b"
     clean_dir.mkdir()
@@ -237,6 +241,7 @@ def test_the_objective_never_reads_test_labels(tmp_path):
     assert a.user_attrs["last_test_acc"] != b.user_attrs["last_test_acc"]  # the poison did reach the test set
 
 
+@pytest.mark.slow
 def test_a_study_refuses_a_worker_with_other_settings(tmp_path, capsys):
     common = ("--method", "ce", "--params", "lr", "--epochs", "1", "--trials", "1", "--study-name", "s")
     assert study_cli(tmp_path, *common)[0] == 0
@@ -262,6 +267,7 @@ def test_bad_study_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message)
     assert code == 2 and len(err) == 1 and message in err[0], err
 
 
+@pytest.mark.slow
 def test_study_report_of_an_unknown_study_names_the_known_ones(tmp_path, capsys):
     study_cli(tmp_path, "--method", "ce", "--params", "lr", "--epochs", "1", "--trials", "1", "--study-name", "s")
     capsys.readouterr()
@@ -321,6 +327,7 @@ def check_killed_and_continued(tmp: Path, url: str, trials: list, wanted: int) -
     assert len(finished) == wanted and len({r.info.run_id for r in finished}) == wanted
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_the_study_usable_and_a_new_worker_finishes_it(tmp_path):
     url = storage(tmp_path)
     first = worker(tmp_path, url, 3)

@@ -71,6 +71,7 @@ def test_paper_preset_expands_the_papers_grid(tmp_path, monkeypatch):
         "ce sym:0.2 seed 1", "ce sym:0.4 seed 1", "ce sym:0.6 seed 1", "ce asym:0.4 seed 1", "ce instance:0.4 seed 1"]
 
 
+@pytest.mark.slow
 def test_sweep_runs_with_two_workers_then_skips_and_resumes(tmp_path):
     # an interrupted run of one grid point, as a killed sweep leaves it
     part = run_cli(tmp_path, "--method", "elr", "--noise", "sym", "--noise-rate", "0.4", "--seed", "1",
@@ -119,6 +120,7 @@ def mlflow_server(tmp_path):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server):
     grid = ["--methods", "ce", "--noise", "sym:0.4", "--seeds", "1", "--subset", "100", "--epochs", "1"]
     code, out = sweep(tmp_path, *grid, uri=mlflow_server)

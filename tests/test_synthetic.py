@@ -121,6 +121,7 @@ def test_listed_and_checked(capsys):
     assert code == 0 and "no faults found" in out and "train: 100 samples" in out and "test: 20 samples" in out
 
 
+@pytest.mark.slow
 def test_a_small_cnn_learns_it_and_grey_images_run(tmp_path: Path):
     """CE with the small CNN, 2,000 images, 3 epochs (crop + flip, the default): observed
     0.886-0.942 test accuracy over data seeds 0-4 and training seeds 1-3; 0.8 is well under."""

@@ -116,3 +116,26 @@ def test_cpu_forms_of_gpu_paths(tmp_path, amp, channels_last):
     metrics = tr.run_epoch(0)
     assert metrics["train_loss"] == metrics["train_loss"]  # not NaN
     assert metrics["test_acc"] > 0.2  # it learns something in one epoch of 300 images
+
+
+def test_build_leaves_the_callers_spec_as_given(tmp_path):
+    """The trainer resolves the data set's and the method's options into its own copy: the spec
+    a caller passes (a sweep's base, a study's, bench.run's) is unchanged after build(), while
+    the trainer's copy holds the values in use (what is logged and saved in config.json)."""
+    from tests.helpers import spec_of
+
+    spec = spec_of(method="_probe", subset=300, epochs=1, batch_size=64, out=str(tmp_path / "runs"),
+                   tracking_uri=f"sqlite:///{tmp_path}/m.db", method_options={"half": "true"})
+    before = spec.saved()
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    tr = Trainer(spec, run_dir).build()
+    assert spec.saved() == before
+    assert tr.config.method_options == {"half": True}  # resolved: typed as the method uses it
+    assert spec.config.method_options == {"half": "true"}
+    tr.run()
+    import json
+
+    saved = json.loads((run_dir / "config.json").read_text())["config"]
+    assert saved["method_options"] == {"half": True} and saved["dataset_options"] == tr.config.dataset_options
+    assert spec.saved() == before

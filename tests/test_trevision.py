@@ -45,6 +45,7 @@ def test_beta_is_detached_while_reweighting_and_carries_gradient_while_revising(
     assert not loss.requires_grad or torch.autograd.grad(loss, d2, allow_unused=True)[0] is None
 
 
+@pytest.mark.slow
 def test_three_stages_in_a_short_run(tmp_path):
     tr = make_trainer(tmp_path, method="trevision", noise="pairflip", noise_rate=0.4, subset=300, epochs=3,
                       batch_size=100, method_options={"estimate_epochs": "1", "reweight_epochs": "1"})

@@ -53,6 +53,7 @@ def test_invalid_options_raise_one_line_errors(key, value):
         build_options(TURN, {key: value})
 
 
+@pytest.mark.slow
 def test_linear_probing_moves_only_the_classifier_then_fft_moves_everything(tmp_path):
     tr = make_trainer(tmp_path, method="turn", noise="sym", noise_rate=0.4, subset=300, epochs=3, batch_size=100,
                       method_options={"lp_epochs": "1"})

@@ -163,6 +163,7 @@ def test_invalid_options_raise(key, value):
         build_options(UNICON, {key: value})
 
 
+@pytest.mark.slow
 def test_short_run_selects_network_2_after_network_1_trained(tmp_path):
     tr = make_trainer(tmp_path, method="unicon", noise="sym", noise_rate=0.4, subset=300, epochs=2, batch_size=64,
                       method_options={"warmup_epochs": "1"})

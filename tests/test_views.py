@@ -103,6 +103,7 @@ def test_image_file_views_follow_the_policy_too(tmp_path):
         assert torch.equal(a, same[1][view](img)), view
 
 
+@pytest.mark.slow
 def test_the_policy_decides_the_result_and_resume_keeps_it(tmp_path, capsys):
     assert RunConfig(method="ce", views="shared").hash() != RunConfig(method="ce", views="official").hash()
     assert main(["run", "--method", "ce", "--views", "both"]) == 2

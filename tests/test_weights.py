@@ -91,6 +91,7 @@ def point_at(monkeypatch, url: str) -> None:
 
 # --- first use, offline, fetch: as a user runs them (subprocesses) -----------------------------------
 
+@pytest.mark.slow
 def test_first_use_downloads_through_huggingface_hub(tmp_path, served, hub_here):
     data, tensors = served
     with HubServer({(TEST_REPO, SAFE): data}) as hub:
@@ -112,6 +113,7 @@ def test_first_use_downloads_through_huggingface_hub(tmp_path, served, hub_here)
     assert all(torch.equal(state[k], v) for k, v in tensors.items())
 
 
+@pytest.mark.slow
 def test_hf_hub_offline_never_asks_the_hub(tmp_path):
     with HubServer({}) as hub:
         proc = bench(env_for(tmp_path, hub.url, offline=True), *tiny_run(tmp_path))
@@ -122,6 +124,7 @@ def test_hf_hub_offline_never_asks_the_hub(tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "m.db").exists()
 
 
+@pytest.mark.slow
 def test_fetch_fills_the_cache_and_an_offline_run_loads_from_it(tmp_path, served, hub_here, capsys):
     data, _ = served
     with HubServer({(TEST_REPO, SAFE): data}) as hub:
@@ -145,6 +148,7 @@ def test_fetch_fills_the_cache_and_an_offline_run_loads_from_it(tmp_path, served
     assert "timm:resnet50  not cached: python -m bench weights fetch --backbone timm:resnet50" in out
 
 
+@pytest.mark.slow
 def test_a_failed_download_is_one_line_and_fast(tmp_path):
     with HubServer({}) as hub:
         url = hub.url  # a port that was just open and is now closed: connections are refused

@@ -3,13 +3,11 @@ a hand computation, every ablation option on a Fashion-MNIST subset, and resume 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import FixedLogits, assert_resume_equals_uninterrupted, fake_generators, make_trainer
+from helpers import FixedLogits, assert_resume_equals_uninterrupted, fake_context, make_trainer
 
 from bench.common.options import build_options
 from methods.base import Phase
@@ -237,11 +235,8 @@ def test_label_wave_picks_the_documented_epoch(changes, expected):
 
 def fake_method(num_train: int = 6, epochs: int = 6, **opts) -> WrongEvent:
     net = torch.nn.Linear(4, 3)
-    ctx = SimpleNamespace(
-        num_classes=3, num_train=num_train, device=torch.device("cpu"), epochs=epochs, pretrained=False,
-        make_backbone=lambda: net, make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-        make_scheduler=lambda opt, n: None, generators=fake_generators,
-        given_labels=torch.tensor([0, 1, 2, 0, 1, 2][:num_train]), artifact_dir=Path("."))
+    ctx = fake_context(num_classes=3, num_train=num_train, epochs=epochs, make_backbone=lambda: net,
+                       given_labels=torch.tensor([0, 1, 2, 0, 1, 2][:num_train]))
     m = WrongEvent(build_options(WrongEvent, {k: str(v) for k, v in opts.items()}), ctx)
     m.setup()
     return m
@@ -303,11 +298,8 @@ def stage2_method(n: int, counts: np.ndarray, **opts) -> WrongEvent:
     """A method at its first stage-2 step: n samples of given class i % 3, the wrong events
     ``counts`` after stage 1, the first fit made (20 iterations), the epoch's look-up built."""
     labels = torch.arange(n) % 3
-    ctx = SimpleNamespace(
-        num_classes=3, num_train=n, device=torch.device("cpu"), epochs=4, pretrained=False,
-        make_backbone=lambda: torch.nn.Linear(4, 3), make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-        make_scheduler=lambda opt, k: None, generators=fake_generators, given_labels=labels,
-        artifact_dir=Path("."))
+    ctx = fake_context(num_classes=3, num_train=n, epochs=4, make_backbone=lambda: torch.nn.Linear(4, 3),
+                       given_labels=labels)
     m = WrongEvent(build_options(WrongEvent, {"stage1_epochs": "1", **opts}), ctx)
     m.setup()
     m.state["wrong_events"].copy_(torch.as_tensor(counts, dtype=torch.int32))
@@ -444,6 +436,7 @@ ABLATIONS = [{}, {"metric": "loss"}, {"metric": "accumulated_loss"}, {"mixture":
              {"entropy": "official"}, {"base_weights": "official"}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opts", ABLATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 def test_each_ablation_runs(tmp_path, opts):
     tr = make_trainer(tmp_path, method="wrongevent", noise="sym", noise_rate=0.4, subset=400, epochs=2, batch_size=100,
@@ -465,6 +458,7 @@ def test_each_ablation_runs(tmp_path, opts):
 
 # --- resume in the middle of stage 2 ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_in_stage2_equals_uninterrupted(tmp_path):
     args = ("--method", "wrongevent", "--noise", "instance", "--noise-rate", "0.4", "--subset", "300",
             "--batch-size", "100", "--epochs", "4", "--set", "stage1_epochs=2")

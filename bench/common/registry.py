@@ -30,13 +30,23 @@ class Registry(Generic[T]):
         self._aliases: dict[str, str] = {}
 
     def register(self, name: str | None = None, *, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
-        """Decorator: register ``obj`` under ``name`` (default: its ``name`` attribute or ``__name__``)."""
+        """Decorator: register ``obj`` under ``name`` (default: its ``name`` attribute or ``__name__``).
+
+        A registered class gets ``name`` as its ``name`` attribute, so the name is written once, in
+        the decorator; a class that spells its own ``name`` must spell the same one, and a subclass
+        registered under another name does not inherit its parent's."""
 
         def deco(obj: T) -> T:
             key = name or getattr(obj, "name", None) or obj.__name__  # type: ignore[attr-defined]
             for k in (key, *aliases):
                 if k in self._entries or k in self._aliases:
                     raise ValueError(f"{self.kind} {k!r} is registered twice")
+            if isinstance(obj, type):
+                own = vars(obj).get("name")
+                if own is not None and own != key:
+                    raise ValueError(f"{self.kind} {key!r}: the class says name = {own!r}; "
+                                     f"drop the attribute, the registered name is set on it")
+                obj.name = key  # type: ignore[attr-defined]
             self._entries[key] = obj
             for alias in aliases:
                 self._aliases[alias] = key

@@ -205,7 +205,7 @@ def bare_epochs(spec: RunSpec, probe: Trainer, out: EpochTimes, keep: list[torch
     for epoch in range(cfg.epochs):
         outer = rng_state()
         set_rng_state(own)
-        probe._sync()
+        probe.sync()
         t0 = time.perf_counter()
         gen = epoch_generator(cfg.seed, epoch, device)
         perm = torch.randperm(len(labels), generator=gen, device=gen.device).to(device)
@@ -213,20 +213,20 @@ def bare_epochs(spec: RunSpec, probe: Trainer, out: EpochTimes, keep: list[torch
         for start in range(0, len(perm), cfg.batch_size):
             idx = perm[start:start + cfg.batch_size]
             x = views(images[idx], "train", gen)
-            with probe._autocast():
+            with probe.autocast():
                 loss = F.cross_entropy(net(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-        probe._sync()
+        probe.sync()
         t1 = time.perf_counter()
         net.eval()
         correct = torch.zeros((), device=device)
         with torch.no_grad():
             for start in range(0, len(test), cfg.eval_batch_size):
                 x = views(test.images[start:start + cfg.eval_batch_size], "plain", gen)
-                with probe._autocast():
+                with probe.autocast():
                     correct += (net(x).argmax(1) == test.labels[start:start + cfg.eval_batch_size]).sum()
         correct.item()
         t2 = time.perf_counter()
@@ -348,7 +348,10 @@ def time_methods(request: dict[str, Any], methods: list[str], tmp: Path) -> list
 def print_methods(results: list[MethodTimes], title: str = "") -> None:
     """One row per method: its measured phase, epoch and training seconds, the ratios."""
     head = f"{title}: " if title else ""
-    refs = {r.method: r for r in results if r.method in ("ce", "dividemix")}
+    from bench.training.catalogue import method_class
+
+    # the methods that declare themselves a time reference (Method.time_reference: CE, DivideMix)
+    refs = {r.method: r for r in results if method_class(r.method).time_reference}
     for r in results:
         ratios = "".join(f", {r.epoch_s / ref.epoch_s:.3f} x {name} per epoch "
                          f"({r.train_s / ref.train_s:.3f} x training)" for name, ref in refs.items())
@@ -363,32 +366,47 @@ def print_methods(results: list[MethodTimes], title: str = "") -> None:
 # --- measurement 3: the strong view's share of a stage-2 step -----------------------------------------
 
 
-def strong_share(request: dict[str, Any], tmp: Path, steps: int = 10) -> dict[str, float]:
-    """Milliseconds per batch of the strong view and of a whole wrong-event stage-2 step (its
+def figure_methods(figure: str) -> list[tuple[str, int]]:
+    """(name, step epoch) of each method in ``figure`` ("methods", "strong"), in name order: those
+    whose ``perf_figures`` name it (:class:`methods.base.Method`). Imports every method module (a
+    second): only the suites and ``--strong`` ask."""
+    from bench.training.catalogue import catalogue, method_class
+
+    classes = {name: method_class(name) for name in catalogue().methods.names()}
+    return [(name, cls.perf_step_epoch) for name, cls in classes.items() if figure in cls.perf_figures]
+
+
+def strong_share(request: dict[str, Any], tmp: Path, steps: int = 10, method: str | None = None,
+                 step_epoch: int | None = None) -> dict[str, float]:
+    """Milliseconds per batch of the strong view and of a whole step of ``method`` (default: the
+    first that declares the "strong" figure: wrongevent, stage 2) in its ``step_epoch`` (its
     views made, forward, backward, optimiser step), median of ``steps`` after one untimed, for
     each RandAugment dispatch; the view's share of the step."""
     from bench.training import augment
+    from bench.training.catalogue import method_class
 
-    spec = perf_spec({**request, "epochs": 2}, tmp, "wrongevent", {"stage1_epochs": "1"})
+    if method is None:
+        method, step_epoch = figure_methods("strong")[0]
+    cls = method_class(method)
+    step_epoch = cls.perf_step_epoch if step_epoch is None else step_epoch
+    spec = perf_spec({**request, "epochs": step_epoch + 1}, tmp, method, dict(cls.smoke_options))
     if DATASETS.get(spec.config.dataset).on_disk:
         raise UsageError(f"--strong: data set {spec.config.dataset!r} is read from files; the strong view's share "
                          "is measured on an in-memory data set (synthetic, cifar10, ...)")
     trainer = Trainer(spec, new_run_dir(tmp, "strong"), tracker=MemoryTracker()).build()
-    trainer.run_epoch(0)  # stage 1, then the switch to stage 2 (the base model, the mixture)
-    m, cfg = trainer.method, spec.config
-    trainer._gens = trainer._method_generators(1)
-    m.on_epoch_start(1)
-    phase = m.phases(1)[0]
-    opts = [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))]
-    loader, views, device = trainer.train_loader, m.views(1), trainer.device
+    for epoch in range(step_epoch):  # the epochs before (IDO: stage 1, then the switch to stage 2)
+        trainer.run_epoch(epoch)
+    m, cfg = trainer.method, trainer.config
+    gen = trainer.enter_epoch(step_epoch)
+    m.on_epoch_start(step_epoch)
+    phase = m.phases(step_epoch)[0]
+    loader, views, device = trainer.train_loader, m.views(step_epoch), trainer.device
     index = torch.arange(min(cfg.batch_size, len(loader)), device=device)
-    gen = epoch_generator(cfg.seed, 1, device)
-    trainer._gen = gen
     res: dict[str, float] = {}
     for dispatch in ("subset", "batched"):
         with augment.use_dispatch(dispatch):
             view_ms = _median_ms(lambda: loader.views(loader.images[index], "strong", gen), trainer, steps)
-            step_ms = _median_ms(lambda: trainer._step(loader.batch(index, views, gen), 1, phase, opts), trainer,
+            step_ms = _median_ms(lambda: trainer.step(loader.batch(index, views, gen), step_epoch, phase), trainer,
                                  steps)
         res[f"{dispatch}_view_ms"], res[f"{dispatch}_step_ms"] = view_ms, step_ms
         res[f"{dispatch}_share"] = view_ms / step_ms
@@ -399,10 +417,10 @@ def strong_share(request: dict[str, Any], tmp: Path, steps: int = 10) -> dict[st
 def _median_ms(fn: Any, trainer: Trainer, steps: int) -> float:
     times = []
     for i in range(steps + 1):
-        trainer._sync()
+        trainer.sync()
         t0 = time.perf_counter()
         fn()
-        trainer._sync()
+        trainer.sync()
         if i:  # the first call is not timed
             times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
@@ -443,7 +461,7 @@ def disk_figures(request: dict[str, Any], batches: int, tmp: Path, steps: int | 
         raise UsageError(f"--epochs {cfg.epochs}: perf needs at least 2 (the first epoch is not timed)")
     trainer = Trainer(spec, new_run_dir(tmp, "disk"), tracker=MemoryTracker()).build()
     try:
-        sampled = cfg.dataset_options.get("samples_per_epoch")
+        sampled = trainer.config.dataset_options.get("samples_per_epoch")
         log(f"perf on disk: CE, {cfg.dataset} ({len(trainer.train_loader)} training images"
             + (f", {sampled} sampled per epoch" if sampled else "") + f"), {cfg.backbone}, {trainer.data.image_size} "
             f"px, batch {cfg.batch_size}, up to {batches} batches, decode {cfg.decode}, "
@@ -542,9 +560,14 @@ def run_disk_shapes(name: str, base: dict[str, Any], tmp: Path) -> None:
         sub = tmp / "disk-methods"
         sub.mkdir()
         request = {**request, "sets": [f"samples_per_epoch={GPU_METHOD_SAMPLES}"]}
-        print_methods(time_methods(request, ["ce", "dividemix", "wrongevent"], sub),
+        print_methods(time_methods(request, suite_methods(), sub),
                       title.removesuffix(", decode cpu") + f", {GPU_METHOD_SAMPLES} sampled per epoch")
         sys.stdout.flush()
+
+
+def suite_methods() -> list[str]:
+    """The methods the suites time side by side: those that declare the "methods" figure."""
+    return [name for name, _ in figure_methods("methods")]
 
 
 def run_suite(name: str, base: dict[str, Any], repeats: int, tmp: Path) -> None:
@@ -562,7 +585,7 @@ def run_suite(name: str, base: dict[str, Any], repeats: int, tmp: Path) -> None:
         if "strong" in more:
             print_strong(strong_share(request, sub / "s"), title)
         if "methods" in more:
-            print_methods(time_methods(request, ["ce", "dividemix", "wrongevent"], sub / "m"), title)
+            print_methods(time_methods(request, suite_methods(), sub / "m"), title)
         sys.stdout.flush()
     if name == "gpu":
         run_disk_shapes(name, base, tmp)

@@ -17,7 +17,7 @@ Four rates, in images per second, measured in one process on the run's own train
   Under ``--decode gpu`` this is the whole decode path, the device's decoding included (the
   device is synchronised before the clock is read). Its efficiency: loader / (workers x the
   1-core rate of what a worker does).
-- **step alone**: the trainer's own ``_step`` (CE: forward, loss, backward, optimiser step, as
+- **step alone**: the trainer's own ``step`` (CE: forward, loss, backward, optimiser step, as
   in an epoch) on those K batches, held in memory on the device, after an untimed step on the
   start-up pass's batch (warm-up: cuDNN's autotuning, ``--compile``); the device is
   synchronised before and after.
@@ -148,11 +148,11 @@ def loader_pass(trainer: Any, warm: torch.Tensor, indices: torch.Tensor, views: 
     gen = epoch_generator(trainer.config.seed, 0, trainer.device)
     bs = trainer.config.batch_size
     kept = list(loader.iterate(views, gen, shuffle=False, indices=warm, batch_size=bs))
-    trainer._sync()
+    trainer.sync()
     t0 = time.perf_counter()
     for batch in loader.iterate(views, gen, shuffle=False, indices=indices, batch_size=bs):
         kept.append(batch)
-    trainer._sync()
+    trainer.sync()
     seconds = time.perf_counter() - t0
     images = sum(len(b["index"]) for b in kept[1:])
     if images == 0 or len(kept) < 2:  # every file failed to decode
@@ -164,16 +164,15 @@ def step_pass(trainer: Any, batches: list[dict], epoch: int = 0) -> tuple[float,
     """Images per second of the trainer's CE steps on ``batches[1:]`` (already on the device),
     after an untimed step on ``batches[0]``."""
     m = trainer.method
-    trainer._gens = trainer._method_generators(epoch)
+    trainer.enter_epoch(epoch)
     m.train_mode(True)
     phase = m.phases(epoch)[0]
-    opts = [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))]
-    trainer._step(batches[0], epoch, phase, opts)
-    trainer._sync()
+    trainer.step(batches[0], epoch, phase)
+    trainer.sync()
     t0 = time.perf_counter()
     for batch in batches[1:]:
-        trainer._step(batch, epoch, phase, opts)
-    trainer._sync()
+        trainer.step(batch, epoch, phase)
+    trainer.sync()
     images = sum(len(b["index"]) for b in batches[1:])
     return images / (time.perf_counter() - t0), images
 

@@ -132,7 +132,7 @@ def plots(study: Any, params: list[str], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
 
-    from bench.common.figures import save_figure, wrap_title
+    from bench.common.plotting import save_figure, wrap_title
 
     written = []
     with warnings.catch_warnings():

@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from bench.common.errors import UsageError
-from bench.common.figures import pyplot, save_figure, wrap_title
+from bench.common.plotting import pyplot, save_figure, wrap_title
 from bench.records.reports import _colname, _columns, load_runs
 from bench.training.tracking import mlflow_client
 

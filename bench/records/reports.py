@@ -20,7 +20,7 @@ import pandas as pd
 
 from bench.common.errors import UsageError
 from bench.training.config import params_key, result_params
-from bench.training.record import TAG_SCORE_ARTIFACTS, TAG_TIME_REFERENCE
+from bench.training.runrecord import TAG_SCORE_ARTIFACTS, TAG_TIME_REFERENCE
 
 PAPER_CSV = Path(__file__).parent / "refdata" / "paper_numbers.csv"
 METRICS = ("best_test_acc", "last_test_acc")

@@ -4,12 +4,13 @@ study spaces.
 
 ``bench list``, ``--help`` and every usage error that concerns names or ``--set`` types are
 answered from this catalogue in milliseconds, where importing the method modules costs
-seconds (torch, scipy). It is built by importing the registries, and kept in
-``bench/catalogue.json`` together with a fingerprint of the source files it was built from
-(:data:`SOURCES`). While the fingerprint matches the files on disk the JSON is used as it is;
-when a source changes, the next command rebuilds it (seconds, once) and rewrites the file
-(where it is writable; a test checks that the committed file is fresh). Data sets need no
-catalogue: their modules import only numpy.
+seconds (torch, scipy). It is built by importing the registries, and cached outside the
+checkout (:func:`cache_dir`: ``$BENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/lnl-bench``, else
+``~/.cache/lnl-bench``) as ``catalogue-<fingerprint>.json``, the fingerprint being that of the
+source files it is built from (:data:`SOURCES`). It is derived data, so it is not tracked: a
+fresh checkout, or any change to a source, finds no file under its fingerprint and the next
+command builds one (seconds, once) and writes it atomically; an unwritable cache only means
+building in memory each time. Data sets need no catalogue: their modules import only numpy.
 """
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ from typing import Any, Literal
 from bench.common.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
-PATH = Path(__file__).with_name("catalogue.json")
 # the files whose content decides the catalogue
 SOURCES = ("methods/*.py", "bench/backbones/*.py", "bench/common/*.py", "bench/training/catalogue.py")
 BASE_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+KEEP = 10  # cached catalogues kept (several checkouts or branches may share the cache)
 
 
 @dataclass(frozen=True)
@@ -127,22 +128,47 @@ def build() -> dict[str, Any]:
     }
 
 
+def cache_dir() -> Path:
+    """Where built catalogues are kept: ``$BENCH_CACHE_DIR`` (tests point it at a temporary
+    folder), else the XDG cache; never the checkout, whose files are sources only."""
+    if os.environ.get("BENCH_CACHE_DIR"):
+        return Path(os.environ["BENCH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lnl-bench"
+
+
+def cache_path(fp: str | None = None) -> Path:
+    """The cached catalogue of the sources with fingerprint ``fp`` (default: the files on disk)."""
+    return cache_dir() / f"catalogue-{fp or fingerprint()}.json"
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    """Write ``path`` atomically (a concurrent reader sees the old file or the whole new one: a
+    sweep starts many processes at once), then drop all but the :data:`KEEP` newest catalogues."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+    others = [p for p in path.parent.glob("catalogue-*.json") if p != path]
+    old = sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)[KEEP - 1:]
+    for stale in old:
+        stale.unlink(missing_ok=True)
+
+
 def _load_or_build() -> dict[str, Any]:
     want = fingerprint()
+    path = cache_path(want)
     try:
-        data = json.loads(PATH.read_text())
+        data = json.loads(path.read_text())
         if data.get("fingerprint") == want:
             return data
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # not built yet for these sources, or a torn or foreign file
         pass
     data = build()
-    if os.environ.get("BENCH_CATALOGUE_READONLY") != "1":
-        try:
-            tmp = PATH.with_name(f".{PATH.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-            tmp.replace(PATH)
-        except OSError:  # a read-only checkout: rebuilt in memory each time, still correct
-            pass
+    try:
+        _write(path, data)
+    except OSError:  # an unwritable cache: rebuilt in memory each time, still correct
+        pass
     return data
 
 

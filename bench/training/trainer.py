@@ -1,16 +1,22 @@
 """The trainer: devices, precision, loops, evaluation, timing, checkpoints, resume.
 
 One :class:`Trainer` runs one :class:`~bench.training.resolve.RunSpec` end to end; other code
-calls :meth:`Trainer.build` (data and method, nothing written) and :meth:`Trainer.run`.
+calls :meth:`Trainer.build` (data and method, nothing written) and :meth:`Trainer.run`, and
+``bench perf`` times single steps with :meth:`Trainer.enter_epoch`, :meth:`Trainer.step`,
+:meth:`Trainer.autocast` and :meth:`Trainer.sync`. Progress (the backbone's weights, the setup
+time, one line per epoch) goes to the ``bench.training`` logger at INFO: the command line
+writes it to stderr, a library caller sees it only where it configures logging.
 Methods (see :mod:`methods.base`) supply models, a step and their guesses of the clean samples;
 the trainer does everything around them, identically for every method, so that accuracy and
 time differences come from the methods alone. The data come from :mod:`bench.training.assemble`
-and the MLflow record is :mod:`bench.training.record`. Per step the trainer does no
+and the MLflow record is :mod:`bench.training.runrecord`. Per step the trainer does no
 host-device synchronisation: running sums stay on the device and are read once per epoch.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 import os
 import random
 import sys
@@ -33,11 +39,13 @@ from bench.training.data import Prefetcher, epoch_generator
 from bench.training.device import peak_memory_mb, resolve_device
 from bench.training.diagnostics import detection_metrics, transition_error
 from bench.training.disk import DiskLoader
-from bench.training.record import RunRecord
 from bench.training.resolve import CHECKPOINT, RunSpec
+from bench.training.runrecord import RunRecord
 from bench.training.tracking import new_tracker
 from datasets.noise import NoiseSpec, expected_transition, transition_matrix
-from methods.base import Generators, Method, MethodContext
+from methods.base import Generators, Method, MethodContext, Phase, StepOutput
+
+LOG = logging.getLogger("bench.training")
 
 
 class Stopped(Exception):
@@ -171,9 +179,11 @@ class Trainer:
 
     def __init__(self, spec: RunSpec, run_dir: Path, *, stop_after: int | None = None, epoch_callback: Any = None,
                  tags: dict[str, str] | None = None, started: float | None = None, tracker: Any = None) -> None:
-        self.spec = spec
-        self.config: RunConfig = spec.config
-        self.place = spec.place
+        # a copy of its own: build() fills in the options the data set and the method resolve, and
+        # the caller's spec (a sweep's or study's base, bench.run's) must stay as it was given
+        self.spec = copy.deepcopy(spec)
+        self.config: RunConfig = self.spec.config
+        self.place = self.spec.place
         self.run_dir = run_dir
         self.stop_after = stop_after
         # called after each epoch's checkpoint with (epoch, metrics); True stops the run
@@ -232,7 +242,8 @@ class Trainer:
 
     # --- setup ------------------------------------------------------------------------------
     def build(self) -> Trainer:
-        """Data and method, the method's options resolved into the configuration; nothing is
+        """Data and method, the method's options resolved into the trainer's copy of the
+        configuration (what is logged and saved; the caller's spec is left alone); nothing is
         written (the run folder gets only the method's artifact folder)."""
         cfg = self.config
         seed_everything(cfg.seed)
@@ -311,10 +322,13 @@ class Trainer:
         return Prefetcher(torch.device("cpu") if isinstance(loader, DiskLoader) else self.device, loader.prefetch)
 
     # --- evaluation ---------------------------------------------------------------------------
-    def _autocast(self) -> Any:
+    def autocast(self) -> Any:
+        """The run's mixed precision as a context (a no-op without AMP): what the trainer's steps
+        and evaluation run under, for a loop that must do the same work (``bench perf``'s bare loop)."""
         if not self.amp:
             return contextlib.nullcontext()  # cheaper than a disabled autocast, once per step
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
 
     @torch.no_grad()
     def _logits(self, fn: Any, loader: Any, indices: torch.Tensor | None = None,
@@ -326,7 +340,7 @@ class Trainer:
         gen = None if view == "plain" else self._gens.torch
         for batch in loader.iterate((view,), gen=gen, shuffle=False, indices=indices,
                                     batch_size=self.config.eval_batch_size):
-            with self._autocast():
+            with self.autocast():
                 outs.append(fn(batch[view]).float())
             idx.append(batch["index"])
         return torch.cat(outs), torch.cat(idx)
@@ -390,7 +404,7 @@ class Trainer:
 
     # --- training ------------------------------------------------------------------------------
     def _step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Any, opts: list) -> Any:
-        with self._autocast():
+        with self.autocast():
             out = self.method.train_step(batch, epoch, phase)
         for o in opts:
             o.zero_grad(set_to_none=True)
@@ -448,9 +462,26 @@ class Trainer:
                     for p in phases)
         return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, file=sys.stderr)
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
+        """Wait for the work queued on the device (CUDA; nothing to wait for on the CPU): a clock
+        read after it counts that work."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def enter_epoch(self, epoch: int) -> torch.Generator:
+        """Make ``epoch`` (from 0) the current epoch outside :meth:`run_epoch`, to run its steps
+        one by one (``bench perf`` times them so): the method's generators of ``epoch`` and a
+        fresh data generator of it, returned (``ctx.fetch`` draws from it, and so should the
+        caller's batches). Call the method's ``on_epoch_start`` after it, as run_epoch does."""
+        self._gens = self._method_generators(epoch)
+        self._gen = epoch_generator(self.config.seed, epoch, self.device)
+        return self._gen
+
+    def step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
+        """One training step of ``phase`` exactly as the epoch loop takes it (autocast, loss
+        scaling, backward, the phase's optimisers, ``after_step``), for timing steps alone."""
+        m = self.method
+        return self._step(batch, epoch, phase, [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))])
 
     def run_epoch(self, epoch: int) -> dict[str, float]:
         """Hooks, training, detection metrics, evaluation and timing of one epoch (``epoch``
@@ -464,7 +495,7 @@ class Trainer:
             metrics["lr"] = opt.param_groups[0]["lr"]
         t1 = time.perf_counter()
         metrics.update(self.train_epoch(epoch))
-        self._sync()
+        self.sync()
         t2 = time.perf_counter()
         metrics.update(self.method.on_epoch_end(epoch))
         metrics.update(self.detection(epoch))
@@ -540,7 +571,7 @@ class Trainer:
             self.build()
         # only now: a run that fails to build (weights not found offline) leaves no store behind
         for note in self.notes:
-            print(note, file=sys.stderr)
+            LOG.info(note)
         self.notes.clear()
         tracker.open(self.place.tracking_uri, self.place.experiment)
         record = RunRecord(tracker, self.spec, self.run_dir)
@@ -553,7 +584,7 @@ class Trainer:
             run_id = record.start(self.data, self.method, self.extra_tags)
             self.save_checkpoint(history, run_id)  # a run killed in epoch 1 can be resumed too
         setup_s = time.perf_counter() - t_setup
-        print(f"setup_time_s {setup_s:.1f} (start-up, data, noise, models, MLflow)", file=sys.stderr, flush=True)
+        LOG.info(f"setup_time_s {setup_s:.1f} (start-up, data, noise, models, MLflow)")
         try:
             self._loop(history, record, run_id)
         except KeyboardInterrupt:
@@ -588,8 +619,8 @@ class Trainer:
 
     def _report(self, epoch: int, m: dict[str, float]) -> None:
         acc = f" train_acc {m['train_acc']:.4f}" if "train_acc" in m else ""
-        print(f"epoch {epoch + 1}/{self.config.epochs}: train_loss {m.get('train_loss', float('nan')):.4f}{acc}"
-              f" test_acc {m['test_acc']:.4f} ({m['epoch_time_s']:.1f} s)", file=sys.stderr, flush=True)
+        LOG.info(f"epoch {epoch + 1}/{self.config.epochs}: train_loss {m.get('train_loss', float('nan')):.4f}{acc}"
+                 f" test_acc {m['test_acc']:.4f} ({m['epoch_time_s']:.1f} s)")
 
     def _summary(self, history: History, run_id: str, status: str) -> dict[str, Any]:
         cfg = self.config

@@ -8,7 +8,7 @@ method declares of itself (``score_artifacts``, ``time_reference``) as tags.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from bench.training.tracking import git_commit
 # tags that carry what a method declares of itself (methods.base.Method), for the records
 TAG_TIME_REFERENCE = "bench.time_reference"
 TAG_SCORE_ARTIFACTS = "bench.score_artifacts"
+# where the run folder and resuming are said (INFO): the command line writes it to stderr
+LOG = logging.getLogger("bench.training")
 
 
 class RunRecord:
@@ -56,7 +58,7 @@ class RunRecord:
             self.tracker.log_artifact(tpath, "noise")
             self.tracker.log_metrics({"noise_rate_realized": noise.rate_realized}, step=0)
         self.tracker.log_params({"noise_file": str(noise.labels_file)})
-        print(f"run folder: {self.run_dir}", file=sys.stderr)
+        LOG.info(f"run folder: {self.run_dir}")
         return self.run_id
 
     def resume(self, run_id: str, history: Any, tags: dict[str, str]) -> None:
@@ -68,7 +70,7 @@ class RunRecord:
         self.tracker.log_metrics(history.last_metrics, step=history.epochs_done)
         for key, value in tags.items():  # e.g. the retried study trial's number
             self.tracker.set_tag(key, value)
-        print(f"resuming {self.run_dir} after epoch {history.epochs_done}", file=sys.stderr)
+        LOG.info(f"resuming {self.run_dir} after epoch {history.epochs_done}")
 
     def epoch(self, metrics: dict[str, float], step: int) -> None:
         self.tracker.log_metrics(metrics, step=step)
