@@ -139,3 +139,25 @@ def test_build_leaves_the_callers_spec_as_given(tmp_path):
     saved = json.loads((run_dir / "config.json").read_text())["config"]
     assert saved["method_options"] == {"half": True} and saved["dataset_options"] == tr.config.dataset_options
     assert spec.saved() == before
+
+
+def test_the_bar_counts_what_a_selecting_phase_visits(tmp_path, monkeypatch):
+    """A phase that selects its samples when it begins (UNICON, PES) was counted as every sample
+    when the bar was made; its total follows the selection, so the bar ends full."""
+    import tqdm
+
+    bars = []
+
+    class Recorded(tqdm.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recorded)
+    tr = make_trainer(tmp_path, progress=True)
+    tr.build()
+    phases = [Phase("all"), Phase("some", select=lambda: torch.arange(100))]
+    monkeypatch.setattr(tr.method, "phases", lambda epoch: phases)
+    tr.run_epoch(0)
+    assert len(bars) == 1
+    assert bars[0].n == bars[0].total == 5 + 2  # ceil(300 / 64) + ceil(100 / 64)

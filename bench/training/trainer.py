@@ -442,7 +442,11 @@ class Trainer:
         bar = self._bar(epoch, phases)
         for phase in phases:
             if phase.select is not None:  # a selection made now, after the earlier phases
+                planned = self._batches(phase)  # what the bar counted for it: every sample
                 phase.indices = phase.select()
+                if bar is not None:  # the bar's total as the selection makes it
+                    bar.total += self._batches(phase) - planned
+                    bar.refresh()
             opts = [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))]
             indices = self.pool if phase.indices is None else phase.indices
             for batch in self.train_loader.iterate(views, gen, indices=indices, batch_size=phase.batch_size):
@@ -457,10 +461,15 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        n = len(self.train_loader) if self.pool is None else len(self.pool)
-        total = sum(-(-(n if p.indices is None else len(p.indices)) // (p.batch_size or self.config.batch_size))
-                    for p in phases)
+        total = sum(self._batches(p) for p in phases)
         return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, file=sys.stderr)
+
+    def _batches(self, phase: Phase) -> int:
+        """The batches ``phase`` visits: its indices, else the epoch's pool, else every sample
+        (a phase that selects when it begins counts every sample until it has)."""
+        n = len(self.train_loader) if self.pool is None else len(self.pool)
+        n = n if phase.indices is None else len(phase.indices)
+        return -(-n // (phase.batch_size or self.config.batch_size))
 
     def sync(self) -> None:
         """Wait for the work queued on the device (CUDA; nothing to wait for on the CPU): a clock
