@@ -78,6 +78,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
+from bench.common.errors import UsageError
 from bench.common.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -283,6 +284,14 @@ class Method:
         for k, v in sd["state"].items():
             self.state[k] = v.to(self.ctx.device)
         self.load_extra_state(sd["extra"])
+
+    def check_warmup(self, warmup: int, after: str = "training epoch") -> int:
+        """``warmup`` (epochs) when it leaves at least one ``after`` epoch in ``--epochs``, else
+        the one line every method with a warm-up gives (its option is ``warmup_epochs``)."""
+        if warmup >= self.ctx.epochs:
+            raise UsageError(f"{self.name}: warm-up of {warmup} epochs leaves no {after} of --epochs "
+                             f"{self.ctx.epochs}; raise --epochs or --set warmup_epochs=N")
+        return warmup
 
     def add_network(self, name: str = "net", schedule_epochs: int | None = None) -> nn.Module:
         """A fresh backbone under ``name`` with the run's optimiser and, when ``schedule_epochs``

@@ -43,7 +43,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.common.errors import UsageError
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, StepOutput
@@ -163,9 +162,7 @@ class DISC(Method):
         self.warmup = d["warmup_epochs"] if o.warmup_epochs is None else o.warmup_epochs
         self.momentum = d["momentum"] if o.momentum is None else o.momentum
         self.lambda_h = d["lambda_h"] if o.lambda_h is None else o.lambda_h
-        if self.warmup >= ctx.epochs:
-            raise UsageError(f"disc: warm-up of {self.warmup} epochs leaves no training epoch of --epochs "
-                             f"{ctx.epochs}; raise --epochs or --set warmup_epochs=N")
+        self.check_warmup(self.warmup)
         self.add_network("net", schedule_epochs=ctx.epochs)
         n, c, dev = ctx.num_train, ctx.num_classes, ctx.device
         self.state.update({

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.common.errors import UsageError
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
@@ -156,9 +155,7 @@ class DivideMix(Method):
         self.alpha = d["alpha"] if o.alpha is None else o.alpha
         self.mix_rows = d["mix_rows"] if o.mix_rows is None else o.mix_rows
         self.warmup_penalty = d["warmup_penalty"] if o.warmup_penalty is None else o.warmup_penalty
-        if self.warmup >= ctx.epochs:
-            raise UsageError(f"dividemix: warm-up of {self.warmup} epochs leaves no training epoch of "
-                             f"--epochs {ctx.epochs}; raise --epochs or --set warmup_epochs=N")
+        self.check_warmup(self.warmup)
         for k in ("net1", "net2"):
             self.add_network(k, ctx.epochs if o.lr_schedule == "trainer" else None)
         n = ctx.num_train

@@ -29,7 +29,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
 
@@ -86,9 +85,7 @@ class _GLS(Method):
     def setup(self) -> None:
         o, ctx = self.opts, self.ctx
         self.warmup = round(WARMUP_SHARE * ctx.epochs) if o.warmup_epochs is None else o.warmup_epochs
-        if self.warmup >= ctx.epochs:
-            raise UsageError(f"{self.name}: warm-up of {self.warmup} epochs leaves no epoch of the smoothed "
-                             f"loss in --epochs {ctx.epochs}; raise --epochs or --set warmup_epochs=N")
+        self.check_warmup(self.warmup, "epoch of the smoothed loss")
         self.add_network("net", schedule_epochs=ctx.epochs)
         self.base_lr = [g["lr"] for g in self.optimizers["net"].param_groups]
 

@@ -89,9 +89,7 @@ class _Correction(Method):
             self.warmup = 0
         else:
             self.warmup = max(1, ctx.epochs // 2) if o.warmup_epochs is None else o.warmup_epochs
-            if self.warmup >= ctx.epochs:
-                raise UsageError(f"{self.name}: warm-up of {self.warmup} epochs leaves no corrected epoch of "
-                                 f"--epochs {ctx.epochs}; raise --epochs or --set warmup_epochs=N")
+            self.check_warmup(self.warmup, "corrected epoch")
             self.add_network("warm", schedule_epochs=self.warmup)
         self.add_network("net")
         self._net_scheduler = ctx.make_scheduler(self.optimizers["net"], ctx.epochs - self.warmup)

@@ -99,7 +99,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.common.errors import UsageError
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
@@ -404,9 +403,7 @@ class ProMix(Method):
         self.t_out = d["debias_output"] if o.debias_output is None else o.debias_output
         self.t_pl = d["debias_pl"] if o.debias_pl is None else o.debias_pl
         self.warmup = int(d["warmup_epochs"] if o.warmup_epochs is None else o.warmup_epochs)
-        if self.warmup >= ctx.epochs:
-            raise UsageError(f"promix: warm-up of {self.warmup} epochs leaves no training epoch of "
-                             f"--epochs {ctx.epochs}; raise --epochs or --set warmup_epochs=N")
+        self.check_warmup(self.warmup)
         gens = ctx.generators()
         seeds = torch.randint(2**62, (2,), generator=gens.torch, device=gens.torch.device).tolist()
         for k, seed in zip(("net1", "net2"), seeds, strict=True):

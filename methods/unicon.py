@@ -61,7 +61,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.common.errors import UsageError
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
@@ -222,9 +221,7 @@ class UNICON(Method):
         self.warmup = int(d["warmup_epochs"] if o.warmup_epochs is None else o.warmup_epochs)
         self.lambda_u = d["lambda_u"] if o.lambda_u is None else o.lambda_u
         self.alpha = d["alpha"] if o.alpha is None else o.alpha
-        if self.warmup >= ctx.epochs:
-            raise UsageError(f"unicon: warm-up of {self.warmup} epochs leaves no training epoch of "
-                             f"--epochs {ctx.epochs}; raise --epochs or --set warmup_epochs=N")
+        self.check_warmup(self.warmup)
         for k in ("net1", "net2"):
             net = ProjectedNet(ctx.make_backbone()).to(ctx.device)
             opt = ctx.make_optimizer(net.parameters())

@@ -369,3 +369,16 @@ def test_run_puts_back_the_sigterm_handler_it_installs(tmp_path, capsys):
     before = signal.getsignal(signal.SIGTERM)
     code, _, _ = bench(run_args(tmp_path, "--method", "nosuchmethod"), capsys)
     assert code == 2 and signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("method,after", [("dividemix", "training epoch"), ("disc", "training epoch"),
+                                          ("promix", "training epoch"), ("unicon", "training epoch"),
+                                          ("nls", "epoch of the smoothed loss"), ("forward", "corrected epoch")])
+def test_a_warm_up_that_leaves_no_epoch_is_one_line(method, after, tmp_path, capsys):
+    """Every method with a warm-up checks it one way (``Method.check_warmup``), before training."""
+    code, _, err = bench(run_args(tmp_path, "--method", method, "--epochs", "2", "--set", "warmup_epochs=2",
+                                  "--subset", "64", "--test-subset", "64"), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert error_line(err) == (f"bench: error: {method}: warm-up of 2 epochs leaves no {after} of --epochs 2; "
+                               "raise --epochs or --set warmup_epochs=N")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
