@@ -14,7 +14,7 @@ import pkgutil
 
 # the modules that register no method: pieces several methods share (a new one is added here and
 # to the ignored imports of the "No method imports another" contract in pyproject.toml)
-SHARED = ("base", "cotraining", "ema", "mixmatch", "mixtures", "shared", "streams")
+SHARED = ("base", "cotraining", "ema", "lr", "mixmatch", "mixtures", "shared", "streams")
 
 
 def method_modules() -> tuple[str, ...]:

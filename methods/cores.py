@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
+from methods.lr import base_lrs, set_lrs
 
 EPS = 1e-8  # -log(p + 1e-8) (loss.py:34)
 OFFICIAL_EPOCHS = 100  # phase1.py: 100 epochs; beta's plan has 100 entries
@@ -89,7 +90,7 @@ class Cores(Method):
     def setup(self) -> None:
         ctx = self.ctx
         self.add_network("net", schedule_epochs=ctx.epochs)
-        self.base_lr = [g["lr"] for g in self.optimizers["net"].param_groups]
+        self.base_lr = base_lrs({"net": self.optimizers["net"]})
         counts = torch.bincount(ctx.given_labels, minlength=ctx.num_classes).float()
         self.prior0 = counts / counts.sum()  # the noisy-label class frequencies (data/cifar.py:99-100)
         n = ctx.num_train
@@ -105,8 +106,7 @@ class Cores(Method):
         beta = self._beta(epoch)
         if self.opts.lr_schedule == "official":
             plan = 1.0 if official_epoch(epoch, self.ctx.epochs) < LR_DROP else 0.1
-            for g, lr in zip(self.optimizers["net"].param_groups, self.base_lr, strict=True):
-                g["lr"] = lr * plan / (1 + beta)
+            set_lrs(self.optimizers, self.base_lr, lambda lr: lr * plan / (1 + beta))
         self._out = torch.zeros(self.ctx.num_classes, device=self.ctx.device)
         return {"cores_beta": beta}
 

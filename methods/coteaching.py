@@ -45,12 +45,12 @@ from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.cotraining import (
     apply_lr_plan,
-    base_lrs,
     cross_update_losses,
     decay_start_epoch,
     forget_rate_at,
     nominal_forget_rate,
 )
+from methods.lr import base_lrs
 
 
 @dataclass

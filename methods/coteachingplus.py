@@ -64,11 +64,11 @@ from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.cotraining import (
     DECAY_START,
     apply_lr_plan,
-    base_lrs,
     cross_update_losses,
     forget_rate_at,
     nominal_forget_rate,
 )
+from methods.lr import base_lrs
 
 OFFICIAL_EPOCHS = 200  # main.py:54,75,96 args.n_epoch = 200
 # main.py:52,73,94,132: the epoch the disagreement phase starts, of OFFICIAL_EPOCHS

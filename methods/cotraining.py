@@ -58,12 +58,6 @@ def decay_start_epoch(epochs: int, num_classes: int) -> int:
     return round(share * epochs)
 
 
-def base_lrs(optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, list[float]]:
-    """The initial lr of every parameter group: the plan is derived from it at every epoch, so a
-    resumed run sets the same values."""
-    return {k: [g["lr"] for g in o.param_groups] for k, o in optimizers.items()}
-
-
 def apply_lr_plan(optimizers: Mapping[str, torch.optim.Optimizer], base: Mapping[str, Sequence[float]],
                   epoch: int, epochs: int, decay_start: int) -> None:
     """Set lr and (where the optimiser has ``betas``) beta1 of every group from the epoch alone."""

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
+from methods.lr import base_lrs, set_lrs
 from methods.mixmatch import linear_rampup, mixmatch_loss, mixup, negative_entropy, sharpen
 from methods.mixtures import GaussianMixture2
 from methods.shared import nearest
@@ -159,7 +160,7 @@ class DivideMix(Method):
         for k in ("net1", "net2"):
             self.add_network(k, ctx.epochs if o.lr_schedule == "trainer" else None)
         n = ctx.num_train
-        self.base_lr = [g["lr"] for g in self.optimizers["net1"].param_groups]
+        self.base_lr = base_lrs(self.optimizers)
         self.state.update(prob1=torch.zeros(n, device=ctx.device), prob2=torch.zeros(n, device=ctx.device),
                           hist1=torch.zeros(HISTORY, n, device=ctx.device),
                           hist2=torch.zeros(HISTORY, n, device=ctx.device),
@@ -192,9 +193,7 @@ class DivideMix(Method):
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         if self.opts.lr_schedule == "official":
             factor = 0.1 if epoch >= self.ctx.epochs // 2 else 1.0  # lr / 10 at 150 of 300
-            for opt in self.optimizers.values():
-                for g, lr in zip(opt.param_groups, self.base_lr, strict=True):
-                    g["lr"] = lr * factor
+            set_lrs(self.optimizers, self.base_lr, lambda lr: lr * factor)
         self._steps = {}
         if epoch < self.warmup:
             return {"lambda_u": self.lambda_u, "p_threshold": self.p_threshold}

@@ -60,6 +60,7 @@ from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.ema import ema_decay, make_ema, sigmoid_rampup, update_ema
+from methods.lr import base_lrs, set_lrs
 from methods.mixmatch import mixup
 
 PROB_CLAMP = 1e-4  # loss.py:33: torch.clamp(y_pred, 1e-4, 1.0 - 1e-4)
@@ -209,7 +210,7 @@ class ELRPlus(Method):
             # train.py:75,78: the average is a network of its own initialisation, without gradient
             self.models[f"ema{k}"] = make_ema(ctx.make_backbone())
             self.state[f"target{k}"] = torch.zeros(ctx.num_train, ctx.num_classes, device=ctx.device)
-        self.base_lr = {k: [g["lr"] for g in opt.param_groups] for k, opt in self.optimizers.items()}
+        self.base_lr = base_lrs(self.optimizers)
         self.global_step = 0
         self._batches: dict[str, int] = {}
         self._step = 0
@@ -226,9 +227,7 @@ class ELRPlus(Method):
         self._batches = {}
         if self.opts.lr_schedule == "official":  # MultiStepLR(gamma 0.1) from the epoch alone: resume-safe
             factor = 0.1 if epoch >= self.decay_epoch else 1.0
-            for key, opt in self.optimizers.items():
-                for g, lr in zip(opt.param_groups, self.base_lr[key], strict=True):
-                    g["lr"] = lr * factor
+            set_lrs(self.optimizers, self.base_lr, lambda lr: lr * factor)
         return {"global_step": float(self.global_step)}
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:

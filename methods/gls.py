@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
+from methods.lr import base_lrs, set_lrs
 
 WARMUP_SHARE = 120 / 220  # main_warmup.py 120 epochs, then main_GLS_load.py 100 (README.md:38-49)
 STAGE2_LR = 1e-6 / 0.1  # main_GLS_load.py lr_plan = [1e-6] * 100 after a warm-up at lr 0.1
@@ -87,15 +88,14 @@ class _GLS(Method):
         self.warmup = round(WARMUP_SHARE * ctx.epochs) if o.warmup_epochs is None else o.warmup_epochs
         self.check_warmup(self.warmup, "epoch of the smoothed loss")
         self.add_network("net", schedule_epochs=ctx.epochs)
-        self.base_lr = [g["lr"] for g in self.optimizers["net"].param_groups]
+        self.base_lr = base_lrs(self.optimizers)
 
     def resolved_options(self) -> dict[str, Any]:
         return {**super().resolved_options(), "warmup_epochs": self.warmup}
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         if self.warmup > 0 and epoch >= self.warmup and self.opts.stage2_lr == "official":
-            for g, lr in zip(self.optimizers["net"].param_groups, self.base_lr, strict=True):
-                g["lr"] = lr * STAGE2_LR
+            set_lrs(self.optimizers, self.base_lr, lambda lr: lr * STAGE2_LR)
         return {"gls_stage": float(epoch >= self.warmup)}
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:

@@ -50,12 +50,12 @@ from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.cotraining import (
     apply_lr_plan,
-    base_lrs,
     decay_start_epoch,
     forget_rate_at,
     nominal_forget_rate,
     small_loss,
 )
+from methods.lr import base_lrs
 
 ASYMMETRIC = "asym"  # JoCoR's noise_type "asymmetric" (data/utils.py), whose tau jocor.py:21-22 halves
 CO_LAMBDA_CIFAR10 = 0.9  # README.md:30: CIFAR-10 20%, 50% and asym 40%

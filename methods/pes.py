@@ -91,6 +91,7 @@ from bench.common.errors import UsageError
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
+from methods.lr import base_lrs, set_lrs
 from methods.mixmatch import linear_rampup, mixup, sharpen
 from methods.shared import classifier_of
 from methods.streams import BatchStream
@@ -353,7 +354,7 @@ class _Progressive(Method):
             raise UsageError(f"{self.name}: T1 = {self.t1} leaves no epoch after it of --epochs {ctx.epochs}; "
                              "raise --epochs or --set T1=N")
         net = self.add_network("net", schedule_epochs=ctx.epochs if o.lr_schedule == "trainer" else None)
-        self.base_lr = [g["lr"] for g in self.optimizers["net"].param_groups]
+        self.base_lr = base_lrs({"net": self.optimizers["net"]})
         self.head = classifier_of(net, self.name)
         self.block = last_stage(net, self.head, self.name) + [self.head] if block else []
         check_resettable(self.block + [self.head], self.name)
@@ -433,8 +434,7 @@ class _Progressive(Method):
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         self._log = {}
         if self.opts.lr_schedule == "official":  # from the epoch alone (resume-safe); not the refinement's Adam
-            for g, lr in zip(self.optimizers["net"].param_groups, self.base_lr, strict=True):
-                g["lr"] = self.official_lr(lr, epoch)
+            set_lrs(self.optimizers, self.base_lr, lambda lr: self.official_lr(lr, epoch))
         return {"pes_T1": float(self.t1)} if epoch == 0 else {}
 
     def official_lr(self, lr: float, epoch: int) -> float:

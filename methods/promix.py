@@ -102,6 +102,7 @@ import torch.nn.functional as F
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
+from methods.lr import base_lrs, set_lrs
 from methods.mixmatch import mixup, negative_entropy, sharpen
 from methods.shared import classifier_of, nearest
 
@@ -415,7 +416,7 @@ class ProMix(Method):
             sched = ctx.make_scheduler(opt, ctx.epochs)
             if sched is not None:
                 self.schedulers["net"] = sched
-        self.base_lr = [g["lr"] for g in opt.param_groups]
+        self.base_lr = base_lrs({"net": opt})
         # one forward for several inputs only where no layer couples the rows of a batch
         self.concat = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.models["net1"].modules())
         n, c = ctx.num_train, ctx.num_classes
@@ -439,8 +440,7 @@ class ProMix(Method):
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         ctx = self.ctx
         if self.opts.lr_schedule == "official":
-            for g, lr in zip(self.optimizers["net"].param_groups, self.base_lr, strict=True):
-                g["lr"] = cosine_lr(lr, epoch, ctx.epochs)
+            set_lrs(self.optimizers, self.base_lr, lambda lr: cosine_lr(lr, epoch, ctx.epochs))
         pool = ctx.epoch_pool()
         self._pool_size = ctx.num_train if pool is None else len(pool)
         if epoch < self.warmup:

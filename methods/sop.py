@@ -79,6 +79,7 @@ import torch.nn.functional as F
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
+from methods.lr import base_lrs, set_lrs
 
 EPS = 1e-4  # eps = 1e-4: the clamps and F.normalize's floor (loss.py:68, 83-87, 106)
 
@@ -208,7 +209,7 @@ class SOP(Method):
         self.lr_v = lr_v if o.lr_v is None else o.lr_v
         # first: the trainer logs the first optimiser's lr; the run's scheduler only with lr_schedule=trainer
         self.add_network("net", schedule_epochs=ctx.epochs if o.lr_schedule == "trainer" else None)
-        self.base_lr = [g["lr"] for g in self.optimizers["net"].param_groups]
+        self.base_lr = base_lrs({"net": self.optimizers["net"]})
         uv = self.models["uv"] = NoiseParams(ctx.num_train, ctx.num_classes, o.init_std, ctx.generators().torch)
         # train.py:83-89: SGD, momentum 0, weight decay 0; no scheduler (trainer.py:155-156 commented out)
         self.optimizers["u"] = torch.optim.SGD([uv.u], lr=self.lr_u, momentum=0.0, weight_decay=0.0)
@@ -219,8 +220,7 @@ class SOP(Method):
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         if self.opts.lr_schedule == "official":  # from the epoch alone: resume-safe; u and v keep theirs
-            for g, lr in zip(self.optimizers["net"].param_groups, self.base_lr, strict=True):
-                g["lr"] = self._official_lr(lr, epoch)
+            set_lrs(self.optimizers, self.base_lr, lambda lr: self._official_lr(lr, epoch))
         return {"sop_lr_u": self.lr_u, "sop_lr_v": self.lr_v} if epoch == 0 else {}
 
     def _official_lr(self, lr: float, epoch: int) -> float:

@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
+from methods.lr import base_lrs, set_lrs
 from methods.mixmatch import linear_rampup, mixmatch_loss, mixup, negative_entropy, sharpen
 from methods.shared import classifier_of
 from methods.streams import BatchStream
@@ -230,7 +231,7 @@ class UNICON(Method):
                 sched = ctx.make_scheduler(opt, ctx.epochs)
                 if sched is not None:
                     self.schedulers[k] = sched
-        self.base_lr = [g["lr"] for g in self.optimizers["net1"].param_groups]
+        self.base_lr = base_lrs(self.optimizers)
         n = ctx.num_train
         for k in ("1", "2"):  # the last selection of each network: JSD and the labeled set
             self.state["jsd" + k] = torch.zeros(n, device=ctx.device)
@@ -264,9 +265,7 @@ class UNICON(Method):
         if self.opts.lr_schedule == "official":  # CosineAnnealingLR's closed form, stepped per epoch
             t_max = max(1, round(COSINE_SHARE * self.ctx.epochs))
             factor = ETA_MIN_SHARE + (1 - ETA_MIN_SHARE) * (1 + math.cos(math.pi * epoch / t_max)) / 2
-            for opt in self.optimizers.values():
-                for g, lr in zip(opt.param_groups, self.base_lr, strict=True):
-                    g["lr"] = lr * factor
+            set_lrs(self.optimizers, self.base_lr, lambda lr: lr * factor)
         self._reset_epoch()
         return {"lambda_u": self.lambda_u}
 

@@ -161,3 +161,14 @@ def test_the_bar_counts_what_a_selecting_phase_visits(tmp_path, monkeypatch):
     tr.run_epoch(0)
     assert len(bars) == 1
     assert bars[0].n == bars[0].total == 5 + 2  # ceil(300 / 64) + ceil(100 / 64)
+
+
+def test_every_optimiser_rate_is_logged(tmp_path):
+    """The first optimiser's rate as ``lr`` (what tables read), every other's as ``lr_<name>``."""
+    tr = make_trainer(tmp_path)
+    tr.build()
+    m = tr.method
+    m.optimizers["aux"] = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.5)
+    metrics = tr.run_epoch(0)
+    assert metrics["lr"] == m.optimizers["net"].param_groups[0]["lr"] and metrics["lr_aux"] == 0.5
+    assert "lr_net" not in metrics

@@ -499,9 +499,10 @@ class Trainer:
         self.pool = self.draw_pool(epoch)
         self._gens = self._method_generators(epoch)
         metrics = dict(self.method.on_epoch_start(epoch))
-        opt = next(iter(self.method.optimizers.values()), None)
-        if opt is not None:  # the rate this epoch trains with (schedulers step after it)
-            metrics["lr"] = opt.param_groups[0]["lr"]
+        # the rate each optimiser trains with this epoch (schedulers step after it): the first's
+        # as ``lr`` (what tables read), every other's as ``lr_<name>``
+        for i, (name, opt) in enumerate(self.method.optimizers.items()):
+            metrics["lr" if i == 0 else f"lr_{name}"] = opt.param_groups[0]["lr"]
         t1 = time.perf_counter()
         metrics.update(self.train_epoch(epoch))
         self.sync()
