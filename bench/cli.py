@@ -632,15 +632,14 @@ def cmd_weights(args: argparse.Namespace) -> int:
     for name in args.backbone:
         if not name.startswith("timm:"):
             raise UsageError(f"--backbone {name}: only timm:NAME backbones have pretrained weights")
+        from bench.backbones import check_backbone_name
+
+        check_backbone_name(name)
         requests.append({"backbone": name, "pretrained": True})
     if args.sweep_args:
         requests += sweep_requests(args.sweep_args)
     if not requests:
         raise UsageError("name what to fetch: --preset NAME, --dataset NAME, --backbone timm:NAME or --sweep-args ARGS")
-    from bench.backbones import check_backbone_name
-
-    for name in args.backbone:
-        check_backbone_name(name)
     return run_fetch(pretrained_models(requests), args.dry_run)
 
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.backbones.weights import Source, fetch_command, hub_offline
 from bench.backbones.weights import ensure as ensure_weights
-from bench.backbones.weights import fetch_command, hub_offline
 from bench.common.errors import UsageError
 from bench.common.registry import Registry
 
@@ -122,9 +122,17 @@ def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool,
         load_weights_file(net, path, name)
         return net
     src, path, _ = ensure_weights(name, offline)
-    try:  # from the file just checked or fetched: timm finds it in the cache
+    return load_cached_pretrained(name, src, path, image_size, **common)
+
+
+def load_cached_pretrained(name: str, src: Source, path: Path, image_size: int | None = None,
+                           **kwargs: object) -> nn.Module:
+    """timm model ``name`` with its pretrained weights, from the cached file ``path`` alone (what
+    :func:`bench.backbones.weights.ensure` returned): timm loads it strictly, the classifier
+    aside when ``kwargs`` ask for other classes. A run and ``bench weights fetch`` load so."""
+    try:
         with hub_offline():
-            return _timm_create(name, image_size, pretrained=True, **common)
+            return _timm_create(name, image_size, pretrained=True, **kwargs)
     except Exception as exc:  # timm raises several types for a file that does not load
         raise UsageError(f"the pretrained weights of timm:{name} ({src.label}) are in the cache ({path}) but do not "
                          f"load ({type(exc).__name__}: {str(exc).strip()[:160]}); delete that file and fetch it again "

@@ -366,29 +366,27 @@ def print_methods(results: list[MethodTimes], title: str = "") -> None:
 # --- measurement 3: the strong view's share of a stage-2 step -----------------------------------------
 
 
-def figure_methods(figure: str) -> list[tuple[str, int]]:
-    """(name, step epoch) of each method in ``figure`` ("methods", "strong"), in name order: those
-    whose ``perf_figures`` name it (:class:`methods.base.Method`). Imports every method module (a
+def figure_methods(figure: str) -> list[str]:
+    """The methods in ``figure`` ("methods", "strong"), in name order: those whose
+    ``perf_figures`` name it (:class:`methods.base.Method`). Imports every method module (a
     second): only the suites and ``--strong`` ask."""
     from bench.training.catalogue import catalogue, method_class
 
-    classes = {name: method_class(name) for name in catalogue().methods.names()}
-    return [(name, cls.perf_step_epoch) for name, cls in classes.items() if figure in cls.perf_figures]
+    return [name for name in catalogue().methods.names() if figure in method_class(name).perf_figures]
 
 
-def strong_share(request: dict[str, Any], tmp: Path, steps: int = 10, method: str | None = None,
-                 step_epoch: int | None = None) -> dict[str, float]:
+def strong_share(request: dict[str, Any], tmp: Path, steps: int = 10, method: str | None = None) -> dict[str, float]:
     """Milliseconds per batch of the strong view and of a whole step of ``method`` (default: the
-    first that declares the "strong" figure: wrongevent, stage 2) in its ``step_epoch`` (its
-    views made, forward, backward, optimiser step), median of ``steps`` after one untimed, for
-    each RandAugment dispatch; the view's share of the step."""
+    first that declares the "strong" figure: wrongevent) in the epoch it declares
+    (``perf_step_epoch``: wrongevent's stage 2) (its views made, forward, backward, optimiser
+    step), median of ``steps`` after one untimed, for each RandAugment dispatch; the view's
+    share of the step."""
     from bench.training import augment
     from bench.training.catalogue import method_class
 
-    if method is None:
-        method, step_epoch = figure_methods("strong")[0]
+    method = method or figure_methods("strong")[0]
     cls = method_class(method)
-    step_epoch = cls.perf_step_epoch if step_epoch is None else step_epoch
+    step_epoch = cls.perf_step_epoch
     spec = perf_spec({**request, "epochs": step_epoch + 1}, tmp, method, dict(cls.smoke_options))
     if DATASETS.get(spec.config.dataset).on_disk:
         raise UsageError(f"--strong: data set {spec.config.dataset!r} is read from files; the strong view's share "
@@ -560,14 +558,9 @@ def run_disk_shapes(name: str, base: dict[str, Any], tmp: Path) -> None:
         sub = tmp / "disk-methods"
         sub.mkdir()
         request = {**request, "sets": [f"samples_per_epoch={GPU_METHOD_SAMPLES}"]}
-        print_methods(time_methods(request, suite_methods(), sub),
+        print_methods(time_methods(request, figure_methods("methods"), sub),
                       title.removesuffix(", decode cpu") + f", {GPU_METHOD_SAMPLES} sampled per epoch")
         sys.stdout.flush()
-
-
-def suite_methods() -> list[str]:
-    """The methods the suites time side by side: those that declare the "methods" figure."""
-    return [name for name, _ in figure_methods("methods")]
 
 
 def run_suite(name: str, base: dict[str, Any], repeats: int, tmp: Path) -> None:
@@ -585,7 +578,7 @@ def run_suite(name: str, base: dict[str, Any], repeats: int, tmp: Path) -> None:
         if "strong" in more:
             print_strong(strong_share(request, sub / "s"), title)
         if "methods" in more:
-            print_methods(time_methods(request, suite_methods(), sub / "m"), title)
+            print_methods(time_methods(request, figure_methods("methods"), sub / "m"), title)
         sys.stdout.flush()
     if name == "gpu":
         run_disk_shapes(name, base, tmp)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.backbones.weights import Source, cached, cached_files, ensure, fetch_command, hub_offline, source
+from bench.backbones.weights import Source, cached, cached_files, ensure, fetch_command, source
 from bench.common.errors import UsageError
 
 
@@ -65,15 +65,10 @@ class Fetched:
 def fetch_one(model: str) -> Fetched:
     """Download ``model``'s weights unless cached, then load them from the cache alone into the
     model at its own class count (every tensor from the file: timm loads strictly)."""
-    import timm
+    from bench.backbones import load_cached_pretrained
 
     src, path, downloaded = ensure(model, offline=False)
-    try:
-        with hub_offline():
-            net = timm.create_model(model, pretrained=True)
-    except Exception as exc:  # timm raises several types for a file that does not load
-        raise UsageError(f"timm:{model}: the file {path} does not load into the model ({type(exc).__name__}: "
-                         f"{str(exc).strip()[:160]}); delete it and fetch again") from None
+    net = load_cached_pretrained(model, src, path)
     return Fetched(model, src, path, downloaded, sum(p.numel() for p in net.parameters()))
 
 

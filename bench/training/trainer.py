@@ -329,7 +329,6 @@ class Trainer:
             return contextlib.nullcontext()  # cheaper than a disabled autocast, once per step
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-
     @torch.no_grad()
     def _logits(self, fn: Any, loader: Any, indices: torch.Tensor | None = None,
                 view: str = "plain") -> tuple[torch.Tensor, torch.Tensor]:
@@ -447,7 +446,7 @@ class Trainer:
                 if bar is not None:  # the bar's total as the selection makes it
                     bar.total += self._batches(phase) - planned
                     bar.refresh()
-            opts = [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))]
+            opts = self._phase_optimizers(phase)
             indices = self.pool if phase.indices is None else phase.indices
             for batch in self.train_loader.iterate(views, gen, indices=indices, batch_size=phase.batch_size):
                 stats.add(self._step(batch, epoch, phase, opts), batch)
@@ -489,8 +488,12 @@ class Trainer:
     def step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
         """One training step of ``phase`` exactly as the epoch loop takes it (autocast, loss
         scaling, backward, the phase's optimisers, ``after_step``), for timing steps alone."""
+        return self._step(batch, epoch, phase, self._phase_optimizers(phase))
+
+    def _phase_optimizers(self, phase: Phase) -> list[torch.optim.Optimizer]:
+        """The optimisers a step of ``phase`` steps: those it names, else every one of the method's."""
         m = self.method
-        return self._step(batch, epoch, phase, [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))])
+        return [m.optimizers[k] for k in (phase.optimizers or tuple(m.optimizers))]
 
     def run_epoch(self, epoch: int) -> dict[str, float]:
         """Hooks, training, detection metrics, evaluation and timing of one epoch (``epoch``
