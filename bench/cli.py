@@ -53,8 +53,8 @@ RUN_FLAGS: dict[str, tuple[type, str]] = {
     "backbone": (str, "backbone name or timm:NAME (see `bench list backbones`)"),
     "weights": (str, "local weights file for --pretrained, in place of timm's (then nothing is downloaded)"),
     "augment": (str, f"augmentation of the shared training view: {', '.join(AUGMENTS)}"),
-    "views": (str, "a method's own views (weak, strong): shared = built on --augment, so every method gets the "
-                   "same augmentation; official = as the method published them (crop + flip)"),
+    "views": (str, "a method's own views (weak, strong, ...; `bench list views`): shared = built on --augment, so "
+                   "every method gets the same augmentation; official = as the method published them (crop + flip)"),
     "image_size": (int, "side in pixels of the images the backbone sees (default: the data set's)"),
     "subset": (int, "train on N samples, stratified by class, chosen by the noise seed (default: all)"),
     "test_subset": (int, "evaluate on N test images, stratified by class, always the same ones: quick checks; "
@@ -241,8 +241,9 @@ def add_run_parser(sub: Any) -> None:
 
 
 def add_list_parser(sub: Any) -> None:
-    lst = _add(sub, "list", "list registered methods, data sets, backbones, noise models and presets")
-    lst.add_argument("what", nargs="?", choices=("all", "methods", "datasets", "backbones", "noise", "presets"),
+    lst = _add(sub, "list", "list registered methods, data sets, backbones, noise models, presets and views")
+    lst.add_argument("what", nargs="?", choices=("all", "methods", "datasets", "backbones", "noise", "presets",
+                                                 "views"),
                      default="all", help="what to list (default: all)")
     lst.add_argument("--verbose", "-v", action="store_true", help="also list options, study spaces and preset values")
 
@@ -501,7 +502,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from datasets.noise import NOISE_MODELS, describe_noise
 
     cat = catalogue()
-    sections = ("methods", "datasets", "backbones", "noise", "presets") if args.what == "all" else (args.what,)
+    sections = ("methods", "datasets", "backbones", "noise", "presets", "views") if args.what == "all" else (args.what,)
     for section in sections:
         print(f"{section}:")
         if section == "methods":
@@ -513,7 +514,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                     for line in [o.line for o in e.options] or ["(no options)"]:
                         print(f"      {line}")
                     print(f"      {e.space}")
-                    print(f"      {describe_views(e.views)}")
+                    print(f"      {describe_views(e.views, cat.views)}")
         elif section == "datasets":
             for name in DATASETS.names():
                 cls = DATASETS.get(name)
@@ -526,6 +527,14 @@ def cmd_list(args: argparse.Namespace) -> int:
                 print(f"  {name:<18} {text}")
                 if args.verbose and values:
                     print(f"      {values}")
+        elif section == "views":
+            for name, v in cat.views.items():
+                owner = "shared" if v["owner"] == "bench" else v["owner"].removeprefix("methods.")
+                print(f"  {name:<18} {v['shared']} ({owner})")
+                if args.verbose:
+                    print(f"      --views official: {v['official']}")
+                    if v["source"]:
+                        print(f"      source: {v['source']}")
         elif section == "backbones":
             for name in cat.backbones.names():
                 print(f"  {name:<18} {cat.backbones.get(name).doc}")
@@ -537,23 +546,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-VIEW_TEXT = {"weak": ("--augment", "crop + flip"), "weak2": ("--augment (a second draw)", "crop + flip"),
-             "strong": ("--augment + RandAugment n=2 m=10", "crop + flip + RandAugment n=2 m=10"),
-             "ra-cutout": ("RandAugment n=1 m=3, --augment, Cutout", "RandAugment n=1 m=3, crop + flip, Cutout"),
-             "ra-cutout2": ("the same, a second draw", "the same, a second draw"),
-             "strong-mc": ("--augment + FixMatch RandAugment n=2 m=5 + grey Cutout",
-                           "crop + flip + FixMatch RandAugment n=2 m=5 + grey Cutout"),
-             "autoaug": ("--augment + AutoAugment (CIFAR-10 policy)", "crop + flip + AutoAugment (CIFAR-10 policy)"),
-             "autoaug2": ("the same, a second draw", "the same, a second draw"),
-             "autoaug-cutout": ("--augment + AutoAugment (CIFAR-10 policy) + Cutout 16",
-                                "crop + flip + AutoAugment (CIFAR-10 policy) + Cutout 16"),
-             "ra-promix": ("--augment + ProMix RandomAugment (3 ops, full range) + grey Cutout",
-                           "crop + flip + ProMix RandomAugment (3 ops, full range) + grey Cutout")}
-
-
-def describe_views(views: tuple[str, ...]) -> str:
-    """A method's views, and what they are under each view policy (--views)."""
-    own = "; ".join(f"{v}: shared = {VIEW_TEXT[v][0]}, official = {VIEW_TEXT[v][1]}" for v in views)
+def describe_views(views: tuple[str, ...], known: dict[str, dict[str, str]]) -> str:
+    """A method's views, and what they are under each view policy (--views), from the views'
+    registry (:mod:`bench.common.views`, through the catalogue)."""
+    own = "; ".join(f"{v}: shared = {known[v]['shared']}, official = {known[v]['official']}" for v in views)
     return "views: train (--augment)" + (f"; {own}" if own else " only (--views changes nothing)")
 
 

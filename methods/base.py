@@ -20,14 +20,15 @@ with ``metadata={"help": ..., "source": ...}``), registers itself with
     indexed by dataset index, never by batch position). Everything in these four dicts is
     checkpointed and restored without further code; other state goes in
     :meth:`extra_state` / :meth:`load_extra_state`.
-``views(epoch)``
-    The image views a batch must carry this epoch: ``"train"`` (the run's shared
-    ``--augment``, default), ``"plain"``, and the method's own, declared in ``own_views``:
-    ``"weak"``/``"weak2"`` (two independent draws), ``"strong"`` (weak + RandAugment), and the
-    strong views some methods publish, ``"ra-cutout"``/``"ra-cutout2"`` (GJS), ``"strong-mc"``
-    (DISC), ``"autoaug"``/``"autoaug2"`` (UNICON), ``"autoaug-cutout"`` (SOP+) and
-    ``"ra-promix"`` (ProMix); under ``--views shared`` they start from the run's ``--augment``,
-    under ``official`` from crop + flip (each with its source: bench/training/data.py).
+``view_sets`` / ``views(epoch)``
+    The image views a batch must carry this epoch, one of the named sets of ``view_sets``
+    (default: the first): ``"train"`` (the run's shared ``--augment``, the default), ``"plain"``,
+    the shared ``"weak"``/``"weak2"`` (two independent draws) and ``"strong"`` (weak +
+    RandAugment), and the views the method's module registers itself
+    (:func:`bench.common.views.register_view`: GJS's ``"ra-cutout"``, DISC's ``"strong-mc"``, ...).
+    Under ``--views shared`` they start from the run's ``--augment``, under ``official`` from
+    crop + flip. ``own_views`` (what ``bench list`` shows, and whether ``--views`` changes the
+    method's batches) is derived from ``view_sets``; the trainer refuses a view not named there.
 ``phases(epoch)``
     The passes over the training data this epoch (default one). A two-network method that
     trains its networks one after the other (DivideMix) returns one :class:`Phase` per
@@ -188,8 +189,11 @@ class Method:
     score_artifacts: ClassVar[dict[str, str]] = {}
     # the label of the ratio column `bench table --time` gives other methods' time against this one's
     time_reference: ClassVar[str | None] = None
-    # the views of its own the method asks for besides "train" and "plain" (weak, weak2, strong);
-    # their augmentation follows the run's view policy (--views shared|official)
+    # the sets of views the method's batches carry, by name (its stages): ``views(epoch)`` returns
+    # one of them, the first by default; every view a method asks for is named here, once
+    view_sets: ClassVar[dict[str, tuple[str, ...]]] = {"train": ("train",)}
+    # derived from ``view_sets``: the views besides "train" and "plain" (weak, weak2, strong, and
+    # those its module registers), whose augmentation follows the run's policy (--views)
     own_views: ClassVar[tuple[str, ...]] = ()
     # `--set` options under which a 3-epoch run goes through every phase of the method (a 1-epoch
     # warm-up, say): the registry's smoke test (tests/test_registry_entries.py) runs each method so
@@ -201,6 +205,13 @@ class Method:
     # options shorten)
     perf_figures: ClassVar[tuple[str, ...]] = ()
     perf_step_epoch: ClassVar[int] = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "own_views" in vars(cls):
+            raise TypeError(f"{cls.__name__}: own_views is derived from view_sets; name the views there")
+        cls.own_views = tuple(dict.fromkeys(v for views in cls.view_sets.values() for v in views
+                                            if v not in ("train", "plain")))
 
     def __init__(self, options: Any, ctx: MethodContext) -> None:
         self.opts = options
@@ -221,7 +232,7 @@ class Method:
         raise NotImplementedError
 
     def views(self, epoch: int) -> tuple[str, ...]:
-        return ("train",)
+        return next(iter(self.view_sets.values()))
 
     def phases(self, epoch: int) -> list[Phase]:
         return [Phase()]

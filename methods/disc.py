@@ -43,8 +43,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.common.augment import cutout_abs, rand_augment_mc
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
+from bench.common.views import View, register_view
 from methods.base import METHODS, Detection, Method, StepOutput
 
 CAP = 0.99  # ws_threshold = torch.min(ws_threshold, 0.99) (DISC.py:343; commit a21e910)
@@ -71,6 +73,22 @@ BRANCH = {
 INSTANCE_WARMUP = 15  # CIFAR under ins noise (DISC.py:68-69, 80-81)
 HIGH_RATE, HIGH = 0.6, (0.95, 0.2)  # CIFAR at 60% / 80%: momentum, lambda_h (DISC.py:71-73, 83-85, 87-90)
 TOP_RATE = 0.8  # CIFAR-100 at 80%: warm-up 20 again, instance noise too (DISC.py:87-88)
+
+MC_CUTOUT = 0.15  # RandAugmentwogeo(n=2, m=5) ends with CutoutAbs(img, int(size * 0.15)) (datasets/randaugment.py)
+
+
+def _strong_mc(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return cutout_abs(rand_augment_mc(x, gen), gen, int(x.shape[-1] * MC_CUTOUT))
+
+
+# DISC's strong view (TransformFixMatch_CIFAR10 with RandAugmentwogeo(2, 5), datasets/randaugment.py):
+# FixMatch-style RandAugment (n=2, a level drawn per op in 1-4 of 10, each op applied with p=1/2)
+# and a grey CutoutAbs of 15% of the side, on uint8 before normalisation. Approximations, named:
+# torchvision's op set and ranges (bench.common.augment.rand_augment_mc), and the crop pads with
+# zeros, not reflection.
+register_view(View("strong-mc", "{base} + FixMatch RandAugment n=2 m=5 + grey Cutout",
+                   "DISC datasets/randaugment.py RandAugmentwogeo(2, 5), TransformFixMatch_CIFAR10",
+                   owner=__name__, after=_strong_mc))
 
 
 def disc_defaults(dataset: str, noise: str, rate: float | None, num_classes: int) -> dict[str, float]:
@@ -147,7 +165,7 @@ class DISC(Method):
              "DISC: Learning from Noisy Labels via Dynamic Instance-Specific Selection and Correction, CVPR 2023")
     code = "github.com/JackYFL/DISC"
     Options = DISCOptions
-    own_views = ("weak", "strong-mc")
+    view_sets = {"train": ("weak", "strong-mc")}
     smoke_options = {"warmup_epochs": "1"}
 
     @classmethod
@@ -175,9 +193,6 @@ class DISC(Method):
     def resolved_options(self) -> dict[str, Any]:
         return {**super().resolved_options(), "warmup_epochs": self.warmup, "momentum": self.momentum,
                 "lambda_h": self.lambda_h}
-
-    def views(self, epoch: int) -> tuple[str, ...]:
-        return self.own_views
 
     def _mixup(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """losses/loss_mixup.py: lambda ~ Beta(alpha, alpha), max(lambda, 1 - lambda), soft CE."""

@@ -129,7 +129,8 @@ class DivideMix(Method):
     time_reference = "DivideMix"  # the IDO paper's time claim is against DivideMix
     smoke_options = {"warmup_epochs": "1"}  # warm-up, then co-divide and MixMatch
     perf_figures = ("methods",)  # `bench perf`'s suites: the IDO paper's time claim is against it
-    own_views = ("weak", "weak2")  # its two augmentations of every sample (Train_cifar.py)
+    # the warm-up on CE's view, then its two augmentations of every sample (Train_cifar.py)
+    view_sets = {"warmup": ("train",), "train": ("weak", "weak2")}
     Options = DivideMixOptions
 
     @classmethod
@@ -176,7 +177,7 @@ class DivideMix(Method):
 
     # --- epoch structure -------------------------------------------------------------------
     def views(self, epoch: int) -> tuple[str, ...]:
-        return ("train",) if epoch < self.warmup else ("weak", "weak2")  # warm-up = CE's view
+        return self.view_sets["warmup" if epoch < self.warmup else "train"]
 
     def phases(self, epoch: int) -> list[Phase]:
         if epoch < self.warmup:  # each net its own CE pass (Train_cifar.py warmup(), twice)

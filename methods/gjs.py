@@ -39,8 +39,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from bench.common.augment import cutout, rand_augment
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
+from bench.common.views import View, register_view
 from methods.base import METHODS, Method, StepOutput
 from methods.shared import nearest
 
@@ -64,6 +66,26 @@ PI_LABEL_JS = {  # JS (views=1, augs: s)
 }
 PI_LABEL = {2: PI_LABEL_GJS, 1: PI_LABEL_JS}  # by the number of views
 REAL_NOISE_RATE = 0.2  # rate None (real noise, rate unknown): the lowest published noisy rate
+
+
+# GJS's CIFAR views (datasets/transforms.py): RandAugment(N=1, M=3) inserted before crop + flip,
+# CutoutDefault(16) (half the 32-px side) after normalisation. The op set is torchvision's, batched
+# (bench.common.augment); the official code uses the RandAugment package, whose op list differs a little.
+def _light_rand_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return rand_augment(x, gen, 1, 3)
+
+
+def _light_rand_augment_pil() -> Any:
+    from torchvision import transforms as T
+
+    return T.RandAugment(1, 3)
+
+
+for _name, _draw in (("ra-cutout", ""), ("ra-cutout2", ", a second draw")):
+    register_view(View(_name, "RandAugment n=1 m=3, {base}, Cutout (half the side)" + _draw,
+                       "GJS datasets/transforms.py: RandAugment(1, 3) before crop + flip, CutoutDefault(16)",
+                       owner=__name__, before=_light_rand_augment, before_pil=_light_rand_augment_pil,
+                       normalised=cutout))
 
 
 def gjs_defaults(dataset: str, noise: str, rate: float | None, num_classes: int, views: int = 2) -> float:
@@ -114,7 +136,8 @@ class GJS(Method):
              "Generalized Jensen-Shannon Divergence Loss for Learning with Noisy Labels, NeurIPS 2021")
     code = "github.com/ErikEnglesson/GJS"
     Options = GJSOptions
-    own_views = ("ra-cutout", "ra-cutout2", "weak", "weak2")  # the last two on WebVision only
+    # the CIFAR views, and WebVision's (the official WebVision loader has no RandAugment or Cutout)
+    view_sets = {"cifar": ("ra-cutout", "ra-cutout2"), "webvision": ("weak", "weak2")}
 
     @classmethod
     def search_space(cls, setting: Setting) -> dict[str, Param]:
@@ -127,8 +150,7 @@ class GJS(Method):
         d = gjs_defaults(ctx.dataset, ctx.noise, ctx.noise_rate, ctx.num_classes, o.views)
         self.pi_label = d if o.pi_label is None else o.pi_label
         self.scaled = not (o.scaling == "official" and ctx.dataset == "webvision")
-        views = ("weak", "weak2") if ctx.dataset == "webvision" else ("ra-cutout", "ra-cutout2")
-        self.train_views = views[:o.views]
+        self.train_views = self.view_sets["webvision" if ctx.dataset == "webvision" else "cifar"][:o.views]
         self.add_network("net", schedule_epochs=ctx.epochs)
 
     def resolved_options(self) -> dict[str, Any]:

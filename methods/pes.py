@@ -526,7 +526,9 @@ class PESSemi(_Progressive):
              "NeurIPS 2021 (PES with semi-supervised learning)")
     code = "github.com/tmllab/PES (PES_semi.py)"
     Options = PESSemiOptions
-    own_views = ("weak", "weak2")  # the two augmentations of MixMatch (PES_semi.py: Semi_*_Dataset)
+    # CE, then the refinement epoch (its confidence pass too), then the two augmentations of MixMatch
+    # (PES_semi.py: Semi_*_Dataset)
+    view_sets = {"ce": ("train",), "refine": ("train", "weak", "weak2"), "semi": ("weak", "weak2")}
     smoke_options = {"T1": "1", "T2": "1"}  # CE, the refinement and the first SSL epoch, SSL with alpha_late
     confidence_view = "weak"
 
@@ -564,8 +566,8 @@ class PESSemi(_Progressive):
 
     def views(self, epoch: int) -> tuple[str, ...]:
         if epoch < self.t1:
-            return ("train",)
-        return ("train", "weak", "weak2") if epoch == self.t1 and self.opts.T2 > 0 else ("weak", "weak2")
+            return self.view_sets["ce"]
+        return self.view_sets["refine" if epoch == self.t1 and self.opts.T2 > 0 else "semi"]
 
     def phases(self, epoch: int) -> list[Phase]:
         if epoch < self.t1:

@@ -99,8 +99,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.common.augment import promix_augment
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
+from bench.common.views import View, register_view
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.lr import base_lrs, set_lrs
 from methods.mixmatch import mixup, negative_entropy, sharpen
@@ -115,6 +117,13 @@ ETA_MIN = 0.1 ** 3  # cosine to lr * lr_decay_rate ** 3 (utils.py:82; Train_prom
 MIXUP_ALPHA = 4.0  # np.random.beta(4, 4) (Train_promix.py:204)
 FMIX_DECAY, FMIX_ALPHA = 3.0, 1.0  # FMix() defaults decay_power 3, alpha 1 (fmix.py:77; Train_promix.py:490)
 VIEWS = ("weak", "ra-promix")  # transform_train and RandomAugment(3, 5) + it (dataloader_cifarn.py:226-245)
+# ProMix's strong view: RandomAugment(3, 5), 3 ops per image at values drawn over their whole range,
+# always applied, then a grey Cutout of side uniform(0, 0.5) x width (bench.common.augment.promix_augment;
+# dataloader_cifarn.py, utils/randaug.py). Approximations, named: torchvision's op set and ranges in 10
+# steps, and the official order (RandomAugment before crop + flip) reversed.
+register_view(View("ra-promix", "{base} + ProMix RandomAugment (3 ops, full range) + grey Cutout",
+                   "ProMix dataloader_cifarn.py:226-245, utils/randaug.py RandomAugment(3, 5)",
+                   owner=__name__, after=promix_augment))
 # rho (= rho_start = rho_end) of the run.sh lines by nominal noise rate: sym 20% 0.7, asym 40% and sym 50% 0.5
 RHO_BY_RATE = {0.2: 0.7, 0.4: 0.5, 0.5: 0.5}
 RHO_REAL_NOISE = 0.5  # run.sh CIFAR-10N (aggre, rand1, worst) and CIFAR-100N
@@ -381,7 +390,7 @@ class ProMix(Method):
              "Sample Utility, IJCAI 2023")
     code = "github.com/Justherozen/ProMix"
     smoke_options = {"warmup_epochs": "1"}  # warm-up, then CSS, MHCS, debiased heads and (epoch 2 of 3) LGA
-    own_views = VIEWS
+    view_sets = {"warmup": ("weak",), "train": VIEWS}
     Options = ProMixOptions
 
     @classmethod
@@ -435,7 +444,7 @@ class ProMix(Method):
 
     # --- epoch structure -------------------------------------------------------------------
     def views(self, epoch: int) -> tuple[str, ...]:
-        return ("weak",) if epoch < self.warmup else VIEWS
+        return self.view_sets["warmup" if epoch < self.warmup else "train"]
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         ctx = self.ctx

@@ -76,8 +76,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.common.augment import auto_augment, cutout
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
+from bench.common.views import View, register_view
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.lr import base_lrs, set_lrs
 
@@ -87,6 +89,17 @@ EPS = 1e-4  # eps = 1e-4: the clamps and F.normalize's floor (loss.py:68, 83-87,
 CIFAR10 = (10.0, 10.0)  # NP-C SOP.py:19-20, SOP_plus.py:19-20 (paper Table A.1 as NP read it)
 CIFAR100_SYM = (1.0, 10.0)  # config_cifar100.json:71-72; README.md:15
 CIFAR100_ASYM = (0.1, 100.0)  # README.md:17-19 (the paper used lr_u 1)
+
+
+def _autoaug_cutout(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return cutout(x, gen)  # a square half the image side (16 px of 32), in the normalised image
+
+
+# SOP+'s strong view (data_loaders.py: crop + flip + CIFAR10Policy() + Cutout(16)): AutoAugment with
+# the CIFAR-10 policy drawn per sample (bench.common.augment.auto_augment), then Cutout
+register_view(View("autoaug-cutout", "{base} + AutoAugment (CIFAR-10 policy) + Cutout 16",
+                   "SOP data_loaders.py: CIFAR10Policy() + Cutout(16)", owner=__name__, after=auto_augment,
+                   normalised=_autoaug_cutout))
 
 
 def sop_defaults(dataset: str, noise: str, num_classes: int) -> tuple[float, float]:
@@ -234,7 +247,7 @@ class SOP(Method):
         return low + (lr - low) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
     def _views(self) -> tuple[str, ...]:
-        return ("train",)
+        return self.view_sets["train"]
 
     def views(self, epoch: int) -> tuple[str, ...]:
         return self._views()
@@ -262,7 +275,8 @@ class SOPPlus(SOP):
     """SOP+ (ICML 2022): SOP with a weak/strong consistency and a class-balance term."""
 
     Options = SOPPlusOptions
-    own_views = ("weak", "autoaug-cutout")
+    # the strong view only where the consistency term uses it (trainer.py:92-96)
+    view_sets = {"consistency": ("weak", "autoaug-cutout"), "weak": ("weak",)}
 
     @classmethod
     def search_space(cls, setting: Setting) -> dict[str, Param]:
@@ -279,5 +293,4 @@ class SOPPlus(SOP):
         self.r_cons, self.r_bal = self.opts.r_cons, self.opts.r_bal
 
     def _views(self) -> tuple[str, ...]:
-        # the strong view only where the consistency term uses it (trainer.py:92-96)
-        return ("weak", "autoaug-cutout") if self.r_cons > 0 else ("weak",)
+        return self.view_sets["consistency" if self.r_cons > 0 else "weak"]

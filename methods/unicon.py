@@ -61,8 +61,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.common.augment import auto_augment
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
+from bench.common.views import View, register_view
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.lr import base_lrs, set_lrs
 from methods.mixmatch import linear_rampup, mixmatch_loss, mixup, negative_entropy, sharpen
@@ -71,6 +73,13 @@ from methods.streams import BatchStream
 
 EPS = 1e-10  # kl_divergence's (p + 1e-10) / (q + 1e-10) (Train_cifar.py:278)
 VIEWS = ("weak", "weak2", "autoaug", "autoaug2")  # transform_weak x 2, transform_strong x 2 (dataloader_cifar.py)
+# UNICON's strong views (dataloader_cifar.py: crop + flip + CIFAR10Policy()): AutoAugment with the
+# CIFAR-10 policy, sub-policy, probabilities and signs drawn per sample, on uint8 before normalisation,
+# with torchvision's AutoAugment(AutoAugmentPolicy.CIFAR10) semantics (bench.common.augment.auto_augment)
+for _name, _draw in (("autoaug", ""), ("autoaug2", ", a second draw")):
+    register_view(View(_name, "{base} + AutoAugment (CIFAR-10 policy)" + _draw,
+                       "UNICON dataloader_cifar.py transform_strong: CIFAR10Policy()", owner=__name__,
+                       after=auto_augment))
 COSINE_SHARE = 280 / 350  # CosineAnnealingLR(T_max=280) over epochs 0..350 (Train_cifar.py:35, 359)
 ETA_MIN_SHARE = 2e-4 / 0.02  # eta_min 2e-4 of lr 0.02 (Train_cifar.py:28, 359)
 
@@ -202,7 +211,7 @@ class UNICON(Method):
     paper = "Karim et al., UNICON: Combating Label Noise Through Uniform Selection and Contrastive Learning, CVPR 2022"
     code = "github.com/nazmul-karim170/UNICON"
     smoke_options = {"warmup_epochs": "1"}  # warm-up, then selection, MixMatch and contrast
-    own_views = VIEWS
+    view_sets = {"warmup": ("train",), "train": VIEWS}
     Options = UniconOptions
 
     @classmethod
@@ -252,7 +261,7 @@ class UNICON(Method):
 
     # --- epoch structure -------------------------------------------------------------------
     def views(self, epoch: int) -> tuple[str, ...]:
-        return ("train",) if epoch < self.warmup else VIEWS
+        return self.view_sets["warmup" if epoch < self.warmup else "train"]
 
     def phases(self, epoch: int) -> list[Phase]:
         if epoch < self.warmup:  # warmup_standard for net1, then net2 (Train_cifar.py:392-396)

@@ -145,7 +145,8 @@ class WrongEvent(Method):
     smoke_options = {"stage1_epochs": "1"}  # stage 1, then stage 2
     perf_figures = ("methods", "strong")  # `bench perf`: the suites, and the strong view's share of a step
     perf_step_epoch = 1  # that step: stage 2's (epoch 1 under smoke_options)
-    own_views = ("weak", "strong")  # stage 2 (stage_2.py, dataloader/randaugment.py)
+    # stage 1 on the shared view; stage 2 weak and strong (stage_2.py, dataloader/randaugment.py)
+    view_sets = {"stage1": ("train",), "stage2": ("weak", "strong")}
     Options = WrongEventOptions
 
     @classmethod
@@ -224,7 +225,7 @@ class WrongEvent(Method):
 
     # --- per-epoch hooks ------------------------------------------------------------------
     def views(self, epoch: int) -> tuple[str, ...]:
-        return ("train",) if epoch < self.e1 else ("weak", "strong")  # stage 1: the shared view
+        return self.view_sets["stage1" if epoch < self.e1 else "stage2"]
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         self._t0 = time.perf_counter()

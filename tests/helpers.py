@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.cli import main
-from bench.training import augment
+from bench.common import augment
 from bench.training.config import Placement, RunConfig
 from bench.training.resolve import RunSpec
 from bench.training.trainer import Trainer

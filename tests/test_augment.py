@@ -1,4 +1,4 @@
-"""Tests for :mod:`bench.training.augment`: every op against torchvision's own ``_apply_op`` (the
+"""Tests for :mod:`bench.common.augment`: every op against torchvision's own ``_apply_op`` (the
 function ``transforms.RandAugment`` calls) image by image, the magnitude table against its
 ``_augmentation_space``, and the per-sample draws of ``rand_augment``."""
 
@@ -12,8 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms import InterpolationMode, RandAugment
 from torchvision.transforms.autoaugment import _apply_op
 
-from bench.training import augment
-from bench.training.augment import GEOMETRIC, OPS, SIGNED, apply_op, draw_ops, op_magnitudes, rand_augment
+from bench.common import augment
+from bench.common.augment import GEOMETRIC, OPS, SIGNED, apply_op, draw_ops, op_magnitudes, rand_augment
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 29, 31)]  # Fashion-MNIST, CIFAR, odd and non-square
 # Warps may differ from torchvision where a source coordinate falls on a nearest-neighbour

@@ -7,9 +7,9 @@ import pytest
 import torch
 from helpers import make_trainer
 
+from bench.common.augment import cutout_abs, rand_augment_mc
 from bench.common.errors import UsageError
 from bench.common.options import build_options
-from bench.training.augment import cutout_abs, rand_augment_mc
 from methods.disc import DISC, disc_defaults, end_of_epoch, gce
 
 

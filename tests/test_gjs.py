@@ -9,10 +9,10 @@ import pytest
 import torch
 from helpers import make_trainer
 
+from bench.common.augment import cutout, rand_augment
 from bench.common.errors import UsageError
 from bench.common.options import build_options
-from bench.training.augment import rand_augment
-from bench.training.data import cutout, make_view_maker, random_crop, random_flip
+from bench.training.data import make_view_maker, random_crop, random_flip
 from methods.gjs import GJS, gjs_defaults, gjs_loss
 
 V1 = torch.tensor([[2.0, 1, 0], [0, 0, 3]], dtype=torch.float64)

@@ -263,12 +263,16 @@ def test_bench_list_names_every_entry(capsys):
     cap = capsys.readouterr()
     assert cap.err == ""
     listed = sections(cap.out)
-    assert list(listed) == ["methods", "datasets", "backbones", "noise", "presets"]
+    assert list(listed) == ["methods", "datasets", "backbones", "noise", "presets", "views"]
     assert listed["methods"] == registered()
     assert listed["datasets"] == DATASETS.names()
     assert listed["backbones"] == [*BACKBONES.names(), "timm:NAME"]
     assert listed["noise"] == list(NOISE_MODELS)
     assert listed["presets"] == [*sorted(PRESETS), *PAPER_ALIASES]
+    from bench.common.views import view_names
+
+    methods.load_all()  # the catalogue may come from the cache: the views of every method module
+    assert sorted(listed["views"]) == sorted(view_names())
     for name in registered():
         assert describe(METHODS.get(name)) in cap.out
 

@@ -3,24 +3,33 @@ views start from the run's `--augment` (with `--augment none` the weak view is t
 and the strong view RandAugment of the un-augmented images); under `official` they are the
 methods' published crop + flip (+ RandAugment); with `--augment crop-flip` the two policies
 give the same batches draw for draw; the policy is part of what decides a run (hashed, kept on
-resume); a sweep can vary it for the methods that have views of their own."""
+resume); a sweep can vary it for the methods that have views of their own. Views are registered
+(bench.common.views): a method's own by its module, read by the loaders, `bench list` and the
+checks here; the training layer names none of them."""
 from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import methods
 from bench.cli import main
-from bench.training.augment import rand_augment
+from bench.common.augment import rand_augment
+from bench.common.views import View, get_view, register_view, unregister_view, view_names
 from bench.training.config import RunConfig
-from bench.training.data import VIEWS, make_view_maker, random_crop, random_flip
+from bench.training.data import make_view_maker, random_crop, random_flip
 from bench.training.disk import file_transforms
+from methods.base import METHODS, Method
 
+methods.load_all()  # every method module registers its views
+VIEWS = view_names()
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def batch(seed: int = 0) -> torch.Tensor:
@@ -67,7 +76,7 @@ def test_with_crop_flip_the_two_policies_give_identical_views(view):
 def test_autoaugment_views_start_from_the_policys_base(policy):
     """UNICON's strong views: the policy's base (none under shared here, crop + flip under
     official), then AutoAugment (CIFAR-10 policy) on uint8, then normalisation; two draws differ."""
-    from bench.training.augment import auto_augment
+    from bench.common.augment import auto_augment
 
     x, vm = batch(3), maker("none", policy)
     g = torch.Generator().manual_seed(7)
@@ -142,3 +151,82 @@ def test_list_shows_each_methods_views_under_both_policies(capsys):
     assert "views: train (--augment); weak: shared = --augment, official = crop + flip; strong: shared = " \
            "--augment + RandAugment n=2 m=10, official = crop + flip + RandAugment n=2 m=10" in out
     assert "views: train (--augment) only (--views changes nothing)" in out
+
+
+def test_every_method_view_is_registered_by_the_shared_registry_or_the_methods_own_module():
+    """A method asks for the shared views or those its own module registers, never another
+    method's; and the methods' views are all registered (nothing in the training layer)."""
+    owners = {}
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        if not cls.__module__.startswith("methods."):
+            continue
+        for view in cls.own_views:
+            owner = get_view(view).owner
+            assert owner in ("bench", cls.__module__), (name, view, owner)
+            owners[view] = owner
+    published = {"weak", "weak2", "strong", "ra-cutout", "strong-mc", "autoaug", "autoaug-cutout", "ra-promix"}
+    assert published <= set(owners)
+    method_owned = {v for v in VIEWS if get_view(v).owner != "bench"}
+    assert method_owned and method_owned <= set(owners), method_owned - set(owners)
+
+
+def test_the_training_layer_names_no_methods_view():
+    """bench/training makes views from the registry: no method's view name appears in its code."""
+    method_owned = [v for v in VIEWS if get_view(v).owner != "bench"]
+    for path in sorted((ROOT / "bench" / "training").glob("*.py")):
+        text = path.read_text()
+        found = [v for v in method_owned if f'"{v}"' in text or f"'{v}'" in text]
+        assert not found, (path.name, found)
+
+
+def test_a_view_registered_by_a_module_reaches_both_loaders():
+    """One register_view call: the in-memory ViewMaker and the on-disk transforms make it, in
+    the registered order (op before the base, base, op after, normalisation, normalised op)."""
+    view = View("test-invert", "{base} + inverted", "a test", owner="tests", after=lambda x, g: 255 - x,
+                normalised=lambda x, g: x * 2)
+    register_view(view)
+    try:
+        x, vm = batch(4), maker("none", "shared")
+        torch.testing.assert_close(draw(vm, x, "test-invert"), vm.normalise(255 - x) * 2, rtol=0, atol=0)
+        assert view.describe("shared") == "--augment + inverted"
+        assert view.describe("official") == "crop + flip + inverted"
+        img = Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))
+        assert "test-invert" in file_transforms(8, None, "none", "shared")
+        assert torch.equal(file_transforms(8, None, "none", "shared")["test-invert"](img),
+                           torch.zeros(3, 8, 8, dtype=torch.uint8))  # its op runs on the device, later
+    finally:
+        unregister_view("test-invert")
+    with pytest.raises(ValueError, match="unknown view 'test-invert'"):
+        get_view("test-invert")
+
+
+def test_view_registration_checks_what_the_loaders_need():
+    with pytest.raises(ValueError, match="needs its PIL form"):
+        register_view(View("test-bad", "x", "a test", owner="tests", before=lambda x, g: x))
+    with pytest.raises(ValueError, match="base 'random'"):
+        register_view(View("test-bad", "x", "a test", owner="tests", base="random"))
+    with pytest.raises(ValueError, match="a source"):
+        register_view(View("test-bad", "x", "", owner="tests"))
+    with pytest.raises(ValueError, match="registered by methods.gjs already"):
+        register_view(View("ra-cutout", "x", "a test", owner="tests"))
+    assert "test-bad" not in view_names()
+
+
+def test_own_views_are_derived_from_view_sets_not_declared():
+    class Staged(Method):
+        view_sets = {"warmup": ("train",), "train": ("weak", "strong"), "late": ("weak", "weak2")}
+
+    assert Staged.own_views == ("weak", "strong", "weak2")
+    with pytest.raises(TypeError, match="own_views is derived"):
+        class Declared(Method):  # noqa: F841
+            own_views = ("weak",)
+
+
+def test_the_trainer_refuses_a_view_the_method_does_not_name(tmp_path, monkeypatch):
+    from helpers import make_trainer
+
+    tr = make_trainer(tmp_path, method="ce", noise="sym", noise_rate=0.4, subset=40, epochs=1, batch_size=20)
+    monkeypatch.setattr(tr.method, "views", lambda epoch: ("train", "weak"))
+    with pytest.raises(ValueError, match="method ce asks for views weak, which its view_sets do not name"):
+        tr.train_epoch(0)

@@ -381,7 +381,7 @@ def strong_share(request: dict[str, Any], tmp: Path, steps: int = 10, method: st
     (``perf_step_epoch``: wrongevent's stage 2) (its views made, forward, backward, optimiser
     step), median of ``steps`` after one untimed, for each RandAugment dispatch; the view's
     share of the step."""
-    from bench.training import augment
+    from bench.common import augment
     from bench.training.catalogue import method_class
 
     method = method or figure_methods("strong")[0]

@@ -58,7 +58,7 @@ class Entry:
     options: tuple[Option, ...] = ()
     space: str = ""  # the study space, described (methods)
     module: str = ""  # the module that registers it
-    views: tuple[str, ...] = ()  # a method's own views (weak, weak2, strong)
+    views: tuple[str, ...] = ()  # a method's own views (weak, weak2, strong, its module's)
     paper: str = ""  # a method's paper: authors, title, venue
     code: str = ""  # a method's official repository
 
@@ -71,6 +71,7 @@ class Entry:
 class Catalogue:
     methods: Registry
     backbones: Registry
+    views: dict[str, dict[str, str]]  # name -> owner, source, and the view in words under each policy
 
 
 def fingerprint() -> str:
@@ -115,6 +116,7 @@ def build() -> dict[str, Any]:
     import methods
     from bench.backbones import BACKBONES
     from bench.common.search import describe_space
+    from bench.common.views import get_view, view_names
     from methods.base import METHODS
 
     methods.load_all()
@@ -125,6 +127,9 @@ def build() -> dict[str, Any]:
         "methods": {n: _entry(n, METHODS.get(n), METHODS.aliases_of(n), describe_space(METHODS.get(n)))
                     for n in names},
         "backbones": {n: _entry(n, BACKBONES.get(n), BACKBONES.aliases_of(n)) for n in BACKBONES.names()},
+        "views": {v.name: {"owner": v.owner, "source": v.source, "shared": v.describe("shared"),
+                           "official": v.describe("official")}
+                  for v in map(get_view, view_names()) if v.owner == "bench" or v.owner in ours},
     }
 
 
@@ -185,7 +190,7 @@ def _registry(kind: str, entries: dict[str, Any]) -> Registry:
 @lru_cache(maxsize=1)
 def catalogue() -> Catalogue:
     data = _load_or_build()
-    return Catalogue(_registry("method", data["methods"]), _registry("backbone", data["backbones"]))
+    return Catalogue(_registry("method", data["methods"]), _registry("backbone", data["backbones"]), data["views"])
 
 
 def method_class(name: str) -> Any:

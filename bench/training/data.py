@@ -5,44 +5,12 @@ in whole batches (airbench's manner); on-disk data has the same interface in
 Every batch is a dict: ``index`` (dataset indices, the key of per-sample state), ``label``
 (the given label) and one float tensor per requested view. The true labels stay with the loader
 (``loader.clean``, for the trainer's diagnostics): batches, which methods see, never carry them.
-The views:
-
-- ``plain``: normalised only (evaluation passes);
-- ``train``: the run's shared augmentation (``--augment``: none, flip, crop, crop-flip), the
-  view every method trains its plain steps on (CE, Co-teaching, ELR, IDO's stage 1,
-  DivideMix's warm-up), so that every method gets the same plain-view augmentation;
-- ``weak`` and ``weak2`` (two independent draws) and ``strong`` (``weak`` + RandAugment n=2,
-  m=10 drawn per sample, :mod:`bench.training.augment`): the views methods ask for themselves
-  (IDO's stage 2, DivideMix's two augmentations). Under the run's view policy ``--views
-  shared`` (the default) ``weak`` is the run's ``--augment`` itself, so every method trains on
-  the same augmentation and a comparison measures methods, not augmentations; under
-  ``official`` it is the methods' published augmentation, random crop (padding 4) + flip,
-  whatever ``--augment`` says. With ``--augment crop-flip`` the two policies coincide, draw for
-  draw.
-- ``ra-cutout`` and ``ra-cutout2`` (two independent draws): RandAugment n=1, m=3 first, then the
-  view's base augmentation, then Cutout of a square half the image side (16 px of 32) in the
-  normalised image: GJS's CIFAR views (``datasets/transforms.py``: RandAugment(1, 3) inserted
-  before crop + flip, ``CutoutDefault(16)`` after normalisation). The op set is torchvision's,
-  batched (:mod:`bench.training.augment`); the official code uses the ``RandAugment`` package,
-  whose op list differs a little.
-- ``strong-mc``: ``weak`` + FixMatch-style RandAugment (n=2, a level drawn per op in 1-4 of 10,
-  each op applied with p=1/2) + a grey ``CutoutAbs`` of 15% of the side, all on uint8 before
-  normalisation: DISC's strong view (``TransformFixMatch_CIFAR10`` with ``RandAugmentwogeo(2, 5)``,
-  datasets/randaugment.py). Approximations, named: torchvision's op set and ranges
-  (:func:`bench.training.augment.rand_augment_mc`), and the crop pads with zeros, not reflection.
-- ``autoaug`` and ``autoaug2`` (two independent draws): ``weak`` + AutoAugment with the CIFAR-10
-  policy, sub-policy, probabilities and signs drawn per sample, on uint8 before normalisation:
-  UNICON's strong views (dataloader_cifar.py: crop + flip + ``CIFAR10Policy()``), with
-  torchvision's ``AutoAugment(AutoAugmentPolicy.CIFAR10)`` semantics
-  (:func:`bench.training.augment.auto_augment`).
-- ``autoaug-cutout``: ``autoaug`` then Cutout of a square half the image side (16 px of 32) in
-  the normalised image: SOP+'s strong view (data_loaders.py: crop + flip + ``CIFAR10Policy()`` +
-  ``Cutout(16)``).
-- ``ra-promix``: ``weak`` + ProMix's ``RandomAugment(3, 5)``: 3 ops per image at values drawn
-  over their whole range, always applied, then a grey Cutout of side uniform(0, 0.5) x width
-  (:func:`bench.training.augment.promix_augment`; dataloader_cifarn.py, utils/randaug.py).
-  Approximations, named: torchvision's op set and ranges in 10 steps, and the official order
-  (RandomAugment before crop + flip) reversed.
+The views are registered (:mod:`bench.common.views`): the trainer's ``plain`` (normalised only)
+and ``train`` (the run's ``--augment``, the view every method trains its plain steps on), the
+shared ``weak``/``weak2``/``strong`` methods ask for, and each method's published views, registered
+by the method's own module. A :class:`ViewMaker` makes any of them from the recipe: the op before
+the base augmentation, the base crop and flip, the op after it, normalisation, the op on the
+normalised batch.
 
 No per-sample Python work runs in the loop. The loaders know nothing about methods: a method
 names the views it needs, and the loader makes them.
@@ -55,13 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bench.common.views import get_view
+
 Batch = dict[str, torch.Tensor]
-VIEWS = ("plain", "train", "weak", "weak2", "strong", "ra-cutout", "ra-cutout2", "strong-mc", "autoaug", "autoaug2",
-         "autoaug-cutout", "ra-promix")
-CUTOUT_VIEWS = ("ra-cutout", "ra-cutout2")
-AA_VIEWS = ("autoaug", "autoaug2", "autoaug-cutout")
-LIGHT_RA = (1, 3)  # GJS: RandAugment(N=1, M=3) (configs, datasets/transforms.py)
-MC_CUTOUT = 0.15  # DISC: RandAugmentwogeo(n=2, m=5) ends with CutoutAbs(img, int(size * 0.15))
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -75,22 +39,6 @@ def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor
     bidx = torch.arange(b, device=x.device)[:, None, None, None]
     cidx = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[bidx, cidx, rows, cols]
-
-
-def cutout(x: torch.Tensor, gen: torch.Generator, length: int | None = None) -> torch.Tensor:
-    """Zero a ``length`` x ``length`` square (default half the side) around a centre drawn per
-    sample anywhere in the image, clipped at the borders (``CutoutDefault``); applied to
-    normalised images, so the square takes the mean colour."""
-    b, _, h, w = x.shape
-    half = (length if length is not None else h // 2) // 2
-    cy = torch.randint(0, h, (b,), generator=gen, device=gen.device).to(x.device)
-    cx = torch.randint(0, w, (b,), generator=gen, device=gen.device).to(x.device)
-    rows = torch.arange(h, device=x.device)[None, :]
-    cols = torch.arange(w, device=x.device)[None, :]
-    in_y = (rows >= (cy[:, None] - half)) & (rows < (cy[:, None] + half))
-    in_x = (cols >= (cx[:, None] - half)) & (cols < (cx[:, None] + half))
-    keep = ~(in_y[:, :, None] & in_x[:, None, :])
-    return x * keep[:, None].to(x.dtype)
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -113,52 +61,35 @@ class ViewMaker:
     policy: str = "shared"  # of the methods' own views: on top of ``augment``, or crop + flip
 
     def base(self, view: str) -> str:
-        """The augmentation a view starts from (``strong`` adds RandAugment to it)."""
-        return base_augment(view, self.augment, self.policy)
+        """The augmentation a view starts from (none, the run's ``--augment``, or crop + flip)."""
+        return get_view(view).base_augment(self.augment, self.policy)
 
     def __call__(self, images: torch.Tensor, view: str, gen: torch.Generator) -> torch.Tensor:
-        """The ``view`` of a uint8 batch (B, C, H, W) held in memory: augmentation, then
-        :meth:`normalise`."""
-        if view not in VIEWS:
-            raise ValueError(f"unknown view {view!r}; valid: {', '.join(VIEWS)}")
-        x = images
-        if view in CUTOUT_VIEWS:
-            from bench.training.augment import rand_augment
-
-            x = rand_augment(x, gen, *LIGHT_RA)
-        augment = self.base(view)
+        """The ``view`` of a uint8 batch (B, C, H, W) held in memory: the view's op before its
+        base augmentation, the base crop and flip, then :meth:`device_stage`, :meth:`normalise`
+        and :meth:`finish`."""
+        spec = get_view(view)
+        x = images if spec.before is None else spec.before(images, gen)
+        augment = spec.base_augment(self.augment, self.policy)
         if "crop" in augment:
             x = random_crop(x, self.pad, gen)
         if "flip" in augment:
             x = random_flip(x, gen)
-        if view == "strong":
-            from bench.training.augment import rand_augment
-
-            x = rand_augment(x, gen)
         return self.finish(view, self.normalise(self.device_stage(view, x, gen)), gen)
 
-    def device_stage(self, view: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """What a view does to uint8 images on the device after its base augmentation (both
-        paths, in memory and on disk): FixMatch-style RandAugment and grey Cutout for ``strong-mc``,
-        AutoAugment (CIFAR-10 policy) for the ``autoaug`` views, ProMix's for ``ra-promix``."""
-        if view in AA_VIEWS:
-            from bench.training.augment import auto_augment
-
-            return auto_augment(x, gen)
-        if view == "ra-promix":
-            from bench.training.augment import promix_augment
-
-            return promix_augment(x, gen)
-        if view != "strong-mc":
+    def device_stage(self, view: str, x: torch.Tensor, gen: torch.Generator, workers_did: bool = False
+                     ) -> torch.Tensor:
+        """The view's op after its base augmentation, on uint8 images on the device (both paths,
+        in memory and on disk); ``workers_did``: the loader's workers applied its PIL form."""
+        spec = get_view(view)
+        if spec.after is None or (workers_did and spec.after_pil is not None):
             return x
-        from bench.training.augment import cutout_abs, rand_augment_mc
-
-        return cutout_abs(rand_augment_mc(x, gen), gen, int(x.shape[-1] * MC_CUTOUT))
+        return spec.after(x, gen)
 
     def finish(self, view: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """What a view does after normalisation: Cutout for the ``ra-cutout`` views and
-        ``autoaug-cutout``."""
-        return cutout(x, gen) if view in CUTOUT_VIEWS or view == "autoaug-cutout" else x
+        """The view's op on the normalised batch (Cutout of the mean colour), if it has one."""
+        spec = get_view(view)
+        return x if spec.normalised is None else spec.normalised(x, gen)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> normalised float, resized to ``size`` when set (e.g. 32-px
@@ -171,17 +102,6 @@ class ViewMaker:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
-
-
-def base_augment(view: str, augment: str, policy: str) -> str:
-    """The augmentation ``view`` starts from: none for ``plain``, the run's ``augment`` for
-    ``train`` and, under the ``shared`` policy, for the methods' own views too; crop + flip for
-    those under ``official``."""
-    if view == "plain":
-        return "none"
-    if view == "train" or policy == "shared":
-        return augment
-    return "crop-flip"
 
 
 def make_view_maker(mean: Sequence[float], std: Sequence[float], device: torch.device, augment: str,

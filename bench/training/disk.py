@@ -22,8 +22,9 @@ Decoding (``--decode``): ``cpu`` decodes and augments in the workers with PIL an
 transforms (:func:`file_transforms`). ``gpu`` has the workers read the file's bytes and draw the
 crop and flip parameters exactly as those transforms would (the same calls on the same
 generator state), then decodes the batch with ``torchvision.io.decode_jpeg`` on the device
-(nvJPEG on CUDA) and resizes, pads, crops and flips there; RandAugment of the ``strong`` and
-``ra-cutout`` views runs batched on the device (:mod:`bench.training.augment`), after the crop.
+(nvJPEG on CUDA) and resizes, pads, crops and flips there; each view's ops
+(:mod:`bench.common.views`: RandAugment, AutoAugment, ...) then run batched on the device, an op
+meant before the crop after it.
 Files that are not JPEG are decoded by the workers and finished on the device the same way.
 """
 from __future__ import annotations
@@ -38,7 +39,8 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from bench.training.data import CUTOUT_VIEWS, LIGHT_RA, VIEWS, Batch, ViewMaker, base_augment, epoch_generator
+from bench.common.views import get_view, view_names
+from bench.training.data import Batch, ViewMaker, epoch_generator
 
 PAD = 4  # the CIFAR-style padding of a crop at the native size (no resize)
 # the geometry a worker draws for one view of one sample under --decode gpu, as int64 fields
@@ -60,9 +62,10 @@ def file_transforms(size: int, resize: int | None, augment: str, policy: str = "
     ``resize`` (e.g. 256 for 224-px crops, the usual ImageNet-style protocol of DivideMix's and
     IDO's Clothing1M/WebVision loaders) scales the shorter side first; the plain view then takes
     the centre crop, the augmented views a random crop (padding 4 when there is no resize, the
-    CIFAR-style crop of the in-memory path). Each view starts from :func:`base_augment` (the view
-    ``policy`` as in memory); ``strong`` adds torchvision's RandAugment (n=2, m=10), the same
-    policy :mod:`bench.training.augment` applies batched on the device.
+    CIFAR-style crop of the in-memory path). Each registered view (:mod:`bench.common.views`) starts
+    from its base augmentation (the view ``policy`` as in memory), with the PIL forms of its ops
+    where it has them (``strong``: torchvision's RandAugment(2, 10), the same policy
+    :mod:`bench.common.augment` applies batched on the device); its other ops run on the device.
     """
     from torchvision import transforms as T
 
@@ -71,16 +74,17 @@ def file_transforms(size: int, resize: int | None, augment: str, policy: str = "
     crop.append(T.RandomCrop(size, padding=None if resize else PAD))
 
     def chain(view: str) -> Callable:
-        aug = base_augment(view, augment, policy)
-        steps = [T.RandAugment(*LIGHT_RA)] if view in CUTOUT_VIEWS else []  # Cutout: on the device
+        spec = get_view(view)
+        aug = spec.base_augment(augment, policy)
+        steps = [spec.before_pil()] if spec.before_pil is not None else []  # e.g. GJS's RandAugment(1, 3)
         steps += list(crop) if "crop" in aug else list(head)
         if "flip" in aug:
             steps.append(T.RandomHorizontalFlip())
-        if view == "strong":
-            steps.append(T.RandAugment(num_ops=2, magnitude=10))
+        if spec.after_pil is not None:  # e.g. strong's RandAugment(2, 10); other ops: on the device
+            steps.append(spec.after_pil())
         return T.Compose([*steps, T.PILToTensor()])
 
-    return {view: chain(view) for view in VIEWS}
+    return {view: chain(view) for view in view_names()}
 
 
 def draw_geometry(height: int, width: int, size: int, resize: int | None, aug: str) -> list[int]:
@@ -135,6 +139,8 @@ class FileViews(TorchDataset):
                  decode: str = "cpu") -> None:
         self.files, self.transforms, self.size = files, transforms, size
         self.resize, self.augment, self.policy, self.decode = resize, augment, policy, decode
+        # each view's base augmentation, fixed here: the workers need no view registry
+        self.bases = {view: get_view(view).base_augment(augment, policy) for view in view_names()}
 
     def __len__(self) -> int:
         return sum(len(f) for f in self.files.values())
@@ -153,8 +159,8 @@ class FileViews(TorchDataset):
                 if self.decode == "gpu":
                     item["data"] = self._payload(im, source)
                     for view in views:
-                        aug = base_augment(view, self.augment, self.policy)
-                        item[view] = torch.tensor(draw_geometry(im.height, im.width, self.size, self.resize, aug))
+                        item[view] = torch.tensor(draw_geometry(im.height, im.width, self.size, self.resize,
+                                                                self.bases[view]))
                 else:
                     im = im.convert("RGB")
                     for view in views:
@@ -375,7 +381,7 @@ class DiskLoader:
                 x = raw[view].to(self.device, non_blocking=True)
             else:
                 x = self._placed(images, raw[view], view, gen)
-            x = self.views.device_stage(view, x, gen)
+            x = self.views.device_stage(view, x, gen, workers_did=images is None)
             out[view] = self.views.finish(view, self.views.normalise(x), gen)
         return out
 
@@ -407,15 +413,11 @@ class DiskLoader:
 
     def _placed(self, images: list[torch.Tensor], geometry: torch.Tensor, view: str,
                 gen: torch.Generator) -> torch.Tensor:
-        """A view's uint8 batch from the decoded images and the geometry the workers drew."""
-        from bench.training.augment import rand_augment
-
+        """A view's uint8 batch from the decoded images and the geometry the workers drew, then
+        the view's op before its base augmentation (here after the crop: an approximation)."""
         x = torch.stack([place(img, g, self.size) for img, g in zip(images, geometry.tolist(), strict=True)])
-        if view in CUTOUT_VIEWS:
-            x = rand_augment(x, gen, *LIGHT_RA)
-        elif view == "strong":
-            x = rand_augment(x, gen)
-        return x
+        before = get_view(view).before
+        return x if before is None else before(x, gen)
 
     def _seeded_gen(self, seed: int) -> torch.Generator:
         """The device-stage generator of a stream's batch, from the batch's own seed."""

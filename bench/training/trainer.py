@@ -248,9 +248,9 @@ class Trainer:
         cfg = self.config
         seed_everything(cfg.seed)
         self.extra_tags["weights"] = self._initial_weights()
+        method_cls = method_class(cfg.method)  # imported first: it registers its own views
         self.data = assemble(cfg, self.place, self.device, self.channels_last)
         cfg.dataset_options = self.data.dataset.resolved_options()
-        method_cls = method_class(cfg.method)
         options = build_options(method_cls, {k: str(v) for k, v in cfg.method_options.items()})
         self.method: Method = method_cls(options, self._context())
         self.method.setup()
@@ -426,6 +426,10 @@ class Trainer:
         m = self.method
         gen = self._gen = epoch_generator(self.config.seed, epoch, self.device)
         views = m.views(epoch)
+        unnamed = [v for v in views if v not in ("train", "plain", *m.own_views)]
+        if unnamed:  # a method's views are named once, in its view_sets (what bench list and --views read)
+            raise ValueError(f"method {m.name} asks for views {', '.join(unnamed)}, which its view_sets "
+                             f"do not name ({', '.join(m.own_views) or 'none'})")
         stats = EpochStats(self.device)
         m.train_mode(True)
         self.prefetcher.live = True  # streams made from here on may start decoding at once

@@ -547,3 +547,19 @@ def auto_augment(x: torch.Tensor, gen: torch.Generator, dispatch: str = "auto") 
         sign = torch.where(signed[op] & (signs[slot] == 0), -1.0, 1.0).double()
         x = apply_ops(x, op, mag * sign, dispatch)
     return x
+
+
+def cutout(x: torch.Tensor, gen: torch.Generator, length: int | None = None) -> torch.Tensor:
+    """Zero a ``length`` x ``length`` square (default half the side) around a centre drawn per
+    sample anywhere in the image, clipped at the borders (``CutoutDefault``); applied to
+    normalised images, so the square takes the mean colour."""
+    b, _, h, w = x.shape
+    half = (length if length is not None else h // 2) // 2
+    cy = torch.randint(0, h, (b,), generator=gen, device=gen.device).to(x.device)
+    cx = torch.randint(0, w, (b,), generator=gen, device=gen.device).to(x.device)
+    rows = torch.arange(h, device=x.device)[None, :]
+    cols = torch.arange(w, device=x.device)[None, :]
+    in_y = (rows >= (cy[:, None] - half)) & (rows < (cy[:, None] + half))
+    in_x = (cols >= (cx[:, None] - half)) & (cols < (cx[:, None] + half))
+    keep = ~(in_y[:, :, None] & in_x[:, None, :])
+    return x * keep[:, None].to(x.dtype)
