@@ -10,7 +10,9 @@ Division of labour (after USB's ``AlgorithmBase``, microsoft/Semi-supervised-lea
   optimiser settings), its step, and its per-sample state.
 
 A method subclass sets ``Options`` (a dataclass whose fields are its ``--set`` options, each
-with ``metadata={"help": ..., "source": ...}``), registers itself with
+with ``metadata={"help": ..., "source": ...}``; an option whose published value depends on the
+data set, noise or rate adds ``"setting": PerSetting(...)``, its table of cases with sources
+(:mod:`bench.common.defaults`), and ``__init__`` fills it in when left at None), registers itself with
 ``@METHODS.register("name")`` (which sets its ``name``), and overrides:
 
 ``setup()``
@@ -79,6 +81,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
+from bench.common.defaults import RunSetting, fill_defaults
 from bench.common.errors import UsageError
 from bench.common.registry import Registry
 
@@ -176,6 +179,11 @@ class MethodContext:
     prefetch: Any = None
 
 
+def run_setting(ctx: MethodContext) -> RunSetting:
+    """What the run's per-setting defaults may depend on (bench.common.defaults)."""
+    return RunSetting(ctx.dataset, ctx.noise, ctx.noise_rate, ctx.num_classes, ctx.epochs, ctx.pretrained)
+
+
 class Method:
     """Base class of every method; see the module docstring for the contract."""
 
@@ -214,7 +222,9 @@ class Method:
                                             if v not in ("train", "plain")))
 
     def __init__(self, options: Any, ctx: MethodContext) -> None:
-        self.opts = options
+        # options left at None that have a per-setting table (bench.common.defaults) get the
+        # table's value for this run: what the method reads, logs and saves
+        self.opts = fill_defaults(options, run_setting(ctx))
         self.ctx = ctx
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}

@@ -17,11 +17,12 @@ default here, and ``detach=true`` gives the detached target many later re-implem
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import FromOptions, PerSetting, case
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
 from methods.shared import keras_probs
@@ -49,7 +50,9 @@ class BootstrapOptions:
         "help": "soft: mix in the prediction; hard: mix in its argmax", "source": "SCE loss.py:51-73"})
     beta: float | None = field(default=None, metadata={
         "help": "weight of the given label in the target; default 0.95 (soft), 0.8 (hard)",
-        "source": "SCE loss.py:55, 67 (Reed et al. 2015)"})
+        "source": "SCE loss.py:55, 67 (Reed et al. 2015)",
+        "setting": PerSetting(case(FromOptions(lambda s, o: BETA[o.variant], "0.95 (soft), 0.8 (hard), by variant"),
+                                   "SCE loss.py:55 (soft), 67 (hard)"))})
     detach: bool = field(default=False, metadata={
         "help": "stop the gradient through the soft target's prediction (the Keras code does not)",
         "source": "SCE loss.py:51-73 (Keras: no stop-gradient); M-Correction utils.py:268 detaches"})
@@ -73,11 +76,8 @@ class Bootstrap(Method):
         return {"beta": Param("float", 0.5, 1.0, grid=(0.6, 0.8, 0.95), source="SCE loss.py:55, 67")}
 
     def setup(self) -> None:
-        self.beta = BETA[self.opts.variant] if self.opts.beta is None else self.opts.beta
+        self.beta = self.opts.beta  # by variant unless given (Method.__init__)
         self.add_network("net", schedule_epochs=self.ctx.epochs)
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "beta": self.beta}
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
         logits = self.models["net"](batch["train"])

@@ -36,19 +36,20 @@ epoch (the official ``num_iter_per_epoch``). Test accuracy is network 1's (the o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, case
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.cotraining import (
+    NominalRate,
     apply_lr_plan,
     cross_update_losses,
     decay_start_epoch,
     forget_rate_at,
-    nominal_forget_rate,
 )
 from methods.lr import base_lrs
 
@@ -57,7 +58,8 @@ from methods.lr import base_lrs
 class CoteachingOptions:
     forget_rate: float | None = field(default=None, metadata={
         "help": "final fraction of each batch dropped as large-loss; default the run's nominal noise rate",
-        "source": "main.py --forget_rate (None: noise_rate)"})
+        "source": "main.py --forget_rate (None: noise_rate)",
+        "setting": PerSetting(case(NominalRate("coteaching", "main.py"), "main.py --forget_rate (None: noise_rate)"))})
     tk: int = field(default=10, metadata={
         "help": "epochs over which the forget rate ramps up (Tk)", "source": "main.py --num_gradual 10"})
     exponent: float = field(default=1.0, metadata={
@@ -101,7 +103,7 @@ class Coteaching(Method):
 
     def setup(self) -> None:
         ctx = self.ctx
-        self.forget_rate = nominal_forget_rate(self.opts.forget_rate, ctx, "coteaching", "main.py")
+        self.forget_rate = self.opts.forget_rate  # the nominal noise rate unless given (Method.__init__)
         for name in ("net1", "net2"):
             # two calls: two initialisations; the run's scheduler only with lr_schedule=trainer
             self.add_network(name, ctx.epochs if self.opts.lr_schedule == "trainer" else None)
@@ -111,9 +113,6 @@ class Coteaching(Method):
         n, dev = ctx.num_train, ctx.device
         self.state.update(loss1=torch.zeros(n, device=dev), kept1=torch.zeros(n, dtype=torch.bool, device=dev))
         self.rate = 0.0
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "forget_rate": self.forget_rate}
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         self.rate = forget_rate_at(epoch, self.forget_rate, self.opts.tk, self.opts.exponent)

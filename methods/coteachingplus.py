@@ -53,20 +53,21 @@ net 1 kept at its last visit (none outside D' from ``init_epoch`` on).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, Scaled, case
 from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.cotraining import (
     DECAY_START,
+    NominalRate,
     apply_lr_plan,
     cross_update_losses,
     forget_rate_at,
-    nominal_forget_rate,
 )
 from methods.lr import base_lrs
 
@@ -76,13 +77,15 @@ INIT_EPOCH = {"mnist": 0, "cifar10": 20, "cifar100": 5, "tinyimagenet": 100}
 EMPTY_DISAGREEMENT_STEPS = 5000  # loss.py:60: `step < 5000`, step = epoch * batch index (main.py:255)
 
 
-def init_epoch_default(dataset: str, num_classes: int, epochs: int) -> int:
-    """The official ``init_epoch`` of this data set (else CIFAR-10's with <= 10 classes, CIFAR-100's
-    with more) as the same share of ``epochs``."""
-    key = dataset.lower().replace("-", "").replace("_", "")
-    if key not in INIT_EPOCH:
-        key = "cifar10" if num_classes <= 10 else "cifar100"
-    return round(INIT_EPOCH[key] / OFFICIAL_EPOCHS * epochs)
+INIT_EPOCH_DEFAULT = PerSetting(  # the official share of the epochs
+    case(Scaled(INIT_EPOCH["mnist"], OFFICIAL_EPOCHS, least=0), "main.py:52 init_epoch 0 of 200", dataset="mnist"),
+    case(Scaled(INIT_EPOCH["cifar100"], OFFICIAL_EPOCHS, least=0), "main.py:94 init_epoch 5 of 200",
+         dataset="cifar100"),
+    case(Scaled(INIT_EPOCH["tinyimagenet"], OFFICIAL_EPOCHS, least=0), "main.py:132 init_epoch 100 of 200",
+         dataset="tiny-imagenet"),
+    case(Scaled(INIT_EPOCH["cifar10"], OFFICIAL_EPOCHS, least=0), "main.py:73 init_epoch 20 of 200 (CIFAR-10)",
+         classes="<=10"),
+    case(Scaled(INIT_EPOCH["cifar100"], OFFICIAL_EPOCHS, least=0), "main.py:94 init_epoch 5 of 200 (CIFAR-100)"))
 
 
 def peer_update(loss1: torch.Tensor, loss2: torch.Tensor, rate: float, official: bool
@@ -105,7 +108,8 @@ class CoteachingPlusOptions:
     forget_rate: float | None = field(default=None, metadata={
         "help": "final fraction of each batch (of D' from init_epoch on) dropped as large-loss; "
                 "default the run's nominal noise rate",
-        "source": "main.py:155-158 (--forget_rate None: noise_rate)"})
+        "source": "main.py:155-158 (--forget_rate None: noise_rate)",
+        "setting": PerSetting(case(NominalRate("coteaching_plus", "main.py"), "main.py:155-158"))})
     tk: int = field(default=10, metadata={
         "help": "epochs over which the forget rate ramps up linearly from 0 (E_k)",
         "source": "main.py:28 --num_gradual 10; main.py:180-183 rate_schedule type_1"})
@@ -113,7 +117,7 @@ class CoteachingPlusOptions:
         "help": "epoch (from 0) the disagreement phase starts; default the official share of the epochs: "
                 "MNIST 0, CIFAR-10 10%, CIFAR-100 2.5%, Tiny-ImageNet 50% (others as CIFAR-10 if <= 10 classes "
                 "else CIFAR-100)",
-        "source": "main.py:52,73,94,132 init_epoch 0/20/5/100 of n_epoch 200"})
+        "source": "main.py:52,73,94,132 init_epoch 0/20/5/100 of n_epoch 200", "setting": INIT_EPOCH_DEFAULT})
     loss: Literal["paper", "official"] = field(default="paper", metadata={
         "help": "paper: CE on logits, plain mean, no update on an empty disagreement set; official: CE on softmax "
                 "probabilities in the disagreement phase, the mean divided by the kept count, and the official "
@@ -161,9 +165,7 @@ class CoteachingPlus(Method):
 
     def setup(self) -> None:
         ctx = self.ctx
-        self.forget_rate = nominal_forget_rate(self.opts.forget_rate, ctx, "coteaching_plus", "main.py")
-        self.init_epoch = (init_epoch_default(ctx.dataset, ctx.num_classes, ctx.epochs)
-                           if self.opts.init_epoch is None else self.opts.init_epoch)
+        self.forget_rate, self.init_epoch = self.opts.forget_rate, self.opts.init_epoch  # filled per setting
         for name in ("net1", "net2"):  # two calls: two initialisations
             self.add_network(name, ctx.epochs if self.opts.lr_schedule == "trainer" else None)
         if self.opts.loss == "official" and not all(isinstance(o, torch.optim.Adam) for o in self.optimizers.values()):
@@ -177,9 +179,6 @@ class CoteachingPlus(Method):
                           disagree=torch.zeros(n, dtype=torch.bool, device=dev))
         self.rate = 0.0
         self.batch_idx = 0  # the batch index within the epoch (official empty-D' rule)
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "forget_rate": self.forget_rate, "init_epoch": self.init_epoch}
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         self.rate = forget_rate_at(epoch, self.forget_rate, self.opts.tk, 1.0)  # main.py:183: no exponent

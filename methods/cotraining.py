@@ -9,11 +9,11 @@ decay to 0 with beta1 switched from 0.9 to 0.1.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
+from bench.common.defaults import RunSetting
 from bench.common.errors import UsageError
 
 DECAY_START = 0.4  # Co-teaching main.py: epoch_decay_start 80 of n_epoch 200 (mnist, cifar10)
@@ -29,17 +29,24 @@ def forget_rate_at(epoch: int, forget_rate: float, tk: int, exponent: float) -> 
     return float(np.linspace(0, forget_rate ** exponent, tk)[epoch])
 
 
-def nominal_forget_rate(given: float | None, ctx: Any, method: str, source: str) -> float:
-    """The forget rate the user gave, else the nominal rate of the run's synthetic noise, as the
-    official scripts take it (``forget_rate = noise_rate``); real noise has no nominal rate and the
-    papers give no estimate of one, so there the user must give it (``source``: the official file
-    that takes it, for the error)."""
-    if given is not None:
-        return given
-    if ctx.noise_rate is None:
-        raise UsageError(f"{method} needs --set forget_rate=R on {ctx.dataset}: its noise is real, so there is no "
-                         f"nominal rate to forget ({source} takes --forget_rate or the noise rate)")
-    return float(ctx.noise_rate)
+class NominalRate:
+    """A forget rate's per-setting default (bench.common.defaults): the nominal rate of the run's
+    synthetic noise (times ``factor``), as the official scripts take it (``forget_rate =
+    noise_rate``); real noise has no nominal rate and the papers give no estimate of one, so
+    there the user must give it (``source``: the official file that takes it, for the error)."""
+
+    def __init__(self, method: str, source: str, factor: float = 1.0) -> None:
+        self.method, self.source, self.factor = method, source, factor
+
+    def __call__(self, s: RunSetting) -> float:
+        if s.noise_rate is None:
+            raise UsageError(f"{self.method} needs --set forget_rate=R on {s.dataset}: its noise is real, so there is "
+                             f"no nominal rate to forget ({self.source} takes --forget_rate or the noise rate)")
+        return float(s.noise_rate) * self.factor
+
+    def __str__(self) -> str:
+        times = f" x {self.factor:g}" if self.factor != 1 else ""
+        return f"the run's nominal noise rate{times} (real noise: none, --set forget_rate=R required)"
 
 
 def official_lr_plan(epoch: int, epochs: int, base_lr: float, decay_start: int) -> tuple[float, float]:

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common.augment import cutout_abs, rand_augment_mc
+from bench.common.defaults import PerSetting, case
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from bench.common.views import View, register_view
@@ -59,20 +60,34 @@ def members(mask: torch.Tensor, count: int) -> torch.Tensor:
     return torch.nonzero_static(mask, size=count).squeeze(1)
 
 
-# (start_epoch, momentum, lambda_h) of each official data-set branch before its noise rules
-# (algorithms/DISC.py:57-113; lambda_h 1 unless a rule lowers it, momentum 0.99 the argparse default)
-BRANCH = {
-    "cifar10": (20, 0.99, 1.0),  # DISC.py:63-73
-    "cifar100": (20, 0.99, 1.0),  # DISC.py:75-90
-    "tiny-imagenet": (15, 0.99, 1.0),  # DISC.py:92-96
-    "clothing1m": (10, 0.95, 1.0),  # DISC.py:98-100
-    "food101n": (10, 0.95, 1.0),  # DISC.py:102-104
-    "animal10n": (10, 0.99, 1.0),  # DISC.py:106-108
-    "webvision": (15, 0.99, 1.0),  # DISC.py:110-113
-}
-INSTANCE_WARMUP = 15  # CIFAR under ins noise (DISC.py:68-69, 80-81)
-HIGH_RATE, HIGH = 0.6, (0.95, 0.2)  # CIFAR at 60% / 80%: momentum, lambda_h (DISC.py:71-73, 83-85, 87-90)
-TOP_RATE = 0.8  # CIFAR-100 at 80%: warm-up 20 again, instance noise too (DISC.py:87-88)
+# Per-setting defaults of the official branches (algorithms/DISC.py:57-113): the run's data set
+# names the branch; data sets the paper does not cover take the CIFAR branch of the same class
+# count. The official branches test the rates 0.6 and 0.8 for equality; here a rate from 60% (80%)
+# on takes them; real noise takes none of the rate rules.
+SMALL_WARMUP = ("clothing1m", "food101n", "animal10n")  # start_epoch 10 (DISC.py:98-108)
+OTHER_BRANCHES = (*SMALL_WARMUP, "tiny-imagenet", "webvision")  # no rate rule outside CIFAR
+WARMUP = PerSetting(
+    case(10, "DISC.py:98-100, 102-104, 106-108: Clothing1M, Food-101N, Animal-10N start_epoch 10",
+         dataset=SMALL_WARMUP),
+    case(15, "DISC.py:92-96, 110-113: Tiny-ImageNet, WebVision start_epoch 15", dataset=("tiny-imagenet", "webvision")),
+    case(20, "DISC.py:87-88: CIFAR-100 at 80% start_epoch 20 again, instance noise too", dataset="cifar100",
+         rate=">=0.8"),
+    case(20, "DISC.py:87-88: as CIFAR-100 (> 10 classes) at 80%", classes=">10", rate=">=0.8"),
+    case(15, "DISC.py:68-69, 80-81: CIFAR under instance noise start_epoch 15", noise="instance"),
+    case(20, "DISC.py:63-90: CIFAR start_epoch 20"))
+MOMENTUM = PerSetting(
+    case(0.95, "DISC.py:98-100, 102-104: Clothing1M, Food-101N momentum 0.95", dataset=("clothing1m", "food101n")),
+    case(0.99, "DISC.py:106-108, 110-113: Animal-10N, WebVision (argparse --momentum 0.99)",
+         dataset=("animal10n", "webvision")),
+    case(0.95, "DISC.py:64-65, 76-77, 94-95: class-dependent noise (CIFAR, Tiny-ImageNet) momentum 0.95",
+         noise=CLASS_DEPENDENT),
+    case(0.99, "DISC.py:92-96: Tiny-ImageNet (argparse --momentum 0.99)", dataset="tiny-imagenet"),
+    case(0.95, "DISC.py:71-73, 83-85, 87-90: CIFAR from 60% noise momentum 0.95", rate=">=0.6"),
+    case(0.99, "DISC.py:63-90: CIFAR (argparse --momentum 0.99)"))
+LAMBDA_H = PerSetting(
+    case(1.0, "DISC.py:92-113: 1 outside CIFAR", dataset=OTHER_BRANCHES),
+    case(0.2, "DISC.py:71-73, 83-85, 87-90: CIFAR from 60% noise lambda_h 0.2", rate=">=0.6"),
+    case(1.0, "DISC.py:63-90: CIFAR lambda_h 1"))
 
 MC_CUTOUT = 0.15  # RandAugmentwogeo(n=2, m=5) ends with CutoutAbs(img, int(size * 0.15)) (datasets/randaugment.py)
 
@@ -91,31 +106,18 @@ register_view(View("strong-mc", "{base} + FixMatch RandAugment n=2 m=5 + grey Cu
                    owner=__name__, after=_strong_mc))
 
 
-def disc_defaults(dataset: str, noise: str, rate: float | None, num_classes: int) -> dict[str, float]:
-    """start_epoch, momentum and lambda_h of the official branch for the setting."""
-    branch = dataset if dataset in BRANCH else "cifar10" if num_classes <= 10 else "cifar100"
-    warmup, momentum, lambda_h = BRANCH[branch]
-    rate = rate or 0.0
-    if branch in ("cifar10", "cifar100", "tiny-imagenet") and noise in CLASS_DEPENDENT:
-        momentum = 0.95  # DISC.py:64-65, 76-77, 94-95
-    if branch in ("cifar10", "cifar100"):
-        if noise == "instance" and not (branch == "cifar100" and rate >= TOP_RATE):
-            warmup = INSTANCE_WARMUP
-        if rate >= HIGH_RATE:
-            momentum, lambda_h = HIGH
-    return {"warmup_epochs": warmup, "momentum": momentum, "lambda_h": lambda_h}
-
-
 @dataclass
 class DISCOptions:
     warmup_epochs: int | None = field(default=None, metadata={
         "help": "epochs of CE on both views before selection (start_epoch); default per data set and noise",
-        "source": "DISC.py:63-113"})
+        "source": "DISC.py:63-113", "setting": WARMUP})
     momentum: float | None = field(default=None, metadata={
         "help": "EMA momentum m of the per-sample thresholds; default per data set and noise (0.99 or 0.95)",
-        "source": "DISC.py:63-113 (argparse --momentum)"})
+        "source": "DISC.py:63-113 (argparse --momentum)",
+        "setting": MOMENTUM})
     lambda_h: float | None = field(default=None, metadata={
-        "help": "weight of the GCE loss on the hard set; default 1, 0.2 from 60% noise", "source": "DISC.py:63-113"})
+        "help": "weight of the GCE loss on the hard set; default 1, 0.2 from 60% noise", "source": "DISC.py:63-113",
+        "setting": LAMBDA_H})
     sigma: float = field(default=0.5, metadata={"help": "margin of the correction threshold",
                                                 "source": "configs/DISC_*.py sigma 0.5"})
     lambda_ce: float = field(default=1.0, metadata={"help": "weight of the CE loss on the clean set",
@@ -175,11 +177,8 @@ class DISC(Method):
                 "momentum": Param("float", 0.9, 0.999, grid=(0.9, 0.95, 0.99), source="DISC.py 0.95 / 0.99")}
 
     def setup(self) -> None:
-        ctx, o = self.ctx, self.opts
-        d = disc_defaults(ctx.dataset, ctx.noise, ctx.noise_rate, ctx.num_classes)
-        self.warmup = d["warmup_epochs"] if o.warmup_epochs is None else o.warmup_epochs
-        self.momentum = d["momentum"] if o.momentum is None else o.momentum
-        self.lambda_h = d["lambda_h"] if o.lambda_h is None else o.lambda_h
+        ctx, o = self.ctx, self.opts  # per-setting defaults filled in by Method.__init__
+        self.warmup, self.momentum, self.lambda_h = o.warmup_epochs, o.momentum, o.lambda_h
         self.check_warmup(self.warmup)
         self.add_network("net", schedule_epochs=ctx.epochs)
         n, c, dev = ctx.num_train, ctx.num_classes, ctx.device
@@ -189,10 +188,6 @@ class DISC(Method):
             "weak_labels": ctx.given_labels.to(dev).clone(),
             **{k: torch.zeros(n, dtype=torch.bool, device=dev) for k in ("clean", "hard", "selected", "corrected",
                                                                         "weak")}})
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "warmup_epochs": self.warmup, "momentum": self.momentum,
-                "lambda_h": self.lambda_h}
 
     def _mixup(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """losses/loss_mixup.py: lambda ~ Beta(alpha, alpha), max(lambda, 1 - lambda), soft CE."""

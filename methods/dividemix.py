@@ -31,64 +31,69 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import ByRate, PerSetting, case
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.lr import base_lrs, set_lrs
 from methods.mixmatch import linear_rampup, mixmatch_loss, mixup, negative_entropy, sharpen
 from methods.mixtures import GaussianMixture2
-from methods.shared import nearest
 from methods.streams import BatchStream
 
 HISTORY = 5  # epochs of loss averaged at 90% noise (Train_cifar.py eval_train)
 
 
-def dividemix_defaults(dataset: str, noise: str, rate: float | None, num_classes: int) -> dict[str, Any]:
-    """Per-setting defaults of the DivideMix paper's appendix and the official scripts, with sources.
-
-    Noise rates between published settings take the nearest one (ties: the lower rate).
-    Data sets the paper does not cover take the CIFAR values of the same class count, and the
-    CIFAR script's step (all 4B rows mixed) and warm-up (the penalty under class-dependent noise).
-    """
-    if dataset == "clothing1m":  # Train_clothing1M.py: warm-up 1, lambda_u 0, alpha 0.5
-        return {"warmup_epochs": 1, "lambda_u": 0.0, "p_threshold": 0.5, "alpha": 0.5,
-                "mix_rows": "labeled",  # Train_clothing1M.py:91-109: first 2B rows mixed, Lx + penalty
-                "warmup_penalty": "always"}  # Train_clothing1M.py:127-130: CE + NegEntropy, any noise
-    if dataset == "webvision":  # Train_webvision.py: warm-up 1, lambda_u 0, alpha 0.5
-        return {"warmup_epochs": 1, "lambda_u": 0.0, "p_threshold": 0.5, "alpha": 0.5,
-                "mix_rows": "labeled",  # Train_webvision.py:93-110: first 2B rows mixed, Lx + penalty
-                "warmup_penalty": "never"}  # Train_webvision.py:128-131: the penalty commented out
-    step = {"mix_rows": "all",  # Train_cifar.py:93-113: all 4B rows mixed and forwarded, Lx + Lu + penalty
-            "warmup_penalty": "class-dependent"}  # Train_cifar.py:132-136: NegEntropy under asym (here pairflip too)
-    rate = rate or 0.0
-    if num_classes <= 10:  # CIFAR-10 (paper App. / README): warm-up 10
-        lam = 0.0 if noise in CLASS_DEPENDENT else nearest(rate, {0.2: 0.0, 0.5: 25.0, 0.8: 25.0, 0.9: 50.0})
-        warmup = 10
-    else:  # CIFAR-100: warm-up 30; lambda_u 25 at 20%, 150 from 50% up
-        lam = nearest(rate, {0.2: 25.0, 0.5: 150.0, 0.8: 150.0, 0.9: 150.0})
-        warmup = 30
-    return {"warmup_epochs": warmup, "lambda_u": lam, "p_threshold": 0.6 if rate >= 0.9 else 0.5, "alpha": 4.0,
-            **step}
+# Per-setting defaults of the DivideMix paper's appendix and the official scripts. Data sets the
+# paper does not cover take the CIFAR values of the same class count, and the CIFAR script's step
+# (all 4B rows mixed) and warm-up (the penalty under class-dependent noise); noise rates between
+# published settings take the nearest one (ties: the lower rate), real noise that of rate 0.
+REAL_DATA = ("clothing1m", "webvision")
+WARMUP = PerSetting(
+    case(1, "Train_clothing1M.py, Train_webvision.py: warm-up 1", dataset=REAL_DATA),
+    case(10, "paper App. / README: CIFAR-10 warm-up 10", classes="<=10"),
+    case(30, "paper App. / README: CIFAR-100 warm-up 30"))
+LAMBDA_U = PerSetting(
+    case(0.0, "Train_clothing1M.py, Train_webvision.py: lambda_u 0", dataset=REAL_DATA),
+    case(0.0, "paper App.: CIFAR-10 asym lambda_u 0", classes="<=10", noise=CLASS_DEPENDENT),
+    case(ByRate({0.2: 0.0, 0.5: 25.0, 0.8: 25.0, 0.9: 50.0}), "paper App.: CIFAR-10 sym", classes="<=10"),
+    case(ByRate({0.2: 25.0, 0.5: 150.0, 0.8: 150.0, 0.9: 150.0}), "paper App.: CIFAR-100"))
+P_THRESHOLD = PerSetting(
+    case(0.5, "Train_clothing1M.py, Train_webvision.py", dataset=REAL_DATA),
+    case(0.6, "paper App.: 0.6 at 90% noise", rate=">=0.9"),
+    case(0.5, "paper App.: 0.5"))
+ALPHA = PerSetting(
+    case(0.5, "Train_clothing1M.py, Train_webvision.py: alpha 0.5", dataset=REAL_DATA),
+    case(4.0, "Train_cifar.py: alpha 4"))
+MIX_ROWS = PerSetting(
+    case("labeled", "Train_clothing1M.py:91-109, Train_webvision.py:93-110: first 2B rows mixed, Lx + penalty",
+         dataset=REAL_DATA),
+    case("all", "Train_cifar.py:93-113: all 4B rows mixed and forwarded, Lx + Lu + penalty"))
+WARMUP_PENALTY = PerSetting(
+    case("always", "Train_clothing1M.py:127-130: CE + NegEntropy, any noise", dataset="clothing1m"),
+    case("never", "Train_webvision.py:128-131: the penalty commented out", dataset="webvision"),
+    case("class-dependent", "Train_cifar.py:132-136: NegEntropy under asym (here pairflip too)"))
 
 
 @dataclass
 class DivideMixOptions:
     warmup_epochs: int | None = field(default=None, metadata={
-        "help": "CE warm-up epochs; default per data set", "source": "Train_cifar.py (10 / 30), clothing1M (1)"})
+        "help": "CE warm-up epochs; default per data set", "source": "Train_cifar.py (10 / 30), clothing1M (1)",
+        "setting": WARMUP})
     p_threshold: float | None = field(default=None, metadata={
         "help": "clean-probability threshold of the labeled set; default 0.5, 0.6 at 90% noise",
-        "source": "paper appendix"})
+        "source": "paper appendix", "setting": P_THRESHOLD})
     lambda_u: float | None = field(default=None, metadata={
-        "help": "weight of the unlabeled loss; default per data set and noise rate", "source": "paper appendix"})
+        "help": "weight of the unlabeled loss; default per data set and noise rate", "source": "paper appendix",
+        "setting": LAMBDA_U})
     alpha: float | None = field(default=None, metadata={
         "help": "mixup Beta(alpha, alpha); default 4 (CIFAR), 0.5 (Clothing1M, WebVision)",
-        "source": "Train_cifar.py, Train_clothing1M.py"})
+        "source": "Train_cifar.py, Train_clothing1M.py", "setting": ALPHA})
     temperature: float = field(default=0.5, metadata={"help": "sharpening temperature T",
                                                       "source": "Train_cifar.py --T 0.5"})
     lr_schedule: Literal["official", "trainer"] = field(default="official", metadata={
@@ -99,11 +104,13 @@ class DivideMixOptions:
                 "on the unlabeled 2B, penalty over all), or labeled (the first 2B, each mixed with any of the 4B; "
                 "loss CE + penalty over them, no unlabeled term: lambda_u has no effect); default labeled on "
                 "clothing1m and webvision, all elsewhere",
-        "source": "Train_clothing1M.py:91-109, Train_webvision.py:93-110; Train_cifar.py:93-113"})
+        "source": "Train_clothing1M.py:91-109, Train_webvision.py:93-110; Train_cifar.py:93-113",
+        "setting": MIX_ROWS})
     warmup_penalty: Literal["always", "never", "class-dependent"] | None = field(default=None, metadata={
         "help": "negative-entropy confidence penalty in the warm-up: always, never, or under class-dependent "
                 "noise (asym, pairflip); default always on clothing1m, never on webvision, class-dependent elsewhere",
-        "source": "Train_clothing1M.py:127-130, Train_webvision.py:128-131 (commented out), Train_cifar.py:132-136"})
+        "source": "Train_clothing1M.py:127-130, Train_webvision.py:128-131 (commented out), Train_cifar.py:132-136",
+        "setting": WARMUP_PENALTY})
 
     def __post_init__(self) -> None:
         if self.p_threshold is not None and not 0 < self.p_threshold < 1:
@@ -148,15 +155,9 @@ class DivideMix(Method):
         }
 
     def setup(self) -> None:
-        ctx = self.ctx
-        d = dividemix_defaults(ctx.dataset, ctx.noise, ctx.noise_rate, ctx.num_classes)
-        o = self.opts
-        self.warmup = d["warmup_epochs"] if o.warmup_epochs is None else o.warmup_epochs
-        self.lambda_u = d["lambda_u"] if o.lambda_u is None else o.lambda_u
-        self.p_threshold = d["p_threshold"] if o.p_threshold is None else o.p_threshold
-        self.alpha = d["alpha"] if o.alpha is None else o.alpha
-        self.mix_rows = d["mix_rows"] if o.mix_rows is None else o.mix_rows
-        self.warmup_penalty = d["warmup_penalty"] if o.warmup_penalty is None else o.warmup_penalty
+        ctx, o = self.ctx, self.opts  # per-setting defaults filled in by Method.__init__
+        self.warmup, self.lambda_u, self.p_threshold, self.alpha = o.warmup_epochs, o.lambda_u, o.p_threshold, o.alpha
+        self.mix_rows, self.warmup_penalty = o.mix_rows, o.warmup_penalty
         self.check_warmup(self.warmup)
         for k in ("net1", "net2"):
             self.add_network(k, ctx.epochs if o.lr_schedule == "trainer" else None)
@@ -169,11 +170,6 @@ class DivideMix(Method):
         self.onehot_eye = torch.eye(ctx.num_classes, device=ctx.device)
         self._unlabeled: dict[str, BatchStream] = {}
         self._steps: dict[str, int] = {}
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "warmup_epochs": self.warmup, "lambda_u": self.lambda_u,
-                "p_threshold": self.p_threshold, "alpha": self.alpha, "mix_rows": self.mix_rows,
-                "warmup_penalty": self.warmup_penalty}
 
     # --- epoch structure -------------------------------------------------------------------
     def views(self, epoch: int) -> tuple[str, ...]:

@@ -14,36 +14,37 @@ In the regulariser ``p`` is the clamped, not renormalised, softmax and carries t
 Defaults of beta and lam by setting (official configs): CIFAR-10 symmetric 0.7 / 3, CIFAR-10
 asymmetric 0.9 / 1, CIFAR-100 0.9 / 7. Data sets without official values use the CIFAR-10
 values of their noise type (``asym`` -> asymmetric, every other model -> symmetric) when they
-have at most 10 classes, and the CIFAR-100 values otherwise (:func:`elr_defaults`). The
+have at most 10 classes, and the CIFAR-100 values otherwise (the tables ``BETA`` and ``LAM``). The
 resolved values are logged as ``elr_beta`` and ``elr_lam`` in the first epoch. The run's
 optimiser and schedule are used as they are (official: SGD lr 0.02, ResNet-34).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, case
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
 
 PROB_CLAMP = 1e-4  # loss.py: torch.clamp(y_pred, 1e-4, 1.0 - 1e-4)
 
-# (beta, lambda) of the official configs
-CIFAR10_SYM = (0.7, 3.0)  # ELR/config_cifar10.json
-CIFAR10_ASYM = (0.9, 1.0)  # ELR/config_cifar10_asym.json
-CIFAR100 = (0.9, 7.0)  # ELR/config_cifar100.json
-
-
-def elr_defaults(dataset: str, noise: str, num_classes: int) -> tuple[float, float]:
-    """(beta, lam) of the official config for this setting, or of the closest one."""
-    name = dataset.lower().replace("-", "").replace("_", "")
-    if name == "cifar100" or (name != "cifar10" and num_classes > 10):
-        return CIFAR100
-    return CIFAR10_ASYM if noise in CLASS_DEPENDENT else CIFAR10_SYM
+# Per-setting defaults of the official configs: data sets without official values take the
+# CIFAR-10 values of their noise type (class-dependent -> asymmetric) with at most 10 classes,
+# the CIFAR-100 values otherwise.
+BETA = PerSetting(
+    case(0.9, "ELR/config_cifar100.json", dataset="cifar100"),
+    case(0.9, "ELR/config_cifar100.json (> 10 classes)", classes=">10"),
+    case(0.9, "ELR/config_cifar10_asym.json (class-dependent noise)", noise=CLASS_DEPENDENT),
+    case(0.7, "ELR/config_cifar10.json"))
+LAM = PerSetting(
+    case(7.0, "ELR/config_cifar100.json", dataset="cifar100"),
+    case(7.0, "ELR/config_cifar100.json (> 10 classes)", classes=">10"),
+    case(1.0, "ELR/config_cifar10_asym.json (class-dependent noise)", noise=CLASS_DEPENDENT),
+    case(3.0, "ELR/config_cifar10.json"))
 
 
 @dataclass
@@ -51,11 +52,11 @@ class ELROptions:
     beta: float | None = field(default=None, metadata={
         "help": "momentum of the per-sample target; default by setting (CIFAR-10 sym 0.7, asym 0.9, "
                 "CIFAR-100 0.9; other data sets as CIFAR-10 if <= 10 classes else CIFAR-100)",
-        "source": "ELR/config_cifar10.json, config_cifar10_asym.json, config_cifar100.json"})
+        "source": "ELR/config_cifar10.json, config_cifar10_asym.json, config_cifar100.json", "setting": BETA})
     lam: float | None = field(default=None, metadata={
         "help": "weight of the regulariser; default by setting (CIFAR-10 sym 3, asym 1, CIFAR-100 7; "
                 "other data sets as beta)",
-        "source": "ELR/config_cifar10.json, config_cifar10_asym.json, config_cifar100.json"})
+        "source": "ELR/config_cifar10.json, config_cifar10_asym.json, config_cifar100.json", "setting": LAM})
 
     def __post_init__(self) -> None:
         if self.beta is not None and not 0 <= self.beta < 1:
@@ -92,14 +93,9 @@ class ELR(Method):
             "lam": Param("float", 0.5, 10.0, log=True, grid=(1.0, 3.0, 7.0, 10.0), source="ELR configs 1, 3, 7"),
         }
 
-    def resolved_options(self) -> dict[str, Any]:
-        return {"beta": self.beta, "lam": self.lam}
-
     def setup(self) -> None:
         ctx = self.ctx
-        beta, lam = elr_defaults(ctx.dataset, ctx.noise, ctx.num_classes)
-        self.beta = beta if self.opts.beta is None else self.opts.beta
-        self.lam = lam if self.opts.lam is None else self.opts.lam
+        self.beta, self.lam = self.opts.beta, self.opts.lam  # per-setting defaults filled in by Method.__init__
         self.add_network("net", schedule_epochs=ctx.epochs)
         self.state["target"] = torch.zeros(ctx.num_train, ctx.num_classes, device=ctx.device)
 

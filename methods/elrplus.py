@@ -56,9 +56,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, case
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
-from methods.base import METHODS, Detection, Method, Phase, StepOutput
+from methods.base import METHODS, Detection, Method, Phase, StepOutput, run_setting
 from methods.ema import ema_decay, make_ema, sigmoid_rampup, update_ema
 from methods.lr import base_lrs, set_lrs
 from methods.mixmatch import mixup
@@ -67,69 +68,81 @@ PROB_CLAMP = 1e-4  # loss.py:33: torch.clamp(y_pred, 1e-4, 1.0 - 1e-4)
 OFFICIAL_STEPS_PER_EPOCH = 352  # ceil(45000 / 128): cifar10.py's 45k training split, batch 128 (inferred)
 
 
-@dataclass(frozen=True)
-class Config:
-    """One official config: the ELR+ hyperparameters and the official run length in steps."""
-
-    beta: float
-    lam: float
-    alpha: float
-    gamma: float
-    ema_update: bool
-    ema_share: float  # ema_step / official total steps
-    coef_share: float  # coef_step / official total steps
-    decay_share: float  # the MultiStepLR milestone (x 0.1) / official epochs
-
-
+# Per-setting defaults of the official configs (ELR_plus/config_*.json): data sets without a config
+# take CIFAR-10's of their noise type (asymmetric for class-dependent models) with at most 10
+# classes, CIFAR-100's otherwise. The ramps are the official ema_step / coef_step as a share of the
+# official run's steps.
+REAL_DATA = ("clothing1m", "webvision")
 C10_RAMP = 40000 / (200 * OFFICIAL_STEPS_PER_EPOCH)  # ema_step 40000, 200 epochs (config_cifar10*.json)
 C100_RAMP = 40000 / (250 * OFFICIAL_STEPS_PER_EPOCH)  # ema_step = coef_step = 40000, 250 epochs (config_cifar100.json)
-# lr x 0.1 at 150 of 200 epochs (CIFAR-10), 200 of 250 (CIFAR-100), 7 of 15 (Clothing1M), 50 of 100 (WebVision):
-# config_*.json lr_scheduler MultiStepLR, train.py:107-108
-CIFAR10_SYM = Config(0.7, 3.0, 1.0, 0.997, True, C10_RAMP, 0.0, 150 / 200)  # config_cifar10.json
-CIFAR10_ASYM = Config(0.9, 1.0, 1.0, 0.997, True, C10_RAMP, 0.0, 150 / 200)  # config_cifar10_asym.json
-CIFAR100 = Config(0.9, 7.0, 1.0, 0.997, True, C100_RAMP, C100_RAMP, 200 / 250)  # config_cifar100.json
-CLOTHING1M = Config(0.7, 3.0, 1.0, 0.9999, False, 0.0, 0.0, 7 / 15)  # config_clothing1m.json (ema_step -1, unused)
-WEBVISION = Config(0.7, 3.0, 1.5, 0.997, False, 0.0, 0.0, 50 / 100)  # config_webvision.json (no coef_step: 0)
-
-
-def elr_plus_defaults(dataset: str, noise: str, num_classes: int) -> Config:
-    """The official config of this setting, or of the closest one (see the module docstring)."""
-    name = dataset.lower().replace("-", "").replace("_", "")
-    if name == "clothing1m":
-        return CLOTHING1M
-    if name == "webvision":
-        return WEBVISION
-    if name == "cifar100" or (name != "cifar10" and num_classes > 10):
-        return CIFAR100
-    return CIFAR10_ASYM if noise in CLASS_DEPENDENT else CIFAR10_SYM
+BETA = PerSetting(
+    case(0.7, "config_clothing1m.json, config_webvision.json", dataset=REAL_DATA),
+    case(0.9, "config_cifar100.json", dataset="cifar100"),
+    case(0.9, "config_cifar100.json (> 10 classes)", classes=">10"),
+    case(0.9, "config_cifar10_asym.json (class-dependent noise)", noise=CLASS_DEPENDENT),
+    case(0.7, "config_cifar10.json"))
+LAM = PerSetting(
+    case(3.0, "config_clothing1m.json, config_webvision.json", dataset=REAL_DATA),
+    case(7.0, "config_cifar100.json", dataset="cifar100"),
+    case(7.0, "config_cifar100.json (> 10 classes)", classes=">10"),
+    case(1.0, "config_cifar10_asym.json (class-dependent noise)", noise=CLASS_DEPENDENT),
+    case(3.0, "config_cifar10.json"))
+ALPHA = PerSetting(
+    case(1.5, "config_webvision.json mixup_alpha", dataset="webvision"),
+    case(1.0, "config_cifar10*.json, config_cifar100.json, config_clothing1m.json mixup_alpha"))
+GAMMA = PerSetting(
+    case(0.9999, "config_clothing1m.json ema_alpha", dataset="clothing1m"),
+    case(0.997, "config_cifar10*.json, config_cifar100.json, config_webvision.json ema_alpha"))
+EMA_UPDATE = PerSetting(
+    case(False, "config_clothing1m.json, config_webvision.json ema_update", dataset=REAL_DATA),
+    case(True, "config_cifar10*.json, config_cifar100.json ema_update"))
+EMA_RAMP = PerSetting(
+    case(0.0, "config_clothing1m.json (ema_step -1, unused), config_webvision.json: no ramp", dataset=REAL_DATA),
+    case(C100_RAMP, "config_cifar100.json: ema_step 40000 of 250 x 352 steps", dataset="cifar100"),
+    case(C100_RAMP, "config_cifar100.json (> 10 classes)", classes=">10"),
+    case(C10_RAMP, "config_cifar10*.json: ema_step 40000 of 200 x 352 steps"))
+COEF_RAMP = PerSetting(
+    case(0.0, "config_clothing1m.json, config_webvision.json (no coef_step: 0)", dataset=REAL_DATA),
+    case(C100_RAMP, "config_cifar100.json: coef_step 40000 of 250 x 352 steps", dataset="cifar100"),
+    case(C100_RAMP, "config_cifar100.json (> 10 classes)", classes=">10"),
+    case(0.0, "config_cifar10*.json: coef_step 0, no ramp"))
+# not an option: the official MultiStepLR milestone (lr x 0.1) as a share of the official epochs
+# (config_*.json lr_scheduler, train.py:107-108), for lr_schedule=official
+DECAY_SHARE = PerSetting(
+    case(7 / 15, "config_clothing1m.json: 7 of 15 epochs", dataset="clothing1m"),
+    case(50 / 100, "config_webvision.json: 50 of 100 epochs", dataset="webvision"),
+    case(200 / 250, "config_cifar100.json: 200 of 250 epochs", dataset="cifar100"),
+    case(200 / 250, "config_cifar100.json (> 10 classes)", classes=">10"),
+    case(150 / 200, "config_cifar10*.json: 150 of 200 epochs"))
 
 
 @dataclass
 class ELRPlusOptions:
     beta: float | None = field(default=None, metadata={
         "help": "momentum of the per-sample targets; default by setting (CIFAR-10 sym 0.7, asym 0.9, CIFAR-100 0.9, "
-                "Clothing1M and WebVision 0.7)", "source": "ELR_plus/config_*.json beta"})
+                "Clothing1M and WebVision 0.7)", "source": "ELR_plus/config_*.json beta", "setting": BETA})
     lam: float | None = field(default=None, metadata={
         "help": "weight of the ELR term; default by setting (CIFAR-10 sym 3, asym 1, CIFAR-100 7, Clothing1M 3, "
-                "WebVision 3)", "source": "ELR_plus/config_*.json lambda"})
+                "WebVision 3)", "source": "ELR_plus/config_*.json lambda", "setting": LAM})
     alpha: float | None = field(default=None, metadata={
         "help": "mixup Beta(alpha, alpha); default 1 (1.5 on WebVision)",
-        "source": "ELR_plus/config_*.json mixup_alpha"})
+        "source": "ELR_plus/config_*.json mixup_alpha", "setting": ALPHA})
     gamma: float | None = field(default=None, metadata={
         "help": "weight-averaging decay; default 0.997 (0.9999 on Clothing1M)",
-        "source": "ELR_plus/config_*.json ema_alpha"})
+        "source": "ELR_plus/config_*.json ema_alpha", "setting": GAMMA})
     ema_update: bool | None = field(default=None, metadata={
         "help": "ramp the averaging weight up by sigmoid_rampup over ema_ramp (else min(1 - 1/(step+1), gamma)); "
                 "default true on CIFAR, false on Clothing1M and WebVision",
-        "source": "ELR_plus/config_*.json ema_update; trainer.py:321-331"})
+        "source": "ELR_plus/config_*.json ema_update; trainer.py:321-331",
+        "setting": EMA_UPDATE})
     ema_ramp: float | None = field(default=None, metadata={
         "help": "length of the averaging ramp as a share of the run's steps; default the official ema_step's share "
                 "(40000 of 70400 steps on CIFAR-10, of 88000 on CIFAR-100)",
-        "source": "ELR_plus/config_*.json ema_step"})
+        "source": "ELR_plus/config_*.json ema_step", "setting": EMA_RAMP})
     coef_ramp: float | None = field(default=None, metadata={
         "help": "length of the ELR weight's ramp as a share of the run's steps; default the official coef_step's "
                 "share (0 on CIFAR-10: no ramp; 40000 of 88000 steps on CIFAR-100)",
-        "source": "ELR_plus/config_*.json coef_step"})
+        "source": "ELR_plus/config_*.json coef_step", "setting": COEF_RAMP})
 
     lr_schedule: Literal["official", "trainer"] = field(default="official", metadata={
         "help": "official: the lr / 10 step of the official MultiStepLR at its share of the epochs (150/200 on "
@@ -192,18 +205,13 @@ class ELRPlus(Method):
 
     def setup(self) -> None:
         ctx, o = self.ctx, self.opts
-        d = elr_plus_defaults(ctx.dataset, ctx.noise, ctx.num_classes)
-        self.beta = d.beta if o.beta is None else o.beta
-        self.lam = d.lam if o.lam is None else o.lam
-        self.alpha = d.alpha if o.alpha is None else o.alpha
-        self.gamma = d.gamma if o.gamma is None else o.gamma
-        self.ema_update = d.ema_update if o.ema_update is None else o.ema_update
+        # per-setting defaults filled in by Method.__init__
+        self.beta, self.lam, self.alpha, self.gamma = o.beta, o.lam, o.alpha, o.gamma
+        self.ema_update, self.ema_ramp, self.coef_ramp = o.ema_update, o.ema_ramp, o.coef_ramp
         total = ctx.epochs * math.ceil(ctx.num_train / ctx.batch_size)  # net 1's steps in the run
-        self.ema_ramp = d.ema_share if o.ema_ramp is None else o.ema_ramp
-        self.coef_ramp = d.coef_share if o.coef_ramp is None else o.coef_ramp
         self.ema_step, self.coef_step = self.ema_ramp * total, self.coef_ramp * total
         self.target_ce = ctx.num_classes == 100  # loss.py:28-30: `if self.num_classes == 100`
-        self.decay_epoch = round(d.decay_share * ctx.epochs)
+        self.decay_epoch = round(DECAY_SHARE(run_setting(ctx)) * ctx.epochs)
         trainer_schedule = ctx.epochs if o.lr_schedule == "trainer" else None
         for k in ("1", "2"):
             self.add_network(f"net{k}", schedule_epochs=trainer_schedule)
@@ -214,11 +222,6 @@ class ELRPlus(Method):
         self.global_step = 0
         self._batches: dict[str, int] = {}
         self._step = 0
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {"beta": self.beta, "lam": self.lam, "alpha": self.alpha, "gamma": self.gamma,
-                "ema_update": self.ema_update, "ema_ramp": self.ema_ramp, "coef_ramp": self.coef_ramp,
-                "lr_schedule": self.opts.lr_schedule}
 
     def phases(self, epoch: int) -> list[Phase]:
         return [Phase("net1", optimizers=("net1",)), Phase("net2", optimizers=("net2",))]

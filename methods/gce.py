@@ -21,17 +21,18 @@ best-test-accuracy checkpoint (its README admits it); here with the current netw
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, Scaled, case
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.shared import lq_loss
 
-START_PRUNE = 40 / 120  # README.md:17-34: --start_prune 40 of 120 epochs (CIFAR-10)
-PRUNE_EVERY = 10 / 120  # main.py:176: (epoch + 1) % 10 == 0
+# The truncated variant's pruning schedule, CIFAR-10's of the reference code scaled to --epochs.
+START_PRUNE = PerSetting(case(Scaled(40, 120), "GCE-u README.md:17-34: --start_prune 40 of 120 epochs (CIFAR-10)"))
+PRUNE_EVERY = PerSetting(case(Scaled(10, 120), "GCE-u main.py:176: (epoch + 1) % 10 == 0, of 120 epochs"))
 
 
 @dataclass
@@ -45,9 +46,10 @@ class GCEOptions:
                                             "source": "GCE-u TruncatedLoss.py:9"})
     start_prune: int | None = field(default=None, metadata={
         "help": "first pruning at epoch + 1 = start_prune; default 40/120 of the epochs",
-        "source": "GCE-u README.md:19 (40 of 120)"})
+        "source": "GCE-u README.md:19 (40 of 120)", "setting": START_PRUNE})
     prune_every: int | None = field(default=None, metadata={
-        "help": "epochs between prunings; default 10/120 of the epochs", "source": "GCE-u main.py:176"})
+        "help": "epochs between prunings; default 10/120 of the epochs", "source": "GCE-u main.py:176",
+        "setting": PRUNE_EVERY})
 
     def __post_init__(self) -> None:
         if not 0 < self.q <= 1:
@@ -86,15 +88,11 @@ class GCE(Method):
         return {"q": Param("float", 0.1, 1.0, grid=(0.1, 0.4, 0.7, 1.0), source="paper Sec. 4, q in (0, 1]")}
 
     def setup(self) -> None:
-        o, ctx = self.opts, self.ctx
+        o, ctx = self.opts, self.ctx  # per-setting defaults filled in by Method.__init__
         self.add_network("net", schedule_epochs=ctx.epochs)
-        self.start = max(1, round(START_PRUNE * ctx.epochs)) if o.start_prune is None else o.start_prune
-        self.every = max(1, round(PRUNE_EVERY * ctx.epochs)) if o.prune_every is None else o.prune_every
+        self.start, self.every = o.start_prune, o.prune_every
         if o.truncated:
             self.state["w"] = torch.ones(ctx.num_train, device=ctx.device)
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "start_prune": self.start, "prune_every": self.every}
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         if not self.opts.truncated:

@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.common.augment import cutout, rand_augment
+from bench.common.defaults import FromOptions, PerSetting, RunSetting, case, nearest
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from bench.common.views import View, register_view
 from methods.base import METHODS, Method, StepOutput
-from methods.shared import nearest
 
 LOG_CLAMP = 1e-7  # mean_distrib.clamp(1e-7, 1.0).log(); target.clamp(min=1e-7).log() (losses.py:45,155)
 
@@ -88,20 +88,26 @@ for _name, _draw in (("ra-cutout", ""), ("ra-cutout2", ", a second draw")):
                        normalised=cutout))
 
 
-def gjs_defaults(dataset: str, noise: str, rate: float | None, num_classes: int, views: int = 2) -> float:
-    """pi_1 of the official config for the setting: the GJS configs for two views, the JS ones for one."""
-    table = PI_LABEL[views]
-    if dataset == "webvision":
+def _pi_label(s: RunSetting, o: Any) -> float:
+    """pi_1 of the official config of the nearest setting: the GJS configs for two views, the JS
+    ones for one; real noise as the lowest published noisy rate."""
+    table = PI_LABEL[o.views]
+    if s.dataset == "webvision":
         return table["webvision"]
-    kind = "asym" if noise in CLASS_DEPENDENT else "sym"
-    return nearest(REAL_NOISE_RATE if rate is None else rate, table[(10 if num_classes <= 10 else 100, kind)])
+    kind = "asym" if s.noise in CLASS_DEPENDENT else "sym"
+    rate = REAL_NOISE_RATE if s.noise_rate is None else s.noise_rate
+    return nearest(rate, table[(10 if s.num_classes <= 10 else 100, kind)])
+
+
+PI_LABEL_DEFAULT = PerSetting(case(FromOptions(_pi_label, (_pi_label.__doc__ or "").split(";")[0].strip()),
+                                   "scripts/C10, scripts/C100, scripts/WebVision *.yaml js_weights"))
 
 
 @dataclass
 class GJSOptions:
     pi_label: float | None = field(default=None, metadata={
         "help": "weight pi_1 of the label in the mixture; default per variant (GJS, JS), data set, noise and rate",
-        "source": "scripts/C10, C100, WebVision gjs-*.yaml / js-*.yaml (js_weights)"})
+        "source": "scripts/C10, C100, WebVision gjs-*.yaml / js-*.yaml (js_weights)", "setting": PI_LABEL_DEFAULT})
     views: int = field(default=2, metadata={
         "help": "augmented views besides the label: 2 = GJS (M = 3), 1 = JS (M = 2)",
         "source": "paper Sec. 3; configs augs: ss (gjs-*.yaml) / s (js-*.yaml)"})
@@ -147,14 +153,10 @@ class GJS(Method):
 
     def setup(self) -> None:
         ctx, o = self.ctx, self.opts
-        d = gjs_defaults(ctx.dataset, ctx.noise, ctx.noise_rate, ctx.num_classes, o.views)
-        self.pi_label = d if o.pi_label is None else o.pi_label
+        self.pi_label = o.pi_label  # filled per setting and --set views (Method.__init__)
         self.scaled = not (o.scaling == "official" and ctx.dataset == "webvision")
         self.train_views = self.view_sets["webvision" if ctx.dataset == "webvision" else "cifar"][:o.views]
         self.add_network("net", schedule_epochs=ctx.epochs)
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "pi_label": self.pi_label}
 
     def views(self, epoch: int) -> tuple[str, ...]:
         return self.train_views

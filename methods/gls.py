@@ -24,16 +24,18 @@ Nesterov momentum), as every method here does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, Scaled, case
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
 from methods.lr import base_lrs, set_lrs
 
-WARMUP_SHARE = 120 / 220  # main_warmup.py 120 epochs, then main_GLS_load.py 100 (README.md:38-49)
+WARMUP = PerSetting(case(Scaled(120, 220, least=0),
+                         "README.md:38-49: main_warmup.py 120 epochs, then main_GLS_load.py 100"))
 STAGE2_LR = 1e-6 / 0.1  # main_GLS_load.py lr_plan = [1e-6] * 100 after a warm-up at lr 0.1
 
 
@@ -51,7 +53,8 @@ class LSOptions:
         "help": "smooth rate r (> 0 smoothing, < 0 negative smoothing)",
         "source": "main_GLS_direct_train.py --smooth_rate"})
     warmup_epochs: int | None = field(default=0, metadata={
-        "help": "CE epochs before the smoothed loss; 0: direct training", "source": "README.md:31-36 (direct)"})
+        "help": "CE epochs before the smoothed loss; 0: direct training", "source": "README.md:31-36 (direct)",
+        "setting": WARMUP})
     wa: float = field(default=0.0, metadata={"help": "weight of plain CE beside GLS", "source": "--wa 0"})
     wb: float = field(default=1.0, metadata={"help": "weight of GLS", "source": "--wb 1"})
     stage2_lr: Literal["official", "trainer"] = field(default="official", metadata={
@@ -71,7 +74,8 @@ class NLSOptions(LSOptions):
         "help": "smooth rate r (< 0: negative smoothing); the paper tunes it per setting",
         "source": "harness default: the first negative rate of README.md:15's grid"})
     warmup_epochs: int | None = field(default=None, metadata={
-        "help": "CE warm-up epochs; default 120/220 of the run's epochs", "source": "README.md:38-49"})
+        "help": "CE warm-up epochs; default 120/220 of the run's epochs", "source": "README.md:38-49",
+        "setting": WARMUP})
 
 
 class _GLS(Method):
@@ -84,14 +88,11 @@ class _GLS(Method):
                                      source="README.md:15")}
 
     def setup(self) -> None:
-        o, ctx = self.opts, self.ctx
-        self.warmup = round(WARMUP_SHARE * ctx.epochs) if o.warmup_epochs is None else o.warmup_epochs
+        o, ctx = self.opts, self.ctx  # per-setting defaults filled in by Method.__init__
+        self.warmup = o.warmup_epochs
         self.check_warmup(self.warmup, "epoch of the smoothed loss")
         self.add_network("net", schedule_epochs=ctx.epochs)
         self.base_lr = base_lrs(self.optimizers)
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "warmup_epochs": self.warmup}
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         if self.warmup > 0 and epoch >= self.warmup and self.opts.stage2_lr == "official":

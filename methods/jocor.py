@@ -41,18 +41,19 @@ loss l of each sample's last visit (what JoCoR ranks by) as the score, and the k
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, case
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.cotraining import (
+    NominalRate,
     apply_lr_plan,
     decay_start_epoch,
     forget_rate_at,
-    nominal_forget_rate,
     small_loss,
 )
 from methods.lr import base_lrs
@@ -65,14 +66,18 @@ CO_LAMBDA_CIFAR100 = 0.85  # README.md:31
 CO_LAMBDA_MNIST = 0.95  # example.sh:3 --co_lambda 0.95
 
 
-def co_lambda_default(dataset: str, num_classes: int, noise_rate: float | None) -> float:
-    """The README's lambda for this data set and nominal noise rate, or the closest one."""
-    name = dataset.lower().replace("-", "").replace("_", "")
-    if name == "mnist":
-        return CO_LAMBDA_MNIST
-    if name == "cifar100" or (name != "cifar10" and num_classes > 10):
-        return CO_LAMBDA_CIFAR100
-    return CO_LAMBDA_CIFAR10_HIGH if noise_rate is not None and noise_rate >= HIGH_NOISE else CO_LAMBDA_CIFAR10
+# the README's lambda for this data set and nominal noise rate, or the closest one (others: as
+# CIFAR-10 with <= 10 classes, else CIFAR-100)
+CO_LAMBDA = PerSetting(
+    case(CO_LAMBDA_MNIST, "example.sh:3 --co_lambda 0.95", dataset="mnist"),
+    case(CO_LAMBDA_CIFAR100, "README.md:31", dataset="cifar100"),
+    case(CO_LAMBDA_CIFAR100, "README.md:31 (CIFAR-100's, more than 10 classes)", classes=">10"),
+    case(CO_LAMBDA_CIFAR10_HIGH, "README.md:30: at 80% noise the best is 0.65", rate=f">={HIGH_NOISE}"),
+    case(CO_LAMBDA_CIFAR10, "README.md:30: CIFAR-10 20%, 50% and asym 40%"))
+# jocor.py:20-26: the nominal rate is halved under asymmetric noise (a given rate is used as it is)
+FORGET_RATE = PerSetting(
+    case(NominalRate("jocor", "jocor.py", 0.5), "algorithm/jocor.py:20-26", noise=ASYMMETRIC),
+    case(NominalRate("jocor", "jocor.py"), "algorithm/jocor.py:20-26"))
 
 
 def kl_loss(pred: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
@@ -94,11 +99,11 @@ class JoCoROptions:
     forget_rate: float | None = field(default=None, metadata={
         "help": "final fraction of each batch dropped as large-loss; default the run's nominal noise rate, "
                 "halved under asym noise (not pairflip)",
-        "source": "algorithm/jocor.py:20-26"})
+        "source": "algorithm/jocor.py:20-26", "setting": FORGET_RATE})
     co_lambda: float | None = field(default=None, metadata={
         "help": "weight of the co-regularisation (KL) against the CE; default by data set: CIFAR-10 0.9 (0.65 "
                 "from 80% noise), CIFAR-100 0.85, MNIST 0.95; others as CIFAR-10 if <= 10 classes else CIFAR-100",
-        "source": "README.md:28-31; example.sh:3 (not the CLI default 0.1, main.py:32)"})
+        "source": "README.md:28-31; example.sh:3 (not the CLI default 0.1, main.py:32)", "setting": CO_LAMBDA})
     tk: int = field(default=10, metadata={
         "help": "epochs over which the forget rate ramps up (T_k)",
         "source": "main.py:20-21 --num_gradual 10; algorithm/jocor.py:41-42"})
@@ -151,11 +156,7 @@ class JoCoR(Method):
 
     def setup(self) -> None:
         ctx = self.ctx
-        rate = nominal_forget_rate(self.opts.forget_rate, ctx, "jocor", "jocor.py")
-        # jocor.py:20-26: the nominal rate is halved under asymmetric noise (a given rate is used as it is)
-        self.forget_rate = rate / 2 if self.opts.forget_rate is None and ctx.noise == ASYMMETRIC else rate
-        self.co_lambda = (co_lambda_default(ctx.dataset, ctx.num_classes, ctx.noise_rate)
-                          if self.opts.co_lambda is None else self.opts.co_lambda)
+        self.forget_rate, self.co_lambda = self.opts.forget_rate, self.opts.co_lambda  # filled per setting
         for name in ("net1", "net2"):  # two initialisations
             self.models[name] = ctx.make_backbone()
         # jocor.py:64-65: one Adam over list(model1.parameters()) + list(model2.parameters())
@@ -170,9 +171,6 @@ class JoCoR(Method):
         n, dev = ctx.num_train, ctx.device
         self.state.update(loss=torch.zeros(n, device=dev), kept=torch.zeros(n, dtype=torch.bool, device=dev))
         self.rate = 0.0
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "forget_rate": self.forget_rate, "co_lambda": self.co_lambda}
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         self.rate = forget_rate_at(epoch, self.forget_rate, self.opts.tk, self.opts.exponent)

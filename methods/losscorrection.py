@@ -30,12 +30,24 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, RunSetting, case
 from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
 from methods.shared import anchor_transition, keras_probs
 
 EPS = 1e-7  # K.epsilon(): q clipped to [1e-7, 1 - 1e-7] (loss.py:16, 25)
+
+
+def half_the_epochs(s: RunSetting) -> int:
+    """Half the run's epochs, rounded down, at least 1."""
+    return max(1, s.epochs // 2)
+
+
+WARMUP = PerSetting(case(half_the_epochs, "experiment.py: a CE training, then the corrected one of the same length"))
+FILTER_OUTLIER = PerSetting(
+    case(True, "experiment.py:58-62: filter_outlier on every data set but CIFAR-100", classes="<=10"),
+    case(False, "experiment.py:58-62: no filter on CIFAR-100 (> 10 classes)"))
 
 
 def forward_loss(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -55,10 +67,10 @@ class CorrectionOptions:
         "source": "experiment.py:97-145 (est_forward / forward)"})
     warmup_epochs: int | None = field(default=None, metadata={
         "help": "CE epochs before T is estimated; default half the epochs (t_source=estimate)",
-        "source": "experiment.py: a CE training, then the corrected one with the same recipe"})
+        "source": "experiment.py: a CE training, then the corrected one with the same recipe", "setting": WARMUP})
     filter_outlier: bool | None = field(default=None, metadata={
         "help": "anchors below the 97th percentile; default true, false on CIFAR-100 (> 10 classes)",
-        "source": "experiment.py:58-62"})
+        "source": "experiment.py:58-62", "setting": FILTER_OUTLIER})
 
     def __post_init__(self) -> None:
         if self.warmup_epochs is not None and self.warmup_epochs < 1:
@@ -77,9 +89,9 @@ class _Correction(Method):
         return {"warmup_epochs": Param("int", max(1, e // 4), max(1, 3 * e // 4), source="harness range")}
 
     def setup(self) -> None:
-        ctx, o = self.ctx, self.opts
+        ctx, o = self.ctx, self.opts  # per-setting defaults filled in by Method.__init__
         c = ctx.num_classes
-        self.filter = (c <= 10) if o.filter_outlier is None else o.filter_outlier
+        self.filter = o.filter_outlier
         if o.t_source == "true":
             truth = ctx.noise_transition()
             if truth is None:
@@ -88,7 +100,7 @@ class _Correction(Method):
                                  f"use t_source=estimate")
             self.warmup = 0
         else:
-            self.warmup = max(1, ctx.epochs // 2) if o.warmup_epochs is None else o.warmup_epochs
+            self.warmup = o.warmup_epochs
             self.check_warmup(self.warmup, "corrected epoch")
             self.add_network("warm", schedule_epochs=self.warmup)
         self.add_network("net")
@@ -101,7 +113,8 @@ class _Correction(Method):
             self._start_net_schedule()
 
     def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "warmup_epochs": self.warmup, "filter_outlier": self.filter}
+        # the oracle (t_source=true) has no warm-up, whatever warmup_epochs says: log the 0 it runs
+        return {**super().resolved_options(), "warmup_epochs": self.warmup}
 
     def _set_t(self, t: torch.Tensor) -> None:
         self.state["T"], self.state["t_ready"] = t, torch.ones((), dtype=torch.bool)

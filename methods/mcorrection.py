@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, RunSetting, case
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, StepOutput
 from methods.mixtures import EPS_NAN, MCORRECTION_GUARDS, BetaMixture, Guards
@@ -61,23 +62,31 @@ FIT_EPS = 1e-4  # BetaMixture1D.fit: x[x >= 1 - eps] = 1 - eps; x[x <= eps] = ep
 MIN_SHIFT = 1e-5  # bmm_model_minLoss = 5th percentile + 10e-6 (utils.py:108)
 
 
-def mcorrection_defaults(noise_rate: float | None) -> str:
-    """The official variant for the noise level: MD-DYR-SH at 90% (RunScripts.sh), else M-DYR-H."""
-    return "dynamic" if (noise_rate or 0.0) >= 0.9 else "hard"
+VARIANT = PerSetting(
+    case("dynamic", "README results table; RunScripts.sh: MD-DYR-SH at 90% noise", rate=">=0.9"),
+    case("hard", "README results table; RunScripts.sh: M-DYR-H"))
+
+
+def scaled_bootstrap(s: RunSetting) -> int:
+    """105 of 300 epochs, scaled to --epochs: round(105 * (epochs / 300)), 0-based."""
+    return round(OFFICIAL_BOOTSTRAP * (s.epochs / OFFICIAL_EPOCHS))
+
+
+BOOTSTRAP = PerSetting(case(scaled_bootstrap, "train.py:125-135: M[0] + 5 + 1 = 106 of 300 epochs, 1-based"))
 
 
 @dataclass
 class MCorrectionOptions:
     variant: Literal["hard", "soft", "dynamic"] | None = field(default=None, metadata={
         "help": "hard (M-DYR-H), soft (M-DYR-S) or dynamic (MD-DYR-SH); default hard, dynamic from 90% noise",
-        "source": "README results table; RunScripts.sh"})
+        "source": "README results table; RunScripts.sh", "setting": VARIANT})
     alpha: float = field(default=32.0, metadata={"help": "mixup Beta(alpha, alpha)", "source": "train.py --alpha 32"})
     reg_term: float = field(default=1.0, metadata={
         "help": "weight of the uniform-prior regulariser while bootstrapping",
         "source": "RunScripts.sh --reg-term 1.0"})
     bootstrap_epoch: int | None = field(default=None, metadata={
         "help": "first bootstrapping epoch (0-based); default 105/300 of --epochs",
-        "source": "train.py:125-135 (M[0] + 5 + 1 = 106 of 300, 1-based)"})
+        "source": "train.py:125-135 (M[0] + 5 + 1 = 106 of 300, 1-based)", "setting": BOOTSTRAP})
     bmm_iterations: int = field(default=10, metadata={"help": "EM steps of the Beta mixture",
                                                        "source": "BetaMixture1D(max_iters=10), utils.py:120"})
     posterior: Literal["exact", "official"] = field(default="exact", metadata={
@@ -165,10 +174,9 @@ class MCorrection(Method):
                 "reg_term": Param("float", 0.0, 2.0, grid=(0.0, 0.5, 1.0, 2.0), source="RunScripts.sh 1.0")}
 
     def setup(self) -> None:
-        ctx, o = self.ctx, self.opts
-        self.variant = o.variant or mcorrection_defaults(ctx.noise_rate)
+        ctx, o = self.ctx, self.opts  # per-setting defaults filled in by Method.__init__
+        self.variant, self.boot = o.variant, o.bootstrap_epoch
         scale = ctx.epochs / OFFICIAL_EPOCHS
-        self.boot = round(OFFICIAL_BOOTSTRAP * scale) if o.bootstrap_epoch is None else o.bootstrap_epoch
         self.soft_hard = self.boot + max(1, round(OFFICIAL_GUIDED * scale))
         self.temps = np.linspace(1, 0.001, max(1, round(OFFICIAL_TEMPS * scale)))
         self.add_network("net", schedule_epochs=ctx.epochs)
@@ -178,9 +186,6 @@ class MCorrection(Method):
         self.state["lookup"] = torch.full((LOOKUP_BINS,), 0.5, dtype=torch.float64)  # B = 0.5 before a fit
         self.state["range"] = torch.tensor([0.0, 1.0], dtype=torch.float64)  # loss min, max of the fit
         self._cache: tuple[torch.Tensor, float, float] | None = None  # lookup on the device, lo, hi
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "variant": self.variant, "bootstrap_epoch": self.boot}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self._cache = None

@@ -62,7 +62,7 @@ not scaled (so a small data set gets few refinement steps: 32 per pass on 4,000 
 ramp is scaled too (16 of 300): PES_semi.py measures it in the same epochs as T1
 (``linear_rampup(epoch + b / iters, T1)``) and the alpha switch (``num_epochs / 2``), both
 fractions of the run here, so it ends at (T1 + 16) / 300 of the run as in the official schedule.
-lambda_u by :func:`pes_semi_lambda_u`. The main optimiser and schedule are the run's (official:
+lambda_u by the table ``SEMI_LAMBDA_U``. The main optimiser and schedule are the run's (official:
 SGD 0.1, steps at 100 / 150, PES; SGD 0.02, cosine, PES-semi); the refinement's Adam is the
 method's own.
 
@@ -87,6 +87,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, Scaled, case
 from bench.common.errors import UsageError
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
@@ -106,11 +107,6 @@ WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 # --- hand-checkable pieces -------------------------------------------------------------------
-def scaled_epoch(official: int, official_epochs: int, epochs: int) -> int:
-    """An official epoch count as the same share of the run's ``epochs`` (at least 1)."""
-    return max(1, round(official * epochs / official_epochs))
-
-
 def confident(probs: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
     """The confident rule: argmax of the (mean) softmax equals the given label (PES_cs.py:67-79)."""
     return probs.argmax(dim=1) == given
@@ -135,23 +131,6 @@ def semi_batch_split(n_labeled: int, n_unlabeled: int, batch_size: int) -> tuple
     else:
         b_u = int(n_unlabeled / (n_labeled + n_unlabeled) * batch_size) if n_labeled + n_unlabeled else 0
     return batch_size - b_u, b_u
-
-
-def pes_semi_lambda_u(noise: str, noise_rate: float | None, num_classes: int) -> float:
-    """Default lambda_u: the official value of the same family and noise kind, else the code default.
-
-    Real noise (CIFAR-N): 5 with <= 10 classes, 75 above (PES_noisylabels.py:5, 249, 279);
-    <= 10 classes with instance noise: 15 (README, CIFAR-10 instance 40%); more than 10 classes
-    with class-dependent noise: 50 (README, CIFAR-100 pairflip 45%); everything else: 150
-    (PES_semi.py:37: what a bare ``python PES_semi.py``, CIFAR-10 symmetric 50%, runs with)."""
-    few = num_classes <= 10
-    if noise_rate is None:
-        return 5.0 if few else 75.0
-    if few and noise == "instance":
-        return 15.0
-    if not few and noise in CLASS_DEPENDENT:
-        return 50.0
-    return 150.0
 
 
 def semi_loss(logits: torch.Tensor, mixed_target: torch.Tensor, n_labeled: int,
@@ -273,11 +252,29 @@ def _check_common(o: Any) -> None:
         raise ValueError(f"PES_lr {o.PES_lr} must be positive")
 
 
+# Per-setting defaults: T1 of the official scripts (CIFAR-10's for <= 10 classes, else CIFAR-100's)
+# scaled to the run's epochs; PES-semi's lambda_u the official value of the same family and noise
+# kind, else the code default (PES_semi.py:37: what a bare ``python PES_semi.py``, CIFAR-10
+# symmetric 50%, runs with).
+PES_T1_DEFAULT = PerSetting(
+    case(Scaled(PES_T1[0], PES_EPOCHS), "PES_cs.py:128-146: CIFAR-10 (ResNet-18) 25 of 200 (:25)", classes="<=10"),
+    case(Scaled(PES_T1[1], PES_EPOCHS), "PES_cs.py:128-146: CIFAR-100 (ResNet-34) 30 of 200 (:25)"))
+SEMI_T1_DEFAULT = PerSetting(
+    case(Scaled(SEMI_T1[0], SEMI_EPOCHS), "PES_semi.py:219-234: CIFAR-10 20 of 300 (:32)", classes="<=10"),
+    case(Scaled(SEMI_T1[1], SEMI_EPOCHS), "PES_semi.py:219-234: CIFAR-100 35 of 300 (:32)"))
+SEMI_LAMBDA_U = PerSetting(
+    case(5.0, "PES_noisylabels.py:5, 249, 279: CIFAR-10N 5", classes="<=10", rate="real"),
+    case(75.0, "PES_noisylabels.py:5, 249, 279: CIFAR-100N 75", rate="real"),
+    case(15.0, "README: CIFAR-10 instance 40%", classes="<=10", noise="instance"),
+    case(50.0, "README: CIFAR-100 pairflip 45%", classes=">10", noise=CLASS_DEPENDENT),
+    case(150.0, "PES_semi.py:37 (CIFAR-10 symmetric 50%)"))
+
+
 @dataclass
 class PESOptions:
     T1: int | None = field(default=None, metadata={
         "help": "epoch of the refinement (CE before it); default 25 (<= 10 classes) / 30 of 200, scaled to --epochs",
-        "source": "PES_cs.py:128-146; paper Sec. 5"})
+        "source": "PES_cs.py:128-146; paper Sec. 5", "setting": PES_T1_DEFAULT})
     T2: int = field(default=7, metadata={"help": "passes training the re-created last block and classifier",
                                          "source": "PES_cs.py:37"})
     T3: int = field(default=5, metadata={"help": "passes training the re-created classifier alone",
@@ -299,14 +296,14 @@ class PESOptions:
 class PESSemiOptions:
     T1: int | None = field(default=None, metadata={
         "help": "epoch of the refinement and first SSL epoch; default 20 (<= 10 classes) / 35 of 300, scaled",
-        "source": "PES_semi.py:219-234"})
+        "source": "PES_semi.py:219-234", "setting": SEMI_T1_DEFAULT})
     T2: int = field(default=5, metadata={"help": "passes training the re-created classifier alone",
                                          "source": "PES_semi.py:40"})
     PES_lr: float = field(default=1e-4, metadata={"help": "Adam lr of the refinement", "source": "PES_semi.py:38"})
     lambda_u: float | None = field(default=None, metadata={
         "help": "weight of the unlabeled MSE; default 5 / 75 real noise (<= / > 10 classes), 15 for <= 10 classes "
                 "instance, 50 for > 10 classes class-dependent, else 150",
-        "source": "PES_semi.py:37; README; PES_noisylabels.py:249, 279"})
+        "source": "PES_semi.py:37; README; PES_noisylabels.py:249, 279", "setting": SEMI_LAMBDA_U})
     alpha: float = field(default=4.0, metadata={"help": "mixup Beta(alpha, alpha) before half of the epochs",
                                                 "source": "PES_semi.py:35"})
     alpha_late: float = field(default=0.75, metadata={"help": "mixup alpha from half of the epochs on",
@@ -347,9 +344,9 @@ class _Progressive(Method):
 
     confidence_view = "train"
 
-    def _build(self, t1: int, block: bool) -> None:
+    def _build(self, block: bool) -> None:
         ctx, o = self.ctx, self.opts
-        self.t1 = t1 if o.T1 is None else o.T1
+        self.t1 = o.T1  # per-setting default filled in by Method.__init__
         if self.t1 >= ctx.epochs:
             raise UsageError(f"{self.name}: T1 = {self.t1} leaves no epoch after it of --epochs {ctx.epochs}; "
                              "raise --epochs or --set T1=N")
@@ -479,15 +476,12 @@ class PES(_Progressive):
 
     def setup(self) -> None:
         ctx = self.ctx
-        self._build(scaled_epoch(PES_T1[ctx.num_classes > 10], PES_EPOCHS, ctx.epochs), block=True)
+        self._build(block=True)
         self.first_selection = self.t1 + 1
         self._weights = torch.ones(ctx.num_classes, device=ctx.device)
 
     def _renewed(self) -> list[nn.Module]:
         return (self.block if self.opts.T2 > 0 else []) + [self.head]
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "T1": self.t1}
 
     def phases(self, epoch: int) -> list[Phase]:
         if epoch < self.t1:
@@ -545,10 +539,9 @@ class PESSemi(_Progressive):
 
     def setup(self) -> None:
         ctx, o = self.ctx, self.opts
-        self._build(scaled_epoch(SEMI_T1[ctx.num_classes > 10], SEMI_EPOCHS, ctx.epochs), block=False)
+        self._build(block=False)
         self.first_selection = self.t1
-        default_u = pes_semi_lambda_u(ctx.noise, ctx.noise_rate, ctx.num_classes)
-        self.lambda_u = default_u if o.lambda_u is None else o.lambda_u
+        self.lambda_u = o.lambda_u
         self.rampup = RAMPUP_EPOCHS * ctx.epochs / SEMI_EPOCHS  # 16 of 300, scaled (module docstring)
         self.eye = torch.eye(ctx.num_classes, device=ctx.device)
         self._reset_epoch()
@@ -560,9 +553,6 @@ class PESSemi(_Progressive):
 
     def _renewed(self) -> list[nn.Module]:
         return [self.head] if self.opts.T2 > 0 else []
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "T1": self.t1, "lambda_u": self.lambda_u}
 
     def views(self, epoch: int) -> tuple[str, ...]:
         if epoch < self.t1:

@@ -63,6 +63,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, case
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, StepOutput
 
@@ -71,24 +72,26 @@ MIN_CORRECTED = 0.001  # raise delta when fewer than 0.001 n labels change (util
 PROB_THD = 0.1  # prob_correction(..., thd=0.1) (train_clothing1m.py:170)
 
 
-def plc_defaults(dataset: str) -> dict[str, float]:
-    """Per-data-set defaults of the official scripts."""
-    if dataset == "clothing1m":  # train_clothing1m.py:50 (current_delta 0.7), :211 (--warm_up 1)
-        return {"delta": 0.7, "warmup_epochs": 1}
-    return {"delta": 0.3, "warmup_epochs": 8}  # cifar/train.py:277 (--delta 0.3), :281 (--warm_up 8)
+# Per-data-set defaults of the official scripts.
+DELTA = PerSetting(
+    case(0.7, "clothing1m/train_clothing1m.py:50 (current_delta 0.7)", dataset="clothing1m"),
+    case(0.3, "cifar/train.py:277 (--delta 0.3)"))
+WARMUP = PerSetting(
+    case(1, "clothing1m/train_clothing1m.py:211 (--warm_up 1)", dataset="clothing1m"),
+    case(8, "cifar/train.py:281 (--warm_up 8)"))
 
 
 @dataclass
 class PLCOptions:
     delta: float | None = field(default=None, metadata={
         "help": "initial likelihood-ratio threshold theta_0; default 0.3, 0.7 on Clothing1M",
-        "source": "cifar/train.py:277; clothing1m/train_clothing1m.py:50"})
+        "source": "cifar/train.py:277; clothing1m/train_clothing1m.py:50", "setting": DELTA})
     inc: float = field(default=0.1, metadata={
         "help": "step beta by which the threshold rises when almost nothing is corrected",
         "source": "cifar/train.py:284 (--inc 0.1)"})
     warmup_epochs: int | None = field(default=None, metadata={
         "help": "epochs of plain CE before the first correction; default 8, 1 on Clothing1M",
-        "source": "cifar/train.py:281; clothing1m/train_clothing1m.py:211"})
+        "source": "cifar/train.py:281; clothing1m/train_clothing1m.py:211", "setting": WARMUP})
     roll_window: int = field(default=5, metadata={
         "help": "epochs of training softmax averaged for the likelihood ratio; with sampled epochs "
                 "(Clothing1M, WebVision) each sample's last roll_window visits",
@@ -160,22 +163,19 @@ class PLC(Method):
                 "inc": Param("float", 0.0, 0.2, grid=(0.0, 0.05, 0.1, 0.2), source="cifar/train.py:284 (0.1)")}
 
     def setup(self) -> None:
-        ctx, o = self.ctx, self.opts
-        d = plc_defaults(ctx.dataset)
-        self.warmup = d["warmup_epochs"] if o.warmup_epochs is None else o.warmup_epochs
+        ctx, o = self.ctx, self.opts  # per-setting defaults filled in by Method.__init__
+        self.warmup = o.warmup_epochs
         self.official = o.correction == "official" and ctx.dataset == "clothing1m"
         self.add_network("net", schedule_epochs=ctx.epochs)
         n, c = ctx.num_train, ctx.num_classes
         self.state["labels"] = ctx.given_labels.to(ctx.device).clone()
         self.state["record"] = torch.zeros(o.roll_window, n, c, device=ctx.device)
         self.state["visits"] = torch.zeros(n, dtype=torch.int64, device=ctx.device)  # record entries so far
-        self.state["delta"] = torch.tensor(d["delta"] if o.delta is None else o.delta, dtype=torch.float64)
+        self.state["delta"] = torch.tensor(o.delta, dtype=torch.float64)
         self.sampled = False  # this epoch visits a sample of the data (set when an epoch starts)
 
-    def resolved_options(self) -> dict[str, Any]:
-        d = self.opts.delta
-        return {**super().resolved_options(), "delta": plc_defaults(self.ctx.dataset)["delta"] if d is None else d,
-                "warmup_epochs": self.warmup, "correction": "official" if self.official else "paper"}
+    def resolved_options(self) -> dict[str, Any]:  # the correction rule in effect (official: Clothing1M only)
+        return {**super().resolved_options(), "correction": "official" if self.official else "paper"}
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         self.sampled = self.ctx.epoch_pool() is not None

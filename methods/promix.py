@@ -100,13 +100,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.common.augment import promix_augment
+from bench.common.defaults import ByRate, FromOptions, PerSetting, Scaled, case
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from bench.common.views import View, register_view
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.lr import base_lrs, set_lrs
 from methods.mixmatch import mixup, negative_entropy, sharpen
-from methods.shared import classifier_of, nearest
+from methods.shared import classifier_of
 
 OFFICIAL_EPOCHS = 600  # --num_epochs (Train_promix.py:30)
 RAMP_EPOCHS = 50  # --warmup_ep: w and rho ramps, linear_rampup2(epoch, 50) (Train_promix.py:42, 115-117)
@@ -128,36 +129,48 @@ register_view(View("ra-promix", "{base} + ProMix RandomAugment (3 ops, full rang
 RHO_BY_RATE = {0.2: 0.7, 0.4: 0.5, 0.5: 0.5}
 RHO_REAL_NOISE = 0.5  # run.sh CIFAR-10N (aggre, rand1, worst) and CIFAR-100N
 
-
-def promix_defaults(num_classes: int, noise_rate: float | None, epochs: int) -> dict[str, float]:
-    """The run.sh values for this setting: CIFAR-10's for <= 10 classes, else CIFAR-100's; rho of
-    the nearest published noise rate (real noise: the CIFAR-N lines' 0.5); the warm-up scaled."""
-    few = num_classes <= 10
-    pretrain = 10 if few else 30  # --pretrain_ep 10 (CIFAR-10) / 30 (CIFAR-100)
-    return {"rho": RHO_REAL_NOISE if noise_rate is None else nearest(noise_rate, RHO_BY_RATE),
-            "tau": 0.99 if few else 0.95, "debias_output": 0.8 if few else 0.5, "debias_pl": 0.8 if few else 0.5,
-            "warmup_epochs": max(1, round(pretrain * epochs / OFFICIAL_EPOCHS))}
+# Per-setting defaults: the run.sh values, CIFAR-10's for <= 10 classes, else CIFAR-100's; rho of the
+# nearest published noise rate (ties: the lower; real noise: the CIFAR-N lines' 0.5); the warm-up scaled.
+RHO = PerSetting(
+    case(ByRate(RHO_BY_RATE, real=RHO_REAL_NOISE),
+         "run.sh --rho_range: sym 20% 0.7, asym 40% / sym 50% 0.5; CIFAR-10N / CIFAR-100N 0.5"))
+TAU = PerSetting(
+    case(0.99, "run.sh --tau 0.99 (CIFAR-10)", classes="<=10"),
+    case(0.95, "run.sh --tau 0.95 (CIFAR-100)"))
+DEBIAS_OUTPUT = PerSetting(
+    case(0.8, "run.sh --debias_output 0.8 (CIFAR-10)", classes="<=10"),
+    case(0.5, "run.sh --debias_output 0.5 (CIFAR-100)"))
+DEBIAS_PL = PerSetting(
+    case(0.8, "run.sh --debias_pl 0.8 (CIFAR-10)", classes="<=10"),
+    case(0.5, "run.sh --debias_pl 0.5 (CIFAR-100)"))
+WARMUP = PerSetting(
+    case(Scaled(10, OFFICIAL_EPOCHS), "run.sh --pretrain_ep 10 (CIFAR-10); Train_promix.py:508", classes="<=10"),
+    case(Scaled(30, OFFICIAL_EPOCHS), "run.sh --pretrain_ep 30 (CIFAR-100); Train_promix.py:508"))
 
 
 @dataclass
 class ProMixOptions:
     rho: float | None = field(default=None, metadata={
         "help": "share of each class CSS keeps (rho_end); default by nominal noise rate: 0.7 near 20%, 0.5 near "
-                "40-50% and under real noise", "source": "run.sh --rho_range; Train_promix.py:57, 451"})
+                "40-50% and under real noise", "source": "run.sh --rho_range; Train_promix.py:57, 451",
+        "setting": RHO})
     rho_start: float | None = field(default=None, metadata={
         "help": "rho of the first epoch, ramped linearly to rho over 50/600 of the epochs; default rho",
-        "source": "Train_promix.py:37, 513 (run.sh: start = end)"})
+        "source": "Train_promix.py:37, 513 (run.sh: start = end)",
+        "setting": PerSetting(case(FromOptions(lambda s, o: o.rho, "rho"), "run.sh: --rho_range start = end"))})
     tau: float | None = field(default=None, metadata={
-        "help": "MHCS and LGA confidence threshold; default 0.99 (<= 10 classes), 0.95", "source": "run.sh --tau"})
+        "help": "MHCS and LGA confidence threshold; default 0.99 (<= 10 classes), 0.95", "source": "run.sh --tau",
+        "setting": TAU})
     debias_output: float | None = field(default=None, metadata={
         "help": "tau_o of the debiased margin loss z + tau_o log pi; default 0.8 (<= 10 classes), 0.5",
-        "source": "run.sh --debias_output; utils.py:14-17"})
+        "source": "run.sh --debias_output; utils.py:14-17", "setting": DEBIAS_OUTPUT})
     debias_pl: float | None = field(default=None, metadata={
         "help": "tau_p of the debiased pseudo-labels softmax(z - tau_p log pi); default 0.8 (<= 10 classes), 0.5",
-        "source": "run.sh --debias_pl; utils.py:8-11"})
+        "source": "run.sh --debias_pl; utils.py:8-11", "setting": DEBIAS_PL})
     warmup_epochs: int | None = field(default=None, metadata={
         "help": "CE warm-up epochs; default pretrain_ep 10 (<= 10 classes) / 30 of 600, scaled: "
-                "max(1, round(pretrain_ep E / 600))", "source": "run.sh --pretrain_ep; Train_promix.py:508"})
+                "max(1, round(pretrain_ep E / 600))", "source": "run.sh --pretrain_ep; Train_promix.py:508",
+        "setting": WARMUP})
     temperature: float = field(default=0.5, metadata={"help": "sharpening T of the unlabeled targets",
                                                       "source": "Train_promix.py:29, 252"})
     threshold: float = field(default=0.9, metadata={"help": "LGA fills a batch selected below this share up to it",
@@ -405,14 +418,10 @@ class ProMix(Method):
         }
 
     def setup(self) -> None:
-        ctx, o = self.ctx, self.opts
-        d = promix_defaults(ctx.num_classes, ctx.noise_rate, ctx.epochs)
-        self.rho = d["rho"] if o.rho is None else o.rho
-        self.rho_start = self.rho if o.rho_start is None else o.rho_start
-        self.tau = d["tau"] if o.tau is None else o.tau
-        self.t_out = d["debias_output"] if o.debias_output is None else o.debias_output
-        self.t_pl = d["debias_pl"] if o.debias_pl is None else o.debias_pl
-        self.warmup = int(d["warmup_epochs"] if o.warmup_epochs is None else o.warmup_epochs)
+        ctx, o = self.ctx, self.opts  # per-setting defaults filled in by Method.__init__
+        self.rho, self.tau, self.t_out, self.t_pl = o.rho, o.tau, o.debias_output, o.debias_pl
+        self.rho_start = o.rho_start  # default rho (filled after it, Method.__init__)
+        self.warmup = int(o.warmup_epochs)
         self.check_warmup(self.warmup)
         gens = ctx.generators()
         seeds = torch.randint(2**62, (2,), generator=gens.torch, device=gens.torch.device).tolist()
@@ -437,10 +446,6 @@ class ProMix(Method):
         self.state["pi"] = torch.full((4, c), 1.0 / c, device=ctx.device)
         self.eye = torch.eye(c, device=ctx.device)
         self._pool_size = n
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "rho": self.rho, "rho_start": self.rho_start, "tau": self.tau,
-                "debias_output": self.t_out, "debias_pl": self.t_pl, "warmup_epochs": self.warmup}
 
     # --- epoch structure -------------------------------------------------------------------
     def views(self, epoch: int) -> tuple[str, ...]:

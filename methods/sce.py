@@ -20,26 +20,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, case
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
 
 P_CLAMP = 1e-7  # tf.clip_by_value(y_pred, 1e-7, 1.0) (loss.py:14), SCE-pt loss.py:22
 LABEL_CLAMP = 1e-4  # tf.clip_by_value(y_true, 1e-4, 1.0) (loss.py:17), SCE-pt loss.py:24
 
-CIFAR10 = (0.1, 1.0)  # train_models.py:215-219
-CIFAR100 = (6.0, 0.1)  # train_models.py:221-225
-
-
-def sce_defaults(dataset: str, num_classes: int) -> tuple[float, float]:
-    """(alpha, beta) of the official setting of this data set, or of the CIFAR set with as many classes."""
-    if dataset == "cifar100" or num_classes > 10:
-        return CIFAR100
-    return CIFAR10
+# Per-setting defaults (train_models.py:207-225): data sets without official values take the
+# CIFAR values of the same class count (<= 10 classes: CIFAR-10's).
+ALPHA = PerSetting(
+    case(6.0, "train_models.py:221-225: CIFAR-100", dataset="cifar100"),
+    case(6.0, "train_models.py:221-225: CIFAR-100's (> 10 classes)", classes=">10"),
+    case(0.1, "train_models.py:215-219: CIFAR-10"))
+BETA = PerSetting(
+    case(0.1, "train_models.py:221-225: CIFAR-100", dataset="cifar100"),
+    case(0.1, "train_models.py:221-225: CIFAR-100's (> 10 classes)", classes=">10"),
+    case(1.0, "train_models.py:215-219: CIFAR-10"))
 
 
 def sce_loss(logits: torch.Tensor, y: torch.Tensor, alpha: float, beta: float) -> tuple[torch.Tensor, dict]:
@@ -55,10 +56,10 @@ def sce_loss(logits: torch.Tensor, y: torch.Tensor, alpha: float, beta: float) -
 class SCEOptions:
     alpha: float | None = field(default=None, metadata={
         "help": "weight of CE; default per data set (CIFAR-10 0.1, CIFAR-100 6.0)",
-        "source": "train_models.py:215-225"})
+        "source": "train_models.py:215-225", "setting": ALPHA})
     beta: float | None = field(default=None, metadata={
         "help": "weight of reverse CE; default per data set (CIFAR-10 1.0, CIFAR-100 0.1)",
-        "source": "train_models.py:215-225"})
+        "source": "train_models.py:215-225", "setting": BETA})
 
     def __post_init__(self) -> None:
         for name in ("alpha", "beta"):
@@ -82,13 +83,8 @@ class SCE(Method):
                 "beta": Param("float", 0.1, 10.0, log=True, grid=(0.1, 1.0, 5.0), source="train_models.py")}
 
     def setup(self) -> None:
-        a, b = sce_defaults(self.ctx.dataset, self.ctx.num_classes)
-        self.alpha = a if self.opts.alpha is None else self.opts.alpha
-        self.beta = b if self.opts.beta is None else self.opts.beta
+        self.alpha, self.beta = self.opts.alpha, self.opts.beta  # per-setting defaults filled in by Method.__init__
         self.add_network("net", schedule_epochs=self.ctx.epochs)
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "beta": self.beta}
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int, phase: Phase) -> StepOutput:
         logits = self.models["net"](batch["train"])

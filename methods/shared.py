@@ -2,20 +2,12 @@
 have their own module, :mod:`methods.mixtures`)."""
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.common.errors import UsageError
-
-
-def nearest(rate: float, table: dict[float, Any]) -> Any:
-    """The value of the published setting whose noise rate is closest to ``rate`` (ties: the
-    lower rate): how per-setting defaults fill the rates between published ones."""
-    return table[min(table, key=lambda r: (abs(r - rate), r))]
 
 
 def lq_loss(logits: torch.Tensor, y: torch.Tensor, q: float) -> torch.Tensor:

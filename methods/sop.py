@@ -41,7 +41,7 @@ approximation, named), forwarded with the ``weak`` view in
 one batch (trainer.py:92-101); CE, MSE and balance use the weak half. With r_cons 0 the strong
 view is not drawn or forwarded, as trainer.py:92-96.
 
-Defaults of (lr_u, lr_v) by setting (:func:`sop_defaults`): CIFAR-100 symmetric 1 / 10
+Defaults of (lr_u, lr_v) by setting (the tables ``LR_U`` and ``LR_V``): CIFAR-100 symmetric 1 / 10
 (config_cifar100.json:71-72, README.md:15), CIFAR-100 asymmetric 0.1 / 100 (README.md:17-19; the
 README says the paper used lr_u 1 and the released code needs 0.1: the code's value is the
 default, ``--set lr_u=1`` gives the paper's), CIFAR-10 10 / 10 for every noise type (not in the
@@ -77,6 +77,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.common.augment import auto_augment, cutout
+from bench.common.defaults import PerSetting, case
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from bench.common.views import View, register_view
@@ -85,10 +86,21 @@ from methods.lr import base_lrs, set_lrs
 
 EPS = 1e-4  # eps = 1e-4: the clamps and F.normalize's floor (loss.py:68, 83-87, 106)
 
-# (lr_u, lr_v) of the published settings
-CIFAR10 = (10.0, 10.0)  # NP-C SOP.py:19-20, SOP_plus.py:19-20 (paper Table A.1 as NP read it)
-CIFAR100_SYM = (1.0, 10.0)  # config_cifar100.json:71-72; README.md:15
-CIFAR100_ASYM = (0.1, 100.0)  # README.md:17-19 (the paper used lr_u 1)
+# Per-setting (lr_u, lr_v): class-dependent noise takes the asymmetric values, every other model
+# the symmetric ones; data sets without official values take CIFAR-10's with at most 10 classes,
+# else CIFAR-100's.
+LR_U = PerSetting(
+    case(0.1, "README.md:17-19: CIFAR-100 asym (the paper used lr_u 1)", dataset="cifar100", noise=CLASS_DEPENDENT),
+    case(1.0, "config_cifar100.json:71; README.md:15: CIFAR-100 sym", dataset="cifar100"),
+    case(0.1, "README.md:17-19: as CIFAR-100 asym (> 10 classes)", classes=">10", noise=CLASS_DEPENDENT),
+    case(1.0, "config_cifar100.json:71: as CIFAR-100 sym (> 10 classes)", classes=">10"),
+    case(10.0, "NP-C SOP.py:19, SOP_plus.py:19 (paper Table A.1 as NP read it): CIFAR-10"))
+LR_V = PerSetting(
+    case(100.0, "README.md:17-19: CIFAR-100 asym", dataset="cifar100", noise=CLASS_DEPENDENT),
+    case(10.0, "config_cifar100.json:72; README.md:15: CIFAR-100 sym", dataset="cifar100"),
+    case(100.0, "README.md:17-19: as CIFAR-100 asym (> 10 classes)", classes=">10", noise=CLASS_DEPENDENT),
+    case(10.0, "config_cifar100.json:72: as CIFAR-100 sym (> 10 classes)", classes=">10"),
+    case(10.0, "NP-C SOP.py:20, SOP_plus.py:20 (paper Table A.1 as NP read it): CIFAR-10"))
 
 
 def _autoaug_cutout(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -102,24 +114,16 @@ register_view(View("autoaug-cutout", "{base} + AutoAugment (CIFAR-10 policy) + C
                    normalised=_autoaug_cutout))
 
 
-def sop_defaults(dataset: str, noise: str, num_classes: int) -> tuple[float, float]:
-    """(lr_u, lr_v) of the published setting closest to this one."""
-    name = dataset.lower().replace("-", "").replace("_", "")
-    if name == "cifar100" or (name != "cifar10" and num_classes > 10):
-        return CIFAR100_ASYM if noise in CLASS_DEPENDENT else CIFAR100_SYM
-    return CIFAR10
-
-
 @dataclass
 class SOPOptions:
     lr_u: float | None = field(default=None, metadata={
         "help": "SGD lr of u (momentum 0, wd 0, no schedule); default by setting (CIFAR-10 10, CIFAR-100 sym 1, "
                 "CIFAR-100 asym 0.1 (paper: 1); other data sets as CIFAR-10 if <= 10 classes else CIFAR-100)",
-        "source": "config_cifar100.json:71; README.md:15-19; NP-C SOP.py:19"})
+        "source": "config_cifar100.json:71; README.md:15-19; NP-C SOP.py:19", "setting": LR_U})
     lr_v: float | None = field(default=None, metadata={
         "help": "SGD lr of v (momentum 0, wd 0, no schedule); default by setting (CIFAR-10 10, CIFAR-100 sym 10, "
                 "CIFAR-100 asym 100; other data sets as lr_u)",
-        "source": "config_cifar100.json:72; README.md:15-19; NP-C SOP.py:20"})
+        "source": "config_cifar100.json:72; README.md:15-19; NP-C SOP.py:20", "setting": LR_V})
     init_std: float = field(default=1e-8, metadata={
         "help": "standard deviation of the N(0, std) initialisation of u and v",
         "source": "config_cifar100.json:27-28; loss.py:50-52"})
@@ -217,9 +221,7 @@ class SOP(Method):
 
     def setup(self) -> None:
         ctx, o = self.ctx, self.opts
-        lr_u, lr_v = sop_defaults(ctx.dataset, ctx.noise, ctx.num_classes)
-        self.lr_u = lr_u if o.lr_u is None else o.lr_u
-        self.lr_v = lr_v if o.lr_v is None else o.lr_v
+        self.lr_u, self.lr_v = o.lr_u, o.lr_v  # per-setting defaults filled in by Method.__init__
         # first: the trainer logs the first optimiser's lr; the run's scheduler only with lr_schedule=trainer
         self.add_network("net", schedule_epochs=ctx.epochs if o.lr_schedule == "trainer" else None)
         self.base_lr = base_lrs({"net": self.optimizers["net"]})
@@ -227,9 +229,6 @@ class SOP(Method):
         # train.py:83-89: SGD, momentum 0, weight decay 0; no scheduler (trainer.py:155-156 commented out)
         self.optimizers["u"] = torch.optim.SGD([uv.u], lr=self.lr_u, momentum=0.0, weight_decay=0.0)
         self.optimizers["v"] = torch.optim.SGD([uv.v], lr=self.lr_v, momentum=0.0, weight_decay=0.0)
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "lr_u": self.lr_u, "lr_v": self.lr_v}  # lr_schedule included
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         if self.opts.lr_schedule == "official":  # from the epoch alone: resume-safe; u and v keep theirs

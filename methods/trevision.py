@@ -26,19 +26,26 @@ of T_hat (stages 2-3: T_hat + dT) against the realised T (``t_error``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, Scaled, case
 from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Method, Phase, StepOutput
 from methods.shared import anchor_transition
 
-STAGES = (20, 200, 200)  # n_epoch_estimate (CIFAR-10), 200 reweighting, 200 revision epochs (main.py:56-79)
-STAGES_CIFAR100 = (15, 200, 200)  # main.py:56-79
+# The official stages, n_epoch_estimate (CIFAR-10 20, CIFAR-100 15), 200 reweighting and 200
+# revision epochs, in their proportions of the run's epochs
+ESTIMATE = PerSetting(
+    case(Scaled(20, 420), "main.py:56-79: n_epoch_estimate 20 of 20 + 200 + 200 (CIFAR-10)", classes="<=10"),
+    case(Scaled(15, 415), "main.py:56-79: n_epoch_estimate 15 of 15 + 200 + 200 (CIFAR-100)"))
+REWEIGHT = PerSetting(
+    case(Scaled(200, 420), "main.py:56-79, 224-257: 200 of 20 + 200 + 200 (CIFAR-10)", classes="<=10"),
+    case(Scaled(200, 415), "main.py:56-79, 224-257: 200 of 15 + 200 + 200 (CIFAR-100)"))
 REVISION_LR = 5e-7 / 0.01  # Adam lr 5e-7 (main.py:26) against the reweighting stage's SGD lr 0.01
 REVISION_WD = 1e-4  # main.py:85
 
@@ -64,9 +71,10 @@ def reweighted_loss(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor, deta
 class TRevisionOptions:
     estimate_epochs: int | None = field(default=None, metadata={
         "help": "CE epochs before T is estimated; default 20/420 of the epochs (CIFAR-100 15/415)",
-        "source": "main.py:56-79 (n_epoch_estimate 20 / 15, then 200 + 200)"})
+        "source": "main.py:56-79 (n_epoch_estimate 20 / 15, then 200 + 200)", "setting": ESTIMATE})
     reweight_epochs: int | None = field(default=None, metadata={
-        "help": "importance-reweighting epochs; default 200/420 of the epochs", "source": "main.py:224-257"})
+        "help": "importance-reweighting epochs; default 200/420 of the epochs", "source": "main.py:224-257",
+        "setting": REWEIGHT})
     revision: Literal["paper", "official"] = field(default="paper", metadata={
         "help": "paper: T_hat + dT for every sample; official: sample i of a batch uses T_hat + (i + 1) dT",
         "source": "loss.py:47-49"})
@@ -95,12 +103,9 @@ class TRevision(Method):
                 "reweight_epochs": Param("int", max(1, e // 4), max(1, e // 2), source="harness range around 200/420")}
 
     def setup(self) -> None:
-        ctx, o = self.ctx, self.opts
+        ctx, o = self.ctx, self.opts  # per-setting defaults filled in by Method.__init__
         c = ctx.num_classes
-        share = STAGES if c <= 10 else STAGES_CIFAR100
-        total = sum(share)
-        self.s1 = max(1, round(share[0] / total * ctx.epochs)) if o.estimate_epochs is None else o.estimate_epochs
-        s2 = max(1, round(share[1] / total * ctx.epochs)) if o.reweight_epochs is None else o.reweight_epochs
+        self.s1, s2 = o.estimate_epochs, o.reweight_epochs
         self.s2 = self.s1 + s2
         if self.s2 >= ctx.epochs:
             raise UsageError(f"trevision: {self.s1} estimation + {s2} reweighting epochs leave no revision epoch "
@@ -115,9 +120,6 @@ class TRevision(Method):
                                                        weight_decay=REVISION_WD)
         self.state["T"] = torch.eye(c, device=ctx.device)
         self.state["t_ready"] = torch.zeros((), dtype=torch.bool)
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "estimate_epochs": self.s1, "reweight_epochs": self.s2 - self.s1}
 
     def phases(self, epoch: int) -> list[Phase]:
         if epoch < self.s1:

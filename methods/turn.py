@@ -26,20 +26,20 @@ random frozen feature extractor, and says so in its logged ``turn_pretrained`` 0
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, Scaled, case
 from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
 from methods.mixtures import GaussianMixture2
 from methods.shared import classifier_of, lq_loss
 
-LP_SHARE = 0.2  # harness choice: the paper's LP epochs are not known here
+LP_EPOCHS = PerSetting(case(Scaled(20, 100), "harness choice: 20% of --epochs (the paper's LP epochs are not known)"))
 GMM_ITERATIONS = 100  # scikit-learn GaussianMixture defaults (max_iter 100, tol 1e-3, reg_covar 1e-6)
 
 
@@ -47,7 +47,7 @@ GMM_ITERATIONS = 100  # scikit-learn GaussianMixture defaults (max_iter 100, tol
 class TURNOptions:
     lp_epochs: int | None = field(default=None, metadata={
         "help": "linear-probing epochs (backbone frozen); default 20% of --epochs (harness choice)",
-        "source": "paper Sec. 4 (value not known here)"})
+        "source": "paper Sec. 4 (value not known here)", "setting": LP_EPOCHS})
     q: float = field(default=0.7, metadata={"help": "GCE exponent of the linear probing",
                                             "source": "GCE's default (Zhang & Sabuncu 2018); TURN Sec. 4 uses GCE"})
     p_threshold: float = field(default=0.5, metadata={
@@ -103,8 +103,8 @@ class TURN(Method):
                 "p_threshold": Param("float", 0.3, 0.8, grid=(0.3, 0.5, 0.7), source="harness range")}
 
     def setup(self) -> None:
-        ctx, o = self.ctx, self.opts
-        self.lp = max(1, round(LP_SHARE * ctx.epochs)) if o.lp_epochs is None else o.lp_epochs
+        ctx, o = self.ctx, self.opts  # per-setting defaults filled in by Method.__init__
+        self.lp = o.lp_epochs
         if self.lp >= ctx.epochs:
             raise UsageError(f"turn: {self.lp} linear-probing epochs leave no fine-tuning epoch of --epochs "
                              f"{ctx.epochs}; raise --epochs or --set lp_epochs=N")
@@ -119,9 +119,6 @@ class TURN(Method):
 
     def _capture(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         self._features = inputs[0]
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "lp_epochs": self.lp}
 
     def phases(self, epoch: int) -> list[Phase]:
         if epoch < self.lp:

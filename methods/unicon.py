@@ -55,13 +55,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.common.augment import auto_augment
+from bench.common.defaults import PerSetting, case
 from bench.common.noise_models import CLASS_DEPENDENT
 from bench.common.search import Param, Setting
 from bench.common.views import View, register_view
@@ -84,29 +85,38 @@ COSINE_SHARE = 280 / 350  # CosineAnnealingLR(T_max=280) over epochs 0..350 (Tra
 ETA_MIN_SHARE = 2e-4 / 0.02  # eta_min 2e-4 of lr 0.02 (Train_cifar.py:28, 359)
 
 
-def unicon_defaults(dataset: str, num_classes: int) -> dict[str, float]:
-    """Per-data-set defaults of the official scripts (Train_*.py, lines named below)."""
-    if dataset == "clothing1m":  # Train_clothing1M.py: warm_up 0 [330], alpha 0.5, no Lu term [147]
-        return {"warmup_epochs": 0, "lambda_u": 0.0, "alpha": 0.5}
-    if dataset == "webvision":  # Train_webvision.py: warm_up 2 [253], alpha 0.5, no Lu term [137]
-        return {"warmup_epochs": 2, "lambda_u": 0.0, "alpha": 0.5}
-    if dataset == "tiny-imagenet":  # Train_TinyImageNet.py: warm-up 15 [298], lambda_u 50 [23], alpha 0.5
-        return {"warmup_epochs": 15, "lambda_u": 50.0, "alpha": 0.5}
-    # Train_cifar.py: warm_up 10 (CIFAR-10) / 30 (CIFAR-100) [338-341], lambda_u 30 [32], alpha 4 [31]
-    return {"warmup_epochs": 10 if num_classes <= 10 else 30, "lambda_u": 30.0, "alpha": 4.0}
+# Per-data-set defaults of the official scripts (Train_*.py, lines named in each case); other data
+# sets take the CIFAR values of the same class count.
+WARMUP = PerSetting(
+    case(0, "Train_clothing1M.py: warm_up 0 [330]", dataset="clothing1m"),
+    case(2, "Train_webvision.py: warm_up 2 [253]", dataset="webvision"),
+    case(15, "Train_TinyImageNet.py: warm-up 15 [298]", dataset="tiny-imagenet"),
+    case(10, "Train_cifar.py: warm_up 10 (CIFAR-10) [338-341]", classes="<=10"),
+    case(30, "Train_cifar.py: warm_up 30 (CIFAR-100) [338-341]"))
+LAMBDA_U = PerSetting(
+    case(0.0, "Train_clothing1M.py: no Lu term [147]", dataset="clothing1m"),
+    case(0.0, "Train_webvision.py: no Lu term [137]", dataset="webvision"),
+    case(50.0, "Train_TinyImageNet.py: lambda_u 50 [23]", dataset="tiny-imagenet"),
+    case(30.0, "Train_cifar.py: lambda_u 30 [32]"))
+ALPHA = PerSetting(
+    case(0.5, "Train_clothing1M.py, Train_webvision.py, Train_TinyImageNet.py: alpha 0.5",
+         dataset=("clothing1m", "webvision", "tiny-imagenet")),
+    case(4.0, "Train_cifar.py: alpha 4 [31]"))
 
 
 @dataclass
 class UniconOptions:
     warmup_epochs: int | None = field(default=None, metadata={
-        "help": "CE warm-up epochs; default per data set", "source": "Train_cifar.py:338-341 (10 / 30)"})
+        "help": "CE warm-up epochs; default per data set", "source": "Train_cifar.py:338-341 (10 / 30)",
+        "setting": WARMUP})
     lambda_u: float | None = field(default=None, metadata={
         "help": "weight of the unlabeled MSE; default 30 (CIFAR), 0 (Clothing1M, WebVision)",
-        "source": "Train_cifar.py:32; Train_clothing1M.py:147"})
+        "source": "Train_cifar.py:32; Train_clothing1M.py:147", "setting": LAMBDA_U})
     lambda_c: float = field(default=0.025, metadata={"help": "weight of the contrastive loss",
                                                      "source": "Train_cifar.py:33"})
     alpha: float | None = field(default=None, metadata={
-        "help": "mixup Beta(alpha, alpha); default 4 (CIFAR), 0.5 (other data sets)", "source": "Train_cifar.py:31"})
+        "help": "mixup Beta(alpha, alpha); default 4 (CIFAR), 0.5 (other data sets)", "source": "Train_cifar.py:31",
+        "setting": ALPHA})
     temperature: float = field(default=0.5, metadata={"help": "sharpening temperature T",
                                                       "source": "Train_cifar.py:34"})
     contrastive_temperature: float = field(default=0.05, metadata={
@@ -226,11 +236,8 @@ class UNICON(Method):
         }
 
     def setup(self) -> None:
-        ctx, o = self.ctx, self.opts
-        d = unicon_defaults(ctx.dataset, ctx.num_classes)
-        self.warmup = int(d["warmup_epochs"] if o.warmup_epochs is None else o.warmup_epochs)
-        self.lambda_u = d["lambda_u"] if o.lambda_u is None else o.lambda_u
-        self.alpha = d["alpha"] if o.alpha is None else o.alpha
+        ctx, o = self.ctx, self.opts  # per-setting defaults filled in by Method.__init__
+        self.warmup, self.lambda_u, self.alpha = int(o.warmup_epochs), o.lambda_u, o.alpha
         self.check_warmup(self.warmup)
         for k in ("net1", "net2"):
             net = ProjectedNet(ctx.make_backbone()).to(ctx.device)
@@ -254,10 +261,6 @@ class UNICON(Method):
         self._weights: dict[str, torch.Tensor] = {}
         self._steps: dict[str, int] = {}
         self._log: dict[str, float] = {}
-
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "warmup_epochs": self.warmup, "lambda_u": self.lambda_u,
-                "alpha": self.alpha}
 
     # --- epoch structure -------------------------------------------------------------------
     def views(self, epoch: int) -> tuple[str, ...]:

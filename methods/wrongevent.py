@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.common.defaults import PerSetting, RunSetting, case
 from bench.common.errors import UsageError
 from bench.common.search import Param, Setting
 from methods.base import METHODS, Detection, Method, Phase, StepOutput
@@ -64,11 +65,23 @@ PROB_CLAMP = 1e-4  # softmax clamp in WELoss
 WEIGHTS = ("p_c", "p_n", "f_c", "f_n")  # BetaMixtureModel.predict's prob1, prob2, cdf1, cdf2
 
 
+def _stage1_share(s: RunSetting) -> int:
+    """1/3 of --epochs with a pretrained backbone, 30% from scratch, rounded half up, in [1, epochs - 1]."""
+    share = 1 / 3 if s.pretrained else 0.3  # 5 of 15 (paper); 30 of 100 (author response)
+    e1 = int(share * s.epochs + 0.5)  # half up: 15 epochs from scratch -> 5 + 10
+    return max(1, min(max(e1, 1), s.epochs - 1))  # --epochs 1: 1, refused at setup
+
+
+STAGE1_EPOCHS = PerSetting(case(_stage1_share, "paper Sec. 4 (5 + 10 epochs, pretrained); author response "
+                                "(30 of 100, scratch)"))
+
+
 @dataclass
 class WrongEventOptions:
     stage1_epochs: int | None = field(default=None, metadata={
         "help": "stage-1 epochs; default 1/3 of --epochs with a pretrained backbone, 30% from scratch",
-        "source": "paper Sec. 4 (5 + 10 epochs, pretrained); author response (30 of 100, scratch)"})
+        "source": "paper Sec. 4 (5 + 10 epochs, pretrained); author response (30 of 100, scratch)",
+        "setting": STAGE1_EPOCHS})
     metric: Literal["wrong_event", "loss", "accumulated_loss"] = field(default="wrong_event", metadata={
         "help": "per-sample noise score the mixture models", "source": "author response, ablation Table 2"})
     mixture: Literal["bmm", "gmm"] = field(default="bmm", metadata={
@@ -188,18 +201,11 @@ class WrongEvent(Method):
         self._weights: dict[str, torch.Tensor] = {}
         self._t0 = 0.0
 
-    def resolved_options(self) -> dict[str, Any]:
-        return {**super().resolved_options(), "stage1_epochs": self.e1}
-
     def _stage1_epochs(self) -> int:
         total = self.ctx.epochs
         if total < 2:
             raise UsageError("wrongevent needs --epochs of at least 2 (stage 1 and stage 2)")
-        e1 = self.opts.stage1_epochs
-        if e1 is None:
-            share = 1 / 3 if self.ctx.pretrained else 0.3  # 5 of 15 (paper); 30 of 100 (author response)
-            e1 = int(share * total + 0.5)  # half up: 15 epochs from scratch -> 5 + 10
-            e1 = min(max(e1, 1), total - 1)
+        e1 = self.opts.stage1_epochs  # the per-setting default filled in by Method.__init__
         if e1 >= total:
             raise UsageError(f"--set stage1_epochs={e1} leaves no stage-2 epoch of --epochs {total}")
         return e1

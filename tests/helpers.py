@@ -307,3 +307,22 @@ def record_step_syncs(monkeypatch: Any, cls: type) -> SyncRecorder:
     for name in ("train_step", "after_step"):
         monkeypatch.setattr(cls, name, recorded(getattr(cls, name)))
     return recorder
+
+
+def setting_defaults(cls: type, dataset: str, noise: str = "sym", rate: float | None = None, classes: int = 10,
+                     epochs: int = 200, pretrained: bool = False) -> dict[str, Any]:
+    """The per-setting defaults (bench.common.defaults) of method ``cls`` for a setting, by option."""
+    from bench.common.defaults import RunSetting, fill_defaults, per_setting
+
+    filled = fill_defaults(cls.Options(), RunSetting(dataset, noise, rate, classes, epochs, pretrained))
+    return {name: getattr(filled, name) for name in per_setting(cls.Options)}
+
+
+def setting_default(cls: type, option: str, dataset: str, noise: str = "sym", rate: float | None = None,
+                    classes: int = 10, epochs: int = 200, pretrained: bool = False, **options: Any) -> Any:
+    """One option's per-setting default of method ``cls`` (the others' tables are not asked), with
+    the other ``options`` as given."""
+    from bench.common.defaults import RunSetting, per_setting
+
+    s = RunSetting(dataset, noise, rate, classes, epochs, pretrained)
+    return per_setting(cls.Options)[option](s, cls.Options(**options))

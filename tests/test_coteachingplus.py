@@ -10,13 +10,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import TableNet, fake_context, make_trainer
+from helpers import TableNet, fake_context, make_trainer, setting_default
 
 from bench.common.errors import UsageError
 from bench.common.options import build_options
 from bench.common.search import Setting
 from methods.base import Phase
-from methods.coteachingplus import CoteachingPlus, init_epoch_default, peer_update
+from methods.coteachingplus import CoteachingPlus, peer_update
 
 
 def fake_method(nets=None, num_train: int = 8, epochs: int = 10, noise_rate: float | None = 0.4,
@@ -140,7 +140,7 @@ def test_empty_disagreement_set():
     ("cifar10", 10, 200, 20), ("cifar100", 100, 200, 5), ("mnist", 10, 200, 0), ("tiny-imagenet", 200, 200, 100),
     ("fashion-mnist", 10, 30, 3), ("cifar10n", 10, 100, 10), ("clothing1m", 14, 40, 1), ("animal10n", 10, 50, 5)])
 def test_init_epoch_default(dataset, classes, epochs, expected):
-    assert init_epoch_default(dataset, classes, epochs) == expected
+    assert setting_default(CoteachingPlus, "init_epoch", dataset, "sym", 0.4, classes, epochs) == expected
 
 
 def test_resolved_options_and_forget_rate():

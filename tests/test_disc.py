@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_trainer
+from helpers import make_trainer, setting_defaults
 
 from bench.common.augment import cutout_abs, rand_augment_mc
 from bench.common.errors import UsageError
 from bench.common.options import build_options
-from methods.disc import DISC, disc_defaults, end_of_epoch, gce
+from methods.disc import DISC, end_of_epoch, gce
 
 
 def test_end_of_epoch_update_by_hand():
@@ -40,7 +40,7 @@ def test_gce_by_hand():
     ("tiny-imagenet", "sym", 0.8, 200, (15, 0.99, 1.0)),  # no rate rule outside CIFAR
 ])
 def test_defaults_by_setting(dataset, noise, rate, classes, expected):
-    d = disc_defaults(dataset, noise, rate, classes)
+    d = setting_defaults(DISC, dataset, noise, rate, classes)
     assert (d["warmup_epochs"], d["momentum"], d["lambda_h"]) == expected
 
 
@@ -56,7 +56,7 @@ def test_defaults_by_setting(dataset, noise, rate, classes, expected):
     ("cifar100n", "instance", 0.8, 100, (20, 0.95, 0.2)), ("fashion-mnist", "instance", 0.8, 10, (15, 0.95, 0.2)),
 ])
 def test_instance_noise_warm_up_and_the_cifar100_80_percent_branch(dataset, noise, rate, classes, expected):
-    d = disc_defaults(dataset, noise, rate, classes)
+    d = setting_defaults(DISC, dataset, noise, rate, classes)
     assert (d["warmup_epochs"], d["momentum"], d["lambda_h"]) == expected
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import FixedLogits, assert_resume_equals_uninterrupted, fake_context, make_trainer
+from helpers import FixedLogits, assert_resume_equals_uninterrupted, fake_context, make_trainer, setting_defaults
 
 from bench.common.options import build_options
 from methods.base import Phase
-from methods.dividemix import DivideMix, dividemix_defaults
+from methods.dividemix import DivideMix
 from methods.mixmatch import linear_rampup, mixmatch_loss, sharpen
 
 
@@ -65,7 +65,7 @@ def test_lambda_u_ramps_linearly_over_16_epochs_after_warmup():
     ("fashion-mnist", "sym", 0.4, 10, {"lambda_u": 25.0, "warmup_epochs": 10}),  # nearest: 50%
 ])
 def test_per_setting_defaults(dataset, noise, rate, classes, expected):
-    got = dividemix_defaults(dataset, noise, rate, classes)
+    got = setting_defaults(DivideMix, dataset, noise, rate, classes)
     assert {k: got[k] for k in expected} == expected
 
 
@@ -361,7 +361,7 @@ def test_resolved_options_show_the_per_data_set_step_and_warmup(dataset, noise, 
     m = fake_dividemix(noise_rate=None if noise == "none" else 0.4, dataset=dataset, noise=noise, **opts)
     got = m.resolved_options()
     assert (got["mix_rows"], got["warmup_penalty"]) == expected
-    assert {k: dividemix_defaults(dataset, noise, 0.4, 10)[k] for k in ("mix_rows", "warmup_penalty")} == {
+    assert {k: setting_defaults(DivideMix, dataset, noise, 0.4, 10)[k] for k in ("mix_rows", "warmup_penalty")} == {
         "mix_rows": "labeled" if dataset in ("clothing1m", "webvision") else "all",
         "warmup_penalty": {"clothing1m": "always", "webvision": "never"}.get(dataset, "class-dependent")}
 

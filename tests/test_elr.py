@@ -12,6 +12,7 @@ from helpers import (
     assert_resume_equals_uninterrupted,
     fake_context,
     make_trainer,
+    setting_defaults,
     tracking_uri,
 )
 from mlflow.tracking import MlflowClient
@@ -19,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from bench.common.errors import UsageError
 from bench.common.options import build_options
 from methods.base import Phase
-from methods.elr import ELR, elr_defaults, elr_loss
+from methods.elr import ELR, elr_loss
 
 # --- by hand, in numpy ------------------------------------------------------------------------------
 
@@ -116,7 +117,8 @@ def test_train_step_stores_targets_by_dataset_index():
     ("clothing1m", "none", 14, (0.9, 7.0)),  # more than 10 classes: CIFAR-100
 ])
 def test_defaults_by_setting(dataset, noise, num_classes, expected):
-    assert elr_defaults(dataset, noise, num_classes) == expected
+    got = setting_defaults(ELR, dataset, noise, None, num_classes)
+    assert (got["beta"], got["lam"]) == expected
 
 
 def test_method_resolves_defaults_and_overrides():

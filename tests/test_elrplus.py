@@ -9,19 +9,16 @@ import pytest
 import torch
 import torch.nn as nn
 
+from bench.common.defaults import RunSetting
 from methods.elrplus import (
-    CIFAR10_ASYM,
-    CIFAR10_SYM,
-    CIFAR100,
-    CLOTHING1M,
-    WEBVISION,
+    DECAY_SHARE,
+    ELRPlus,
     ELRPlusOptions,
-    elr_plus_defaults,
     elr_plus_loss,
     update_targets,
 )
 from methods.ema import ema_decay, make_ema, sigmoid_rampup, update_ema
-from tests.helpers import make_trainer
+from tests.helpers import make_trainer, setting_defaults
 
 
 def test_elr_term_by_hand():
@@ -84,19 +81,25 @@ def test_update_ema_averages_parameters_not_buffers():
     assert torch.equal(ema[1].running_mean, torch.zeros(2))
 
 
-@pytest.mark.parametrize("dataset,noise,classes,expected", [
-    ("cifar10", "sym", 10, CIFAR10_SYM), ("cifar10", "asym", 10, CIFAR10_ASYM), ("cifar100", "sym", 100, CIFAR100),
-    ("clothing1m", "real", 14, CLOTHING1M), ("webvision", "real", 50, WEBVISION),
-    ("fashion-mnist", "pairflip", 10, CIFAR10_ASYM), ("fashion-mnist", "instance", 10, CIFAR10_SYM)])
-def test_per_setting_defaults(dataset, noise, classes, expected):
-    assert elr_plus_defaults(dataset, noise, classes) == expected
+# the official configs (config_*.json): beta, lambda, mixup_alpha, ema_alpha, ema_update, the ramps
+# (ema_step, coef_step) as shares of the official run's steps, and the lr milestone's share of the epochs
+C10_RAMP, C100_RAMP = 40000 / 70400, 40000 / 88000
+CIFAR10_SYM = dict(beta=0.7, lam=3.0, alpha=1.0, gamma=0.997, ema_update=True, ema_ramp=C10_RAMP, coef_ramp=0.0)
+CIFAR10_ASYM = {**CIFAR10_SYM, "beta": 0.9, "lam": 1.0}
+CIFAR100 = dict(beta=0.9, lam=7.0, alpha=1.0, gamma=0.997, ema_update=True, ema_ramp=C100_RAMP, coef_ramp=C100_RAMP)
+CLOTHING1M = dict(beta=0.7, lam=3.0, alpha=1.0, gamma=0.9999, ema_update=False, ema_ramp=0.0, coef_ramp=0.0)
+WEBVISION = dict(beta=0.7, lam=3.0, alpha=1.5, gamma=0.997, ema_update=False, ema_ramp=0.0, coef_ramp=0.0)
 
 
-def test_official_configs_values():
-    assert (CIFAR10_SYM.beta, CIFAR10_SYM.lam, CIFAR10_ASYM.beta, CIFAR10_ASYM.lam) == (0.7, 3.0, 0.9, 1.0)
-    assert (CIFAR100.beta, CIFAR100.lam, CLOTHING1M.gamma, WEBVISION.alpha) == (0.9, 7.0, 0.9999, 1.5)
-    assert CIFAR10_SYM.ema_share == pytest.approx(40000 / 70400) and CIFAR10_SYM.coef_share == 0.0
-    assert CIFAR100.coef_share == pytest.approx(40000 / 88000)
+@pytest.mark.parametrize("dataset,noise,classes,expected,decay", [
+    ("cifar10", "sym", 10, CIFAR10_SYM, 150 / 200), ("cifar10", "asym", 10, CIFAR10_ASYM, 150 / 200),
+    ("cifar100", "sym", 100, CIFAR100, 200 / 250), ("clothing1m", "real", 14, CLOTHING1M, 7 / 15),
+    ("webvision", "real", 50, WEBVISION, 50 / 100), ("fashion-mnist", "pairflip", 10, CIFAR10_ASYM, 150 / 200),
+    ("fashion-mnist", "instance", 10, CIFAR10_SYM, 150 / 200), ("cifar100n", "real", 100, CIFAR100, 200 / 250)])
+def test_per_setting_defaults(dataset, noise, classes, expected, decay):
+    got = setting_defaults(ELRPlus, dataset, noise, None, classes)
+    assert got == pytest.approx(expected)
+    assert DECAY_SHARE(RunSetting(dataset, noise, None, classes, 200)) == pytest.approx(decay)
 
 
 @pytest.mark.parametrize("key,value", [("beta", 1.0), ("gamma", -0.1), ("lam", -1.0), ("alpha", 0.0),

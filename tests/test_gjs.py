@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
-from helpers import make_trainer
+from helpers import make_trainer, setting_default
 
 from bench.common.augment import cutout, rand_augment
 from bench.common.errors import UsageError
 from bench.common.options import build_options
 from bench.training.data import make_view_maker, random_crop, random_flip
-from methods.gjs import GJS, gjs_defaults, gjs_loss
+from methods.gjs import GJS, gjs_loss
 
 V1 = torch.tensor([[2.0, 1, 0], [0, 0, 3]], dtype=torch.float64)
 V2 = torch.tensor([[1.0, 1, 1], [0, 2, 1]], dtype=torch.float64)
@@ -69,7 +69,7 @@ def _setting(config: str) -> tuple[str, str, float | None, int]:
                          [(2, c, e) for c, e in OFFICIAL_GJS] + [(1, c, e) for c, e in OFFICIAL_JS])
 def test_defaults_equal_every_official_config(views, config, expected):
     dataset, noise, rate, classes = _setting(config)
-    assert gjs_defaults(dataset, noise, rate, classes, views) == expected
+    assert setting_default(GJS, "pi_label", dataset, noise, rate, classes, views=views) == expected
 
 
 @pytest.mark.parametrize("dataset,noise,rate,classes,views,expected", [
@@ -80,7 +80,7 @@ def test_defaults_equal_every_official_config(views, config, expected):
     ("clothing1m", "none", None, 14, 2, 0.3), ("clothing1m", "none", None, 14, 1, 0.1),  # real noise: the 20% values
 ])
 def test_defaults_outside_the_official_settings(dataset, noise, rate, classes, views, expected):
-    assert gjs_defaults(dataset, noise, rate, classes, views) == expected
+    assert setting_default(GJS, "pi_label", dataset, noise, rate, classes, views=views) == expected
 
 
 @pytest.mark.parametrize("key,value", [("pi_label", "0"), ("pi_label", "1"), ("views", "3"), ("scaling", "none")])

@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import TableNet, fake_context, make_trainer
+from helpers import TableNet, fake_context, make_trainer, setting_default
 
 from bench.common.errors import UsageError
 from bench.common.options import build_options
 from bench.common.search import Setting
 from methods.base import Phase
-from methods.jocor import JoCoR, co_lambda_default, jocor_loss
+from methods.jocor import JoCoR, jocor_loss
 
 
 def fake_method(nets=None, num_train: int = 4, epochs: int = 10, noise_rate: float | None = 0.4, noise: str = "sym",
@@ -103,7 +103,7 @@ def test_real_noise_needs_a_forget_rate():
     ("mnist", 10, 0.2, 0.95), ("fashion-mnist", 10, 0.4, 0.9), ("fashion-mnist", 10, 0.8, 0.65),
     ("cifar10n", 10, None, 0.9), ("tiny-imagenet", 200, 0.4, 0.85), ("clothing1m", 14, None, 0.85)])
 def test_co_lambda_default(dataset, classes, rate, expected):
-    assert co_lambda_default(dataset, classes, rate) == expected
+    assert setting_default(JoCoR, "co_lambda", dataset, "sym", rate, classes) == expected
 
 
 def test_resolved_options():

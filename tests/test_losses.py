@@ -9,14 +9,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_trainer
+from helpers import make_trainer, setting_defaults
 
 from bench.common.errors import UsageError
 from bench.common.options import build_options
 from methods.bootstrap import Bootstrap, bootstrap_loss
 from methods.gls import LabelSmoothing, NegativeLabelSmoothing, gls_loss
 from methods.mixup import Mixup, mixup_loss
-from methods.sce import SCE, sce_defaults, sce_loss
+from methods.sce import SCE, sce_loss
 
 Z = torch.tensor([[2.0, 0.0, 0.0]])  # p = [0.78699, 0.10651, 0.10651]
 Y0 = torch.tensor([0])
@@ -40,7 +40,8 @@ def test_sce_by_hand():
 @pytest.mark.parametrize("dataset,classes,expected", [("cifar10", 10, (0.1, 1.0)), ("fashion-mnist", 10, (0.1, 1.0)),
                                                       ("cifar100", 100, (6.0, 0.1)), ("webvision", 50, (6.0, 0.1))])
 def test_sce_defaults(dataset, classes, expected):
-    assert sce_defaults(dataset, classes) == expected
+    got = setting_defaults(SCE, dataset, classes=classes)
+    assert (got["alpha"], got["beta"]) == expected
 
 
 def test_gls_by_hand():

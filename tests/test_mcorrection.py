@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_resume_equals_uninterrupted, fake_context, make_trainer
+from helpers import assert_resume_equals_uninterrupted, fake_context, make_trainer, setting_defaults
 from scipy import stats
 
 from bench.common.errors import UsageError
@@ -21,7 +21,6 @@ from methods.mcorrection import (
     look_up,
     loss_range,
     make_lookup,
-    mcorrection_defaults,
     normalise_losses,
     prior_penalty,
 )
@@ -119,8 +118,11 @@ def test_mixture_and_lookup_match_the_official_code(shape):
 
 
 def test_schedule_scales_the_official_300_epochs_and_variant_follows_the_noise():
-    assert mcorrection_defaults(0.4) == "hard" and mcorrection_defaults(0.9) == "dynamic"
-    assert mcorrection_defaults(None) == "hard"
+    def variant(rate):
+        return setting_defaults(MCorrection, "cifar10", "sym", rate)["variant"]
+
+    assert variant(0.4) == "hard" and variant(0.9) == "dynamic"
+    assert variant(None) == "hard"
     tr300 = scaled(300)
     assert (tr300.boot, tr300.soft_hard, len(tr300.temps)) == (105, 110, 89)  # 1-based 106, 111; 200 - 111
     tr30 = scaled(30)

@@ -29,14 +29,12 @@ from methods.pes import (
     confident,
     cycled,
     last_stage,
-    pes_semi_lambda_u,
     reinitialise,
-    scaled_epoch,
     semi_batch_split,
     semi_loss,
 )
 from methods.shared import classifier_of
-from tests.helpers import assert_resume_equals_uninterrupted, fake_context, make_trainer
+from tests.helpers import assert_resume_equals_uninterrupted, fake_context, make_trainer, setting_defaults
 
 
 # --- the fact sheet's values -----------------------------------------------------------------------
@@ -67,15 +65,20 @@ def test_lambda_u_ramp_is_half_at_t1_plus_8_of_300_epochs():
 
 
 def test_t1_scaled_to_the_run():
-    assert scaled_epoch(25, 200, 200) == 25 and scaled_epoch(30, 200, 200) == 30
-    assert scaled_epoch(25, 200, 30) == 4 and scaled_epoch(20, 300, 30) == 2 and scaled_epoch(20, 300, 3) == 1
+    def t1(cls, classes, epochs):
+        return setting_defaults(cls, "cifar10" if classes <= 10 else "cifar100", "sym", 0.4, classes, epochs)["T1"]
+
+    assert t1(PES, 10, 200) == 25 and t1(PES, 100, 200) == 30
+    assert t1(PES, 10, 30) == 4 and t1(PESSemi, 10, 30) == 2 and t1(PESSemi, 10, 3) == 1
+    assert t1(PESSemi, 10, 300) == 20 and t1(PESSemi, 100, 300) == 35
 
 
 @pytest.mark.parametrize("noise,rate,classes,expected", [
     ("instance", 0.4, 10, 15.0), ("pairflip", 0.45, 100, 50.0), ("asym", 0.4, 100, 50.0), ("sym", 0.5, 10, 150.0),
     ("pairflip", 0.45, 10, 150.0), ("instance", 0.4, 100, 150.0), ("none", None, 10, 5.0), ("none", None, 100, 75.0)])
 def test_lambda_u_defaults(noise, rate, classes, expected):
-    assert pes_semi_lambda_u(noise, rate, classes) == expected
+    dataset = "cifar10" if classes <= 10 else "cifar100"
+    assert setting_defaults(PESSemi, dataset, noise, rate, classes)["lambda_u"] == expected
 
 
 def test_semi_loss_by_hand():

@@ -36,10 +36,9 @@ from methods.promix import (
     low_freq_images,
     masked_mean,
     official_negative_entropy,
-    promix_defaults,
     ramp,
 )
-from tests.helpers import fake_generators, make_trainer
+from tests.helpers import fake_generators, make_trainer, setting_defaults
 
 
 def test_css_by_hand():
@@ -74,8 +73,8 @@ def test_cosine_lr_by_hand():
 
 
 def test_epoch_constants_at_600_epochs_are_the_official_ones():
-    assert promix_defaults(10, 0.5, 600)["warmup_epochs"] == 10
-    assert promix_defaults(100, 0.5, 600)["warmup_epochs"] == 30
+    assert setting_defaults(ProMix, "cifar10", "sym", 0.5, 10, epochs=600)["warmup_epochs"] == 10
+    assert setting_defaults(ProMix, "cifar100", "sym", 0.5, 100, epochs=600)["warmup_epochs"] == 30
     assert ramp(25, 600, 50) == 0.5 and ramp(50, 600, 50) == 1.0
     assert beta_at(50, 600, 0.8, "paper") == pytest.approx(0.05)
     assert beta_at(99, 600, 0.8, "official") == pytest.approx(0.099)
@@ -88,8 +87,9 @@ def test_epoch_constants_at_600_epochs_are_the_official_ones():
 
 def test_epoch_constants_scale_to_the_run():
     # 30 epochs: an epoch counts 20 official ones
-    assert promix_defaults(10, 0.4, 30)["warmup_epochs"] == 1  # round(0.5) = 0, at least 1
-    assert promix_defaults(100, 0.4, 30)["warmup_epochs"] == 2  # round(1.5)
+    # round(0.5) = 0, at least 1
+    assert setting_defaults(ProMix, "cifar10", "sym", 0.4, 10, epochs=30)["warmup_epochs"] == 1
+    assert setting_defaults(ProMix, "cifar100", "sym", 0.4, 100, epochs=30)["warmup_epochs"] == 2  # round(1.5)
     assert ramp(1, 30, 50) == pytest.approx(0.4)
     assert beta_at(4, 30, 0.8, "official") == pytest.approx(0.08) and beta_at(5, 30, 0.8, "official") == 0.0
     assert not lga_active(17, 30) and lga_active(18, 30)  # 340 vs 360 > 350
@@ -200,7 +200,8 @@ def test_pseudo_head_on_the_penultimate_features():
     (100, None, {"rho": 0.5, "tau": 0.95, "debias_output": 0.5, "debias_pl": 0.5}),  # CIFAR-100N
 ])
 def test_per_setting_defaults(classes, rate, expected):
-    d = promix_defaults(classes, rate, 600)
+    d = setting_defaults(ProMix, "cifar10" if classes <= 10 else "cifar100", "sym" if rate else "real", rate, classes,
+                         epochs=600)
     assert {k: d[k] for k in expected} == expected
 
 

@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import fake_context, make_trainer
+from helpers import fake_context, make_trainer, setting_defaults
 
 from bench.common.errors import UsageError
 from bench.common.options import build_options
 from bench.training.diagnostics import clean_auc
 from methods.base import Phase
-from methods.sop import SOP, SOPPlus, corrected_prediction, sop_defaults, sop_loss
+from methods.sop import SOP, SOPPlus, corrected_prediction, sop_loss
 
 EPS = 1e-4
 
@@ -149,7 +149,9 @@ def test_clamps_stop_u_and_v_gradients():
     ("tiny-imagenet", "asym", 200, (0.1, 100.0)),
 ])
 def test_defaults_by_setting(dataset, noise, num_classes, expected):
-    assert sop_defaults(dataset, noise, num_classes) == expected
+    for cls in (SOP, SOPPlus):
+        got = setting_defaults(cls, dataset, noise, None, num_classes)
+        assert (got["lr_u"], got["lr_v"]) == expected
 
 
 def fake_method(cls=SOP, num_train: int = 8, noise: str = "sym", dataset: str = "cifar100", **opts):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_trainer
+from helpers import make_trainer, setting_defaults
 
 from bench.backbones import create_backbone
 from bench.common.errors import UsageError
@@ -24,7 +24,6 @@ from methods.unicon import (
     jsd_threshold,
     refinement_weight,
     simclr_loss,
-    unicon_defaults,
     uniform_selection,
 )
 
@@ -152,9 +151,10 @@ def test_projection_head_on_the_penultimate_features():
     ("cifar100", 100, {"warmup_epochs": 30, "lambda_u": 30.0, "alpha": 4.0}),
     ("clothing1m", 14, {"warmup_epochs": 0, "lambda_u": 0.0, "alpha": 0.5}),
     ("webvision", 50, {"warmup_epochs": 2, "lambda_u": 0.0, "alpha": 0.5}),
+    ("tiny-imagenet", 200, {"warmup_epochs": 15, "lambda_u": 50.0, "alpha": 0.5}),
 ])
 def test_per_data_set_defaults(dataset, classes, expected):
-    assert unicon_defaults(dataset, classes) == expected
+    assert setting_defaults(UNICON, dataset, "sym", 0.4, classes) == expected
 
 
 @pytest.mark.parametrize("key,value", [("jsd_base", "10"), ("tau", "0"), ("lambda_c", "-1"), ("alpha", "0")])

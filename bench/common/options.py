@@ -80,5 +80,9 @@ def describe_options(owner: type) -> list[str]:
             tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
         help_ = f.metadata.get("help", "")
         src = f.metadata.get("source", "")
-        lines.append(f"{f.name} ({tname}, default {default!r}): {help_}" + (f" [{src}]" if src else ""))
+        line = f"{f.name} ({tname}, default {default!r}): {help_}" + (f" [{src}]" if src else "")
+        if "setting" in f.metadata:  # a per-setting default (bench.common.defaults): its table, a line a case
+            cases = ["when None, by setting:", *f.metadata["setting"].describe()]
+            line += "".join(f"\n          {case}" for case in cases)
+        lines.append(line)
     return lines
