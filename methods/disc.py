@@ -19,7 +19,7 @@ lambda_ce |C_b|/B [CE(w_C) + CE(s_C)] + lambda_h |H_b|/B [GCE(w_H) + GCE(s_H)] +
 weak set of each view (lambda ~ Beta(alpha, alpha), max(lambda, 1 - lambda), one-hot targets,
 ``losses/loss_mixup.py``); a batch whose loss is exactly 0 takes no step (DISC.py:319-322).
 
-Views: ``weak`` and ``strong-mc`` of the shared view layer (bench/training/data.py: FixMatch-style
+Views: the shared ``weak`` and ``strong-mc``, registered below (FixMatch-style
 RandAugment n=2 m=5 + grey Cutout, DISC's ``TransformFixMatch_CIFAR10``; torchvision's op set and
 zero-padded crops stand in for the FixMatch pool and reflection padding, named approximations).
 

@@ -15,10 +15,9 @@ per view (the official default, train.py:266-278). Two views make GJS (M = 3), o
 (M = 2). It keeps no per-sample state and selects nothing, so it has no noise-detection metric.
 
 Views: the official CIFAR views are two "strong" ones, RandAugment(N=1, M=3) then crop + flip,
-then Cutout(16) (``augs: ss``; JS: one, ``augs: s``): the shared view layer's ``ra-cutout`` /
-``ra-cutout2`` (bench/training/data.py; under ``--views shared`` built on the run's
-``--augment``). WebVision's ``ww`` (two weak views; JS ``w``) are ``weak`` / ``weak2`` here,
-without the official ColorJitter.
+then Cutout(16) (``augs: ss``; JS: one, ``augs: s``): ``ra-cutout`` / ``ra-cutout2``, registered
+below (under ``--views shared`` built on the run's ``--augment``). WebVision's ``ww`` (two weak
+views; JS ``w``) are ``weak`` / ``weak2`` here, without the official ColorJitter.
 
 Defaults: pi_1 per variant (GJS from the ``gjs-*.yaml`` configs, JS, ``views=1``, from the
 ``js-*.yaml`` ones), data set, noise type and rate (nearest published rate, ties the lower; 0%
@@ -99,7 +98,8 @@ def _pi_label(s: RunSetting, o: Any) -> float:
     return nearest(rate, table[(10 if s.num_classes <= 10 else 100, kind)])
 
 
-PI_LABEL_DEFAULT = PerSetting(case(FromOptions(_pi_label, (_pi_label.__doc__ or "").split(";")[0].strip()),
+PI_LABEL_DEFAULT = PerSetting(case(FromOptions(_pi_label, "pi_1 of the official config of the nearest setting, GJS's "
+                                               "for views=2, JS's for views=1 (real noise: the 20% values)"),
                                    "scripts/C10, scripts/C100, scripts/WebVision *.yaml js_weights"))
 
 

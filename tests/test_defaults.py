@@ -10,7 +10,17 @@ import pytest
 from helpers import fake_context
 
 import methods
-from bench.common.defaults import ByRate, PerSetting, RunSetting, Scaled, case, fill_defaults, nearest, per_setting
+from bench.common.defaults import (
+    ByRate,
+    FromOptions,
+    PerSetting,
+    RunSetting,
+    Scaled,
+    case,
+    fill_defaults,
+    nearest,
+    per_setting,
+)
 from bench.common.options import describe_options
 from methods.base import METHODS
 
@@ -63,6 +73,8 @@ class _Options:
     k: int | None = field(default=None, metadata={"help": "k", "setting": PerSetting(
         case(7, "paper Table 1", dataset="webvision"), case(_twice, "paper Sec. 2"))})
     plain: float = 1.0
+    twice_k: int | None = field(default=None, metadata={"help": "2k", "setting": PerSetting(
+        case(FromOptions(lambda s, o: 2 * o.k, "twice k"), "paper Sec. 3"))})
 
     def __post_init__(self):
         if self.k is not None and self.k < 0:
@@ -70,14 +82,15 @@ class _Options:
 
 
 def test_fill_defaults_sets_only_what_was_left_at_none_and_validates_again():
-    assert fill_defaults(_Options(), setting(epochs=3)) == _Options(k=6)
-    assert fill_defaults(_Options(), setting(dataset="webvision")) == _Options(k=7)
-    given = _Options(k=2)
+    assert fill_defaults(_Options(), setting(epochs=3)) == _Options(k=6, twice_k=12)  # in order: k, then 2k
+    assert fill_defaults(_Options(), setting(dataset="webvision")) == _Options(k=7, twice_k=14)
+    assert fill_defaults(_Options(k=2), setting()) == _Options(k=2, twice_k=4)
+    given = _Options(k=2, twice_k=1)
     assert fill_defaults(given, setting()) is given
     bad = dataclasses.replace(_Options(), k=None)
     with pytest.raises(ValueError, match="k must be >= 0"):
         fill_defaults(bad, setting(epochs=-1))
-    assert per_setting(_Options).keys() == {"k"}
+    assert per_setting(_Options).keys() == {"k", "twice_k"}
 
 
 def test_options_describe_their_tables():
@@ -85,9 +98,19 @@ def test_options_describe_their_tables():
         name = "owner"
         Options = _Options
 
-    line = describe_options(Owner)[0]
+    line, _, derived = describe_options(Owner)
     assert line.splitlines()[1:] == ["          when None, by setting:", "          webvision: 7 [paper Table 1]",
                                      "          otherwise: Twice the epochs [paper Sec. 2]"]
+    assert derived.splitlines()[1:] == ["          when None, by setting:",
+                                        "          otherwise: twice k [paper Sec. 3]"]
+
+
+def test_every_registered_table_describes_itself_in_words():
+    """No object's repr (an address would make the catalogue differ build to build)."""
+    methods.load_all()
+    for name in METHODS.names():
+        for line in describe_options(METHODS.get(name)):
+            assert " at 0x" not in line and "object" not in line, (name, line)
 
 
 def test_the_method_base_class_fills_the_per_setting_options():

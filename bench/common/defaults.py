@@ -172,7 +172,7 @@ class PerSetting:
 
 
 def _text(value: Any) -> str:
-    if callable(value) and type(value).__str__ is not object.__str__:  # ByRate, Scaled, a class of its own
+    if isinstance(value, FromOptions) or (callable(value) and type(value).__str__ is not object.__str__):
         return str(value)
     if callable(value):
         doc = (value.__doc__ or value.__name__).strip().splitlines()[0]

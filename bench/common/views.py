@@ -67,8 +67,8 @@ _VIEWS: dict[str, View] = {}
 
 
 def register_view(view: View) -> View:
-    """Add ``view``; registering a name twice is an error unless it is the same view again (a
-    module imported twice under one name registers the same recipe)."""
+    """Add ``view``; a name registered by another owner is an error (the same owner registering
+    it again, a module reloaded, replaces its recipe)."""
     if not view.name or not view.text or (view.base == "method" and not view.source):
         raise ValueError(f"view {view.name!r}: a name, a text and (for a view methods ask for) a source are required")
     if view.base not in BASES:

@@ -127,9 +127,10 @@ def build() -> dict[str, Any]:
         "methods": {n: _entry(n, METHODS.get(n), METHODS.aliases_of(n), describe_space(METHODS.get(n)))
                     for n in names},
         "backbones": {n: _entry(n, BACKBONES.get(n), BACKBONES.aliases_of(n)) for n in BACKBONES.names()},
-        "views": {v.name: {"owner": v.owner, "source": v.source, "shared": v.describe("shared"),
-                           "official": v.describe("official")}
-                  for v in map(get_view, view_names()) if v.owner == "bench" or v.owner in ours},
+        # a list, in registration order (the shared views first; the file's keys are sorted)
+        "views": [{"name": v.name, "owner": v.owner, "source": v.source, "shared": v.describe("shared"),
+                   "official": v.describe("official")}
+                  for v in map(get_view, view_names()) if v.owner == "bench" or v.owner in ours],
     }
 
 
@@ -190,7 +191,8 @@ def _registry(kind: str, entries: dict[str, Any]) -> Registry:
 @lru_cache(maxsize=1)
 def catalogue() -> Catalogue:
     data = _load_or_build()
-    return Catalogue(_registry("method", data["methods"]), _registry("backbone", data["backbones"]), data["views"])
+    return Catalogue(_registry("method", data["methods"]), _registry("backbone", data["backbones"]),
+                     {v["name"]: v for v in data["views"]})
 
 
 def method_class(name: str) -> Any:

@@ -26,7 +26,7 @@ TRISTATE = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
 AUGMENTS = ("none", "flip", "crop", "crop-flip")  # of the shared training view (bench/training/data.py)
 # where a method's own views (weak, weak2, strong) start from: the run's --augment (shared) or
-# the method's published augmentation, crop + flip (official); bench/training/data.py
+# the method's published augmentation, crop + flip (official); bench/common/views.py View.base_augment
 VIEW_POLICIES = ("shared", "official")
 # torch.compile of every backbone a method builds (off, or a torch.compile mode; reduce-overhead
 # adds CUDA graphs on CUDA); bench/training/trainer.py

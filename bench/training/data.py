@@ -60,10 +60,6 @@ class ViewMaker:
     size: int | None = None  # output side length; None: the data's own
     policy: str = "shared"  # of the methods' own views: on top of ``augment``, or crop + flip
 
-    def base(self, view: str) -> str:
-        """The augmentation a view starts from (none, the run's ``--augment``, or crop + flip)."""
-        return get_view(view).base_augment(self.augment, self.policy)
-
     def __call__(self, images: torch.Tensor, view: str, gen: torch.Generator) -> torch.Tensor:
         """The ``view`` of a uint8 batch (B, C, H, W) held in memory: the view's op before its
         base augmentation, the base crop and flip, then :meth:`device_stage`, :meth:`normalise`
