@@ -49,12 +49,15 @@ RUN_FLAGS: dict[str, tuple[type, str]] = {
     "optimizer": (str, f"one of {', '.join(OPTIMIZERS)}"),
     "momentum": (float, "SGD momentum"),
     "weight_decay": (float, "weight decay"),
-    "scheduler": (str, f"one of {', '.join(SCHEDULERS)}"),
+    "scheduler": (str, f"one of {', '.join(SCHEDULERS)}, or step:S1[,S2...] (lr x 0.1 at those shares of the epochs)"),
     "backbone": (str, "backbone name or timm:NAME (see `bench list backbones`)"),
     "weights": (str, "local weights file for --pretrained, in place of timm's (then nothing is downloaded)"),
     "augment": (str, f"augmentation of the shared training view: {', '.join(AUGMENTS)}"),
     "views": (str, "a method's own views (weak, strong, ...; `bench list views`): shared = built on --augment, so "
                    "every method gets the same augmentation; official = as the method published them (crop + flip)"),
+    "fidelity": (str, "paper = each method as its paper reads; official = as its official code does where the two "
+                      "differ: sets the options each method names (`bench list methods --verbose`), except those "
+                      "given with --set, which win"),
     "image_size": (int, "side in pixels of the images the backbone sees (default: the data set's)"),
     "subset": (int, "train on N samples, stratified by class, chosen by the noise seed (default: all)"),
     "test_subset": (int, "evaluate on N test images, stratified by class, always the same ones: quick checks; "
@@ -165,7 +168,8 @@ EXAMPLES = {
     "run": ["python -m bench run --method ce --noise sym --noise-rate 0.4 --epochs 5",
             "python -m bench run --method wrongevent --preset fmnist-cpu --noise pairflip --noise-rate 0.4",
             "python -m bench run --resume results/runs/RUN_FOLDER"],
-    "list": ["python -m bench list", "python -m bench list methods --verbose"],
+    "list": ["python -m bench list", "python -m bench list methods --verbose",
+             "python -m bench list published --method dividemix --dataset cifar10"],
     "data": ["python -m bench data check --dataset cifar10 --data-root ~/data",
              "python -m bench data pack --dataset clothing1m --data-root ~/data/clothing1m --out ~/fast/clothing1m",
              "python -m bench data synth --layout clothing1m --out /tmp/c1m --n 2400"],
@@ -183,9 +187,16 @@ EXAMPLES = {
               "--shard 1/4 --dry-run",
               "python -m bench sweep --methods ce,dividemix,wrongevent --preset fmnist-cpu --noise sym:0.4 "
               "--views shared,official"],
+    "reproduce": ["python -m bench reproduce ido-cifar100 --dry-run",
+                  "python -m bench reproduce cifar-n --data-root ~/data/cifar --workers 2 --seeds 1,2,3",
+                  "python -m bench list tables"],
     "table": ["python -m bench table --experiment fmnist-cpu --metric last_test_acc",
-              "python -m bench table --experiment fmnist-cpu --time --format latex --out results/time.tex"],
-    "plot": ["python -m bench plot --experiment fmnist-cpu --kind curves --out results/plots"],
+              "python -m bench table --experiment fmnist-cpu --time --format latex --out results/time.tex",
+              "python -m bench table --experiment cifar10 --paper --gap",
+              "python -m bench table --experiment fmnist-cpu --compare wrongevent --metric last_test_acc",
+              "python -m bench table --experiment fmnist-cpu --aggregate --methods ce,dividemix,wrongevent"],
+    "plot": ["python -m bench plot --experiment fmnist-cpu --kind curves --out results/plots",
+             "python -m bench plot --experiment fmnist-cpu --kind intervals --out results/plots"],
     "study": ["python -m bench study --method dividemix --params lambda_u,p_threshold --preset fmnist-cpu "
               "--noise sym --noise-rate 0.4 --epochs 15 --trials 20"],
     "study-report": ["python -m bench study-report --study-name dividemix-fashion-mnist-sym0.4"],
@@ -222,7 +233,8 @@ def build_parser() -> Parser:
                       "  python -m bench list\n  python -m bench COMMAND --help")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     for add in (add_run_parser, add_list_parser, add_data_parser, add_ui_parser, add_sweep_parser,
-                add_study_parsers, add_table_parser, add_plot_parser, add_perf_parser, add_weights_parser):
+                add_reproduce_parser, add_study_parsers, add_table_parser, add_plot_parser, add_perf_parser,
+                add_weights_parser):
         add(sub)
     return p
 
@@ -241,11 +253,14 @@ def add_run_parser(sub: Any) -> None:
 
 
 def add_list_parser(sub: Any) -> None:
-    lst = _add(sub, "list", "list registered methods, data sets, backbones, noise models, presets and views")
+    lst = _add(sub, "list", "list registered methods, data sets, backbones, noise models, presets and views, "
+               "and the published numbers")
     lst.add_argument("what", nargs="?", choices=("all", "methods", "datasets", "backbones", "noise", "presets",
-                                                 "views"),
-                     default="all", help="what to list (default: all)")
+                                                 "views", "published", "tables"),
+                     default="all", help="what to list (default: all, which leaves out the published numbers)")
     lst.add_argument("--verbose", "-v", action="store_true", help="also list options, study spaces and preset values")
+    lst.add_argument("--method", help="with `published`: only this method's numbers")
+    lst.add_argument("--dataset", help="with `published`: only this data set's numbers")
 
 
 def add_data_parser(sub: Any) -> None:
@@ -328,17 +343,28 @@ def add_table_parser(sub: Any) -> None:
     kind.add_argument("--detection", action="store_true", help="the clean_auc table")
     kind.add_argument("--transition", action="store_true",
                       help="the t_error table (methods that estimate the noise transition matrix)")
-    tb.add_argument("--paper", action="store_true", help="the IDO paper's numbers beside matching settings")
+    kind.add_argument("--compare", metavar="METHOD",
+                      help="each method's paired difference to METHOD (a method or a row name; pairs: same data set, "
+                           "setting and seed) over seeds and settings: mean, bootstrap 95%% interval, settings won")
+    kind.add_argument("--aggregate", action="store_true",
+                      help="per method, interquartile mean and mean rank over the settings every method ran, with "
+                           "stratified-bootstrap 95%% intervals (rliable)")
+    tb.add_argument("--paper", action="store_true",
+                    help="beside each cell the published numbers of its protocol (data set, noise model and rate, "
+                         "backbone, best or last; `bench list published`), notes where none match")
+    tb.add_argument("--gap", action="store_true", help="--paper, and ours minus published in points")
     tb.add_argument("--range", action="store_true", help="also [min, max] over seeds in each cell")
+    tb.add_argument("--reps", type=int, default=5000, help="bootstrap resamples of --compare and --aggregate")
     tb.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
 
 
 def add_plot_parser(sub: Any) -> None:
     pl = _add(sub, "plot", "figures of an experiment's runs (300 dpi PNG and PDF)")
     pl.add_argument("--experiment", required=True, help="MLflow experiment to read; required")
-    pl.add_argument("--kind", required=True, help="curves, pareto, scores or detection; required")
+    pl.add_argument("--kind", required=True, help="curves, pareto, scores, detection or intervals; required")
     pl.add_argument("--out", default="results/plots", help="folder for the figures")
-    pl.add_argument("--metric", default="last_test_acc", help="accuracy of the pareto plot")
+    pl.add_argument("--metric", default="last_test_acc", help="accuracy of the pareto and intervals plots")
+    pl.add_argument("--reps", type=int, default=5000, help="bootstrap resamples of the intervals plot")
     pl.add_argument("--methods", help="comma-separated methods to include (default: every method of the experiment)")
     pl.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
 
@@ -409,6 +435,32 @@ def add_sweep_parser(sub: Any) -> None:
     add_run_flags(sw, skip=SWEEP_OWN)
 
 
+def add_reproduce_parser(sub: Any) -> None:
+    rp = _add(sub, "reproduce", "a published table: its grid as one sweep with the exact protocol, then its table",
+              "Reproduce a published table (`bench list tables`): its methods, data sets, noise settings and "
+              "protocol (backbone, optimiser, epochs, --fidelity official, seeds) run as sweeps into the "
+              "experiment reproduce-NAME (resumable: run it again to continue), then its table beside the "
+              "published numbers of the same protocol with the gap. A run option given here overrides the "
+              "protocol, and is said. --data-root takes one folder, or DATASET=PATH,... for a table over "
+              "several data sets. " + RESOLUTION)
+    rp.add_argument("name", help="the table, e.g. ido-cifar100 (see `bench list tables`)")
+    rp.add_argument("--methods", help="a subset of the table's methods (comma-separated)")
+    rp.add_argument("--seeds", help="comma-separated training seeds (default: the table's)")
+    rp.add_argument("--workers", type=int, default=1, help="runs at once on this machine")
+    rp.add_argument("--shard", help="I/N: run only this job's share of each part's grid (job arrays)")
+    rp.add_argument("--dry-run", action="store_true", help="print the grid, the number of runs and the "
+                                                           "GPU-hours estimate; run nothing, read no data")
+    rp.add_argument("--hours-per-run", type=float, dest="hours_per_run",
+                    help="GPU-hours of one run, for the estimate (default: from throughput measured on an H200)")
+    rp.add_argument("--format", default="md", help="md, latex or csv (the table)")
+    rp.add_argument("--table-out", dest="table_out", help="write the table to this file (--out: the runs' folder)")
+    rp.add_argument("--loader-workers", type=int, dest="loader_workers",
+                    help="DataLoader workers of each run (bench run --workers)")
+    rp.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
+    rp.add_argument("--experiment", default=None, help="default reproduce-NAME")
+    add_run_flags(rp, skip=SWEEP_OWN | {"method"})
+
+
 def add_study_parsers(sub: Any) -> None:
     st = _add(sub, "study", "hyperparameter-sensitivity study with Optuna (a worker; start more to share)",
               "A hyperparameter-sensitivity study: every trial is a `bench run` on a validation split of the noisy "
@@ -423,7 +475,7 @@ def add_study_parsers(sub: Any) -> None:
     st.add_argument("--pruner", default="median", help="median or none")
     st.add_argument("--storage", help="Optuna storage URL (default sqlite:///results/optuna.db; "
                                       "postgresql://USER:PASS@HOST/DB for many machines)")
-    st.add_argument("--study-name", help="default METHOD-DATASET-NOISE")
+    st.add_argument("--study-name", help="default METHOD-DATASET-NOISE (-official under --fidelity official)")
     st.add_argument("--heartbeat", type=int, default=30,
                     help="seconds between a trial's heartbeats; a trial silent for 2x+1 is failed and re-queued")
     sr = _add(sub, "study-report", "tables and plots of a study: trials, default vs best, importances")
@@ -446,6 +498,16 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from bench.drivers.perf import run_perf
 
     return run_perf(args, request_from_args(args))
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from bench.drivers.reproduce import run_reproduce
+
+    request = request_from_args(args)
+    request.pop("workers", None)
+    if args.loader_workers is not None:
+        request["workers"] = args.loader_workers
+    return run_reproduce(args, request)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -502,6 +564,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from datasets.noise import NOISE_MODELS, describe_noise
 
     cat = catalogue()
+    if args.what == "published" or getattr(args, "method", None) or getattr(args, "dataset", None):
+        return list_published(args, cat.methods, DATASETS)
     sections = ("methods", "datasets", "backbones", "noise", "presets", "views") if args.what == "all" else (args.what,)
     for section in sections:
         print(f"{section}:")
@@ -515,6 +579,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                         print(f"      {line}")
                     print(f"      {e.space}")
                     print(f"      {describe_views(e.views, cat.views)}")
+                    print(f"      {describe_fidelity(e.official)}")
         elif section == "datasets":
             for name in DATASETS.names():
                 cls = DATASETS.get(name)
@@ -522,6 +587,11 @@ def cmd_list(args: argparse.Namespace) -> int:
                 if args.verbose:
                     for line in describe_options(cls) or ["(no options)"]:
                         print(f"      {line}")
+        elif section == "tables":  # bench reproduce NAME
+            from bench.drivers.reproduce import describe_tables
+
+            for name, text in describe_tables():
+                print(f"  {name:<18} {text}")
         elif section == "presets":
             for name, text, values in describe_presets():
                 print(f"  {name:<18} {text}")
@@ -546,11 +616,37 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def list_published(args: argparse.Namespace, methods: Any, datasets: Any) -> int:
+    """``bench list published [--method M] [--dataset D]``: one line per published number
+    (bench/records/published.py); unknown names fail with the valid ones."""
+    if args.what != "published":
+        raise UsageError(f"--method and --dataset filter `bench list published`, not `bench list {args.what}`")
+    from bench.records.published import list_header, list_lines, published
+
+    df = published()
+    if args.method:
+        df = df[df["method"] == methods.canonical(args.method)]
+    if args.dataset:
+        df = df[df["dataset"] == datasets.canonical(args.dataset)]
+    print(list_header(len(df)))
+    for line in list_lines(df):
+        print(line)
+    return 0
+
+
 def describe_views(views: tuple[str, ...], known: dict[str, dict[str, str]]) -> str:
     """A method's views, and what they are under each view policy (--views), from the views'
     registry (:mod:`bench.common.views`, through the catalogue)."""
     own = "; ".join(f"{v}: shared = {known[v]['shared']}, official = {known[v]['official']}" for v in views)
     return "views: train (--augment)" + (f"; {own}" if own else " only (--views changes nothing)")
+
+
+def describe_fidelity(official: tuple[tuple[str, str], ...]) -> str:
+    """What ``--fidelity official`` sets of a method (its ``official_options``, each option's
+    source in its own line above)."""
+    if not official:
+        return "fidelity official: sets no option (--fidelity changes nothing)"
+    return "fidelity official: " + ", ".join(f"{k}={v}" for k, v in official) + " (--set wins)"
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -653,6 +749,7 @@ def sweep_requests(text: str) -> list[dict[str, Any]]:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "ui": cmd_ui, "data": cmd_data, "sweep": cmd_sweep, "study": cmd_study,
+            "reproduce": cmd_reproduce,
             "table": _lazy("bench.records.reports", "cmd_table"), "plot": _lazy("bench.records.figures", "cmd_plot"),
             "perf": cmd_perf, "weights": cmd_weights,
             "study-report": _lazy("bench.drivers.study_report", "cmd_study_report")}
@@ -689,3 +786,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bench ... | head` closed the pipe: stop quietly, as other tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141

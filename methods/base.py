@@ -66,9 +66,11 @@ so a resumed run draws what an uninterrupted one does.
 Class data: ``score_artifacts`` names the per-sample score files the method writes into
 ``ctx.artifact_dir`` (``bench plot --kind scores`` draws them split by the truth) and
 ``time_reference`` marks a method other methods' time is measured against (``bench table
---time`` has a ratio column per such method). Files a method writes into ``ctx.artifact_dir``
-(figures, per-sample vectors) are logged to MLflow under ``method/`` when the run ends;
-metrics it returns from the hooks are logged with the epoch as step.
+--time`` has a ratio column per such method). ``official_options`` names the options whose
+default is the paper's reading where the official code does otherwise, with the official value:
+``--fidelity official`` sets them (``bench list methods --verbose`` shows them). Files a method
+writes into ``ctx.artifact_dir`` (figures, per-sample vectors) are logged to MLflow under
+``method/`` when the run ends; metrics it returns from the hooks are logged with the epoch as step.
 """
 from __future__ import annotations
 
@@ -206,6 +208,11 @@ class Method:
     # `--set` options under which a 3-epoch run goes through every phase of the method (a 1-epoch
     # warm-up, say): the registry's smoke test (tests/test_registry_entries.py) runs each method so
     smoke_options: ClassVar[dict[str, str]] = {}
+    # the options whose default follows the paper where the official code does otherwise, with the
+    # official code's value (option -> value as `--set` takes it), each entry with a comment citing
+    # the official file and lines: `--fidelity official` sets them unless `--set` gives them
+    # (bench/training/resolve.py); tests/test_registry.py checks each names an option and parses
+    official_options: ClassVar[dict[str, str]] = {}
     # what `bench perf` times of the method (bench/drivers/perf.py), under ``smoke_options``:
     # ``perf_figures`` names the figures it is in ("methods": the suites' methods side by side;
     # "strong": the strong view's share of its step), ``perf_step_epoch`` the epoch (from 0)

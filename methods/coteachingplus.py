@@ -146,6 +146,11 @@ class CoteachingPlus(Method):
     code = "github.com/xingruiyu/coteaching_plus"
     Options = CoteachingPlusOptions
     smoke_options = {"tk": "1", "init_epoch": "1"}  # epoch 0 Co-teaching, epochs 1-2 disagreement
+    official_options = {
+        # xingruiyu/coteaching_plus @a68ed61 loss.py:38-39,65-68 (CE of the softmax probabilities),
+        # loss.py:32-35 (the mean / num_remember), loss.py:69-78 with main.py:255 (the empty-D' rule)
+        "loss": "official",
+    }
 
     @classmethod
     def search_space(cls, setting: Setting) -> dict[str, Param]:

@@ -144,6 +144,11 @@ class GJS(Method):
     Options = GJSOptions
     # the CIFAR views, and WebVision's (the official WebVision loader has no RandAugment or Cutout)
     view_sets = {"cifar": ("ra-cutout", "ra-cutout2"), "webvision": ("weak", "weak2")}
+    official_options = {
+        # ErikEnglesson/GJS @1a3c9e0 losses.py:133-158 (the scaled loss) against the unscaled JSWC of the
+        # WebVision configs (scripts/WebVision/*.yaml); on other data sets both are the scaled loss
+        "scaling": "official",
+    }
 
     @classmethod
     def search_space(cls, setting: Setting) -> dict[str, Param]:

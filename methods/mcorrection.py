@@ -166,6 +166,12 @@ class MCorrection(Method):
     code = "github.com/PaulAlbert31/LabelNoiseCorrection"
     Options = MCorrectionOptions
     smoke_options = {"bootstrap_epoch": "1"}
+    official_options = {
+        # PaulAlbert31/LabelNoiseCorrection @5e9a73e utils.py:693-701 (BetaMixture1D: the 1e-12 E-step
+        # floor, utils.py:696-701, and the look-up denominator + 1e-12, utils.py:693-694)
+        "posterior": "official",
+        "soft_prior": "official",  # utils.py:383: the soft variant's prior 1/10 whatever the class count
+    }
 
     @classmethod
     def search_space(cls, setting: Setting) -> dict[str, Param]:

@@ -466,6 +466,11 @@ class PES(_Progressive):
     code = "github.com/tmllab/PES (PES_cs.py)"
     Options = PESOptions
     smoke_options = {"T1": "1", "T2": "1", "T3": "1"}  # CE, the refinement, a confident epoch
+    official_options = {
+        # tmllab/PES PES_cs.py:114 builds the main optimiser, :165 re-creates the layers after it (renew_layers),
+        # so the optimiser never trains them again
+        "renew": "official",
+    }
 
     @classmethod
     def search_space(cls, setting: Setting) -> dict[str, Param]:
@@ -524,6 +529,11 @@ class PESSemi(_Progressive):
     # (PES_semi.py: Semi_*_Dataset)
     view_sets = {"ce": ("train",), "refine": ("train", "weak", "weak2"), "semi": ("weak", "weak2")}
     smoke_options = {"T1": "1", "T2": "1"}  # CE, the refinement and the first SSL epoch, SSL with alpha_late
+    official_options = {
+        # tmllab/PES PES_semi.py:205 builds the main optimiser, :258 re-creates the classifier after it
+        # (renew_layers), so the optimiser never trains it again
+        "renew": "official",
+    }
     confidence_view = "weak"
 
     @classmethod

@@ -155,6 +155,11 @@ class PLC(Method):
     code = "github.com/pxiangwu/PLC"
     Options = PLCOptions
     smoke_options = {"warmup_epochs": "1"}
+    official_options = {
+        # pxiangwu/PLC @8c2bcfd utils.py:321-360 (prob_correction), which the official Clothing1M script
+        # calls (clothing1m/train_clothing1m.py); on other data sets both rules are the likelihood ratio
+        "correction": "official",
+    }
 
     @classmethod
     def search_space(cls, setting: Setting) -> dict[str, Param]:

@@ -403,6 +403,11 @@ class ProMix(Method):
              "Sample Utility, IJCAI 2023")
     code = "github.com/Justherozen/ProMix"
     smoke_options = {"warmup_epochs": "1"}  # warm-up, then CSS, MHCS, debiased heads and (epoch 2 of 3) LGA
+    official_options = {
+        "beta_reset": "official",  # Justherozen/ProMix @40d8378 Train_promix.py:254 (beta = 0 from 2 * warmup_ep on)
+        "fmix_mask": "official",  # utils/fmix.py:132-151 (make_low_freq_image / get_spectrum: x-frequencies 0 and 1)
+        "warmup_penalty": "official",  # Train_promix.py:458-462 (NegEntropy clamps the logits), used at :351-352
+    }
     view_sets = {"warmup": ("weak",), "train": VIEWS}
     Options = ProMixOptions
 

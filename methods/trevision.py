@@ -94,6 +94,9 @@ class TRevision(Method):
     code = "github.com/xiaoboxia/T-Revision"
     Options = TRevisionOptions
     smoke_options = {"estimate_epochs": "1", "reweight_epochs": "1"}
+    official_options = {
+        "revision": "official",  # xiaoboxia/T-Revision loss.py:47-49 (T = T + correction inside the per-sample loop)
+    }
 
     @classmethod
     def search_space(cls, setting: Setting) -> dict[str, Param]:

@@ -156,6 +156,14 @@ class WrongEvent(Method):
     code = "github.com/iTheresaApocalypse/IDO"
     score_artifacts = {"wrong_events.npy": "wrong events at the end of training (count)"}
     smoke_options = {"stage1_epochs": "1"}  # stage 1, then stage 2
+    official_options = {
+        # iTheresaApocalypse/IDO @20feb7c utils/lnl_methods.py:82-90 (WELoss: conf.unsqueeze(1) makes the
+        # entropy term a (B, B) broadcast before its mean)
+        "entropy": "official",
+        "posterior": "official",  # utils/bmm.py:12, 32-51, 67-75 (BetaMixtureModel's 1e-6 guards)
+        # stage_1.py:101, 104, 116 (prev_model = model.state_dict(): a live reference, no copy)
+        "base_weights": "official",
+    }
     perf_figures = ("methods", "strong")  # `bench perf`: the suites, and the strong view's share of a step
     perf_step_epoch = 1  # that step: stage 2's (epoch 1 under smoke_options)
     # stage 1 on the shared view; stage 2 weak and strong (stage_2.py, dataloader/randaugment.py)

@@ -224,6 +224,21 @@ def test_method_class_contract(name):
         assert cls.paper and cls.code, "its paper and its official repository (or why there is none)"
 
 
+@pytest.mark.parametrize("name", METHODS.names())
+def test_official_options_name_options_whose_values_parse(name):
+    """What `--fidelity official` sets (``official_options``): each key one of the method's options,
+    each value a string as `--set` takes it that parses, differs from the option's default (else
+    it sets nothing), and all of them together pass the options' own checks."""
+    cls = METHODS.get(name)
+    fields = {f.name for f in dataclasses.fields(cls.Options)}
+    default = build_options(cls, {})
+    for key, value in cls.official_options.items():
+        assert key in fields, f"{name}: official_options names {key!r}, which is no option of {cls.Options.__name__}"
+        assert isinstance(value, str), f"{name}: official_options[{key!r}] must be a string, as --set takes it"
+        assert getattr(build_options(cls, {key: value}), key) != getattr(default, key), f"{name}: {key}={value}"
+    build_options(cls, dict(cls.official_options))
+
+
 def test_bench_list_methods_shows_paper_and_repository(capsys):
     assert main(["list", "methods"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -120,16 +120,18 @@ def test_transition_table_is_the_final_error_lowest_in_bold(store):
 
 def test_paper_numbers_beside_matching_settings(store, tmp_path):
     out = table(store, "--paper")
-    assert "(paper" not in out  # Fashion-MNIST: no reported setting matches
-    from bench.records.reports import paper_numbers
+    assert "(paper" not in out and "(note" not in out  # Fashion-MNIST: nothing published
+    from bench.records.published import published
 
-    ref = paper_numbers()
+    ref = published()
+    ref = ref[ref["source"].str.contains("iTheresaApocalypse/IDO")]  # the IDO authors' README and responses
     # every method of the IDO paper's tables that the harness has (DeFT, which needs CLIP, is not)
     assert len(ref) >= 69 and set(ref["method"]) == {"ce", "elr", "dividemix", "wrongevent", "unicon", "disc",
-                                                     "turn", "plc"}
-    assert sorted(ref[ref["method"] == "unicon"]["accuracy"]) == [92.5, 93.2, 93.5, 93.9, 94.8]
-    row = ref[(ref["dataset"] == "cifar100") & (ref["setting"] == "instance:0.4") & (ref["backbone"] == "ResNet-50")]
-    assert list(row["accuracy"]) == [83.8]
+                                                     "turn", "plc", "mcorrection", "gjs"}
+    assert sorted(ref[ref["method"] == "unicon"]["acc"]) == [92.5, 93.2, 93.5, 93.9, 94.8]
+    row = ref[(ref["dataset"] == "cifar100") & (ref["noise"] == "instance") & (ref["which"] == "best")
+              & (ref["protocol"] == "resnet50-pretrained")]
+    assert list(row["acc"]) == [83.8]
 
 
 @pytest.mark.parametrize("kind", ["curves", "pareto", "scores", "detection"])

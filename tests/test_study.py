@@ -90,17 +90,18 @@ def test_a_method_without_hyperparameters_says_so():
 
 
 def test_fields_added_later_leave_the_hashes_of_earlier_runs_alone():
-    """val_fraction, test_subset, compile, fused and decode at their defaults hash as runs from
-    before them did."""
+    """val_fraction, test_subset, compile, fused, decode and fidelity at their defaults hash as runs
+    from before them did."""
     import hashlib
 
     from bench.training.config import RunConfig
 
     cfg = RunConfig(method="ce", noise="sym", noise_rate=0.4)
-    later = ("val_fraction", "test_subset", "compile", "fused", "decode")
+    later = ("val_fraction", "test_subset", "compile", "fused", "decode", "fidelity")
     old = {k: v for k, v in cfg.to_dict().items() if k not in later}
     assert cfg.hash() == hashlib.sha1(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    for changed in ({"val_fraction": 0.1}, {"compile": "default"}, {"fused": "on"}, {"decode": "gpu"}):
+    for changed in ({"val_fraction": 0.1}, {"compile": "default"}, {"fused": "on"}, {"decode": "gpu"},
+                    {"fidelity": "official"}):
         assert RunConfig(method="ce", noise="sym", noise_rate=0.4, **changed).hash() != cfg.hash()
     assert RunConfig(method="ce", noise="sym", noise_rate=0.4, test_subset=500).hash() != cfg.hash()
 

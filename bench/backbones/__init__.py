@@ -3,6 +3,8 @@
 - ``smallcnn``: the out-of-the-box CPU backbone for 28x28 grey images (Fashion-MNIST).
 - ``preact_resnet18``: DivideMix's CIFAR backbone (He et al. 2016, "Identity Mappings in
   Deep Residual Networks"; DivideMix's ``PreResNet.py``), written fresh.
+- ``resnet34_cifar``: ResNet-34 with the CIFAR stem (3x3 stride 1, no max-pooling; He et al. 2016),
+  the backbone of the CIFAR-N protocol and of ELR's CIFAR experiments, written fresh.
 - ``timm:NAME``: any timm model, created with ``timm.create_model``. Pretrained weights come
   from a local file (``--weights PATH``) or, as timm takes them, from the Hugging Face Hub:
   downloaded on first use into huggingface_hub's cache unless ``HF_HUB_OFFLINE=1`` or
@@ -89,6 +91,47 @@ class PreActResNet18(nn.Module):
         # there and also accepts other sizes (28x28 Fashion-MNIST).
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)
+
+
+class BasicBlock(nn.Module):
+    """Post-activation basic block (He et al. 2016): conv-BN-ReLU-conv-BN, plus the identity or a
+    1x1-conv-BN shortcut, then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+@BACKBONES.register("resnet34_cifar")
+class ResNet34CIFAR(nn.Module):
+    """ResNet-34 for 32x32 inputs (21.3M params): the CIFAR-N protocol's backbone (Wei et al., ICLR
+    2022, App. E) and ELR's: a 3x3 stride-1 stem without max-pooling, stages of 3/4/6/3 basic blocks."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, image_size: int = 32) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        stages, cin = [], 64
+        for cout, stride, blocks in ((64, 1, 3), (128, 2, 4), (256, 2, 6), (512, 2, 3)):
+            for i in range(blocks):
+                stages.append(BasicBlock(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.layers = nn.Sequential(*stages)
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))  # avg_pool2d(4) at 32 px
 
 
 def _timm_create(name: str, image_size: int | None, **kwargs: object) -> nn.Module:

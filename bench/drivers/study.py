@@ -37,7 +37,7 @@ from typing import Any
 
 from bench.common.errors import UsageError
 from bench.common.search import Param, Setting, choose_params, trial_overrides
-from bench.training.config import RunConfig
+from bench.training.config import RunConfig, parse_set
 from bench.training.resolve import RunSpec
 
 DEFAULT_STORAGE_FILE = Path("results") / "optuna.db"
@@ -458,7 +458,8 @@ def _short(v: Any) -> str:
 
 def default_study_name(cfg: RunConfig) -> str:
     noise = "clean" if cfg.noise == "none" else f"{cfg.noise}{cfg.noise_rate:g}"
-    return f"{cfg.method}-{cfg.dataset}-{noise}"
+    fidelity = "-official" if cfg.fidelity == "official" else ""  # another study than the paper reading's
+    return f"{cfg.method}-{cfg.dataset}-{noise}{fidelity}"
 
 
 def spec_from_args(args: Any, request: dict[str, Any]) -> tuple[StudySpec, str]:
@@ -484,7 +485,9 @@ def spec_from_args(args: Any, request: dict[str, Any]) -> tuple[StudySpec, str]:
     setting = Setting(None if cfg.noise == "none" else cfg.noise_rate, cfg.epochs)
     names = [n.strip() for n in args.params.split(",") if n.strip()] if args.params else None
     space = choose_params(method_class(cfg.method), setting, names)
-    clash = sorted(set(space) & set(cfg.method_options))
+    # what --set fixes; not what --fidelity official set, which a trial may tune like any default
+    given = set(parse_set(request.get("sets")))
+    clash = sorted(set(space) & set(cfg.method_options) & given)
     if clash:
         raise UsageError(f"--set {clash[0]}=... fixes a parameter the study tunes; drop it or leave it out of --params")
     name = args.study_name or default_study_name(cfg)

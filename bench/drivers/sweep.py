@@ -16,6 +16,9 @@
 - ``--views shared,official`` makes the view policy a dimension of the grid for the methods
   with views of their own (IDO, DivideMix); the others run once, their batches being the same
   under both policies.
+- ``--fidelity paper,official`` does the same for the paper's or the official code's reading,
+  for the methods that name official options (``Method.official_options``); the others run
+  once, under the first value given.
 """
 from __future__ import annotations
 
@@ -46,19 +49,23 @@ class GridPoint:
     rate: float
     seed: int
     views: str | None = None  # the view policy, when the sweep varies it
+    fidelity: str | None = None  # paper or official, when the sweep varies it
 
     @property
     def label(self) -> str:
         noise = "none" if self.noise == "none" else f"{self.noise}:{self.rate:g}"
         views = f" views {self.views}" if self.views else ""
-        return f"{self.method} {noise} seed {self.seed}{views}"
+        fidelity = f" fidelity {self.fidelity}" if self.fidelity else ""
+        return f"{self.method} {noise} seed {self.seed}{views}{fidelity}"
 
     def request(self, base: dict[str, Any]) -> dict[str, Any]:
         """The run's request: the sweep's own run options and this point's method, noise, seed
-        (and view policy)."""
+        (and view policy, and fidelity)."""
         point = {"method": self.method, "noise": self.noise, "seed": self.seed}
         if self.views:
             point["views"] = self.views
+        if self.fidelity:
+            point["fidelity"] = self.fidelity
         return {**base, **point, **({"noise_rate": self.rate} if self.noise != "none" else {})}
 
 
@@ -104,11 +111,13 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def expand(methods: list[str], noises: list[tuple[str, float]], seeds: list[int],
-           views: dict[str, list[str | None]] | None = None) -> list[GridPoint]:
-    """The grid in a fixed order: seed, then noise, then method, then view policy (so the first
-    runs of a sweep already give one seed of every cell). ``views``: the policies per method."""
-    return [GridPoint(m, n, r, s, v) for s in seeds for n, r in noises for m in methods
-            for v in (views or {}).get(m, [None])]
+           views: dict[str, list[str | None]] | None = None,
+           fidelity: dict[str, list[str | None]] | None = None) -> list[GridPoint]:
+    """The grid in a fixed order: seed, then noise, then method, then view policy, then fidelity
+    (so the first runs of a sweep already give one seed of every cell). ``views``: the policies
+    per method; ``fidelity``: the readings per method."""
+    return [GridPoint(m, n, r, s, v, f) for s in seeds for n, r in noises for m in methods
+            for v in (views or {}).get(m, [None]) for f in (fidelity or {}).get(m, [None])]
 
 
 def view_policies(text: str | None, methods: list[str]) -> dict[str, list[str | None]]:
@@ -120,6 +129,21 @@ def view_policies(text: str | None, methods: list[str]) -> dict[str, list[str | 
 
     policies = parse_list("--views", text)
     return {m: policies if catalogue().methods.get(m).views else policies[:1] for m in methods}
+
+
+def fidelity_levels(text: str | None, methods: list[str]) -> dict[str, list[str | None]]:
+    """``--fidelity paper,official``: both readings for the methods that name official options,
+    and one run for the others, which both leave the same (the first reading given)."""
+    if text is None or "," not in text:
+        return {}
+    from bench.training.catalogue import catalogue
+    from bench.training.config import FIDELITIES
+
+    levels = parse_list("--fidelity", text)
+    bad = [x for x in levels if x not in FIDELITIES]
+    if bad:  # checked here: a method that runs once never resolves the later values
+        raise UsageError(f"--fidelity {bad[0]}: valid values are {', '.join(FIDELITIES)}")
+    return {m: levels if catalogue().methods.get(m).official else levels[:1] for m in methods}
 
 
 def shard(points: list[GridPoint], i: int, n: int) -> list[GridPoint]:
@@ -241,7 +265,8 @@ def sweep_points(args: Any) -> list[GridPoint]:
         noise = noise or PAPER_NOISE[args.dataset]
     if not noise:
         raise UsageError("--noise is required: a list like sym:0.2,sym:0.4,pairflip:0.4 (or none)")
-    return expand(methods, parse_noise(noise), parse_seeds(args.seeds), view_policies(args.views, methods))
+    return expand(methods, parse_noise(noise), parse_seeds(args.seeds), view_policies(args.views, methods),
+                  fidelity_levels(getattr(args, "fidelity", None), methods))
 
 
 def run_sweep(args: Any, base: dict[str, Any]) -> int:
@@ -254,6 +279,8 @@ def run_sweep(args: Any, base: dict[str, Any]) -> int:
     own = {"method", "noise", "noise_rate", "seed", "tracking_uri", "experiment"}
     if args.views and "," in args.views:  # a dimension of the grid, not a run option
         own.add("views")
+    if "," in (getattr(args, "fidelity", None) or ""):  # likewise
+        own.add("fidelity")
     base = {k: v for k, v in base.items() if k not in own}
     uri = store_uri(args.tracking_uri)
     log_dir = Path(base.get("out", "results/runs")).parent / "sweeps" / args.experiment

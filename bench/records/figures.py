@@ -8,7 +8,11 @@
 - ``scores``: histograms of the per-sample scores methods declare (``score_artifacts``, e.g.
   wrongevent's final wrong-event counts) for truly clean and truly noisy samples, one panel per
   score, method and setting (first seed), from the run's artifacts;
-- ``detection``: clean_auc per epoch per method (mean over seeds), one panel per setting.
+- ``detection``: clean_auc per epoch per method (mean over seeds), one panel per setting;
+- ``intervals``: the interquartile mean and the mean rank of ``bench table --aggregate``, a row
+  per method, each a point with its 95% stratified-bootstrap interval as a horizontal bar
+  (:mod:`bench.records.stats`; like rliable's ``plot_interval_estimates``, drawn here in the
+  house style).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from bench.common.plotting import pyplot, save_figure, wrap_title
 from bench.records.reports import _colname, _columns, load_runs
 from bench.training.tracking import mlflow_client
 
-KINDS = ("curves", "pareto", "scores", "detection")
+KINDS = ("curves", "pareto", "scores", "detection", "intervals")
 
 
 def method_colours(names: list[str]) -> dict[str, Any]:
@@ -193,6 +197,44 @@ def scores(df: pd.DataFrame, client: Any, path: Path, experiment: str) -> list[P
     return save_figure(fig, path)
 
 
+def intervals(df: pd.DataFrame, metric: str, path: Path, experiment: str, reps: int | None = None) -> list[Path]:
+    """IQM and mean rank per row with their 95% stratified-bootstrap intervals, two panels side
+    by side, rows in the order of ``bench table --aggregate`` (highest IQM on top)."""
+    from bench.records.stats import CONFIDENCE, REPS, SEED, aggregate
+
+    reps = REPS if reps is None else reps
+    a = aggregate(df, metric, reps, order=_columns(df))
+    rows = list(a.index)
+    styles = _styles(df)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 1.6 + 0.38 * len(rows)), sharey=True, layout="constrained")
+    y = np.arange(len(rows))[::-1]  # the first row on top
+    for ax, (key, label) in zip(axes, (("iqm", f"IQM of {metric.replace('_', ' ')} (%)"),
+                                       ("rank", "mean rank (1 = best)")), strict=True):
+        for yi, row in zip(y, rows, strict=True):
+            colour = styles[row]["color"]
+            hatch = None if styles[row]["linestyle"] == "-" else "//"  # a method's other variants, as dashes elsewhere
+            lo, hi = a.loc[row, f"{key}_low"], a.loc[row, f"{key}_high"]
+            ax.barh(yi, hi - lo, left=lo, height=0.6, color=colour, alpha=0.75, hatch=hatch, edgecolor=colour)
+            ax.plot([a.loc[row, key]] * 2, [yi - 0.3, yi + 0.3], color="black", lw=1.5)
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+        if key == "rank":  # every possible rank in view, better to the right as in the IQM panel
+            ax.set_xlim(len(rows) + 0.25, 0.75)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
+            lo, hi = a["iqm_low"].min(), a["iqm_high"].max()
+            pad = 0.05 * (hi - lo) or 0.5
+            ax.set_xlim(lo - pad, hi + pad)
+    axes[0].set_yticks(y, rows, fontsize=9)
+    cells = a.attrs["cells"]
+    _title(fig, f"{metric}: IQM and mean rank with {CONFIDENCE:.0%} stratified-bootstrap intervals (bars; black: "
+                f"the point estimate; rliable, {reps} resamples, seed {SEED}) over {len(cells)} "
+                f"setting{'s' if len(cells) > 1 else ''} and seeds "
+                f"{', '.join(map(str, a.attrs['seeds']))}, experiment {experiment}")
+    return save_figure(fig, path)
+
+
 def cmd_plot(args: Any) -> int:
     if args.kind not in KINDS:
         raise UsageError(f"--kind {args.kind}: valid values are {', '.join(KINDS)}")
@@ -214,6 +256,8 @@ def cmd_plot(args: Any) -> int:
                            1.0)
     elif args.kind == "pareto":
         paths = pareto(df, args.metric, path, args.experiment)
+    elif args.kind == "intervals":
+        paths = intervals(df, args.metric, path, args.experiment, getattr(args, "reps", None))
     else:
         paths = scores(df, client, path, args.experiment)
     print("wrote " + ", ".join(map(str, paths)))

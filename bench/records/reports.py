@@ -6,8 +6,10 @@ which methods declare themselves); tables are pandas pivots with methods as rows
 as columns, mean +- std over seeds, the best mean per column marked. ``--time`` gives the
 wall-clock table with each method's per-epoch ratio to every method that declares itself a time
 reference (CE, DivideMix), on the same setting and protocol; ``--detection`` the clean_auc
-table; ``--paper`` puts the IDO authors' reported numbers (refdata/paper_numbers.csv) beside
-the measured ones where the data set and setting match.
+table; ``--paper`` sets beside each cell the published numbers (:mod:`bench.records.published`,
+refdata/published.csv) of the same protocol (data set, noise model and rate, backbone, best or
+last), ``--gap`` adds ours minus published, and notes under the table say why a cell with
+published numbers of its setting shows none.
 """
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from bench.common.errors import UsageError
+from bench.records.published import ReferenceColumn
 from bench.training.config import params_key, result_params
 from bench.training.runrecord import TAG_SCORE_ARTIFACTS, TAG_TIME_REFERENCE
 
-PAPER_CSV = Path(__file__).parent / "refdata" / "paper_numbers.csv"
 METRICS = ("best_test_acc", "last_test_acc")
 FORMATS = ("md", "latex", "csv")
 
@@ -136,16 +138,18 @@ def _cell(mean: float, std: float, n: int, scale: float, digits: int) -> str:
 
 
 def pivot(df: pd.DataFrame, value: str, scale: float = 100.0, digits: int = 2, higher_is_better: bool = True,
-          mark_best: bool = True, paper: bool = False, show_range: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
+          mark_best: bool = True, paper: bool = False, show_range: bool = False,
+          gap: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
     """Methods x settings of 'mean ± std' (with ``show_range``: and '[min, max]' over seeds);
-    also returns the best method per column."""
+    also returns the best method per column. With ``paper`` (or ``gap``) the published numbers
+    of each cell's protocol follow it, and ``table.attrs["notes"]`` holds the lines under the
+    table (:class:`bench.records.published.ReferenceColumn`)."""
     s = summary(df, value)
     cols = _columns(df)
     rows = sorted(df["row"].unique())
-    method_of = dict(zip(df["row"], df["method"], strict=True))
     table = pd.DataFrame(index=rows, columns=[_colname(c, len({d for d, _ in cols})) for c in cols], dtype=object)
     best: dict[str, str] = {}  # column name -> best row
-    ref = paper_numbers() if paper else None
+    ref = ReferenceColumn(df, value, gap=gap, digits=digits) if paper or gap else None
     for col, name in zip(cols, table.columns, strict=True):
         part = s[(s["dataset"] == col[0]) & (s["setting"] == col[1])].set_index("row")
         means = part["mean"].dropna()
@@ -160,20 +164,15 @@ def pivot(df: pd.DataFrame, value: str, scale: float = 100.0, digits: int = 2, h
             if show_range and int(row["n"]) > 1:
                 text += f" [{row['min'] * scale:.{digits}f}, {row['max'] * scale:.{digits}f}]"
             if ref is not None:
-                got = ref[(ref["method"] == method_of[method]) & (ref["dataset"] == col[0])
-                          & (ref["setting"] == col[1])]
-                if len(got):
-                    text += " (paper " + " / ".join(f"{a:g}" for a in got["accuracy"]) + ")"
+                text += ref.cell(method, col[0], col[1], row["mean"] * scale)
             table.loc[method, name] = text
+    if ref is not None:
+        table.attrs["notes"] = ref.notes()
     return table, best
 
 
 def _colname(col: tuple[str, str], n_datasets: int) -> str:
     return col[1] if n_datasets == 1 else f"{col[0]} {col[1]}"
-
-
-def paper_numbers() -> pd.DataFrame:
-    return pd.read_csv(PAPER_CSV, comment="#")
 
 
 def time_references(df: pd.DataFrame) -> dict[str, str]:
@@ -230,9 +229,16 @@ def _ratio(x: float) -> str:
 
 def render(table: pd.DataFrame, fmt: str, best: dict[str, str] | None = None, title: str = "",
            index_name: str = "method") -> str:
-    """Markdown (best in bold), LaTeX (best in \\textbf) or CSV (best marked with *)."""
+    """Markdown (best in bold), LaTeX (best in \\textbf) or CSV (best marked with *); the notes
+    in ``table.attrs["notes"]`` follow the table (markdown: a list; LaTeX: a footnotesize
+    paragraph; CSV: lines starting with ``#``, which ``pandas.read_csv(comment="#")`` skips)."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: valid values are {', '.join(FORMATS)}")
+    notes = list(table.attrs.get("notes", []))
+    if notes:
+        bare = table.copy()
+        bare.attrs = {}
+        return render(bare, fmt, best, title, index_name) + _notes(notes, fmt)
     t = table.copy()
     for name, method in (best or {}).items():
         v = t.loc[method, name]
@@ -246,6 +252,21 @@ def render(table: pd.DataFrame, fmt: str, best: dict[str, str] | None = None, ti
     if fmt == "latex":
         return t.to_latex(escape=False).replace("±", "$\\pm$")
     return t.to_csv()
+
+
+_LATEX_SPECIAL = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
+                  "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "±": "$\\pm$",
+                  "—": "---", "…": "\\ldots{}", "`": ""}
+
+
+def _notes(notes: list[str], fmt: str) -> str:
+    """The lines under a table, in ``fmt``."""
+    if fmt == "md":
+        return "\n" + "".join(f"- {n}\n" for n in notes)
+    if fmt == "latex":
+        esc = ["".join(_LATEX_SPECIAL.get(ch, ch) for ch in n) for n in notes]
+        return "\\par\\smallskip\n{\\footnotesize\n" + "\\\\\n".join(esc) + "\\par}\n"
+    return "".join(f"# {n}\n" for n in notes)
 
 
 def cmd_table(args: Any) -> int:
@@ -263,12 +284,24 @@ def cmd_table(args: Any) -> int:
         table, best = pivot(has, "t_error", scale=1.0, digits=3, higher_is_better=False)
         title = ("Transition-matrix estimates: final t_error = sum |T_est - T| / sum |T| against the training set's "
                  f"realised T (mean ± std over seeds; lowest in bold), experiment {args.experiment}")
+    elif getattr(args, "compare", None) or getattr(args, "aggregate", False):  # bench/records/stats.py
+        from bench.records import stats
+
+        reps = stats.REPS if getattr(args, "reps", None) is None else args.reps
+        if args.compare:
+            (table, title), best = stats.compare_table(df, args.metric, args.compare, args.experiment, reps,
+                                                       _columns(df)), None
+        else:
+            table, best, title = stats.aggregate_table(df, args.metric, args.experiment, reps, _columns(df))
     else:
         if args.metric not in METRICS:
             raise UsageError(f"--metric {args.metric}: valid values are {', '.join(METRICS)}")
-        table, best = pivot(df, args.metric, paper=args.paper, show_range=args.range)
+        gap = getattr(args, "gap", False)
+        table, best = pivot(df, args.metric, paper=args.paper or gap, show_range=args.range, gap=gap)
         span = "; [min, max] over seeds" if args.range else ""
         title = (f"{args.metric} in % (mean ± std over seeds{span}; best mean in bold), experiment {args.experiment}")
+        if table.attrs.get("notes"):
+            title += "; beside a cell, published numbers of its protocol (notes under the table)"
     if (df["row"] != df["method"]).any():
         title += ("; a method run with different settings in one column has one row per setting, named by the "
                   "parameters that differ (runs are averaged over seeds only)")

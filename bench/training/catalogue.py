@@ -61,10 +61,17 @@ class Entry:
     views: tuple[str, ...] = ()  # a method's own views (weak, weak2, strong, its module's)
     paper: str = ""  # a method's paper: authors, title, venue
     code: str = ""  # a method's official repository
+    # the options `--fidelity official` sets, with their values as `--set` takes them (a method's
+    # ``official_options``), in the order the method declares them
+    official: tuple[tuple[str, str], ...] = ()
 
     @property
     def option_names(self) -> set[str]:
         return {o.name for o in self.options}
+
+    @property
+    def official_options(self) -> dict[str, str]:
+        return dict(self.official)
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,9 @@ def _entry(name: str, obj: Any, aliases: list[str], space: str = "") -> dict[str
             options.append({"name": f.name, "type": type_spec(hints[f.name]), "line": line})
     return {"doc": describe(obj), "aliases": aliases, "options": options, "space": space, "module": obj.__module__,
             "views": list(getattr(obj, "own_views", ())), "paper": getattr(obj, "paper", ""),
-            "code": getattr(obj, "code", "")}
+            "code": getattr(obj, "code", ""),
+            # a list of pairs: the file's keys are sorted, the declared order is kept
+            "official": [[k, str(v)] for k, v in getattr(obj, "official_options", {}).items()]}
 
 
 def build() -> dict[str, Any]:
@@ -184,7 +193,8 @@ def _registry(kind: str, entries: dict[str, Any]) -> Registry:
         options = tuple(Option(o["name"], o["type"], o["line"]) for o in e["options"])
         reg.register(name, aliases=tuple(e["aliases"]))(Entry(name, e["doc"], tuple(e["aliases"]), options,
                                                                e["space"], e["module"], tuple(e["views"]),
-                                                               e.get("paper", ""), e.get("code", "")))
+                                                               e.get("paper", ""), e.get("code", ""),
+                                                               tuple((k, v) for k, v in e.get("official", ()))))
     return reg
 
 

@@ -21,13 +21,32 @@ from typing import Any
 from bench.common.errors import UsageError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "cosine")
+SCHEDULERS = ("none", "cosine")  # and step:S1[,S2...]: lr x 0.1 at those shares of the epochs
+
+
+def step_milestones(scheduler: str, epochs: int) -> list[int]:
+    """The epochs of ``--scheduler step:S1,S2,...`` (lr x 0.1 at each share S of the epochs: the
+    CIFAR-N protocol's x 0.1 at 60 of 100 is ``step:0.6``); [] for the other schedulers."""
+    if not scheduler.startswith("step:"):
+        return []
+    try:
+        shares = [float(s) for s in scheduler.removeprefix("step:").split(",")]
+    except ValueError:
+        shares = []
+    if not shares or not all(0 < s < 1 for s in shares) or shares != sorted(shares):
+        raise UsageError(f"--scheduler {scheduler}: expected step:S1[,S2...] with increasing shares of the "
+                         "epochs in (0, 1), e.g. step:0.6 (lr x 0.1 at 60% of the epochs)")
+    return [max(1, round(s * epochs)) for s in shares]
 TRISTATE = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
 AUGMENTS = ("none", "flip", "crop", "crop-flip")  # of the shared training view (bench/training/data.py)
 # where a method's own views (weak, weak2, strong) start from: the run's --augment (shared) or
 # the method's published augmentation, crop + flip (official); bench/common/views.py View.base_augment
 VIEW_POLICIES = ("shared", "official")
+# whose reading of a method runs where its paper and its official code differ: the paper's (each
+# option's default) or the official code's (the options each method names in
+# ``Method.official_options``, set by the resolver unless --set gives them); methods/base.py
+FIDELITIES = ("paper", "official")
 # torch.compile of every backbone a method builds (off, or a torch.compile mode; reduce-overhead
 # adds CUDA graphs on CUDA); bench/training/trainer.py
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -38,7 +57,7 @@ DECODERS = ("cpu", "gpu")  # where on-disk JPEGs are decoded (bench/training/dis
 # fields added after runs were logged: left out of the hash at their default, so a sweep still
 # recognises the runs it finished before the field existed
 ADDED_LATER: dict[str, Any] = {"val_fraction": 0.0, "test_subset": None, "compile": "off", "fused": "off",
-                               "decode": "cpu"}
+                               "decode": "cpu", "fidelity": "paper"}
 
 
 @dataclass
@@ -64,6 +83,9 @@ class RunConfig:
     weights: str | None = None
     augment: str = "crop-flip"
     views: str = "shared"  # a method's own views on top of --augment, or as the method published them
+    # the paper's reading of each method, or its official code's where they differ (the method's
+    # official_options, which the resolver puts in method_options)
+    fidelity: str = "paper"
     image_size: int | None = None  # side of the images the backbone sees; None: the data set's
     subset: int | None = None
     val_fraction: float = 0.0  # held out of the noisy training set for validation (studies: 0.1)
@@ -142,7 +164,9 @@ class RunConfig:
             value = getattr(self, name)
             _check(math.isfinite(value), f"--{name.replace('_', '-')} {value}: must be a finite number")
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
-        _choice("--scheduler", self.scheduler, SCHEDULERS)
+        if not self.scheduler.startswith("step:"):
+            _choice("--scheduler", self.scheduler, SCHEDULERS + ("step:SHARES",))
+        step_milestones(self.scheduler, 100)  # step:SHARES checked
         _choice("--amp", self.amp, TRISTATE)
         _choice("--channels-last", self.channels_last, TRISTATE)
         _choice("--compile", self.compile, COMPILE_MODES)
@@ -150,6 +174,7 @@ class RunConfig:
         _choice("--decode", self.decode, DECODERS)
         _choice("--augment", self.augment, AUGMENTS)
         _choice("--views", self.views, VIEW_POLICIES)
+        _choice("--fidelity", self.fidelity, FIDELITIES)
         if self.noise == "none":
             _check(self.noise_rate == 0, f"--noise-rate {self.noise_rate} given with --noise none; "
                                          "name a noise model (sym, sym-biased, pairflip, asym, instance)")

@@ -5,7 +5,9 @@ Values come from the request, then the preset (``preset``), then the data set's 
 defaults (``Dataset.defaults``), then :class:`RunConfig`'s and :class:`Placement`'s generic
 defaults. Every check runs here, once, before anything is read or written: names (method, data
 set, backbone, noise model, preset), values, the noise model against the data set, the data
-files, the ``--set`` options of the method and the data set. The checks that need no torch run
+files, the ``--set`` options of the method and the data set. Under ``--fidelity official`` the
+method's ``official_options`` join its ``--set`` options, those given with ``--set`` winning, so
+the configuration (and its hash) names them. The checks that need no torch run
 first, so a usage error answers in a fraction of a second; those that need the method's code,
 timm or CUDA run after them.
 
@@ -88,6 +90,8 @@ def resolve_values(request: Mapping[str, Any]) -> RunSpec:
         # names (smallcnn on Clothing1M) starts from random weights, as it only can
         values["pretrained"] = False
     method_sets, ds_sets = split_sets(parse_set(request.get("sets")), methods.get(method), DATASETS.get(dataset))
+    if values.get("fidelity") == "official":  # the method's official-code options; an explicit --set wins
+        method_sets = {**methods.get(method).official_options, **method_sets}
     dataset_sets.update(ds_sets)
     config = RunConfig.from_dict({**values, "method_options": method_sets, "dataset_options": dataset_sets})
     place = Placement.from_dict(values)

@@ -34,7 +34,7 @@ from bench.common.errors import UsageError
 from bench.common.options import build_options
 from bench.training.assemble import Assembly, assemble, draw_pool
 from bench.training.catalogue import method_class
-from bench.training.config import RunConfig
+from bench.training.config import RunConfig, step_milestones
 from bench.training.data import Prefetcher, epoch_generator
 from bench.training.device import peak_memory_mb, resolve_device
 from bench.training.diagnostics import detection_metrics, transition_error
@@ -114,6 +114,8 @@ def compile_backbone(net: torch.nn.Module, mode: str) -> torch.nn.Module:
 def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, epochs: int) -> Any:
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    if cfg.scheduler.startswith("step:"):
+        return torch.optim.lr_scheduler.MultiStepLR(opt, step_milestones(cfg.scheduler, epochs), gamma=0.1)
     return None
 
 

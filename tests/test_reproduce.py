@@ -1,0 +1,141 @@
+"""`bench reproduce NAME`: every published table's plan (grid, runs, estimate) without data, the
+tables' consistency with the registries and the published numbers, the CIFAR-N protocol's pieces
+(ResNet-34 with the CIFAR stem, the step schedule), and one reproduction end to end on the CIFAR-N
+fixture layout (tiny, chance accuracy expected), its table with the published column."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.drivers.reproduce import REPRODUCTIONS, Reproduction, backbone_of, estimate_hours
+from bench.records.published import published, run_protocol
+from bench.training.config import RunConfig, step_milestones
+from datasets.noise import NOISE_MODELS
+from tests.fixtures_data import make_cifar10n, make_cifar100n
+
+
+@pytest.mark.parametrize("name", list(REPRODUCTIONS))
+def test_every_table_plans_its_grid_and_estimate_without_data(name, capsys):
+    assert main(["reproduce", name, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    r = REPRODUCTIONS[name]
+    n_runs = sum(len(p.noise.split(",")) for p in r.parts) * len(r.methods) * len(r.seeds.split(","))
+    assert re.search(rf"^{n_runs} runs; estimate: [\d,.]+ GPU-hours \(", out, re.M), out
+    for p in r.parts:
+        for setting in p.noise.split(","):
+            assert re.search(rf"^  {re.escape(p.label)}\s+{re.escape(setting)}\s", out, re.M), (p.label, setting)
+
+
+def test_bench_list_tables_lists_every_reproduction(capsys):
+    assert main(["list", "tables"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()[1:]] == list(REPRODUCTIONS)
+
+
+def test_an_unknown_table_is_one_line(capsys):
+    assert main(["reproduce", "nope", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "valid: ido-cifar100" in err
+
+
+@pytest.mark.parametrize("name", list(REPRODUCTIONS))
+def test_every_table_is_registered_and_has_published_numbers_of_its_protocol(name):
+    from bench.training.catalogue import catalogue
+    from datasets.base import DATASETS
+
+    r = REPRODUCTIONS[name]
+    for m in r.methods:
+        assert m in catalogue().methods, m
+    run = r.run
+    key = run_protocol({"backbone": backbone_of(run), "pretrained": str(run.get("preset", "").startswith("paper"))})
+    ref = published()
+    for p in r.parts:
+        assert p.dataset in DATASETS.names()
+        for setting in p.noise.split(","):
+            assert setting.split(":")[0] in NOISE_MODELS, setting
+        mine = ref[(ref["dataset"] == p.dataset) & (ref["protocol"] == key) & ref["method"].isin(r.methods)]
+        assert len(mine), (name, p.dataset, key)  # the table has something to compare against
+
+
+def test_the_command_line_overrides_the_protocol_and_says_so(capsys):
+    assert main(["reproduce", "dividemix-cifar", "--dry-run", "--epochs", "2", "--seeds", "1",
+                 "--methods", "ce,dividemix", "--data-root", "/nowhere"]) == 0
+    out = capsys.readouterr().out
+    assert "changed from the published protocol: epochs 300 -> 2" in out
+    assert "data_root" not in out.split("changed from")[-1]  # where it runs is not a change of protocol
+    assert "18 runs; estimate:" in out  # 9 settings x 2 methods x 1 seed
+
+
+def test_the_estimate_is_runs_times_hours_or_throughput_arithmetic():
+    r = REPRODUCTIONS["dividemix-cifar"]
+    hours, how = estimate_hours(r, r.run, ["ce"], 1, 0.5)
+    assert hours == pytest.approx(9 * 0.5) and "--hours-per-run" in how
+    hours, how = estimate_hours(r, r.run, ["ce"], 1, None)  # 9 settings x 300 epochs x 50k / 8,280 images/s
+    assert hours == pytest.approx(9 * 300 * 50_000 / 8_280 / 3600)
+    hours, how = estimate_hours(Reproduction("x", "t", "s", ("ce",), r.parts, {"backbone": "smallcnn"}),
+                                {"backbone": "smallcnn"}, ["ce"], 1, None)
+    assert hours is None and "--hours-per-run" in how
+
+
+def test_resnet34_cifar_and_the_step_schedule():
+    from bench.backbones import BACKBONES
+
+    net = BACKBONES.get("resnet34_cifar")(num_classes=10)
+    assert sum(p.numel() for p in net.parameters()) == 21_282_122  # the CIFAR ResNet-34's 21.28M
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert run_protocol({"backbone": "resnet34_cifar", "pretrained": "False"}) == "resnet34-cifar"
+    assert step_milestones("step:0.6", 100) == [60] and step_milestones("step:0.5,0.75", 300) == [150, 225]
+    assert main(["run", "--method", "ce", "--scheduler", "step:0.9,0.5"]) == 2
+    from bench.training.trainer import make_scheduler
+
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = make_scheduler(RunConfig(method="ce", scheduler="step:0.6"), opt, 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:6] == [0.1] * 6 and lrs[6:] == pytest.approx([0.01] * 4)
+
+
+@pytest.mark.slow
+def test_a_reproduction_runs_end_to_end_on_the_fixture_layout_and_writes_its_table(tmp_path, capsys):
+    """cifar-n on the CIFAR-10N/100N fixtures (a few dozen images): 4 runs of CE, one epoch each;
+    the table has CE's published CIFAR-N numbers beside its cells and the gap."""
+    root = tmp_path / "data"
+    root.mkdir()
+    make_cifar10n(root)
+    make_cifar100n(root)
+    table = tmp_path / "cifar-n.md"
+    argv = ["reproduce", "cifar-n", "--methods", "ce", "--seeds", "1", "--epochs", "1", "--batch-size", "16",
+            "--data-root", str(root), "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--out", str(tmp_path / "runs"),
+            "--table-out", str(table)]
+    assert main(argv) == 0
+    text = table.read_text()
+    assert "| ce " in text
+    # CE's leaderboard number on aggre (87.77, best, ResNet-34 CIFAR stem) beside our cell, and the gap
+    assert "(paper 87.77, gap -" in text, text
+    capsys.readouterr()
+    assert main(argv) == 0  # again: every run is finished and skipped, the table written again
+    out = capsys.readouterr().out
+    assert out.count("skip (finished)") == 4 and "runs finished" not in out, out
+
+
+def test_a_method_with_its_own_run_options_gets_a_sweep_of_its_own(monkeypatch, capsys):
+    """Co-teaching+'s official loss is the official Adam recipe's: under DivideMix's SGD protocol it
+    runs the paper's loss in a sweep of its own; the other methods share one sweep per data set."""
+    import bench.drivers.sweep as sweep
+    from bench.drivers import reproduce
+
+    calls = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda args, base: calls.append((args.methods, args.dataset, base)) or 0)
+    monkeypatch.setattr(reproduce, "published_table", lambda r, args: "table")
+    assert main(["reproduce", "dividemix-cifar", "--methods", "ce,coteaching_plus,dividemix", "--seeds", "1"]) == 0
+    assert "coteaching_plus runs with fidelity=paper" in capsys.readouterr().out
+    assert [(m, d) for m, d, _ in calls] == [("ce,dividemix", "cifar10"), ("coteaching_plus", "cifar10"),
+                                             ("ce,dividemix", "cifar100"), ("coteaching_plus", "cifar100")]
+    assert calls[0][2]["fidelity"] == "official" and calls[1][2]["fidelity"] == "paper"
+    assert calls[0][2]["backbone"] == "preact_resnet18" and calls[0][2]["epochs"] == 300
