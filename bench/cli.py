@@ -645,7 +645,7 @@ def describe_fidelity(official: tuple[tuple[str, str], ...]) -> str:
     """What ``--fidelity official`` sets of a method (its ``official_options``, each option's
     source in its own line above)."""
     if not official:
-        return "fidelity official: sets no option (--fidelity changes nothing)"
+        return "fidelity official: sets no option (the same training under both)"
     return "fidelity official: " + ", ".join(f"{k}={v}" for k, v in official) + " (--set wins)"
 
 

@@ -133,7 +133,7 @@ def test_bench_list_methods_verbose_shows_the_official_options(capsys):
     for name in catalogue().methods.names():
         declared = method_class(name).official_options
         want = ("fidelity official: " + ", ".join(f"{k}={v}" for k, v in declared.items()) + " (--set wins)"
-                if declared else "fidelity official: sets no option (--fidelity changes nothing)")
+                if declared else "fidelity official: sets no option (the same training under both)")
         assert f"      {want}" in blocks[name], name
     assert "      fidelity official: beta_reset=official, fmix_mask=official, warmup_penalty=official (--set wins)" \
         in blocks["promix"]

@@ -124,7 +124,8 @@ def store(tmp_path_factory):
         dataset = "cifar100" if method == "wrongevent" else "cifar10"
         for seed, (best, last) in enumerate(seeds, 1):
             rid = client.create_run(exp, tags={"noise": setting}).info.run_id
-            for k, v in {"method": method, "dataset": dataset, "seed": seed, "epochs": 5, "noise": noise,
+            epochs = {"dividemix": 300, "wrongevent": 15}.get(method, 5)  # the published protocols' epochs
+            for k, v in {"method": method, "dataset": dataset, "seed": seed, "epochs": epochs, "noise": noise,
                          "noise_rate": rate, "backbone": backbone, "pretrained": pretrained}.items():
                 client.log_param(rid, k, str(v))
             for k, v in {"best_test_acc": best, "last_test_acc": last, "wall_clock_s": 10.0}.items():
@@ -196,3 +197,28 @@ def test_notes_render_in_md_and_latex(store):
     assert tail.lstrip().startswith("\\par\\smallskip\n{\\footnotesize\n") and tail.rstrip().endswith("\\par}")
     assert "note 1: dividemix cifar10 sym:0.5" in tail and "python -m bench list published" in tail
     assert "_" not in tail.replace("\\_", "")  # escaped for LaTeX
+
+
+def test_epochs_variants_and_subsets_keep_a_number_away():
+    """DivideMix's Table 1 trained 300 epochs; M-correction's README rows name their variant; CORES*
+    adds a phase the harness does not run; a run on a subset is not the published protocol."""
+    from bench.records.published import candidates, cell_of, differences
+
+    ref = published()
+    base = {"backbone": "preact_resnet18", "pretrained": "False", "epochs": "300"}
+
+    def why(method, setting, **params):
+        cell = cell_of(method, "cifar10", setting, {**base, **params}, "best_test_acc")
+        return [differences(r, cell) for r in candidates(ref, cell).itertuples()]
+
+    assert [] in why("dividemix", "sym-biased:0.5")  # DivideMix's own 94.6: matches
+    assert ["300 epochs vs 20"] in why("dividemix", "sym-biased:0.5", epochs="20")
+    assert ["this run's --subset 5000"] in why("dividemix", "sym-biased:0.5", subset="5000")
+    hard = why("mcorrection", "sym:0.2", **{"method.variant": "hard"})
+    assert [] in hard and ["variant method.variant=dynamic"] in hard  # M-DYR-H matches, MD-DYR-SH does not
+    cores = ref[(ref["method"] == "cores") & ref["variant"].str.startswith("CORES*")]
+    assert len(cores) == 4
+    cell = cell_of("cores", "cifar10n", "none", {"backbone": "resnet34_cifar", "epochs": "100",
+                                                "dataset.label": "worse"}, "best_test_acc")
+    assert all(any(d.startswith("variant CORES*") for d in differences(r, cell))
+               for r in candidates(ref, cell).itertuples() if r.variant)

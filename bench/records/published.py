@@ -25,6 +25,12 @@ published``).
   the CIFAR-N code's); ``resnet34-tv`` (torchvision's ImageNet-stem ResNet-34); ``resnet34``
   (stem not stated); ``resnet50``; ``resnet50-pretrained``; ``vit-b16-pretrained``; ``cnn8`` (the
   APL/AFL 8-layer CNN); ``inception-resnet-v2``; ``unknown`` (not stated: matches no run).
+- ``epochs``: the training epochs the source states (the IDO repository's 5 + 10 is 15; the
+  CIFAR-N paper's shared protocol, App. E, 100); empty where it states none.
+- ``variant``: what the number needs of the run besides its method, as ``key=value`` of the run's
+  logged parameters (M-correction's ``method.variant=hard`` for M-DYR-H, ``dynamic`` for
+  MD-DYR-SH; ELR* ``scheduler=cosine``), or, without ``=``, a variant the harness does not run
+  (CORES* with its phase-2 consistency training); empty for the method as the harness runs it.
 - ``own``: ``yes`` for the method's own paper or official code, ``no`` for a third party's run.
 - ``uncertain``: ``yes`` where the text was second-hand or OCR-damaged.
 - ``noise_published``: the noise name as the source writes it.
@@ -37,10 +43,12 @@ published``).
 
 A run's cell is set beside the numbers of the same method, data set, noise model and rate (or
 label set), backbone protocol (:func:`run_protocol`, from the logged ``backbone``,
-``pretrained`` and ``weights``) and best or last (the table's metric). ``unspecified`` numbers
-stand beside either metric, marked ``?``, as are numbers whose noise convention is assumed or
-unknown; ``!`` marks uncertain transcriptions. Best is never set beside last, nor ``val`` beside
-either.
+``pretrained`` and ``weights``), best or last (the table's metric), the epochs where the source
+states them, the variant, and a run on the whole data (no ``--subset``/``--test-subset``).
+``unspecified`` numbers stand beside either metric, marked ``?``, as are numbers whose epochs are
+not stated or whose noise convention is assumed or unknown; ``!`` marks uncertain
+transcriptions. Best is never set beside last, nor ``val`` beside either. The optimiser and
+schedule are not compared beyond ``variant``: the notes of `bench list published` give them.
 """
 from __future__ import annotations
 
@@ -63,8 +71,8 @@ UNCERTAIN = "!"  # second-hand or OCR-damaged text
 
 @lru_cache(maxsize=1)
 def _read() -> pd.DataFrame:
-    df = pd.read_csv(PUBLISHED_CSV, dtype={"labels": str, "std": float, "rate": float}, keep_default_na=False,
-                     na_values={"rate": [""], "std": [""]})
+    df = pd.read_csv(PUBLISHED_CSV, dtype={"labels": str, "std": float, "rate": float, "epochs": str, "variant": str},
+                     keep_default_na=False, na_values={"rate": [""], "std": [""]})
     return df
 
 
@@ -84,7 +92,8 @@ def setting_text(noise: str, rate: float, labels: str = "") -> str:
 
 def flags(row: Any) -> str:
     """``?`` and/or ``!`` for a row (see the module docstring)."""
-    unsure = row.which == "unspecified" or str(row.noise_basis).startswith(("assumed", "unknown"))
+    unsure = (row.which == "unspecified" or str(row.noise_basis).startswith(("assumed", "unknown"))
+              or not row.epochs)
     return (UNSURE if unsure else "") + (UNCERTAIN if row.uncertain == "yes" else "")
 
 
@@ -159,6 +168,7 @@ class Cell:
     labels: str
     protocol: str
     which: str
+    params: dict[str, str] = dataclasses.field(default_factory=dict)  # the run's logged parameters
 
     def describe(self) -> str:
         return f"{self.protocol}, {self.which}, {setting_text(self.noise, self.rate, self.labels)}"
@@ -168,7 +178,7 @@ def cell_of(method: str, dataset: str, setting: str, params: dict[str, str], met
     noise, _, rate = setting.partition(":")
     labels = run_labels(dataset, params) if noise == "none" else ""
     return Cell(method, dataset, noise, float(rate) if rate else math.nan, labels, run_protocol(params),
-                METRIC_WHICH[metric])
+                METRIC_WHICH[metric], dict(params))
 
 
 def candidates(ref: pd.DataFrame, cell: Cell) -> pd.DataFrame:
@@ -194,6 +204,16 @@ def differences(row: Any, cell: Cell) -> list[str]:
         out.append("chosen on a validation split")
     elif row.which not in (cell.which, "unspecified"):
         out.append(f"{row.which} vs {cell.which}")
+    run_epochs = cell.params.get("epochs", "")
+    if row.epochs and run_epochs and int(float(run_epochs)) != int(row.epochs):
+        out.append(f"{row.epochs} epochs vs {int(float(run_epochs))}")
+    if row.variant:
+        wanted = dict(c.split("=", 1) for c in row.variant.split(",")) if "=" in row.variant else None
+        if wanted is None or any(cell.params.get(k) != v for k, v in wanted.items()):
+            out.append(f"variant {row.variant}")
+    for key in ("subset", "test_subset"):
+        if cell.params.get(key) not in (None, "", "None", "0"):
+            out.append(f"this run's --{key.replace('_', '-')} {cell.params[key]}")
     return out
 
 

@@ -33,7 +33,8 @@ def step_milestones(scheduler: str, epochs: int) -> list[int]:
         shares = [float(s) for s in scheduler.removeprefix("step:").split(",")]
     except ValueError:
         shares = []
-    if not shares or not all(0 < s < 1 for s in shares) or shares != sorted(shares):
+    rising = all(a < b for a, b in zip(shares[:-1], shares[1:], strict=True))
+    if not shares or not all(0 < s < 1 for s in shares) or not rising:
         raise UsageError(f"--scheduler {scheduler}: expected step:S1[,S2...] with increasing shares of the "
                          "epochs in (0, 1), e.g. step:0.6 (lr x 0.1 at 60% of the epochs)")
     return [max(1, round(s * epochs)) for s in shares]
