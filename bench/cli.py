@@ -427,7 +427,11 @@ def add_sweep_parser(sub: Any) -> None:
     sw.add_argument("--seeds", default="1", help="comma-separated training seeds")
     sw.add_argument("--workers", type=int, default=1, help="runs at once on this machine")
     sw.add_argument("--shard", help="I/N: run only this job's share of the grid (job arrays)")
-    sw.add_argument("--dry-run", action="store_true", help="print the grid and what would run, run nothing")
+    sw.add_argument("--dry-run", action="store_true", help="print the grid, what would run per method and a "
+                                                           "GPU-hours estimate; run nothing")
+    sw.add_argument("--hours-per-run", type=float, dest="hours_per_run",
+                    help="GPU-hours of one run, for the --dry-run estimate (default: from throughput measured on an "
+                         "H200, where the backbone and data-set size are known)")
     sw.add_argument("--loader-workers", type=int, dest="loader_workers",
                     help="DataLoader workers of each run (bench run --workers)")
     sw.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])

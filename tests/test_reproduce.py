@@ -149,3 +149,20 @@ def test_a_method_with_its_own_run_options_gets_a_sweep_of_its_own(monkeypatch, 
     assert calls[0][2]["fidelity"] == "official" and calls[1][2]["fidelity"] == "paper"
     assert main(["run", "--method", "ce", "--scheduler", "step:0.5,0.5"]) == 2  # shares must rise
     assert calls[0][2]["backbone"] == "preact_resnet18" and calls[0][2]["epochs"] == 300
+
+
+def test_a_sweeps_dry_run_counts_runs_per_method_and_estimates_them(tmp_path, capsys):
+    """bench sweep --dry-run: the runs to do per method, and GPU-hours from --hours-per-run, from the
+    measured throughput where the backbone and the data's size are known, or what to give."""
+    base = ["sweep", "--methods", "ce,dividemix", "--preset", "fmnist-cpu", "--noise", "sym:0.2,sym:0.4",
+            "--seeds", "1,2", "--dry-run", "--experiment", "dr", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "to run, per method: ce 4, dividemix 4" in out
+    assert "estimate: no throughput measured for smallcnn: give --hours-per-run H" in out
+    assert main([*base, "--hours-per-run", "0.25"]) == 0
+    assert "estimate: 2.00 GPU-hours (8 runs x 0.25 h (--hours-per-run))" in capsys.readouterr().out
+    assert main([*base, "--backbone", "preact_resnet18"]) == 0  # 4,000 images x 30 epochs / 8,280 images/s
+    expected = 4 * 4000 * 30 / 8280 * (1.0 + 8.69) / 3600
+    assert f"estimate: {expected:.2f} GPU-hours (training passes only" in capsys.readouterr().out
+    assert main([*base, "--hours-per-run", "0"]) == 2

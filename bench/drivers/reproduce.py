@@ -9,10 +9,8 @@ reproduction resumes where it stopped and a finished one only prints its table. 
 on the command line wins over the protocol (``--seeds``, ``--methods``, a quick ``--epochs 1``),
 and the command says what it changed.
 
-``--dry-run`` prints the grid, the number of runs and an estimate of GPU-hours: ``--hours-per-run``
-when given, else epochs x training images / the backbone's training throughput x the method's cost
-per epoch relative to CE, from what this harness measured on one NVIDIA H200 (torch 2.11, AMP fp16,
-channels-last, commit d89a5fb): training passes only, without evaluation and start-up, so a floor.
+``--dry-run`` prints the grid, the number of runs and an estimate of GPU-hours
+(:mod:`bench.drivers.estimate`).
 """
 from __future__ import annotations
 
@@ -107,21 +105,6 @@ REPRODUCTIONS = {r.name: r for r in (
         method_run=SGD_COTEACHING_PLUS),
 )}
 
-# Training images per second of CE's step and each method's epoch time relative to CE's, measured by
-# this harness on one NVIDIA H200 (torch 2.11, AMP fp16, channels-last; commit d89a5fb, 2026-11-27)
-THROUGHPUT = {  # backbone -> training images/s of CE
-    "timm:resnet50": 4_400.0,  # 224 px, batch 128, after the first epoch
-    "preact_resnet18": 8_280.0,  # 32 px, batch 64: 25k samples in 3.02 s
-}
-# not measured: PreAct ResNet-18's throughput scaled by the forward FLOPs at 32 px (2.32 / 1.11 GFLOPs,
-# torch.utils.flop_counter); the estimate says so
-SCALED = {"resnet34_cifar": ("preact_resnet18", 2.3188 / 1.1108)}
-RELATIVE_COST = {  # method -> epoch time / CE's on the same backbone (PreAct ResNet-18, ResNet-50)
-    "ce": (1.0, 1.0), "elr": (1.27, 1.27), "coteaching": (2.18, 2.18),
-    "dividemix": (8.69, 8.0), "wrongevent": (4.22, 2.46),
-}
-
-
 def reproduction(name: str) -> Reproduction:
     if name not in REPRODUCTIONS:
         raise UsageError(f"bench reproduce {name}: no such table; valid: {', '.join(REPRODUCTIONS)} "
@@ -171,33 +154,12 @@ def backbone_of(run: dict[str, Any]) -> str:
 def estimate_hours(r: Reproduction, run: dict[str, Any], methods: list[str], seeds: int,
                    hours_per_run: float | None) -> tuple[float | None, str]:
     """GPU-hours of the grid and how they were estimated (None: no estimate possible)."""
-    n_runs = sum(len(p.noise.split(",")) for p in r.parts) * len(methods) * seeds
-    if hours_per_run is not None:
-        return n_runs * hours_per_run, f"{n_runs} runs x {hours_per_run:g} h (--hours-per-run)"
-    backbone = backbone_of(run)
-    throughput, basis = THROUGHPUT.get(backbone), f"{backbone}, CE on one H200"
-    if backbone in SCALED:
-        measured, flops = SCALED[backbone]
-        throughput = THROUGHPUT[measured] / flops
-        basis = f"{backbone}: not measured, {measured}'s H200 figure scaled by forward FLOPs ({flops:.2f}x)"
-    if throughput is None:
-        return None, (f"no throughput measured for {backbone}: give --hours-per-run H")
-    epochs = int(run.get("epochs", 15 if run.get("preset", "").startswith("paper") else 1))
-    column = 1 if backbone.startswith("timm:") else 0
-    seconds, assumed = 0.0, []
-    for m in methods:
-        cost = RELATIVE_COST.get(m)
-        if cost is None:
-            assumed.append(m)
-        factor = 1.0 if cost is None else cost[column]
-        for p in r.parts:
-            n_settings = len(p.noise.split(","))
-            seconds += n_settings * seeds * epochs * p.train_images / throughput * factor
-    how = (f"training passes only: epochs x images / {throughput:,.0f} images/s ({basis}) x each method's cost "
-           "relative to CE")
-    if assumed:
-        how += f"; not measured, CE's cost assumed (a floor): {', '.join(assumed)}"
-    return seconds / 3600, how
+    from bench.drivers.estimate import Run, grid_hours
+
+    epochs = int(run.get("epochs", 15 if str(run.get("preset", "")).startswith("paper") else 1))
+    runs = [Run(m, backbone_of(run), epochs, p.train_images)
+            for m in methods for p in r.parts for _ in p.noise.split(",") for _ in range(seeds)]
+    return grid_hours(runs, hours_per_run)
 
 
 def check(r: Reproduction, methods: list[str], request: dict[str, Any], hours_per_run: float | None) -> None:
@@ -245,6 +207,7 @@ def sweep_args(r: Reproduction, part: Part, args: argparse.Namespace, methods: l
 
 def run_reproduce(args: argparse.Namespace, request: dict[str, Any]) -> int:
     """``bench reproduce``: the sweeps of every part, then the table (or, ``--dry-run``, the plan)."""
+    from bench.drivers.estimate import hours_text
     from bench.drivers.sweep import parse_list, parse_seeds, run_sweep
 
     r = reproduction(args.name)
@@ -267,7 +230,7 @@ def run_reproduce(args: argparse.Namespace, request: dict[str, Any]) -> int:
     print("\n".join(grid_lines(r, methods, seeds)))
     hours, how = estimate_hours(r, run, methods, len(seeds), args.hours_per_run)
     n_runs = sum(len(p.noise.split(",")) for p in r.parts) * len(methods) * len(seeds)
-    print(f"{n_runs} runs; estimate: " + (f"{hours:,.1f} GPU-hours ({how})" if hours is not None else how))
+    print(f"{n_runs} runs; estimate: " + hours_text(hours, how))
     if args.dry_run:
         return 0
     groups: dict[tuple, list[str]] = {}  # methods with the same run options share a sweep

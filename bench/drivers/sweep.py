@@ -158,16 +158,18 @@ class Sweep:
     """Runs the grid points not yet finished, K at a time."""
 
     def __init__(self, points: list[GridPoint], base: dict[str, Any], tracking_uri: str, experiment: str,
-                 workers: int, log_dir: Path) -> None:
+                 workers: int, log_dir: Path, hours_per_run: float | None = None) -> None:
         self.points, self.base, self.uri, self.experiment = points, base, tracking_uri, experiment
-        self.workers, self.log_dir = workers, log_dir
+        self.workers, self.log_dir, self.hours_per_run = workers, log_dir, hours_per_run
+        self.specs: dict[GridPoint, Any] = {}
         self.lock = threading.Lock()
         self.results: dict[GridPoint, str] = {}
 
     def request_hash(self, point: GridPoint) -> str:
         from bench.training.resolve import resolve
 
-        return resolve(point.request(self.base)).request_hash
+        self.specs[point] = resolve(point.request(self.base))
+        return self.specs[point].request_hash
 
     def state(self, hashes: dict[GridPoint, str]) -> dict[GridPoint, tuple[str, str | None]]:
         """Per point: ('finished', None), ('resume', run_dir) or ('new', None)."""
@@ -194,6 +196,20 @@ class Sweep:
         request = {**point.request(self.base), "tracking_uri": self.uri, "experiment": self.experiment}
         return [*base, *to_argv(request)]
 
+    def plan(self, todo: list[GridPoint]) -> None:
+        """``--dry-run``: the runs to do per method, and their GPU-hours (:mod:`bench.drivers.estimate`)."""
+        from bench.drivers.estimate import TRAIN_IMAGES, Run, grid_hours, hours_text
+
+        per_method: dict[str, int] = {}
+        runs = []
+        for p in todo:
+            per_method[p.method] = per_method.get(p.method, 0) + 1
+            cfg = self.specs[p].config
+            runs.append(Run(p.method, cfg.backbone, cfg.epochs, cfg.subset or TRAIN_IMAGES.get(cfg.dataset)))
+        print("to run, per method: " + (", ".join(f"{m} {n}" for m, n in per_method.items()) or "none"), flush=True)
+        if runs:
+            print("estimate: " + hours_text(*grid_hours(runs, self.hours_per_run)), flush=True)
+
     def env(self, slot: int) -> dict[str, str]:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])  # the project, wherever the sweep runs from
@@ -216,6 +232,8 @@ class Sweep:
         print(f"{len(self.points)} runs in this share of the grid: {len(self.points) - len(todo)} finished, "
               f"{sum(state[p][0] == 'resume' for p in todo)} to resume, "
               f"{sum(state[p][0] == 'new' for p in todo)} to start", flush=True)
+        if dry_run:
+            self.plan(todo)
         if dry_run or not todo:
             return 0
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -284,4 +302,7 @@ def run_sweep(args: Any, base: dict[str, Any]) -> int:
     base = {k: v for k, v in base.items() if k not in own}
     uri = store_uri(args.tracking_uri)
     log_dir = Path(base.get("out", "results/runs")).parent / "sweeps" / args.experiment
-    return Sweep(points, base, uri, args.experiment, args.workers, log_dir).run(args.dry_run)
+    hours = getattr(args, "hours_per_run", None)
+    if hours is not None and not hours > 0:
+        raise UsageError(f"--hours-per-run {hours}: must be a positive number of hours")
+    return Sweep(points, base, uri, args.experiment, args.workers, log_dir, hours).run(args.dry_run)
