@@ -429,6 +429,10 @@ def add_sweep_parser(sub: Any) -> None:
     sw.add_argument("--shard", help="I/N: run only this job's share of the grid (job arrays)")
     sw.add_argument("--dry-run", action="store_true", help="print the grid, what would run per method and a "
                                                            "GPU-hours estimate; run nothing")
+    sw.add_argument("--status", action="store_true", help="each grid point's state: finished, running, failed "
+                                                          "(its last error line) or not started; run nothing")
+    sw.add_argument("--retry-failed", action="store_true", dest="retry_failed",
+                    help="run only the grid points that failed (from their checkpoint where one was written)")
     sw.add_argument("--hours-per-run", type=float, dest="hours_per_run",
                     help="GPU-hours of one run, for the --dry-run estimate (default: from throughput measured on an "
                          "H200, where the backbone and data-set size are known)")

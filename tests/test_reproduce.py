@@ -166,3 +166,26 @@ def test_a_sweeps_dry_run_counts_runs_per_method_and_estimates_them(tmp_path, ca
     expected = 4 * 4000 * 30 / 8280 * (1.0 + 8.69) / 3600
     assert f"estimate: {expected:.2f} GPU-hours (training passes only" in capsys.readouterr().out
     assert main([*base, "--hours-per-run", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_sweep_status_names_a_failed_point_and_retry_failed_reruns_only_it(tmp_path, capsys):
+    """DivideMix's 10-epoch warm-up leaves a 1-epoch run nothing to train: that point fails; --status
+    shows it with its error line beside CE's finished point; --retry-failed runs it alone again."""
+    base = ["sweep", "--methods", "ce,dividemix", "--preset", "fmnist-cpu", "--noise", "sym:0.4", "--epochs", "1",
+            "--subset", "200", "--test-subset", "100", "--experiment", "st", "--out", str(tmp_path / "runs"),
+            "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    assert main(["sweep", *base[1:], "--status"]) == 0
+    assert "2 runs: 0 finished, 0 running, 0 failed, 2 not started" in capsys.readouterr().out
+    assert main(base) == 1
+    capsys.readouterr()
+    assert main([*base, "--status"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^finished\s+ce sym:0.4 seed 1$", out, re.M), out
+    assert re.search(r"^failed\s+dividemix sym:0.4 seed 1: .*warm-up of 10 epochs leaves no training epoch", out,
+                     re.M), out
+    assert "2 runs: 1 finished, 0 running, 1 failed, 0 not started" in out
+    assert main([*base, "--retry-failed"]) == 1  # it fails again, alone
+    out = capsys.readouterr().out
+    assert re.search(r"^skip \(finished\)\s+ce sym:0.4 seed 1$", out, re.M)
+    assert "sweep done: 0 runs finished, 1 failed" in out

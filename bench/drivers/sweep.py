@@ -222,9 +222,46 @@ class Sweep:
             env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         return env
 
-    def run(self, dry_run: bool = False) -> int:
+    def log_of(self, point: GridPoint) -> Path:
+        return self.log_dir / (point.label.replace(" ", "_").replace(":", "") + ".log")
+
+    def statuses(self, hashes: dict[GridPoint, str]) -> dict[GridPoint, tuple[str, str]]:
+        """Per point: (finished | running | failed | not started, detail): its last run's MLflow
+        status, and for a failure the last error line of its log (a run refused before it
+        started has a log and no MLflow run)."""
+        from bench.training.tracking import runs_by_tag
+
+        runs = runs_by_tag(self.uri, self.experiment, "request_hash", set(hashes.values()))
+        out = {}
+        for point, h in hashes.items():
+            mine, log = runs.get(h, []), self.log_of(point)
+            if any(r["status"] == "FINISHED" for r in mine):
+                out[point] = ("finished", "")
+            elif mine and mine[-1]["status"] == "RUNNING":
+                out[point] = ("running", mine[-1]["run_dir"] or "")
+            elif mine or log.is_file():
+                out[point] = ("failed", last_error(log))
+            else:
+                out[point] = ("not started", "")
+        return out
+
+    def status(self) -> int:
+        """``--status``: every point's state, then the counts."""
+        hashes = {p: self.request_hash(p) for p in self.points}
+        states = self.statuses(hashes)
+        for p in self.points:
+            state, detail = states[p]
+            print(f"{state:<12} {p.label}" + (f": {detail}" if detail else ""), flush=True)
+        counts = {s: sum(v[0] == s for v in states.values()) for s in ("finished", "running", "failed", "not started")}
+        print(f"{len(self.points)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
+        return 0
+
+    def run(self, dry_run: bool = False, retry_failed: bool = False) -> int:
         hashes = {p: self.request_hash(p) for p in self.points}
         state = self.state(hashes)
+        if retry_failed:  # only the points that failed; the others are left as they are
+            failed = {p for p, (s, _) in self.statuses(hashes).items() if s == "failed"}
+            state = {p: (a, d) if p in failed else ("finished", None) for p, (a, d) in state.items()}
         todo = [p for p in self.points if state[p][0] != "finished"]
         for p in self.points:
             action = state[p][0]
@@ -244,7 +281,7 @@ class Sweep:
                 slot = slots.pop(0)
             try:
                 action, run_dir = state[point]
-                log = self.log_dir / (point.label.replace(" ", "_").replace(":", "") + ".log")
+                log = self.log_of(point)
                 command = self.command(point, action, run_dir)
                 with open(log, "a") as f:
                     print("$ " + " ".join(command[1:]), file=f, flush=True)
@@ -261,6 +298,16 @@ class Sweep:
         failed = sum(s != "finished" for s in statuses)
         print(f"sweep done: {len(statuses) - failed} runs finished, {failed} failed", flush=True)
         return 1 if failed else 0
+
+
+def last_error(log: Path) -> str:
+    """The last error line of a run's log (``bench: error: ...``, an exception), else its last line."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    errors = [line for line in lines if line.startswith("bench: error") or "Error" in line.split(":")[0]]
+    return (errors or lines or ["empty log"])[-1][:300]
 
 
 def _gpu_count() -> int:
@@ -305,4 +352,7 @@ def run_sweep(args: Any, base: dict[str, Any]) -> int:
     hours = getattr(args, "hours_per_run", None)
     if hours is not None and not hours > 0:
         raise UsageError(f"--hours-per-run {hours}: must be a positive number of hours")
-    return Sweep(points, base, uri, args.experiment, args.workers, log_dir, hours).run(args.dry_run)
+    sweep = Sweep(points, base, uri, args.experiment, args.workers, log_dir, hours)
+    if getattr(args, "status", False):
+        return sweep.status()
+    return sweep.run(args.dry_run, retry_failed=getattr(args, "retry_failed", False))
