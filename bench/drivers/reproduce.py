@@ -34,6 +34,10 @@ class Part:
     def label(self) -> str:
         return self.dataset + "".join(f" {s}" for s in self.sets)
 
+    @property
+    def settings(self) -> list[str]:
+        return self.noise.split(",")
+
 
 @dataclass(frozen=True)
 class Reproduction:
@@ -46,6 +50,9 @@ class Reproduction:
     seeds: str = "1,2,3"
     metric: str = "best_test_acc"
     method_run: dict[str, dict[str, Any]] = field(default_factory=dict)  # a method's own run options
+
+    def n_runs(self, methods: int, seeds: int) -> int:
+        return sum(len(p.settings) for p in self.parts) * methods * seeds
 
 
 # Co-teaching+'s official loss is the official Adam recipe's (main.py:335,350: its extra 1/|kept| scale
@@ -116,7 +123,7 @@ def describe_tables() -> list[tuple[str, str]]:
     """(name, one line) of every reproduction: `bench list tables`."""
     rows = []
     for r in REPRODUCTIONS.values():
-        runs = sum(len(p.noise.split(",")) for p in r.parts) * len(r.methods) * len(r.seeds.split(","))
+        runs = r.n_runs(len(r.methods), len(r.seeds.split(",")))
         rows.append((r.name, f"{r.title}; {len(r.methods)} methods, {runs} runs; source: {r.source}"))
     return rows
 
@@ -158,7 +165,7 @@ def estimate_hours(r: Reproduction, run: dict[str, Any], methods: list[str], see
 
     epochs = int(run.get("epochs", 15 if str(run.get("preset", "")).startswith("paper") else 1))
     runs = [Run(m, backbone_of(run), epochs, p.train_images)
-            for m in methods for p in r.parts for _ in p.noise.split(",") for _ in range(seeds)]
+            for m in methods for p in r.parts for _ in p.settings for _ in range(seeds)]
     return grid_hours(runs, hours_per_run)
 
 
@@ -191,7 +198,7 @@ def own_lr_plans(methods: list[str]) -> list[str]:
 def grid_lines(r: Reproduction, methods: list[str], seeds: list[int]) -> list[str]:
     lines = []
     for p in r.parts:
-        for setting in p.noise.split(","):
+        for setting in p.settings:
             lines.append(f"  {p.label:<24} {setting:<16} {len(methods)} methods x {len(seeds)} seeds")
     return lines
 
@@ -229,7 +236,7 @@ def run_reproduce(args: argparse.Namespace, request: dict[str, Any]) -> int:
                   "the official Adam recipe's; bench/drivers/reproduce.py)")
     print("\n".join(grid_lines(r, methods, seeds)))
     hours, how = estimate_hours(r, run, methods, len(seeds), args.hours_per_run)
-    n_runs = sum(len(p.noise.split(",")) for p in r.parts) * len(methods) * len(seeds)
+    n_runs = r.n_runs(len(methods), len(seeds))
     print(f"{n_runs} runs; estimate: " + hours_text(hours, how))
     if args.dry_run:
         return 0

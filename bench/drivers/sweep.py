@@ -171,11 +171,15 @@ class Sweep:
         self.specs[point] = resolve(point.request(self.base))
         return self.specs[point].request_hash
 
-    def state(self, hashes: dict[GridPoint, str]) -> dict[GridPoint, tuple[str, str | None]]:
-        """Per point: ('finished', None), ('resume', run_dir) or ('new', None)."""
+    def runs(self, hashes: dict[GridPoint, str]) -> dict[str, list[dict[str, Any]]]:
+        """The experiment's runs of these points, by request hash (one MLflow query)."""
         from bench.training.tracking import runs_by_tag
 
-        runs = runs_by_tag(self.uri, self.experiment, "request_hash", set(hashes.values()))
+        return runs_by_tag(self.uri, self.experiment, "request_hash", set(hashes.values()))
+
+    def state(self, hashes: dict[GridPoint, str], runs: dict[str, list[dict[str, Any]]]
+              ) -> dict[GridPoint, tuple[str, str | None]]:
+        """Per point: ('finished', None), ('resume', run_dir) or ('new', None)."""
         out = {}
         for point, h in hashes.items():
             mine = runs.get(h, [])
@@ -225,13 +229,11 @@ class Sweep:
     def log_of(self, point: GridPoint) -> Path:
         return self.log_dir / (point.label.replace(" ", "_").replace(":", "") + ".log")
 
-    def statuses(self, hashes: dict[GridPoint, str]) -> dict[GridPoint, tuple[str, str]]:
+    def statuses(self, hashes: dict[GridPoint, str], runs: dict[str, list[dict[str, Any]]]
+                 ) -> dict[GridPoint, tuple[str, str]]:
         """Per point: (finished | running | failed | not started, detail): its last run's MLflow
         status, and for a failure the last error line of its log (a run refused before it
         started has a log and no MLflow run)."""
-        from bench.training.tracking import runs_by_tag
-
-        runs = runs_by_tag(self.uri, self.experiment, "request_hash", set(hashes.values()))
         out = {}
         for point, h in hashes.items():
             mine, log = runs.get(h, []), self.log_of(point)
@@ -248,7 +250,7 @@ class Sweep:
     def status(self) -> int:
         """``--status``: every point's state, then the counts."""
         hashes = {p: self.request_hash(p) for p in self.points}
-        states = self.statuses(hashes)
+        states = self.statuses(hashes, self.runs(hashes))
         for p in self.points:
             state, detail = states[p]
             print(f"{state:<12} {p.label}" + (f": {detail}" if detail else ""), flush=True)
@@ -258,9 +260,10 @@ class Sweep:
 
     def run(self, dry_run: bool = False, retry_failed: bool = False) -> int:
         hashes = {p: self.request_hash(p) for p in self.points}
-        state = self.state(hashes)
+        runs = self.runs(hashes)
+        state = self.state(hashes, runs)
         if retry_failed:  # only the points that failed; the others are left as they are
-            failed = {p for p, (s, _) in self.statuses(hashes).items() if s == "failed"}
+            failed = {p for p, (s, _) in self.statuses(hashes, runs).items() if s == "failed"}
             state = {p: (a, d) if p in failed else ("finished", None) for p, (a, d) in state.items()}
         todo = [p for p in self.points if state[p][0] != "finished"]
         for p in self.points:
