@@ -441,6 +441,36 @@ def add_sweep_parser(sub: Any) -> None:
     sw.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
     sw.add_argument("--experiment", default="bench", help=RUN_FLAGS["experiment"][1])
     add_run_flags(sw, skip=SWEEP_OWN)
+    add_launcher_flags(sw, "--workers runs at once")
+
+
+def add_launcher_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--launcher local|slurm`` and the Slurm job's resources (:mod:`bench.drivers.slurm`)."""
+    g = parser.add_argument_group("cluster (--launcher slurm: one Slurm job array through submitit)")
+    g.add_argument("--launcher", default="local",
+                   help=f"local (default: {what} on this machine) or slurm (one array task each, requeued and "
+                        "resumed on time limits and preemption)")
+    g.add_argument("--slurm-partition", dest="slurm_partition", metavar="NAME",
+                   help="the partition (default: the cluster's)")
+    g.add_argument("--slurm-time", dest="slurm_time", metavar="TIME",
+                   help="each task's time limit, minutes or [D-]HH:MM:SS (default 240); a run that needs longer "
+                        "is requeued and resumed")
+    g.add_argument("--slurm-gpus", dest="slurm_gpus", type=int, metavar="N",
+                   help="GPUs per task (default 1; 0 for CPU nodes)")
+    g.add_argument("--slurm-cpus", dest="slurm_cpus", type=int, metavar="N",
+                   help="CPUs per task, also the run's threads (default: the cluster's)")
+    g.add_argument("--slurm-mem", dest="slurm_mem", metavar="SIZE",
+                   help="memory per task, as sbatch --mem takes it (e.g. 32G)")
+    g.add_argument("--slurm-parallelism", dest="slurm_parallelism", type=int, metavar="N",
+                   help="tasks of the array running at once (default: as many as the cluster allows)")
+    g.add_argument("--slurm-setup", dest="slurm_setup", action="append", metavar="CMD",
+                   help="a shell line run before each task, e.g. 'source ~/venv/bin/activate' (repeatable)")
+    g.add_argument("--slurm-extra", dest="slurm_extra", action="append", metavar="KEY=VALUE",
+                   help="another sbatch option by its long name, e.g. account=myproject, qos=high (repeatable)")
+    g.add_argument("--slurm-max-requeues", dest="slurm_max_requeues", type=int, metavar="N",
+                   help="requeues of a task after its time limit (default 10; preemptions do not count)")
+    g.add_argument("--wait", action="store_true", help="wait until every submitted task has left the queue, then "
+                                                       "print the outcome (exit 1 if any failed)")
 
 
 def add_reproduce_parser(sub: Any) -> None:
@@ -467,6 +497,7 @@ def add_reproduce_parser(sub: Any) -> None:
     rp.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
     rp.add_argument("--experiment", default=None, help="default reproduce-NAME")
     add_run_flags(rp, skip=SWEEP_OWN | {"method"})
+    add_launcher_flags(rp, "--workers runs at once")
 
 
 def add_study_parsers(sub: Any) -> None:
@@ -486,6 +517,10 @@ def add_study_parsers(sub: Any) -> None:
     st.add_argument("--study-name", help="default METHOD-DATASET-NOISE (-official under --fidelity official)")
     st.add_argument("--heartbeat", type=int, default=30,
                     help="seconds between a trial's heartbeats; a trial silent for 2x+1 is failed and re-queued")
+    st.add_argument("--study-workers", dest="study_workers", type=int, default=1,
+                    help="workers of the study started by this command: child processes sharing this machine's "
+                         "cores, or with --launcher slurm the tasks of one job array (default 1: this process)")
+    add_launcher_flags(st, "the workers")
     sr = _add(sub, "study-report", "tables and plots of a study: trials, default vs best, importances")
     sr.add_argument("--study-name", required=True, help="the study's name; required")
     sr.add_argument("--storage", help="Optuna storage URL (default sqlite:///results/optuna.db)")
@@ -720,7 +755,11 @@ def _lazy(module: str, name: str) -> Any:
 def cmd_study(args: argparse.Namespace) -> int:
     from bench.drivers.study import run_study
 
-    return run_study(args, request_from_args(args))
+    previous = signal.signal(signal.SIGTERM, _terminate)  # a killed worker's trial run says KILLED, as a run's
+    try:
+        return run_study(args, request_from_args(args))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_weights(args: argparse.Namespace) -> int:

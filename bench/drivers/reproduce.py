@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common.errors import UsageError
+from bench.drivers.slurm import SLURM_ARGS
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,8 @@ def sweep_args(r: Reproduction, part: Part, args: argparse.Namespace, methods: l
         methods=",".join(methods), noise=part.noise, seeds=args.seeds or r.seeds, workers=args.workers,
         shard=args.shard, dry_run=False, tracking_uri=args.tracking_uri,
         experiment=args.experiment or f"reproduce-{r.name}", preset=None, dataset=part.dataset,
-        views=None, fidelity=None)
+        views=None, fidelity=None, launcher=getattr(args, "launcher", "local"),
+        **{dest: getattr(args, dest, default) for dest, default in SLURM_ARGS.values()})
 
 
 def run_reproduce(args: argparse.Namespace, request: dict[str, Any]) -> int:
@@ -252,6 +254,10 @@ def run_reproduce(args: argparse.Namespace, request: dict[str, Any]) -> int:
             code = run_sweep(sweep_args(r, part, args, group), base)
             if code:
                 return code
+    if getattr(args, "launcher", "local") == "slurm" and not getattr(args, "wait", False):
+        print("the table follows once the jobs have finished: run this command again (it submits nothing "
+              "twice), or add --wait")
+        return 0
     print(published_table(r, args))
     return 0
 

@@ -507,9 +507,79 @@ def spec_from_args(args: Any, request: dict[str, Any]) -> tuple[StudySpec, str]:
 
 
 def run_study(args: Any, request: dict[str, Any]) -> int:
-    """``bench study``: one worker of the study the command line describes."""
+    """``bench study``: one worker of the study the command line describes, or with
+    ``--study-workers N`` / ``--launcher slurm`` N of them (:func:`launch_study_workers`)."""
+    from bench.drivers.slurm import slurm_options
+
+    if getattr(args, "study_workers", 1) < 1:
+        raise UsageError(f"--study-workers {args.study_workers}: must be at least 1")
     spec, url = spec_from_args(args, request)
     check_storage_url(url)
+    if args.study_workers > 1 or slurm_options(args) is not None:
+        return launch_study_workers(args, request, spec.name, url, spec.out, spec.trials)
     print(f"study {spec.name}: {spec.base.config.method} on {spec.base.config.dataset}, tuning "
           f"{', '.join(spec.space)}; {spec.trials} trials in {redact(url)}", flush=True)
     return StudyWorker(spec, url).run()
+
+
+def study_argv(args: Any, request: dict[str, Any], name: str, storage: str) -> list[str]:
+    """A study worker's command line (``bench study``, the launcher's own flags left out), with
+    the study's name and storage spelt out so that every worker opens the same study."""
+    from bench.training.resolve import to_argv
+
+    run = {k: v for k, v in request.items() if k != "progress"}  # a worker's progress: lines in its log
+    argv = ["study", *to_argv(run), "--study-name", name, "--storage", storage, "--sampler", args.sampler,
+            "--pruner", args.pruner, "--heartbeat", str(args.heartbeat)]
+    for flag, value in (("--params", args.params), ("--trials", args.trials), ("--sampler-seed", args.sampler_seed)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def launch_study_workers(args: Any, request: dict[str, Any], name: str, storage: str, out: Path,
+                         trials: int) -> int:
+    """``bench study --study-workers N [--launcher slurm]``: N workers of one study, as N child
+    processes here (their cores shared out) or as an N-task job array."""
+    from bench.drivers.slurm import CommandJob, JobBook, Task, job_name, slurm_options, submit, wait_for
+
+    n = args.study_workers
+    argv = study_argv(args, request, name, storage)
+    opts = slurm_options(args)
+    if opts is None:
+        procs = [CommandJob(argv, f"study worker {k + 1}").start(max(1, (os.cpu_count() or 1) // n))
+                 for k in range(n)]
+        codes = [p.wait() for p in procs]
+        print(f"study {name}: {n} workers done" + (f", exit codes {codes}" if any(codes) else ""), flush=True)
+        return 1 if any(codes) else 0
+    folder = (out / "slurm").resolve()
+    jname = job_name("study", name)
+    jobs = submit([Task(CommandJob(argv, f"study {name} worker {k + 1}")) for k in range(n)], folder, jname, opts)
+    JobBook(folder).add({f"worker-{k + 1}": {"job": j, "name": jname} for k, j in enumerate(jobs)})
+    print(f"study {name}: {n} workers submitted to Slurm as job {jobs[0].split('_')[0]} (logs in {folder})",
+          flush=True)
+    if not opts.wait:
+        print(f"watch: squeue --me --name={jname}; report: python -m bench study-report --study-name {name} "
+              f"--storage {storage}", flush=True)
+        return 0
+    wait_for(jobs, jname, lambda job, state: print(f"job {job}: {state or 'left the queue'}", flush=True))
+    counts, wanted = study_counts(storage, name, trials)
+    done = sum(counts.get(s, 0) for s in FINISHED_STATES)
+    print(f"study {name}: {done} of {wanted} trials finished (" + ", ".join(
+        f"{v} {k.lower()}" for k, v in sorted(counts.items())) + ")", flush=True)
+    return 0 if done >= wanted else 1
+
+
+def study_counts(url: str, name: str, trials: int) -> tuple[dict[str, int], int]:
+    """The study's trials per state, and the finished trials it wants (``trials`` unless the
+    study says otherwise; no trials where no worker created the study)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url, 30))
+    except KeyError:
+        return {}, trials
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts, int(study.user_attrs.get("trials", trials))

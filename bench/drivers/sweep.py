@@ -11,6 +11,10 @@
 - ``--shard I/N`` keeps the grid points whose position modulo N is I - 1: N jobs of a job
   array cover the grid, disjointly, with no coordinator (they share an MLflow server through
   ``--tracking-uri``).
+- ``--launcher slurm`` submits the points to run as one Slurm job array instead
+  (:mod:`bench.drivers.slurm`): one task per point, each the same ``bench run`` command line,
+  requeued and resumed when Slurm warns of its time limit or preempts it. ``--status`` then
+  adds the queue's states (queued, running) to MLflow's.
 - ``--preset paper`` (or ``paper-vit``) expands to the IDO paper's protocol and noise grid for
   the data set (the paper's tables): e.g. CIFAR-100 sym 20/40/60, asym 40, instance 40.
 - ``--views shared,official`` makes the view policy a dimension of the grid for the methods
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common.errors import UsageError
+from bench.drivers.slurm import QUEUED, RUNNING, SlurmOptions, child_env
 
 # The IDO paper's noise grid per benchmark (its tables; README of the official code)
 PAPER_NOISE = {
@@ -158,9 +163,12 @@ class Sweep:
     """Runs the grid points not yet finished, K at a time."""
 
     def __init__(self, points: list[GridPoint], base: dict[str, Any], tracking_uri: str, experiment: str,
-                 workers: int, log_dir: Path, hours_per_run: float | None = None) -> None:
+                 workers: int, log_dir: Path, hours_per_run: float | None = None,
+                 slurm: SlurmOptions | None = None) -> None:
         self.points, self.base, self.uri, self.experiment = points, base, tracking_uri, experiment
         self.workers, self.log_dir, self.hours_per_run = workers, log_dir, hours_per_run
+        self.slurm = slurm  # None: the local launcher
+        self.slurm_dir = (log_dir / "slurm").resolve()
         self.specs: dict[GridPoint, Any] = {}
         self.lock = threading.Lock()
         self.results: dict[GridPoint, str] = {}
@@ -215,30 +223,58 @@ class Sweep:
             print("estimate: " + hours_text(*grid_hours(runs, self.hours_per_run)), flush=True)
 
     def env(self, slot: int) -> dict[str, str]:
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])  # the project, wherever the sweep runs from
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        """The local launcher's run in ``slot``: one GPU each where there are several, else an
+        equal share of the cores."""
         gpus = _gpu_count()
         if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-        else:
-            threads = str(cpu_threads(self.workers))
-            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        return env
+            return child_env(gpu=str(slot % gpus))
+        return child_env(threads=cpu_threads(self.workers))
+
+    def start(self, point: GridPoint, action: str, run_dir: str | None, env: dict[str, str],
+              **popen: Any) -> subprocess.Popen:
+        """The point's ``bench run``, started; its command line, then its output, appended to its log."""
+        log = self.log_of(point)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = self.command(point, action, run_dir)
+        with open(log, "a") as f:
+            print("$ " + " ".join(command[1:]), file=f, flush=True)
+            return subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, **popen)
 
     def log_of(self, point: GridPoint) -> Path:
         return self.log_dir / (point.label.replace(" ", "_").replace(":", "") + ".log")
 
-    def statuses(self, hashes: dict[GridPoint, str], runs: dict[str, list[dict[str, Any]]]
-                 ) -> dict[GridPoint, tuple[str, str]]:
-        """Per point: (finished | running | failed | not started, detail): its last run's MLflow
-        status, and for a failure the last error line of its log (a run refused before it
-        started has a log and no MLflow run)."""
+    def queue(self, hashes: dict[GridPoint, str]) -> dict[GridPoint, tuple[str, str]]:
+        """Per point submitted to Slurm: (its job id, its squeue state, '' once it has left the
+        queue). Empty where nothing was submitted or squeue cannot be asked."""
+        from bench.drivers.slurm import JobBook, queue_states
+
+        book = JobBook(self.slurm_dir).read()
+        mine = {p: book[h] for p, h in hashes.items() if h in book}
+        states: dict[str, str] = {}
+        for name in {e["name"] for e in mine.values()}:
+            found = queue_states(name)
+            if found is None:
+                return {}
+            states.update(found)
+        return {p: (e["job"], states.get(e["job"], "")) for p, e in mine.items()}
+
+    def statuses(self, hashes: dict[GridPoint, str], runs: dict[str, list[dict[str, Any]]],
+                 queue: dict[GridPoint, tuple[str, str]] | None = None) -> dict[GridPoint, tuple[str, str]]:
+        """Per point: (finished | queued | running | failed | not started, detail): its last run's
+        MLflow status and its Slurm job's queue state, and for a failure the last error line of
+        its log (a run refused before it started has a log and no MLflow run)."""
         out = {}
         for point, h in hashes.items():
             mine, log = runs.get(h, []), self.log_of(point)
+            job, state = (queue or {}).get(point, ("", ""))
             if any(r["status"] == "FINISHED" for r in mine):
                 out[point] = ("finished", "")
+            elif state in QUEUED:
+                out[point] = ("queued", f"Slurm job {job} ({state.lower()})")
+            elif state in RUNNING:
+                out[point] = ("running", f"Slurm job {job}" + (f", {mine[-1]['run_dir']}" if mine else ""))
+            elif mine and mine[-1]["status"] == "RUNNING" and job:  # its job is gone: it died with it
+                out[point] = ("failed", f"Slurm job {job} ended with its run unfinished: {last_error(log)}")
             elif mine and mine[-1]["status"] == "RUNNING":
                 out[point] = ("running", mine[-1]["run_dir"] or "")
             elif mine or log.is_file():
@@ -250,30 +286,39 @@ class Sweep:
     def status(self) -> int:
         """``--status``: every point's state, then the counts."""
         hashes = {p: self.request_hash(p) for p in self.points}
-        states = self.statuses(hashes, self.runs(hashes))
+        states = self.statuses(hashes, self.runs(hashes), self.queue(hashes))
         for p in self.points:
             state, detail = states[p]
             print(f"{state:<12} {p.label}" + (f": {detail}" if detail else ""), flush=True)
-        counts = {s: sum(v[0] == s for v in states.values()) for s in ("finished", "running", "failed", "not started")}
-        print(f"{len(self.points)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
+        counts = {s: sum(v[0] == s for v in states.values())
+                  for s in ("finished", "queued", "running", "failed", "not started")}
+        print(f"{len(self.points)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "queued"),
+              flush=True)
         return 0
 
     def run(self, dry_run: bool = False, retry_failed: bool = False) -> int:
         hashes = {p: self.request_hash(p) for p in self.points}
         runs = self.runs(hashes)
         state = self.state(hashes, runs)
+        queue = self.queue(hashes) if self.slurm is not None or retry_failed else {}
         if retry_failed:  # only the points that failed; the others are left as they are
-            failed = {p for p, (s, _) in self.statuses(hashes, runs).items() if s == "failed"}
+            failed = {p for p, (s, _) in self.statuses(hashes, runs, queue).items() if s == "failed"}
             state = {p: (a, d) if p in failed else ("finished", None) for p, (a, d) in state.items()}
-        todo = [p for p in self.points if state[p][0] != "finished"]
+        # a point whose Slurm job is still queued or running is not submitted twice
+        waiting = {p: job for p, (job, s) in queue.items() if s in QUEUED | RUNNING and state[p][0] != "finished"}
+        todo = [p for p in self.points if state[p][0] != "finished" and p not in waiting]
         for p in self.points:
             action = state[p][0]
+            action = f"in Slurm job {waiting[p]}" if p in waiting else action
             print(f"{'skip (finished)' if action == 'finished' else action:<16} {p.label}", flush=True)
-        print(f"{len(self.points)} runs in this share of the grid: {len(self.points) - len(todo)} finished, "
-              f"{sum(state[p][0] == 'resume' for p in todo)} to resume, "
+        print(f"{len(self.points)} runs in this share of the grid: {len(self.points) - len(todo) - len(waiting)} "
+              f"finished, " + (f"{len(waiting)} in the Slurm queue, " if waiting else "")
+              + f"{sum(state[p][0] == 'resume' for p in todo)} to resume, "
               f"{sum(state[p][0] == 'new' for p in todo)} to start", flush=True)
         if dry_run:
             self.plan(todo)
+        if self.slurm is not None and not dry_run and (todo or (waiting and self.slurm.wait)):
+            return self.submit(todo, hashes, waiting)
         if dry_run or not todo:
             return 0
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -284,12 +329,8 @@ class Sweep:
                 slot = slots.pop(0)
             try:
                 action, run_dir = state[point]
-                log = self.log_of(point)
-                command = self.command(point, action, run_dir)
-                with open(log, "a") as f:
-                    print("$ " + " ".join(command[1:]), file=f, flush=True)
-                    proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=self.env(slot), check=False)
-                status = "finished" if proc.returncode == 0 else f"failed (exit {proc.returncode}, log {log})"
+                code = self.start(point, action, run_dir, self.env(slot)).wait()
+                status = "finished" if code == 0 else f"failed (exit {code}, log {self.log_of(point)})"
                 print(f"{status:<16} {point.label}", flush=True)
                 return status
             finally:
@@ -301,6 +342,63 @@ class Sweep:
         failed = sum(s != "finished" for s in statuses)
         print(f"sweep done: {len(statuses) - failed} runs finished, {failed} failed", flush=True)
         return 1 if failed else 0
+
+    def submit(self, todo: list[GridPoint], hashes: dict[GridPoint, str], waiting: dict[GridPoint, str]) -> int:
+        """``--launcher slurm``: the points to run as one job array; with ``--wait``, the outcome
+        of those and of the points already in the queue (``waiting``: their jobs)."""
+        from bench.drivers.slurm import JobBook, Task, job_name, submit, wait_for
+
+        assert self.slurm is not None
+        name = job_name("sweep", self.experiment)
+        job_of = dict(waiting)
+        if todo:
+            tasks = [Task(PointJob(p, self.base, self.uri, self.experiment, str(self.log_dir.resolve())))
+                     for p in todo]
+            jobs = submit(tasks, self.slurm_dir, name, self.slurm)
+            job_of.update(zip(todo, jobs, strict=True))
+            JobBook(self.slurm_dir).add({hashes[p]: {"job": job_of[p], "name": name, "label": p.label} for p in todo})
+            print(f"submitted {len(todo)} runs to Slurm as job {jobs[0].split('_')[0]} ({name}; logs in "
+                  f"{self.slurm_dir})", flush=True)
+        if not self.slurm.wait:
+            print("watch them: the same command with --status (or squeue --me --name=" + name + ")", flush=True)
+            return 0
+        label = {j: p.label for p, j in job_of.items()}
+        wait_for(list(label), name, lambda job, s: print(f"{s.lower() or 'left the queue':<16} {label[job]} "
+                                                         f"(job {job})", flush=True))
+        states = self.statuses({p: hashes[p] for p in job_of}, self.runs(hashes))
+        failed = [p for p in job_of if states[p][0] != "finished"]
+        for p in failed:
+            print(f"failed           {p.label}: {states[p][1]}", flush=True)
+        print(f"sweep done: {len(job_of) - len(failed)} runs finished, {len(failed)} failed", flush=True)
+        return 1 if failed else 0
+
+
+@dataclass
+class PointJob:
+    """A Slurm task's child (:class:`bench.drivers.slurm.Task`): one grid point's ``bench run``,
+    new or resumed from its checkpoint as MLflow says when the task starts (so a requeued task
+    continues its run), or nothing if another task already finished it."""
+
+    point: GridPoint
+    base: dict[str, Any]
+    uri: str
+    experiment: str
+    log_dir: str
+
+    def sweep(self) -> Sweep:
+        return Sweep([self.point], self.base, self.uri, self.experiment, 1, Path(self.log_dir))
+
+    def start(self, threads: int, **popen: Any) -> subprocess.Popen | None:
+        sweep = self.sweep()
+        hashes = {self.point: sweep.request_hash(self.point)}
+        action, run_dir = sweep.state(hashes, sweep.runs(hashes))[self.point]
+        if action == "finished":
+            return None
+        return sweep.start(self.point, action, run_dir, child_env(threads=threads), **popen)
+
+    def failure(self, code: int) -> str:
+        log = self.sweep().log_of(self.point)
+        return f"{self.point.label}: exit {code}: {last_error(log)} (log {log})"
 
 
 def last_error(log: Path) -> str:
@@ -355,7 +453,13 @@ def run_sweep(args: Any, base: dict[str, Any]) -> int:
     hours = getattr(args, "hours_per_run", None)
     if hours is not None and not hours > 0:
         raise UsageError(f"--hours-per-run {hours}: must be a positive number of hours")
-    sweep = Sweep(points, base, uri, args.experiment, args.workers, log_dir, hours)
+    from bench.drivers.slurm import slurm_options
+
+    slurm = slurm_options(args)
+    if slurm is not None and args.workers != 1:
+        raise UsageError(f"--workers {args.workers}: runs at once on this machine; under --launcher slurm the "
+                         "array's tasks run at once as the cluster allows (cap them with --slurm-parallelism)")
+    sweep = Sweep(points, base, uri, args.experiment, args.workers, log_dir, hours, slurm)
     if getattr(args, "status", False):
         return sweep.status()
     return sweep.run(args.dry_run, retry_failed=getattr(args, "retry_failed", False))
