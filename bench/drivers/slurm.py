@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -258,7 +259,7 @@ def submit(tasks: Sequence[Task], folder: Path, name: str, opts: SlurmOptions) -
     params: dict[str, Any] = {
         "job_name": name, "time": opts.time_min, "partition": opts.partition, "cpus_per_task": opts.cpus,
         "gpus_per_node": opts.gpus or None, "mem": opts.mem, "stderr_to_stdout": True,
-        "setup": [f"export PYTHONPATH={project_root()}${{PYTHONPATH:+:$PYTHONPATH}}", *opts.setup],
+        "setup": [f"export PYTHONPATH={shlex.quote(str(project_root()))}${{PYTHONPATH:+:$PYTHONPATH}}", *opts.setup],
         "additional_parameters": extra}
     if opts.parallelism:
         params["array_parallelism"] = opts.parallelism
