@@ -185,7 +185,7 @@ EXAMPLES = {
               "--noise sym:0.2,sym:0.4 --seeds 1,2,3 --workers 2 --experiment fmnist-cpu",
               "python -m bench sweep --methods ce,wrongevent --preset paper --dataset cifar100 --data-root ~/data "
               "--shard 1/4 --dry-run",
-              "python -m bench sweep --methods ce,wrongevent --preset paper --dataset cifar100 --data-root /shared/data "
+              "python -m bench sweep --methods ce,wrongevent --preset paper --dataset cifar100 --data-root /data "
               "--launcher slurm --slurm-partition gpu --slurm-time 8:00:00 --slurm-setup 'source .venv/bin/activate'",
               "python -m bench sweep --methods ce,dividemix,wrongevent --preset fmnist-cpu --noise sym:0.4 "
               "--views shared,official"],
