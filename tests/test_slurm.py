@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from bench.cli import main
 from bench.drivers.slurm import Task, parse_time
+from tests.test_study import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--preset", "fmnist-cpu", "--noise", "sym:0.4", "--test-subset", "200"]
@@ -104,6 +105,29 @@ def test_the_job_array_asks_for_what_the_flags_say(tmp_path, monkeypatch, capsys
           "--slurm-gpus", "0"])
     script = (out / "script-1.sh").read_text()
     assert "gpus" not in script and "--array" not in script  # one point: one job, not an array
+
+
+def test_status_reads_the_queue_then_mlflow_then_the_logs(tmp_path):
+    """Each branch of a point's status under the Slurm launcher, from a made-up queue and store."""
+    from bench.drivers.sweep import GridPoint, Sweep
+
+    sweep = Sweep([], {}, "unused", "e", 1, tmp_path / "sweeps" / "e")
+    pts = [GridPoint("ce", "sym", 0.4, s) for s in range(7)]
+    hashes = {p: f"h{p.seed}" for p in pts}
+    runs = {"h0": [{"status": "FINISHED", "run_dir": "r0"}], "h2": [{"status": "KILLED", "run_dir": "r2"}],
+            "h3": [{"status": "RUNNING", "run_dir": "r3"}], "h4": [{"status": "RUNNING", "run_dir": "r4"}],
+            "h6": [{"status": "FAILED", "run_dir": "r6"}]}
+    queue = {pts[0]: ("9_0", ""), pts[1]: ("9_1", "PENDING"), pts[2]: ("9_2", "REQUEUED"),
+             pts[3]: ("9_3", "RUNNING"), pts[4]: ("9_4", ""), pts[5]: ("9_5", "")}
+    sweep.slurm_dir.mkdir(parents=True)
+    (sweep.slurm_dir / "9_5_0_log.out").write_text("submitit INFO ...\nConnectionError: tracking server down\n")
+    sweep.log_of(pts[6]).write_text("$ -m bench run ...\nbench: error: lr 1e9 diverged\n")
+    got = sweep.statuses(hashes, runs, queue)
+    assert [got[p][0] for p in pts] == ["finished", "queued", "queued", "running", "failed", "failed", "failed"]
+    assert got[pts[1]][1] == "Slurm job 9_1 (pending)" and got[pts[3]][1] == "Slurm job 9_3, r3"
+    assert got[pts[4]][1].startswith("Slurm job 9_4 ended with its run unfinished")  # killed with its job
+    assert got[pts[5]][1] == "Slurm job 9_5: ConnectionError: tracking server down"  # never reached the run
+    assert got[pts[6]][1] == "bench: error: lr 1e9 diverged"
 
 
 class SleeperJob:
@@ -233,15 +257,6 @@ def test_a_slurm_sweep_gives_the_hashes_and_metrics_of_a_local_one(tmp_path, clu
     # run again: every point is finished, nothing is submitted
     again = bench(tmp_path, *sweep_argv(tmp_path, "slurm", *grid, "--launcher", "slurm", "--slurm-gpus", "0"))
     assert again.returncode == 0 and "submitted" not in again.stdout and again.stdout.count("skip (finished)") == 4
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow

@@ -279,6 +279,8 @@ class Sweep:
                 out[point] = ("running", mine[-1]["run_dir"] or "")
             elif mine or log.is_file():
                 out[point] = ("failed", last_error(log))
+            elif job:  # its task ended before it could start the run (its submitit log says why)
+                out[point] = ("failed", f"Slurm job {job}: {last_error(self.slurm_dir / f'{job}_0_log.out')}")
             else:
                 out[point] = ("not started", "")
         return out
