@@ -75,6 +75,8 @@ RUN_FLAGS: dict[str, tuple[type, str]] = {
     "workers": (int, "loader worker processes for on-disk data sets, for the run (default: the cores this "
                      "process may use)"),
     "prefetch": (int, "on-disk data: batches each worker makes ahead"),
+    "threads": (int, "torch's intra-op CPU threads (torch.set_num_threads; default: torch's, which follows "
+                     "OMP_NUM_THREADS, else the cores); logged with the run's environment"),
     "pin_memory": (str, f"on-disk data: pinned host memory for the copies to the device: {', '.join(TRISTATE)} "
                         "(auto: on for CUDA)"),
     "decode": (str, "on-disk data: decode JPEGs in the workers (cpu) or in batches on the CUDA device (gpu: "
@@ -341,8 +343,12 @@ def add_table_parser(sub: Any) -> None:
     tb.add_argument("--out", help="write the table to this file (default: standard output)")
     kind = tb.add_mutually_exclusive_group()
     kind.add_argument("--time", action="store_true",
-                      help="the wall-clock table, with ratios to the time-reference methods (CE, DivideMix)")
+                      help="the wall-clock table, with ratios to the time-reference methods (CE, DivideMix); runs on "
+                           "different hardware are rows of their own, compared only on the same hardware")
     kind.add_argument("--detection", action="store_true", help="the clean_auc table")
+    kind.add_argument("--env", action="store_true",
+                      help="the environments the runs ran in: runs per hardware (GPU model, or CPU model and "
+                           "threads) and software versions, with their hosts")
     kind.add_argument("--transition", action="store_true",
                       help="the t_error table (methods that estimate the noise transition matrix)")
     kind.add_argument("--compare", metavar="METHOD",
@@ -356,6 +362,8 @@ def add_table_parser(sub: Any) -> None:
                          "backbone, best or last; `bench list published`), notes where none match")
     tb.add_argument("--gap", action="store_true", help="--paper, and ours minus published in points")
     tb.add_argument("--range", action="store_true", help="also [min, max] over seeds in each cell")
+    tb.add_argument("--by-hardware", action="store_true", dest="by_hardware",
+                    help="runs on different hardware in rows of their own (METHOD @ HARDWARE); --time always does")
     tb.add_argument("--reps", type=int, default=5000, help="bootstrap resamples of --compare and --aggregate")
     tb.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
 

@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.common.errors import UsageError
 from bench.common.plotting import pyplot, save_figure, wrap_title
-from bench.records.reports import _colname, _columns, load_runs
+from bench.records.reports import _colname, _columns, by_hardware, load_runs
 from bench.training.tracking import mlflow_client
 
 KINDS = ("curves", "pareto", "scores", "detection", "intervals")
@@ -239,6 +239,8 @@ def cmd_plot(args: Any) -> int:
     if args.kind not in KINDS:
         raise UsageError(f"--kind {args.kind}: valid values are {', '.join(KINDS)}")
     df = load_runs(args.tracking_uri, args.experiment, getattr(args, "methods", None))
+    if args.kind == "pareto":  # a time axis: runs on different hardware never share a point
+        df = by_hardware(df)
     client = mlflow_client(args.tracking_uri)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

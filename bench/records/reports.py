@@ -23,6 +23,7 @@ import pandas as pd
 from bench.common.errors import UsageError
 from bench.records.published import ReferenceColumn
 from bench.training.config import params_key, result_params
+from bench.training.environment import NOT_RECORDED, PREFIX, TAG_HARDWARE
 from bench.training.runrecord import TAG_SCORE_ARTIFACTS, TAG_TIME_REFERENCE
 
 METRICS = ("best_test_acc", "last_test_acc")
@@ -54,6 +55,8 @@ def load_runs(uri: str | None, experiment: str, methods: str | None = None) -> p
                 "epoch_s": m.get("wall_clock_s", math.nan) / epochs if epochs else math.nan,
                 "clean_auc": m.get("clean_auc", math.nan), "t_error": m.get("t_error", math.nan), "params": dict(p),
                 "time_reference": t.get(TAG_TIME_REFERENCE), "score_artifacts": t.get(TAG_SCORE_ARTIFACTS),
+                "hardware": t.get(TAG_HARDWARE) or NOT_RECORDED,
+                "env": {k.removeprefix(PREFIX): v for k, v in t.items() if k.startswith(PREFIX)},
             })
         token = page.token
         if not token:
@@ -102,6 +105,38 @@ def label_rows(df: pd.DataFrame) -> pd.DataFrame:
                 rows[i] = f"{method} [" + ", ".join(f"{k}={by_group[g].get(k) or '-'}" for k in sorted(differ)) + "]"
     df["row"] = rows
     return df
+
+
+def by_hardware(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs on different hardware (GPU model, or CPU model and threads: the ``env.hardware``
+    tag) split into rows of their own, ``METHOD @ HARDWARE``, and into groups and protocols of
+    their own, so that they are never averaged together nor a time ratio taken across them.
+    Unchanged where the experiment ran on one kind of hardware."""
+    if df["hardware"].nunique() <= 1:
+        return df
+    df = df.copy()
+    df["row"] = [f"{r} @ {h}" for r, h in zip(df["row"], df["hardware"], strict=True)]
+    df["group"] = [f"{g}|{h}" for g, h in zip(df["group"], df["hardware"], strict=True)]
+    df["protocol"] = [f"{p}|{h}" for p, h in zip(df["protocol"], df["hardware"], strict=True)]
+    return df
+
+
+ENV_COLUMNS = ("torch", "torchvision", "timm", "cuda", "cudnn", "python", "deterministic")
+
+
+def env_table(df: pd.DataFrame) -> pd.DataFrame:
+    """``--env``: the experiment's environments, one row per hardware and software versions, with
+    the count of runs, of methods, and the hosts."""
+    env = pd.DataFrame([{"hardware": h, **{k: e.get(k, "-") for k in ENV_COLUMNS}, "host": e.get("host", "-")}
+                        for h, e in zip(df["hardware"], df["env"], strict=True)])
+    env["method"] = df["method"].to_numpy()
+    keys = ["hardware", *ENV_COLUMNS]
+    rows = []
+    for key, part in env.groupby(keys, sort=True):
+        rows.append({**dict(zip(keys, key, strict=True)), "runs": len(part), "methods": part["method"].nunique(),
+                     "hosts": ", ".join(sorted(part["host"].unique()))})
+    out = pd.DataFrame(rows).set_index("hardware")
+    return out[["runs", "methods", *ENV_COLUMNS, "hosts"]]
 
 
 def _setting_order(settings: list[str]) -> list[str]:
@@ -271,8 +306,19 @@ def _notes(notes: list[str], fmt: str) -> str:
 
 def cmd_table(args: Any) -> int:
     df = load_runs(args.tracking_uri, args.experiment, getattr(args, "methods", None))
+    if args.time or getattr(args, "by_hardware", False):  # times are never averaged across machines
+        df = by_hardware(df)
+    if getattr(args, "env", False):
+        table, best = env_table(df), None
+        title = (f"Environments of experiment {args.experiment}: finished runs per hardware and software versions"
+                 + ("; runs logged before environments were recorded: 'not recorded'"
+                    if (df["hardware"] == NOT_RECORDED).any() else ""))
+        return _write(render(table, args.format, best, title, index_name="hardware"), args.out)
     if args.time:
         table, best, title = time_pivot(df), None, f"Wall-clock time, experiment {args.experiment}"
+        if df["hardware"].nunique() > 1:
+            title += ("; runs on different hardware are rows of their own (METHOD @ HARDWARE), ratios only between "
+                      "runs on the same hardware")
     elif args.detection:
         table, best = pivot(df[df["clean_auc"].notna()], "clean_auc", scale=1.0, digits=3)
         title = f"Noise detection: final clean_auc (mean ± std over seeds), experiment {args.experiment}"
@@ -305,11 +351,16 @@ def cmd_table(args: Any) -> int:
     if (df["row"] != df["method"]).any():
         title += ("; a method run with different settings in one column has one row per setting, named by the "
                   "parameters that differ (runs are averaged over seeds only)")
-    text = render(table, args.format, best, title)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}")
+    if getattr(args, "by_hardware", False) and not args.time and df["hardware"].nunique() > 1:
+        title += "; runs on different hardware in rows of their own (METHOD @ HARDWARE)"
+    return _write(render(table, args.format, best, title), args.out)
+
+
+def _write(text: str, out: str | None) -> int:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+        print(f"wrote {out}")
     else:
         print(text, end="")
     return 0

@@ -198,6 +198,10 @@ class Placement:
     progress: bool | None = None  # a tqdm bar; None: on a terminal
     # pretrained weights only from the cache (as HF_HUB_OFFLINE=1): a missing file fails at once
     offline: bool = False
+    # torch's intra-op CPU threads for the run (torch.set_num_threads); None: torch's own
+    # default, which follows OMP_NUM_THREADS, else the cores. Logged (env.threads): results
+    # differ in their last digits between thread counts, times more.
+    threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,6 +213,7 @@ class Placement:
     def validate(self) -> None:
         _check(self.workers is None or self.workers >= 0, f"--workers {self.workers}: must be >= 0")
         _check(self.prefetch >= 1, f"--prefetch {self.prefetch}: must be >= 1")
+        _check(self.threads is None or self.threads >= 1, f"--threads {self.threads}: must be >= 1")
         _choice("--pin-memory", self.pin_memory, TRISTATE)
         _choice("--device", self.device, DEVICES)
 

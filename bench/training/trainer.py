@@ -39,6 +39,7 @@ from bench.training.data import Prefetcher, epoch_generator
 from bench.training.device import peak_memory_mb, resolve_device
 from bench.training.diagnostics import detection_metrics, transition_error
 from bench.training.disk import DiskLoader
+from bench.training.environment import NOT_RECORDED, TAG_HARDWARE, environment, joined, summary_line
 from bench.training.resolve import CHECKPOINT, RunSpec
 from bench.training.runrecord import RunRecord
 from bench.training.tracking import new_tracker
@@ -130,6 +131,8 @@ class History:
     test_acc: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)  # with --val-fraction
     wall_clock_s: float = 0.0
+    # the hardware label of each machine the run ran on, in order (bench.training.environment)
+    hardware: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> tuple[float, int]:
@@ -568,6 +571,9 @@ class Trainer:
         t_setup = self.started if self.started is not None else time.perf_counter()
         ckpt = self.read_checkpoint() if resume else None  # a damaged file fails before any work
         tracker = self.tracker if self.tracker is not None else new_tracker()
+        threads = torch.get_num_threads()
+        if self.place.threads is not None:  # --threads: this run's, then the caller's again
+            torch.set_num_threads(self.place.threads)
         try:
             summary = self._run(tracker, ckpt, t_setup)
         except BaseException:
@@ -576,6 +582,8 @@ class Trainer:
             with contextlib.suppress(Exception):
                 tracker.close()
             raise
+        finally:
+            torch.set_num_threads(threads)
         self.close()  # the loader workers first: forked from the run, they hold its pipes
         tracker.close()
         return summary
@@ -588,7 +596,10 @@ class Trainer:
     def _run(self, tracker: Any, ckpt: dict[str, Any] | None, t_setup: float) -> dict[str, Any]:
         if self.data is None:
             self.build()
-        # only now: a run that fails to build (weights not found offline) leaves no store behind
+        # only now: a run that fails to build (weights not found offline) leaves no store behind,
+        # and a usage error found in building is the command's one line
+        env = environment(self.device)
+        LOG.info(summary_line(env))
         for note in self.notes:
             LOG.info(note)
         self.notes.clear()
@@ -597,10 +608,16 @@ class Trainer:
         if ckpt is not None:
             history, run_id = self.load_checkpoint(ckpt)
             del ckpt
-            record.resume(run_id, history, self.extra_tags)
+            # resumed elsewhere (a requeued job on another node): the run is of both machines
+            history.hardware = history.hardware or [NOT_RECORDED]
+            if history.hardware[-1] != env[TAG_HARDWARE]:
+                history.hardware.append(env[TAG_HARDWARE])
+            env[TAG_HARDWARE] = joined(history.hardware)
+            record.resume(run_id, history, {**env, **self.extra_tags})
         else:
             history = History()
-            run_id = record.start(self.data, self.method, self.extra_tags)
+            history.hardware = [env[TAG_HARDWARE]]
+            run_id = record.start(self.data, self.method, {**env, **self.extra_tags})
             self.save_checkpoint(history, run_id)  # a run killed in epoch 1 can be resumed too
         setup_s = time.perf_counter() - t_setup
         LOG.info(f"setup_time_s {setup_s:.1f} (start-up, data, noise, models, MLflow)")
