@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench.common.errors import UsageError
+from bench.common.errors import EXIT_DIVERGED, UsageError
 from bench.common.registry import UnknownNameError
 from bench.training.config import (
     AUGMENTS,
@@ -75,6 +75,8 @@ RUN_FLAGS: dict[str, tuple[type, str]] = {
     "workers": (int, "loader worker processes for on-disk data sets, for the run (default: the cores this "
                      "process may use)"),
     "prefetch": (int, "on-disk data: batches each worker makes ahead"),
+    "on_nonfinite": (str, "a non-finite training loss: stop (the run ends as diverged, exit code 3; default) or "
+                          "skip-step (that step's update is skipped and counted, as AMP's loss scaler does)"),
     "threads": (int, "torch's intra-op CPU threads (torch.set_num_threads; default: torch's, which follows "
                      "OMP_NUM_THREADS, else the cores); logged with the run's environment"),
     "pin_memory": (str, f"on-disk data: pinned host memory for the copies to the device: {', '.join(TRISTATE)} "
@@ -346,6 +348,9 @@ def add_table_parser(sub: Any) -> None:
                       help="the wall-clock table, with ratios to the time-reference methods (CE, DivideMix); runs on "
                            "different hardware are rows of their own, compared only on the same hardware")
     kind.add_argument("--detection", action="store_true", help="the clean_auc table")
+    kind.add_argument("--health", action="store_true",
+                      help="the runs that diverged (a non-finite loss or logits stopped them) or collapsed (their test "
+                           "predictions sat in one class); other tables mark their cells with a dagger")
     kind.add_argument("--env", action="store_true",
                       help="the environments the runs ran in: runs per hardware (GPU model, or CPU model and "
                            "threads) and software versions, with their hosts")
@@ -600,7 +605,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tracker.close()
         signal.signal(signal.SIGTERM, previous)
     print(json.dumps(_jsonable(summary)))
-    return 0
+    return EXIT_DIVERGED if summary.get("status") == "diverged" else 0
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

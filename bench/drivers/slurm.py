@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common.errors import UsageError
+from bench.common.errors import EXIT_DIVERGED, UsageError
 
 LAUNCHERS = ("local", "slurm")
 # squeue's states of a job that has not started (or waits to start again) and of one that runs
@@ -181,6 +181,8 @@ class Task:
         if self.proc is None:
             return "already finished"
         code = self.proc.wait()
+        if code == EXIT_DIVERGED:  # an outcome (bench/training/health.py), not the task's failure
+            return "diverged"
         if code != 0:  # the job's error line; submitit keeps it in the task's result
             raise RuntimeError(self.job.failure(code))
         return "finished"

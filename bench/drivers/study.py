@@ -375,6 +375,11 @@ class StudyWorker:
             self._tell(trial, state=optuna.trial.TrialState.FAIL)
             print(f"bench: error: {label} failed: {_first_line(exc)}", file=sys.stderr, flush=True)
             return False
+        if summary["status"] == "diverged":  # a failed trial with its reason, never a score
+            trial.set_user_attr("fail_reason", f"diverged: {summary.get('diverged', '')}")
+            self._tell(trial, state=optuna.trial.TrialState.FAIL)
+            print(f"{label} diverged ({summary.get('diverged', '')}): recorded as failed", flush=True)
+            return True
         if summary["status"] == "pruned":
             self._tell(trial, state=optuna.trial.TrialState.PRUNED)
             print(f"{label} pruned after epoch {summary['epochs_done']}", flush=True)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common.errors import UsageError
+from bench.common.errors import EXIT_DIVERGED, UsageError
 from bench.drivers.slurm import QUEUED, RUNNING, SlurmOptions, child_env
 
 # The IDO paper's noise grid per benchmark (its tables; README of the official code)
@@ -187,11 +187,12 @@ class Sweep:
 
     def state(self, hashes: dict[GridPoint, str], runs: dict[str, list[dict[str, Any]]]
               ) -> dict[GridPoint, tuple[str, str | None]]:
-        """Per point: ('finished', None), ('resume', run_dir) or ('new', None)."""
+        """Per point: ('finished', None), ('resume', run_dir) or ('new', None). A diverged run
+        (bench/training/health.py) is an outcome, as a finished one: it is not run again."""
         out = {}
         for point, h in hashes.items():
             mine = runs.get(h, [])
-            if any(r["status"] == "FINISHED" for r in mine):
+            if any(r["status"] == "FINISHED" or _diverged(r) for r in mine):
                 out[point] = ("finished", None)
                 continue
             resumable = [r for r in mine if r["run_dir"] and (Path(r["run_dir"]) / "checkpoint.pt").is_file()]
@@ -269,6 +270,8 @@ class Sweep:
             job, state = (queue or {}).get(point, ("", ""))
             if any(r["status"] == "FINISHED" for r in mine):
                 out[point] = ("finished", "")
+            elif any(_diverged(r) for r in mine):
+                out[point] = ("diverged", next(r["health_detail"] or "" for r in mine if _diverged(r)))
             elif state in QUEUED:
                 out[point] = ("queued", f"Slurm job {job} ({state.lower()})")
             elif state in RUNNING:
@@ -293,9 +296,9 @@ class Sweep:
             state, detail = states[p]
             print(f"{state:<12} {p.label}" + (f": {detail}" if detail else ""), flush=True)
         counts = {s: sum(v[0] == s for v in states.values())
-                  for s in ("finished", "queued", "running", "failed", "not started")}
-        print(f"{len(self.points)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "queued"),
-              flush=True)
+                  for s in ("finished", "diverged", "queued", "running", "failed", "not started")}
+        print(f"{len(self.points)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()
+                                                      if n or s not in ("queued", "diverged")), flush=True)
         return 0
 
     def run(self, dry_run: bool = False, retry_failed: bool = False) -> int:
@@ -332,7 +335,8 @@ class Sweep:
             try:
                 action, run_dir = state[point]
                 code = self.start(point, action, run_dir, self.env(slot)).wait()
-                status = "finished" if code == 0 else f"failed (exit {code}, log {self.log_of(point)})"
+                status = ("finished" if code == 0 else "diverged" if code == EXIT_DIVERGED
+                          else f"failed (exit {code}, log {self.log_of(point)})")
                 print(f"{status:<16} {point.label}", flush=True)
                 return status
             finally:
@@ -341,9 +345,20 @@ class Sweep:
 
         with ThreadPoolExecutor(self.workers) as pool:
             statuses = list(pool.map(one, todo))
-        failed = sum(s != "finished" for s in statuses)
-        print(f"sweep done: {len(statuses) - failed} runs finished, {failed} failed", flush=True)
-        return 1 if failed else 0
+        return self.outcome(todo, ["failed" if s.startswith("failed") else s for s in statuses])
+
+    def outcome(self, points: list[GridPoint], states: list[str], details: dict[GridPoint, str] | None = None) -> int:
+        """The sweep's last lines: the diverged and failed points, then the counts; 1 if any failed
+        (a diverged run is an outcome, listed, not a failure of the sweep)."""
+        for kind in ("diverged", "failed"):
+            for p, s in zip(points, states, strict=True):
+                if s == kind:
+                    print(f"{kind:<16} {p.label}" + (f": {details[p]}" if details and details.get(p) else ""),
+                          flush=True)
+        n = {k: states.count(k) for k in ("finished", "diverged", "failed")}
+        print(f"sweep done: {n['finished']} runs finished, " + (f"{n['diverged']} diverged, " if n["diverged"] else "")
+              + f"{n['failed']} failed", flush=True)
+        return 1 if n["failed"] else 0
 
     def submit(self, todo: list[GridPoint], hashes: dict[GridPoint, str], waiting: dict[GridPoint, str]) -> int:
         """``--launcher slurm``: the points to run as one job array; with ``--wait``, the outcome
@@ -368,11 +383,9 @@ class Sweep:
         wait_for(list(label), name, lambda job, s: print(f"{s.lower() or 'left the queue':<16} {label[job]} "
                                                          f"(job {job})", flush=True))
         states = self.statuses({p: hashes[p] for p in job_of}, self.runs(hashes))
-        failed = [p for p in job_of if states[p][0] != "finished"]
-        for p in failed:
-            print(f"failed           {p.label}: {states[p][1]}", flush=True)
-        print(f"sweep done: {len(job_of) - len(failed)} runs finished, {len(failed)} failed", flush=True)
-        return 1 if failed else 0
+        points = list(job_of)
+        kinds = [states[p][0] if states[p][0] in ("finished", "diverged") else "failed" for p in points]
+        return self.outcome(points, kinds, {p: states[p][1] for p in points})
 
 
 @dataclass
@@ -401,6 +414,12 @@ class PointJob:
     def failure(self, code: int) -> str:
         log = self.sweep().log_of(self.point)
         return f"{self.point.label}: exit {code}: {last_error(log)} (log {log})"
+
+
+def _diverged(run: dict[str, Any]) -> bool:
+    from bench.training.health import DIVERGED
+
+    return run.get("health") == DIVERGED
 
 
 def last_error(log: Path) -> str:

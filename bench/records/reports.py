@@ -24,15 +24,17 @@ from bench.common.errors import UsageError
 from bench.records.published import ReferenceColumn
 from bench.training.config import params_key, result_params
 from bench.training.environment import NOT_RECORDED, PREFIX, TAG_HARDWARE
+from bench.training.health import COLLAPSED, DIVERGED, RECOVERED, TAG_DETAIL, TAG_HEALTH
 from bench.training.runrecord import TAG_SCORE_ARTIFACTS, TAG_TIME_REFERENCE
 
 METRICS = ("best_test_acc", "last_test_acc")
 FORMATS = ("md", "latex", "csv")
 
 
-def load_runs(uri: str | None, experiment: str, methods: str | None = None) -> pd.DataFrame:
+def load_runs(uri: str | None, experiment: str, methods: str | None = None, diverged: bool = False) -> pd.DataFrame:
     """One row per FINISHED run of ``experiment`` (of the comma-separated ``methods`` only, when
-    given), labelled by :func:`label_rows`."""
+    given), labelled by :func:`label_rows`; with ``diverged``, also the runs stopped by a
+    non-finite loss (FAILED, tag ``health=diverged``), which tables count but never average."""
     from bench.training.tracking import mlflow_client
 
     client = mlflow_client(uri)
@@ -40,10 +42,27 @@ def load_runs(uri: str | None, experiment: str, methods: str | None = None) -> p
     if exp is None:
         names = ", ".join(sorted(e.name for e in client.search_experiments())) or "(none)"
         raise UsageError(f"--experiment {experiment}: no such experiment in the store; valid: {names}")
+    rows = _rows(client, exp.experiment_id, "attributes.status = 'FINISHED'")
+    if diverged:
+        rows += _rows(client, exp.experiment_id, f"attributes.status = 'FAILED' and tags.{TAG_HEALTH} = '{DIVERGED}'")
+    if not rows:
+        raise UsageError(f"--experiment {experiment}: no finished runs yet")
+    df = pd.DataFrame(rows)
+    if methods:
+        wanted = [m.strip() for m in methods.split(",") if m.strip()]
+        have = sorted(df["method"].dropna().unique())
+        missing = [m for m in wanted if m not in have]
+        if missing:
+            raise UsageError(f"--methods: no finished run of {', '.join(missing)} in experiment {experiment}; "
+                             f"its methods: {', '.join(have)}")
+        df = df[df["method"].isin(wanted)]
+    return label_rows(df)
+
+
+def _rows(client: Any, experiment_id: str, filter_string: str) -> list[dict[str, Any]]:
     rows, token = [], None
     while True:
-        page = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                                  max_results=1000, page_token=token)
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
         for r in page:
             m, p, t = r.data.metrics, r.data.params, r.data.tags
             epochs = float(p.get("epochs", "nan"))
@@ -57,22 +76,11 @@ def load_runs(uri: str | None, experiment: str, methods: str | None = None) -> p
                 "time_reference": t.get(TAG_TIME_REFERENCE), "score_artifacts": t.get(TAG_SCORE_ARTIFACTS),
                 "hardware": t.get(TAG_HARDWARE) or NOT_RECORDED,
                 "env": {k.removeprefix(PREFIX): v for k, v in t.items() if k.startswith(PREFIX)},
+                "health": t.get(TAG_HEALTH) or "", "health_detail": t.get(TAG_DETAIL) or "",
             })
         token = page.token
         if not token:
-            break
-    if not rows:
-        raise UsageError(f"--experiment {experiment}: no finished runs yet")
-    df = pd.DataFrame(rows)
-    if methods:
-        wanted = [m.strip() for m in methods.split(",") if m.strip()]
-        have = sorted(df["method"].dropna().unique())
-        missing = [m for m in wanted if m not in have]
-        if missing:
-            raise UsageError(f"--methods: no finished run of {', '.join(missing)} in experiment {experiment}; "
-                             f"its methods: {', '.join(have)}")
-        df = df[df["method"].isin(wanted)]
-    return label_rows(df)
+            return rows
 
 
 def label_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -137,6 +145,47 @@ def env_table(df: pd.DataFrame) -> pd.DataFrame:
                      "hosts": ", ".join(sorted(part["host"].unique()))})
     out = pd.DataFrame(rows).set_index("hardware")
     return out[["runs", "methods", *ENV_COLUMNS, "hosts"]]
+
+
+MARK = "†"
+
+
+def health_table(df: pd.DataFrame) -> pd.DataFrame:
+    """``--health``: the experiment's runs that diverged or collapsed, with where and when."""
+    bad = df[df["health"] != ""].sort_values(["method", "dataset", "setting", "seed"])
+    if bad.empty:
+        return pd.DataFrame(columns=["dataset", "setting", "seed", "health", "detail", "run_id"])
+    return pd.DataFrame({"dataset": bad["dataset"].to_numpy(), "setting": bad["setting"].to_numpy(),
+                         "seed": bad["seed"].to_numpy(), "health": bad["health"].to_numpy(),
+                         "detail": bad["health_detail"].to_numpy(), "run_id": bad["run_id"].to_numpy()},
+                        index=pd.Index(bad["row"].to_numpy(), name="method"))
+
+
+def mark_health(table: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """A dagger on each cell of ``table`` (an accuracy-like pivot of ``df``) with a diverged or
+    collapsed run, and a note under the table counting them per cell; the diverged runs are
+    not in the cell's mean (the caller leaves them out)."""
+    cols = _columns(df)
+    nd = len({d for d, _ in cols})
+    notes = []
+    for (row, dataset, setting), part in df[df["health"] != ""].groupby(["row", "dataset", "setting"]):
+        name = _colname((dataset, setting), nd)
+        counts = part["health"].value_counts()
+        total = int(((df["row"] == row) & (df["dataset"] == dataset) & (df["setting"] == setting)).sum())
+        if row not in table.index or name not in table.columns or table.loc[row, name] == "-":
+            notes.append(f"{MARK} {row}, {name}: all {total} runs diverged (no cell)")
+            continue
+        what = [f"{counts[k]} {label}" for k, label in ((DIVERGED, "diverged (not in the mean)"),
+                                                       (COLLAPSED, "collapsed"),
+                                                       (RECOVERED, "collapsed and recovered")) if k in counts]
+        table.loc[row, name] = f"{table.loc[row, name]} {MARK}"
+        notes.append(f"{MARK} {row}, {name}: of {total} runs, " + ", ".join(what))
+    if notes:
+        table.attrs["notes"] = [*table.attrs.get("notes", []), *notes,
+                                f"{MARK}: `bench table --health` lists these runs; collapse: two evaluations in a row "
+                                "with one class predicted for at least halfway between the test set's largest class "
+                                "share and all of it"]
+    return table
 
 
 def _setting_order(settings: list[str]) -> list[str]:
@@ -305,15 +354,23 @@ def _notes(notes: list[str], fmt: str) -> str:
 
 
 def cmd_table(args: Any) -> int:
-    df = load_runs(args.tracking_uri, args.experiment, getattr(args, "methods", None))
+    every = load_runs(args.tracking_uri, args.experiment, getattr(args, "methods", None), diverged=True)
+    if getattr(args, "health", False):
+        title = (f"Runs of experiment {args.experiment} that diverged (a non-finite loss or logits stopped them) or "
+                 "collapsed (their test predictions sat in one class two evaluations in a row)")
+        return _write(render(health_table(every), args.format, None, title), args.out)
+    df = every[every["health"] != DIVERGED]  # in the counts and the marks, never in a mean
+    if df.empty:
+        raise UsageError(f"--experiment {args.experiment}: every run diverged; `bench table --health` lists them")
     if args.time or getattr(args, "by_hardware", False):  # times are never averaged across machines
-        df = by_hardware(df)
+        df, every = by_hardware(df), by_hardware(every)
     if getattr(args, "env", False):
         table, best = env_table(df), None
         title = (f"Environments of experiment {args.experiment}: finished runs per hardware and software versions"
                  + ("; runs logged before environments were recorded: 'not recorded'"
                     if (df["hardware"] == NOT_RECORDED).any() else ""))
         return _write(render(table, args.format, best, title, index_name="hardware"), args.out)
+    cells = not (args.time or getattr(args, "compare", None) or getattr(args, "aggregate", False))
     if args.time:
         table, best, title = time_pivot(df), None, f"Wall-clock time, experiment {args.experiment}"
         if df["hardware"].nunique() > 1:
@@ -351,6 +408,8 @@ def cmd_table(args: Any) -> int:
     if (df["row"] != df["method"]).any():
         title += ("; a method run with different settings in one column has one row per setting, named by the "
                   "parameters that differ (runs are averaged over seeds only)")
+    if cells:  # methods x settings: a dagger where a cell has unhealthy runs
+        table = mark_health(table, every)
     if getattr(args, "by_hardware", False) and not args.time and df["hardware"].nunique() > 1:
         title += "; runs on different hardware in rows of their own (METHOD @ HARDWARE)"
     return _write(render(table, args.format, best, title), args.out)

@@ -58,7 +58,7 @@ DECODERS = ("cpu", "gpu")  # where on-disk JPEGs are decoded (bench/training/dis
 # fields added after runs were logged: left out of the hash at their default, so a sweep still
 # recognises the runs it finished before the field existed
 ADDED_LATER: dict[str, Any] = {"val_fraction": 0.0, "test_subset": None, "compile": "off", "fused": "off",
-                               "decode": "cpu", "fidelity": "paper"}
+                               "decode": "cpu", "fidelity": "paper", "on_nonfinite": "stop"}
 
 
 @dataclass
@@ -87,6 +87,9 @@ class RunConfig:
     # the paper's reading of each method, or its official code's where they differ (the method's
     # official_options, which the resolver puts in method_options)
     fidelity: str = "paper"
+    # a non-finite training loss: stop the run (diverged, exit 3) or skip that step's update
+    # (bench/training/health.py)
+    on_nonfinite: str = "stop"
     image_size: int | None = None  # side of the images the backbone sees; None: the data set's
     subset: int | None = None
     val_fraction: float = 0.0  # held out of the noisy training set for validation (studies: 0.1)
@@ -176,6 +179,7 @@ class RunConfig:
         _choice("--augment", self.augment, AUGMENTS)
         _choice("--views", self.views, VIEW_POLICIES)
         _choice("--fidelity", self.fidelity, FIDELITIES)
+        _choice("--on-nonfinite", self.on_nonfinite, ("stop", "skip-step"))
         if self.noise == "none":
             _check(self.noise_rate == 0, f"--noise-rate {self.noise_rate} given with --noise none; "
                                          "name a noise model (sym, sym-biased, pairflip, asym, instance)")

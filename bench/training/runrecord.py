@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.training.health import DIVERGED, TAG_DETAIL, TAG_HEALTH
 from bench.training.resolve import CONFIG_FILE, RunSpec
 from bench.training.tracking import git_commit
 
@@ -86,8 +87,23 @@ class RunRecord:
     def killed(self) -> None:
         self.tracker.end("KILLED")
 
+    def tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.tracker.set_tag(key, value)
+
+    def diverged(self, summary: dict[str, Any], step: int, detail: str) -> None:
+        """A run stopped by a non-finite loss or logits (bench/training/health.py): the metrics
+        of its good epochs, summary.json, the tags that say so; the MLflow run FAILED."""
+        self.tags({TAG_HEALTH: DIVERGED, TAG_DETAIL: detail})
+        self._close(summary, step)
+        self.tracker.end("FAILED")
+
     def finish(self, summary: dict[str, Any], step: int) -> None:
         """Final metrics, summary.json, the method's artifacts; the run FINISHED."""
+        self._close(summary, step)
+        self.tracker.end("FINISHED")
+
+    def _close(self, summary: dict[str, Any], step: int) -> None:
         final = {k: summary[k] for k in ("best_test_acc", "last_test_acc", "wall_clock_s", "peak_memory_mb",
                                          "setup_time_s", "best_val_acc", "last_val_acc") if k in summary}
         self.tracker.log_metrics(final, step=step)
@@ -97,7 +113,6 @@ class RunRecord:
         for item in sorted((self.run_dir / "artifacts").glob("*")):
             if item.is_file():
                 self.tracker.log_artifact(item, "method")
-        self.tracker.end("FINISHED")
 
 
 def _declared(method: Any) -> dict[str, str]:

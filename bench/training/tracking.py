@@ -354,7 +354,9 @@ def runs_by_tag(uri: str | None, experiment: str, tag: str, values: set[str]) ->
             value = r.data.tags.get(tag)
             if value in values:
                 out.setdefault(value, []).append({"run_id": r.info.run_id, "status": r.info.status,
-                                                  "run_dir": r.data.tags.get("run_dir")})
+                                                  "run_dir": r.data.tags.get("run_dir"),
+                                                  "health": r.data.tags.get("health"),
+                                                  "health_detail": r.data.tags.get("health.detail")})
         token = page.token
         if not token:
             return out

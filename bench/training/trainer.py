@@ -40,6 +40,16 @@ from bench.training.device import peak_memory_mb, resolve_device
 from bench.training.diagnostics import detection_metrics, transition_error
 from bench.training.disk import DiskLoader
 from bench.training.environment import NOT_RECORDED, TAG_HARDWARE, environment, joined, summary_line
+from bench.training.health import (
+    COLLAPSED,
+    TAG_DETAIL,
+    TAG_HEALTH,
+    CollapseState,
+    Diverged,
+    NonFiniteWatch,
+    collapse_share,
+    prediction_stats,
+)
 from bench.training.resolve import CHECKPOINT, RunSpec
 from bench.training.runrecord import RunRecord
 from bench.training.tracking import new_tracker
@@ -133,6 +143,7 @@ class History:
     wall_clock_s: float = 0.0
     # the hardware label of each machine the run ran on, in order (bench.training.environment)
     hardware: list[str] = field(default_factory=list)
+    collapse: dict[str, Any] = field(default_factory=dict)  # a CollapseState (bench.training.health)
 
     @property
     def best(self) -> tuple[float, int]:
@@ -203,6 +214,10 @@ class Trainer:
         self.tracker = tracker
         self.progress = sys.stderr.isatty() if self.place.progress is None else self.place.progress
         self.device = resolve_device(self.place.device)
+        # run health (bench/training/health.py): the non-finite loss watch, skipped steps, collapse
+        self.watch = NonFiniteWatch(self.device)
+        self.skipped_steps, self._epoch, self._top_class = 0, 0, 0
+        self._collapse_at: float | None = None
         on_cuda = self.device.type == "cuda"
         self.amp = self.config.amp == "on" or (self.config.amp == "auto" and on_cuda)
         # fp16 with loss scaling on CUDA; bfloat16 is the CPU form of autocast
@@ -374,9 +389,15 @@ class Trainer:
         out = {}
         for name, loader in self.test_loaders.items():
             logits, idx = self._logits(self.method.predict, loader)
+            if not bool(torch.isfinite(logits).all()):  # weights gone to NaN or inf: diverged
+                raise Diverged(self.method.name, self._epoch + 1, None, "logits in evaluation")
+            pred = logits.argmax(1)
             # over the images that decoded (on-disk data); the skipped ones are counted apart
-            acc = (logits.argmax(1) == loader.labels[idx]).float().mean().item()
+            acc = (pred == loader.labels[idx]).float().mean().item()
             out["test_acc" + (f"_{name}" if name else "")] = acc
+            if not name:  # collapse: how much of the test set goes to one class (bench.training.health)
+                out["pred_top_share"], out["pred_entropy"], self._top_class = prediction_stats(
+                    pred, self.data.dataset.num_classes)
         if self.val_loader is not None:  # the held-out part of the noisy training set
             logits, idx = self._logits(self.method.predict, self.val_loader)
             pred = logits.argmax(1)
@@ -412,6 +433,10 @@ class Trainer:
             out = self.method.train_step(batch, epoch, phase)
         for o in opts:
             o.zero_grad(set_to_none=True)
+        if self.config.on_nonfinite == "skip-step" and not bool(torch.isfinite(out.loss.detach()).all()):
+            self.skipped_steps += 1  # no backward, no update, and not in the epoch's means
+            return None
+        self.watch.update(out.loss)
         if not out.step:
             return out
         if not self.scaler.is_enabled():
@@ -437,12 +462,25 @@ class Trainer:
                              f"do not name ({', '.join(m.own_views) or 'none'})")
         stats = EpochStats(self.device)
         m.train_mode(True)
+        self.watch.reset()
+        self.skipped_steps = 0
         self.prefetcher.live = True  # streams made from here on may start decoding at once
         try:
             self._train_phases(epoch, gen, views, stats)
+        except Exception as exc:  # a method that trips over the NaNs (a mixture fit, a sampler)
+            step = self.watch.first_bad()
+            if step is not None:
+                raise Diverged(m.name, epoch + 1, step, "training loss") from exc
+            raise
         finally:
             self.prefetcher.live = False
-        return stats.result()
+        step = self.watch.first_bad()
+        if step is not None:
+            raise Diverged(m.name, epoch + 1, step, "training loss")
+        result = stats.result()
+        if self.config.on_nonfinite == "skip-step":
+            result["skipped_steps"] = float(self.skipped_steps)
+        return result
 
     def _train_phases(self, epoch: int, gen: torch.Generator, views: tuple[str, ...], stats: EpochStats) -> None:
         m = self.method
@@ -458,7 +496,9 @@ class Trainer:
             opts = self._phase_optimizers(phase)
             indices = self.pool if phase.indices is None else phase.indices
             for batch in self.train_loader.iterate(views, gen, indices=indices, batch_size=phase.batch_size):
-                stats.add(self._step(batch, epoch, phase, opts), batch)
+                out = self._step(batch, epoch, phase, opts)
+                if out is not None:
+                    stats.add(out, batch)
                 if bar is not None:
                     bar.update(1)
         if bar is not None:
@@ -508,6 +548,7 @@ class Trainer:
         """Hooks, training, detection metrics, evaluation and timing of one epoch (``epoch``
         counts from 0)."""
         t0 = time.perf_counter()
+        self._epoch = epoch
         self.pool = self.draw_pool(epoch)
         self._gens = self._method_generators(epoch)
         metrics = dict(self.method.on_epoch_start(epoch))
@@ -629,6 +670,14 @@ class Trainer:
         except Stopped as stop:
             record.stopped("pruned" if isinstance(stop, Pruned) else "stop-after")
             return self._summary(history, run_id, status="pruned" if isinstance(stop, Pruned) else "stopped")
+        except Diverged as div:
+            summary = self._summary(history, run_id, status="diverged")
+            summary.update(setup_time_s=setup_s, diverged=str(div))
+            good = f"epoch {history.epochs_done}" if history.epochs_done else "the start"
+            LOG.error(f"bench: diverged: {div}; the run stops (the checkpoint of {good}, the last good one, "
+                      f"stands in {self.run_dir})")
+            record.diverged(summary, history.epochs_done, str(div))
+            return summary
         summary = self._summary(history, run_id, status="finished")
         summary["setup_time_s"] = setup_s
         record.finish(summary, history.epochs_done)
@@ -643,6 +692,7 @@ class Trainer:
                 history.val_acc.append(metrics["val_acc"])
             history.wall_clock_s += metrics["epoch_time_s"]
             history.last_metrics = metrics
+            self._watch_collapse(history, record, epoch, metrics)
             record.flush()  # the epochs before this one are in the store before its checkpoint
             self.save_checkpoint(history, run_id)  # first the checkpoint, then the record of it
             record.epoch(metrics, step=epoch + 1)
@@ -652,6 +702,26 @@ class Trainer:
             if (self.epoch_callback is not None and self.epoch_callback(epoch, metrics)
                     and epoch + 1 < self.config.epochs):
                 raise Pruned
+
+    def _watch_collapse(self, history: History, record: RunRecord, epoch: int, metrics: dict[str, float]) -> None:
+        """Tag a run whose test predictions sit in one class two evaluations in a row, and say
+        so; the tag follows it (collapsed, or collapsed-recovered once it leaves)."""
+        share = metrics.get("pred_top_share")
+        if share is None:
+            return
+        if self._collapse_at is None:
+            self._collapse_at = collapse_share(self.test_loaders[""].labels, self.data.dataset.num_classes)
+        state = CollapseState(**history.collapse)
+        before = state.tag()
+        if state.update(epoch + 1, share, self._collapse_at):
+            LOG.warning(f"warning: {self.method.name}: predictions collapsed: {share:.1%} of the test images in "
+                        f"class {self._top_class} in evaluations {state.collapsed_epoch}-{epoch + 1} (collapse: "
+                        f"{self._collapse_at:.1%} or more two evaluations in a row); the run goes on")
+        history.collapse = asdict(state)
+        if state.tag() != before:
+            detail = (f"collapsed from epoch {state.collapsed_epoch}" if state.tag() == COLLAPSED else
+                      f"collapsed from epoch {state.collapsed_epoch}, recovered by epoch {epoch + 1}")
+            record.tags({TAG_HEALTH: state.tag(), TAG_DETAIL: detail})
 
     def _report(self, epoch: int, m: dict[str, float]) -> None:
         acc = f" train_acc {m['train_acc']:.4f}" if "train_acc" in m else ""
