@@ -26,7 +26,8 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.common.errors import UsageError
 from bench.common.plotting import pyplot, save_figure, wrap_title
-from bench.records.reports import _colname, _columns, by_hardware, load_runs
+from bench.records.reports import MARK, _colname, _columns, by_hardware, load_runs
+from bench.training.health import DIVERGED
 from bench.training.tracking import mlflow_client
 
 KINDS = ("curves", "pareto", "scores", "detection", "intervals")
@@ -238,7 +239,12 @@ def intervals(df: pd.DataFrame, metric: str, path: Path, experiment: str, reps: 
 def cmd_plot(args: Any) -> int:
     if args.kind not in KINDS:
         raise UsageError(f"--kind {args.kind}: valid values are {', '.join(KINDS)}")
-    df = load_runs(args.tracking_uri, args.experiment, getattr(args, "methods", None))
+    df = load_runs(args.tracking_uri, args.experiment, getattr(args, "methods", None), diverged=True)
+    # a method with a diverged or collapsed run is marked in the legend (`bench table --health`
+    # lists the runs); diverged runs are drawn nowhere
+    unhealthy = set(df.loc[df["health"] != "", "row"])
+    df = df[df["health"] != DIVERGED].copy()
+    df["row"] = [f"{r} {MARK}" if r in unhealthy else r for r in df["row"]]
     if args.kind == "pareto":  # a time axis: runs on different hardware never share a point
         df = by_hardware(df)
     client = mlflow_client(args.tracking_uri)

@@ -362,6 +362,7 @@ def cmd_table(args: Any) -> int:
     df = every[every["health"] != DIVERGED]  # in the counts and the marks, never in a mean
     if df.empty:
         raise UsageError(f"--experiment {args.experiment}: every run diverged; `bench table --health` lists them")
+    variants = bool((df["row"] != df["method"]).any())  # rows named by their settings (before any hardware split)
     if args.time or getattr(args, "by_hardware", False):  # times are never averaged across machines
         df, every = by_hardware(df), by_hardware(every)
     if getattr(args, "env", False):
@@ -405,7 +406,7 @@ def cmd_table(args: Any) -> int:
         title = (f"{args.metric} in % (mean ± std over seeds{span}; best mean in bold), experiment {args.experiment}")
         if table.attrs.get("notes"):
             title += "; beside a cell, published numbers of its protocol (notes under the table)"
-    if (df["row"] != df["method"]).any():
+    if variants:
         title += ("; a method run with different settings in one column has one row per setting, named by the "
                   "parameters that differ (runs are averaged over seeds only)")
     if cells:  # methods x settings: a dagger where a cell has unhealthy runs
