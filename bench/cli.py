@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run|list|data|ui|sweep|table|plot|study|study-report|perf|weights``.
+"""Command line: ``python -m bench run|list|data|ui|sweep|table|plot|report|study|study-report|perf|weights``.
 
 Every user error ends in one line on standard error and exit code 2; a run's last line on
 standard output is one JSON object with its results.
@@ -206,6 +206,9 @@ EXAMPLES = {
     "study": ["python -m bench study --method dividemix --params lambda_u,p_threshold --preset fmnist-cpu "
               "--noise sym --noise-rate 0.4 --epochs 15 --trials 20"],
     "study-report": ["python -m bench study-report --study-name dividemix-fashion-mnist-sym0.4"],
+    "report": ["python -m bench report --experiment fmnist-cpu --highlight wrongevent,dividemix,ce "
+               "--out results/fashion-mnist",
+               "python -m bench report --experiment fmnist-cpu --ui-url http://127.0.0.1:5000"],
     "weights": ["python -m bench weights fetch --preset clothing1m",
                 "python -m bench weights fetch --preset paper --dataset cifar100 --preset paper-vit",
                 "python -m bench weights fetch --backbone timm:resnet50 --backbone timm:vit_base_patch16_224",
@@ -239,7 +242,8 @@ def build_parser() -> Parser:
                       "  python -m bench list\n  python -m bench COMMAND --help")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     for add in (add_run_parser, add_list_parser, add_data_parser, add_ui_parser, add_sweep_parser,
-                add_reproduce_parser, add_study_parsers, add_table_parser, add_plot_parser, add_perf_parser,
+                add_reproduce_parser, add_study_parsers, add_table_parser, add_plot_parser, add_report_parser,
+                add_perf_parser,
                 add_weights_parser):
         add(sub)
     return p
@@ -373,6 +377,25 @@ def add_table_parser(sub: Any) -> None:
     tb.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
 
 
+def add_report_parser(sub: Any) -> None:
+    rp = _add(sub, "report", "one self-contained HTML page of an experiment: its tables and interactive figures",
+              "Write RESULTS/EXPERIMENT-report.html: the accuracy (best and last), time, detection and transition "
+              "tables with their health marks, the environments and unhealthy runs, and interactive figures (hover: "
+              "method, setting, seed, value; the legend toggles methods, buttons show one family, --highlight puts "
+              "chosen methods over the rest in grey). Plotly's JavaScript is inlined: the page opens from disk with "
+              "no network.")
+    rp.add_argument("--experiment", required=True, help="MLflow experiment to read; required")
+    rp.add_argument("--out", default="results/reports", help="folder for the page (default results/reports)")
+    rp.add_argument("--methods", help="comma-separated methods to include (default: every method of the experiment)")
+    rp.add_argument("--highlight", help="comma-separated methods drawn in colour over the others in grey, e.g. "
+                                        "wrongevent,dividemix,ce (the page opens so; a button shows all)")
+    rp.add_argument("--metric", default="last_test_acc", help="the accuracy of the time figure: last_test_acc "
+                                                              "(default) or best_test_acc")
+    rp.add_argument("--ui-url", dest="ui_url", help="the MLflow UI's address (e.g. http://127.0.0.1:5000): each "
+                                                    "table cell links its runs there")
+    rp.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
+
+
 def add_plot_parser(sub: Any) -> None:
     pl = _add(sub, "plot", "figures of an experiment's runs (300 dpi PNG and PDF)")
     pl.add_argument("--experiment", required=True, help="MLflow experiment to read; required")
@@ -381,6 +404,11 @@ def add_plot_parser(sub: Any) -> None:
     pl.add_argument("--metric", default="last_test_acc", help="accuracy of the pareto and intervals plots")
     pl.add_argument("--reps", type=int, default=5000, help="bootstrap resamples of the intervals plot")
     pl.add_argument("--methods", help="comma-separated methods to include (default: every method of the experiment)")
+    pl.add_argument("--highlight", help="comma-separated methods drawn in colour over the others in thin grey "
+                                        "(curves, detection, pareto), e.g. wrongevent,dividemix,ce")
+    pl.add_argument("--by-family", action="store_true", dest="by_family",
+                    help="one figure per family of methods (the IDO paper's set, losses and corrections, selection, "
+                         "semi-supervised): small multiples that stay readable at thirty methods")
     pl.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
 
 
@@ -814,7 +842,8 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "ui": cmd_ui, "data": cmd_data, "s
             "reproduce": cmd_reproduce,
             "table": _lazy("bench.records.reports", "cmd_table"), "plot": _lazy("bench.records.figures", "cmd_plot"),
             "perf": cmd_perf, "weights": cmd_weights,
-            "study-report": _lazy("bench.drivers.study_report", "cmd_study_report")}
+            "study-report": _lazy("bench.drivers.study_report", "cmd_study_report"),
+            "report": _lazy("bench.records.report_page", "cmd_report")}
 
 
 def _joined(argv: list[str]) -> list[str]:

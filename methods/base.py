@@ -109,6 +109,10 @@ class Phase:
     select: Callable[[], torch.Tensor] | None = None
 
 
+FAMILIES = {"paper": "the IDO paper's set", "losses": "losses and corrections", "selection": "selection",
+            "semi-supervised": "semi-supervised", "other": "other"}
+
+
 @dataclass
 class StepOutput:
     """What a training step returns to the trainer."""
@@ -213,6 +217,9 @@ class Method:
     # the official file and lines: `--fidelity official` sets them unless `--set` gives them
     # (bench/training/resolve.py); tests/test_registry.py checks each names an option and parses
     official_options: ClassVar[dict[str, str]] = {}
+    # the group `bench report` and `bench plot` show the method in (FAMILIES): the IDO paper's
+    # comparison set, robust losses and loss corrections, sample selection, semi-supervised
+    family: ClassVar[str] = "other"
     # what `bench perf` times of the method (bench/drivers/perf.py), under ``smoke_options``:
     # ``perf_figures`` names the figures it is in ("methods": the suites' methods side by side;
     # "strong": the strong view's share of its step), ``perf_step_epoch`` the epoch (from 0)

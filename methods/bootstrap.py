@@ -66,6 +66,8 @@ class BootstrapOptions:
 class Bootstrap(Method):
     """Bootstrapping (ICLR-W 2015): CE against beta * label + (1 - beta) * own (soft or hard) prediction."""
 
+    family = "losses"  # `bench report` and `bench plot` group methods by it
+
     paper = "Reed et al., Training Deep Neural Networks on Noisy Labels with Bootstrapping, ICLR workshop 2015"
     code = "none official; Keras reference github.com/YisenWang/symmetric_cross_entropy_for_noisy_labels"
     Options = BootstrapOptions

@@ -15,6 +15,8 @@ from methods.base import METHODS, Method, Phase, StepOutput
 class CrossEntropy(Method):
     """Cross-entropy on the given labels: one network, no noise handling (the baseline floor)."""
 
+    family = "paper"  # `bench report` and `bench plot` group methods by it
+
     paper = "the cross-entropy baseline every LNL paper reports (Standard)"
     code = "none (the harness's plain training)"
     time_reference = "CE"  # `bench table --time`: every method's time per epoch against CE's

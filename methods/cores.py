@@ -78,6 +78,8 @@ class CoresOptions:
 class Cores(Method):
     """CORES^2 phase 1 (ICLR 2021): CE with a prior-weighted confidence regulariser and a sample sieve."""
 
+    family = "losses"  # `bench report` and `bench plot` group methods by it
+
     paper = "Cheng et al., Learning with Instance-Dependent Label Noise: A Sample Sieve Approach, ICLR 2021"
     code = "github.com/UCSC-REAL/cores"
     Options = CoresOptions

@@ -82,6 +82,8 @@ class CoteachingOptions:
 class Coteaching(Method):
     """Co-teaching (NeurIPS 2018): two nets, each trained on the small-loss samples of its peer."""
 
+    family = "paper"  # `bench report` and `bench plot` group methods by it
+
     paper = "Han et al., Co-teaching: Robust Training of Deep Neural Networks with Extremely Noisy Labels, NeurIPS 2018"
     code = "github.com/bhanML/Co-teaching"
     Options = CoteachingOptions

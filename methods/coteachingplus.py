@@ -142,6 +142,8 @@ class CoteachingPlus(Method):
     """Co-teaching+ (ICML 2019): Co-teaching's peer update, restricted to the samples the two
     networks' predictions disagree on after ``init_epoch``."""
 
+    family = "selection"  # `bench report` and `bench plot` group methods by it
+
     paper = "Yu et al., How does Disagreement Help Generalization against Label Corruption?, ICML 2019"
     code = "github.com/xingruiyu/coteaching_plus"
     Options = CoteachingPlusOptions

@@ -163,6 +163,8 @@ def end_of_epoch(w_probs: torch.Tensor, s_probs: torch.Tensor, labels: torch.Ten
 class DISC(Method):
     """DISC (CVPR 2023): per-sample EMA thresholds on two views; clean, hard, corrected and mixup sets."""
 
+    family = "paper"  # `bench report` and `bench plot` group methods by it
+
     paper = ("Li et al., "
              "DISC: Learning from Noisy Labels via Dynamic Instance-Specific Selection and Correction, CVPR 2023")
     code = "github.com/JackYFL/DISC"

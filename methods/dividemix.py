@@ -131,6 +131,8 @@ class DivideMixOptions:
 class DivideMix(Method):
     """DivideMix (ICLR 2020): two nets, GMM co-divide on per-sample loss, MixMatch-style training."""
 
+    family = "paper"  # `bench report` and `bench plot` group methods by it
+
     paper = "Li, Socher, Hoi, DivideMix: Learning with Noisy Labels as Semi-supervised Learning, ICLR 2020"
     code = "github.com/LiJunnan1992/DivideMix"
     time_reference = "DivideMix"  # the IDO paper's time claim is against DivideMix

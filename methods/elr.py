@@ -80,6 +80,8 @@ def elr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor, idx: t
 class ELR(Method):
     """ELR (NeurIPS 2020): cross-entropy plus a penalty for leaving a running-average target."""
 
+    family = "paper"  # `bench report` and `bench plot` group methods by it
+
     paper = "Liu et al., Early-Learning Regularization Prevents Memorization of Noisy Labels, NeurIPS 2020"
     code = "github.com/shengliu66/ELR (ELR/)"
     Options = ELROptions

@@ -186,6 +186,8 @@ def update_targets(target: torch.Tensor, idx: torch.Tensor, teacher_logits: torc
 class ELRPlus(Method):
     """ELR+ (NeurIPS 2020): two nets with ELR targets from the peer's weight average, and mixup."""
 
+    family = "semi-supervised"  # `bench report` and `bench plot` group methods by it
+
     paper = "Liu et al., Early-Learning Regularization Prevents Memorization of Noisy Labels, NeurIPS 2020"
     code = "github.com/shengliu66/ELR (ELR_plus/)"
     Options = ELRPlusOptions

@@ -77,6 +77,8 @@ def truncated_lq(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, q: floa
 class GCE(Method):
     """GCE (NeurIPS 2018): the generalized cross-entropy L_q, between CE (q -> 0) and MAE (q = 1)."""
 
+    family = "paper"  # `bench report` and `bench plot` group methods by it
+
     paper = ("Zhang & Sabuncu, "
              "Generalized Cross Entropy Loss for Training Deep Neural Networks with Noisy Labels, NeurIPS 2018")
     code = "none official; unofficial github.com/AlanChou/Truncated-Loss"

@@ -138,6 +138,8 @@ def gjs_loss(logits: list[torch.Tensor], labels: torch.Tensor, pi_label: float, 
 class GJS(Method):
     """GJS (NeurIPS 2021): the Jensen-Shannon divergence of the label and the predictions on two views."""
 
+    family = "paper"  # `bench report` and `bench plot` group methods by it
+
     paper = ("Englesson & Azizpour, "
              "Generalized Jensen-Shannon Divergence Loss for Learning with Noisy Labels, NeurIPS 2021")
     code = "github.com/ErikEnglesson/GJS"

@@ -112,6 +112,8 @@ class _GLS(Method):
 class LabelSmoothing(_GLS):
     """Label smoothing (r > 0) as GLS defines it (ICML 2022): direct training, r = 0.1."""
 
+    family = "losses"  # `bench report` and `bench plot` group methods by it
+
     paper = "Wei et al., To Smooth or Not? When Label Smoothing Meets Noisy Labels, ICML 2022"
     code = "github.com/UCSC-REAL/negative-label-smoothing"
     Options = LSOptions
@@ -120,6 +122,8 @@ class LabelSmoothing(_GLS):
 @METHODS.register("nls")
 class NegativeLabelSmoothing(_GLS):
     """Negative label smoothing (ICML 2022): CE warm-up, then r < 0 at a tiny learning rate."""
+
+    family = "losses"  # `bench report` and `bench plot` group methods by it
 
     paper = "Wei et al., To Smooth or Not? When Label Smoothing Meets Noisy Labels, ICML 2022"
     code = "github.com/UCSC-REAL/negative-label-smoothing"

@@ -131,6 +131,8 @@ class JoCoR(Method):
     """JoCoR (CVPR 2020): two networks, one joint loss with co-regularisation, one small-loss
     selection and one optimiser."""
 
+    family = "selection"  # `bench report` and `bench plot` group methods by it
+
     paper = ("Wei et al., Combating Noisy Labels by Agreement: A Joint Training Method with Co-Regularization, "
              "CVPR 2020")
     code = "github.com/hongxin001/JoCoR"

@@ -169,6 +169,8 @@ class _Correction(Method):
 class Forward(_Correction):
     """Forward correction (CVPR 2017): -log of the prediction pushed through T, T from anchor points."""
 
+    family = "losses"  # `bench report` and `bench plot` group methods by it
+
     paper = "Patrini et al., Making Deep Neural Networks Robust to Label Noise: a Loss Correction Approach, CVPR 2017"
     code = "github.com/giorgiop/loss-correction"
 
@@ -179,6 +181,8 @@ class Forward(_Correction):
 @METHODS.register("backward")
 class Backward(_Correction):
     """Backward correction (CVPR 2017): the per-class losses weighted by T^-1's row of the given label."""
+
+    family = "losses"  # `bench report` and `bench plot` group methods by it
 
     paper = "Patrini et al., Making Deep Neural Networks Robust to Label Noise: a Loss Correction Approach, CVPR 2017"
     code = "github.com/giorgiop/loss-correction"

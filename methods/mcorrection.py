@@ -162,6 +162,8 @@ def bootstrap_loss(logp: torch.Tensor, y: torch.Tensor, target: torch.Tensor, b:
 class MCorrection(Method):
     """M-Correction (ICML 2019): mixup, then bootstrapping weighted by a Beta mixture on the losses."""
 
+    family = "paper"  # `bench report` and `bench plot` group methods by it
+
     paper = "Arazo et al., Unsupervised Label Noise Modeling and Loss Correction, ICML 2019"
     code = "github.com/PaulAlbert31/LabelNoiseCorrection"
     Options = MCorrectionOptions

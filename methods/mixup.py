@@ -42,6 +42,8 @@ def mixup_loss(logits: torch.Tensor, y: torch.Tensor, y_perm: torch.Tensor, lam:
 class Mixup(Method):
     """mixup (ICLR 2018): convex combinations of image pairs and of their given labels."""
 
+    family = "losses"  # `bench report` and `bench plot` group methods by it
+
     paper = "Zhang et al., mixup: Beyond Empirical Risk Minimization, ICLR 2018"
     code = "github.com/facebookresearch/mixup-cifar10"
     Options = MixupOptions

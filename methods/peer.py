@@ -79,6 +79,8 @@ class PeerOptions:
 class PeerLoss(Method):
     """Peer loss (ICML 2020): CE minus alpha times the CE of an independently paired image and label."""
 
+    family = "losses"  # `bench report` and `bench plot` group methods by it
+
     paper = "Liu & Guo, Peer Loss Functions: Learning from Noisy Labels without Knowing Noise Rates, ICML 2020"
     code = "github.com/weijiaheng/Multi-class-Peer-Loss-functions"
     Options = PeerOptions

@@ -461,6 +461,8 @@ def _params(modules: list[nn.Module]) -> list[nn.Parameter]:
 class PES(_Progressive):
     """PES (NeurIPS 2021): CE, refinement of the re-created last block and classifier, confident-set CE."""
 
+    family = "selection"  # `bench report` and `bench plot` group methods by it
+
     paper = ("Bai et al., Understanding and Improving Early Stopping for Learning with Noisy Labels, "
              "NeurIPS 2021 (PES)")
     code = "github.com/tmllab/PES (PES_cs.py)"
@@ -520,6 +522,8 @@ class PES(_Progressive):
 @METHODS.register("pes_semi")
 class PESSemi(_Progressive):
     """PES-semi (NeurIPS 2021): CE, classifier refinement, MixMatch on the confident / other split."""
+
+    family = "semi-supervised"  # `bench report` and `bench plot` group methods by it
 
     paper = ("Bai et al., Understanding and Improving Early Stopping for Learning with Noisy Labels, "
              "NeurIPS 2021 (PES with semi-supervised learning)")

@@ -151,6 +151,8 @@ def prob_correction(labels: torch.Tensor, f_x: torch.Tensor, delta: float, inc: 
 class PLC(Method):
     """PLC (ICLR 2021): CE on labels corrected progressively by a likelihood-ratio test."""
 
+    family = "paper"  # `bench report` and `bench plot` group methods by it
+
     paper = "Zhang et al., Learning with Feature-Dependent Label Noise: A Progressive Approach, ICLR 2021"
     code = "github.com/pxiangwu/PLC"
     Options = PLCOptions

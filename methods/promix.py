@@ -399,6 +399,8 @@ class PseudoHeadNet(nn.Module):
 class ProMix(Method):
     """ProMix (IJCAI 2023): CSS + MHCS selection per network, debiased primary and pseudo heads."""
 
+    family = "semi-supervised"  # `bench report` and `bench plot` group methods by it
+
     paper = ("Xiao, Dong, Wang, Feng, Wu, Chen, Zhao, ProMix: Combating Label Noise via Maximizing Clean "
              "Sample Utility, IJCAI 2023")
     code = "github.com/Justherozen/ProMix"

@@ -72,6 +72,8 @@ class SCEOptions:
 class SCE(Method):
     """SCE (ICCV 2019): alpha CE + beta reverse CE, the reverse term with log 0 = ln(1e-4)."""
 
+    family = "losses"  # `bench report` and `bench plot` group methods by it
+
     paper = "Wang et al., Symmetric Cross Entropy for Robust Learning with Noisy Labels, ICCV 2019"
     code = "github.com/YisenWang/symmetric_cross_entropy_for_noisy_labels"
     Options = SCEOptions

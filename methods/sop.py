@@ -204,6 +204,8 @@ def sop_loss(z_w: torch.Tensor, y: torch.Tensor, u: torch.Tensor, v: torch.Tenso
 class SOP(Method):
     """SOP (ICML 2022): per-sample sparse terms u^2 y - v^2 (1 - y) learn the label noise beside the network."""
 
+    family = "losses"  # `bench report` and `bench plot` group methods by it
+
     paper = "Liu, Zhu, Qu & You, Robust Training under Label Noise by Over-parameterization, ICML 2022"
     code = "github.com/shengliu66/SOP"
     Options = SOPOptions
@@ -272,6 +274,8 @@ class SOP(Method):
 @METHODS.register("sop_plus")
 class SOPPlus(SOP):
     """SOP+ (ICML 2022): SOP with a weak/strong consistency and a class-balance term."""
+
+    family = "semi-supervised"  # `bench report` and `bench plot` group methods by it
 
     Options = SOPPlusOptions
     # the strong view only where the consistency term uses it (trainer.py:92-96)

@@ -90,6 +90,8 @@ class TRevisionOptions:
 class TRevision(Method):
     """T-Revision (NeurIPS 2019): anchor-point T, importance reweighting, then T revised by learning dT."""
 
+    family = "losses"  # `bench report` and `bench plot` group methods by it
+
     paper = "Xia et al., Are Anchor Points Really Indispensable in Label-Noise Learning?, NeurIPS 2019"
     code = "github.com/xiaoboxia/T-Revision"
     Options = TRevisionOptions

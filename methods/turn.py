@@ -91,6 +91,8 @@ def class_balanced_selection(losses: np.ndarray, labels: np.ndarray, num_classes
 class TURN(Method):
     """TURN (arXiv 2023): linear probing with GCE, class-balanced clean selection, full fine-tuning."""
 
+    family = "paper"  # `bench report` and `bench plot` group methods by it
+
     paper = "Ahn et al., Fine tuning Pre trained Models for Robustness Under Noisy Labels, arXiv 2310.17668, 2023"
     code = "none official (built from the paper)"
     Options = TURNOptions

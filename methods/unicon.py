@@ -218,6 +218,8 @@ class ProjectedNet(nn.Module):
 class UNICON(Method):
     """UNICON (CVPR 2022): JSD-based uniform selection, MixMatch and SimCLR on the unlabeled set."""
 
+    family = "paper"  # `bench report` and `bench plot` group methods by it
+
     paper = "Karim et al., UNICON: Combating Label Noise Through Uniform Selection and Contrastive Learning, CVPR 2022"
     code = "github.com/nazmul-karim170/UNICON"
     smoke_options = {"warmup_epochs": "1"}  # warm-up, then selection, MixMatch and contrast

@@ -151,6 +151,8 @@ def label_wave_base(changes: list[float]) -> int | None:
 class WrongEvent(Method):
     """IDO (NeurIPS 2025): wrong-event counts, label-wave base model, BMM-weighted 3-term loss."""
 
+    family = "paper"  # `bench report` and `bench plot` group methods by it
+
     paper = ("Zhang et al., "
              "Handling Label Noise via Instance-Level Difficulty Modeling and Dynamic Optimization (IDO), NeurIPS 2025")
     code = "github.com/iTheresaApocalypse/IDO"

@@ -32,6 +32,32 @@ def tracking_uri(tmp: Path) -> str:
     return f"sqlite:///{tmp}/m.db"
 
 
+def copy_sources(repo: Path, files: dict[str, str] | None = None) -> Path:
+    """A copy of the repository's sources and tests in ``repo``, with ``files`` (path: text)
+    added: a project a test may change (a new method module) without touching this one."""
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    for entry in ("bench", "methods", "datasets", "tests", "pyproject.toml"):
+        src = root / entry
+        if src.is_dir():
+            shutil.copytree(src, repo / entry, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, repo / entry)
+    for path, text in (files or {}).items():
+        assert not (repo / path).exists(), f"{path} is in the repository already"
+        (repo / path).write_text(text)
+    return repo
+
+
+def table_cli(tmp: Path, experiment: str, *argv: str) -> str:
+    """``python -m bench table`` in-process on the store under ``tmp``; its standard output."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["table", "--experiment", experiment, "--tracking-uri", tracking_uri(tmp), *argv]) == 0
+    return buf.getvalue()
+
+
 def run_cli(tmp: Path, *extra: str) -> dict:
     """``python -m bench run`` in-process with a store and run folders under ``tmp``; the summary."""
     buf = io.StringIO()

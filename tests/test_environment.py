@@ -3,7 +3,6 @@ resumed on other hardware; and tables that never average or compare times across
 (``bench table --time``, ``--by-hardware``, ``--env``) on a store written by hand."""
 from __future__ import annotations
 
-import contextlib
 import io
 import platform
 
@@ -15,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from bench.cli import main
 from bench.training.environment import cpu_model, joined
 from bench.training.runrecord import TAG_TIME_REFERENCE
-from tests.helpers import run_cli, tracking_uri
+from tests.helpers import run_cli, table_cli, tracking_uri
 
 TINY = ["--method", "ce", "--dataset", "fashion-mnist", "--noise", "sym", "--noise-rate", "0.4", "--subset", "100",
         "--test-subset", "100", "--epochs", "2"]
@@ -90,10 +89,7 @@ def store(tmp_path):
 
 
 def table(tmp, *argv: str) -> str:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(["table", "--experiment", "hw", "--tracking-uri", tracking_uri(tmp), *argv]) == 0
-    return buf.getvalue()
+    return table_cli(tmp, "hw", *argv)
 
 
 def csv(text: str) -> pd.DataFrame:

@@ -4,11 +4,8 @@ a run predicting one class is tagged ``collapsed``; tables mark both; a sweep fi
 points and lists a diverged one."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -23,7 +20,7 @@ from bench.cli import main
 from bench.training.health import CollapseState, collapse_share, prediction_stats
 from bench.training.trainer import Trainer
 from methods.base import METHODS, Method, Phase, StepOutput
-from tests.helpers import spec_of, tracking_uri
+from tests.helpers import copy_sources, spec_of, table_cli, tracking_uri
 
 
 @dataclass
@@ -179,10 +176,7 @@ def store(tmp_path):
 
 
 def table(tmp, *argv: str) -> str:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(["table", "--experiment", "h", "--tracking-uri", tracking_uri(tmp), *argv]) == 0
-    return buf.getvalue()
+    return table_cli(tmp, "h", *argv)
 
 
 def test_tables_mark_cells_with_unhealthy_runs_and_health_lists_them(store):
@@ -225,16 +219,7 @@ class NanThree(Method):
 
 @pytest.mark.slow
 def test_a_sweep_finishes_its_other_points_and_lists_the_diverged_one(tmp_path):
-    from tests.test_readme_example import COPIED, ROOT
-
-    repo = tmp_path / "repo"
-    for entry in COPIED:
-        src = ROOT / entry
-        if src.is_dir():
-            shutil.copytree(src, repo / entry, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, repo / entry)
-    (repo / "methods" / "nanthree.py").write_text(NAN_METHOD)
+    repo = copy_sources(tmp_path / "repo", {"methods/nanthree.py": NAN_METHOD})
     env = {**os.environ, "PYTHONPATH": str(repo), "BENCH_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "bench", "sweep", "--methods", "ce,nanthree", "--dataset", "fashion-mnist",
             "--noise", "sym:0.4", "--seeds", "1", "--epochs", "2", "--subset", "300", "--test-subset", "200",

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import copy_sources
+
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ("bench", "methods", "datasets", "tests", "pyproject.toml")
 
 
 def example() -> tuple[str, str]:
@@ -48,15 +49,7 @@ def test_the_example_passes_ruff_as_a_method_module():
 def copy_with_example(tmp_path: Path) -> tuple[Path, str, dict[str, str]]:
     """A copy of the repository's sources and tests with the example added as one new file."""
     code, name = example()
-    repo = tmp_path / "repo"
-    for entry in COPIED:
-        src = ROOT / entry
-        if src.is_dir():
-            shutil.copytree(src, repo / entry, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, repo / entry)
-    assert not (repo / "methods" / f"{name}.py").exists(), f"the example's name {name!r} is a method already"
-    (repo / "methods" / f"{name}.py").write_text(code)
+    repo = copy_sources(tmp_path / "repo", {f"methods/{name}.py": code})
     env = {**os.environ, "PYTHONPATH": str(repo), "BENCH_CACHE_DIR": str(tmp_path / "cache")}
     return repo, name, env
 

@@ -19,7 +19,7 @@ from bench.common.errors import UsageError
 from bench.common.options import build_options, describe_options
 from bench.common.registry import Registry, UnknownNameError, describe
 from datasets.base import DATASETS, Dataset
-from methods.base import METHODS, Method
+from methods.base import FAMILIES, METHODS, Method
 
 # --- Registry ---------------------------------------------------------------------------------------
 
@@ -220,8 +220,10 @@ def test_method_class_contract(name):
     assert len(describe_options(cls)) == len(dataclasses.fields(cls.Options))
     for f in dataclasses.fields(cls.Options):
         assert f.metadata.get("help"), f"option {f.name} has no help text"
+    assert cls.family in FAMILIES, f"family {cls.family!r}: one of {', '.join(FAMILIES)}"
     if cls.__module__ in {f"methods.{m}" for m in methods.MODULES}:  # ours, not a test's side entry
         assert cls.paper and cls.code, "its paper and its official repository (or why there is none)"
+        assert cls.family != "other", "one of the report's groups (Method.family)"
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from bench.cli import main
 from bench.training.runrecord import TAG_SCORE_ARTIFACTS, TAG_TIME_REFERENCE
-from tests.helpers import tracking_uri
+from tests.helpers import table_cli, tracking_uri
 
 RUNS = {  # (method, setting) -> [(best, last, wall_clock_s)] per seed
     ("ce", "sym:0.4"): [(0.80, 0.60, 100.0), (0.82, 0.62, 110.0)],
@@ -75,10 +75,7 @@ def store(tmp_path_factory):
 
 
 def table(tmp, *argv: str) -> str:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(["table", "--experiment", "tiny", "--tracking-uri", tracking_uri(tmp), *argv]) == 0
-    return buf.getvalue()
+    return table_cli(tmp, "tiny", *argv)
 
 
 @pytest.mark.slow

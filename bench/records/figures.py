@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.common.errors import UsageError
 from bench.common.plotting import pyplot, save_figure, wrap_title
-from bench.records.reports import MARK, _colname, _columns, by_hardware, load_runs
+from bench.records.reports import MARK, _colname, _columns, by_hardware, families, load_runs
 from bench.training.health import DIVERGED
 from bench.training.tracking import mlflow_client
 
@@ -66,27 +66,44 @@ def _title(fig: Any, text: str) -> None:
     fig.suptitle(wrap_title(text, fig.get_figwidth()))
 
 
-def _styles(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Line style of each table row: its method's colour (the same in every figure), and a dash
-    pattern per variant where a method has several rows."""
+MARKERS = "osD^v<>P*Xhd"
+OTHERS = {"color": "0.72", "linestyle": "-", "lw": 0.8, "alpha": 0.55, "zorder": 1}  # --highlight's grey rows
+
+
+def _styles(df: pd.DataFrame, highlight: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Line style of each table row: its method's colour (the same in every figure) and marker,
+    and a dash pattern per variant where a method has several rows. With ``highlight`` (method
+    names), the other rows are thin grey lines under the chosen ones."""
     colours = method_colours(sorted(df["method"].unique()))
     dashes = ["-", "--", ":", "-."]
+    methods = sorted(df["method"].unique())
+    epochs = int(df["epochs"].max()) if df["epochs"].notna().any() else 10
     out = {}
     for method, part in df.groupby("method"):
         for i, row in enumerate(sorted(part["row"].unique())):
-            out[row] = {"color": colours[method], "linestyle": dashes[i % len(dashes)]}
+            if highlight and method not in highlight:
+                out[row] = dict(OTHERS)
+                continue
+            out[row] = {"color": colours[method], "linestyle": dashes[i % len(dashes)],
+                        "marker": MARKERS[methods.index(method) % len(MARKERS)], "markersize": 4,
+                        "markevery": max(1, epochs // 6), "lw": 2.0 if highlight else 1.4, "zorder": 3}
     return out
+
+
+def highlighted(rows: list[str], styles: dict[str, dict[str, Any]]) -> list[str]:
+    return [r for r in rows if styles[r].get("color") != OTHERS["color"]]
 
 
 LEGEND_PER_PANEL = 8  # more rows than this: one legend for the figure, beside the panels
 
 
 def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: str, title: str,
-               scale: float) -> list[Path]:
+               scale: float, highlight: set[str] | None = None) -> list[Path]:
     settings = _columns(df)
-    styles = _styles(df)
+    styles = _styles(df, highlight)
     plt, fig, axes = _panels(len(settings))
-    shared = df["row"].nunique() > LEGEND_PER_PANEL  # many rows: one legend beside the panels, not one in each
+    # many rows: one legend beside the panels, not one in each (with --highlight: the chosen rows)
+    shared = df["row"].nunique() > LEGEND_PER_PANEL and not highlight
     handles: dict[str, Any] = {}
     for ax, (ds, setting) in zip(axes, settings, strict=False):
         part = df[(df["dataset"] == ds) & (df["setting"] == setting)]
@@ -98,7 +115,7 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
             table = pd.concat(curves, axis=1) * scale
             label = row if shared else f"{row} (n={table.shape[1]})"
             (handles[row],) = ax.plot(table.index, table.mean(axis=1), label=label, **styles[row])
-            if table.shape[1] > 1:
+            if table.shape[1] > 1 and styles[row] is not OTHERS and styles[row].get("zorder") == 3:
                 ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=styles[row]["color"],
                                 alpha=0.2)
         ax.set_title(f"{ds}, {setting}")
@@ -106,7 +123,12 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if not shared:
+        if highlight:  # the chosen rows, and the rest as one grey entry
+            chosen = [h for r, h in handles.items() if r in highlighted(list(handles), styles)]
+            grey = [h for r, h in handles.items() if r not in highlighted(list(handles), styles)][:1]
+            ax.legend(chosen + grey, [h.get_label() for h in chosen] + (["the other methods"] if grey else []),
+                      fontsize=8)
+        elif not shared:
             ax.legend(fontsize=8)
     _title(fig, title)
     if shared:
@@ -115,7 +137,8 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
     return save_figure(fig, path)
 
 
-def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str) -> list[Path]:
+def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str,
+           highlight: set[str] | None = None) -> list[Path]:
     """Accuracy against wall-clock time per run, one panel per data set and setting (with thirty
     methods one panel of labelled points is unreadable), each row's marker and colour the same in
     every panel, one legend for the figure, and each panel's Pareto front (the runs no other run
@@ -124,8 +147,8 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str) -> list[P
     plt, fig, axes = _panels(len(settings))
     g = df.groupby(["row", "method", "dataset", "setting"]).agg(acc=(metric, "mean"), time=("wall_clock_s", "mean"))
     g = g.reset_index()
-    styles = _styles(df)
-    markers = "osD^v<>P*Xhd"
+    styles = _styles(df, highlight)
+    markers = MARKERS
     rows = sorted(g["row"].unique())
     handles: dict[str, Any] = {}
     for ax, (ds, setting) in zip(axes, settings, strict=False):
@@ -135,7 +158,7 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str) -> list[P
             if len(r):
                 marker = markers[rows.index(row) % len(markers)]
                 handles[row] = ax.scatter(r["time"] / 60, r["acc"] * 100, marker=marker, s=40,
-                                          color=styles[row]["color"], label=row, zorder=3)
+                                          color=styles[row]["color"], label=row, zorder=styles[row]["zorder"])
         front = part[part["acc"] >= part["acc"].cummax()]  # by time: each run better than every faster one
         ax.step(front["time"] / 60, front["acc"] * 100, where="post", color="grey", alpha=0.6, lw=1, zorder=2)
         ax.set_title(_colname((ds, setting), len({d for d, _ in settings})), fontsize=10)
@@ -143,7 +166,9 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str) -> list[P
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.grid(alpha=0.3)
     _title(fig, f"Accuracy vs time per setting (grey: the Pareto front), experiment {experiment}")
-    fig.legend([handles[r] for r in rows if r in handles], [r for r in rows if r in handles], fontsize=8,
+    shown = [r for r in highlighted(rows, styles) if r in handles]
+    others = [r for r in rows if r in handles and r not in shown][:1]
+    fig.legend([handles[r] for r in shown + others], shown + (["the other methods"] if others else []), fontsize=8,
                loc="outside right upper")
     return save_figure(fig, path)
 
@@ -247,26 +272,44 @@ def cmd_plot(args: Any) -> int:
     df["row"] = [f"{r} {MARK}" if r in unhealthy else r for r in df["row"]]
     if args.kind == "pareto":  # a time axis: runs on different hardware never share a point
         df = by_hardware(df)
-    client = mlflow_client(args.tracking_uri)
+    highlight = {m.strip() for m in (getattr(args, "highlight", None) or "").split(",") if m.strip()}
+    unknown = sorted(highlight - set(df["method"]))
+    if unknown:
+        raise UsageError(f"--highlight {','.join(unknown)}: no run of it in experiment {args.experiment}; its methods: "
+                         f"{', '.join(sorted(df['method'].unique()))}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.experiment}-{args.kind}.png"
+    if getattr(args, "by_family", False):  # small multiples: one figure per family of methods
+        family = families(sorted(df["method"].unique()))
+        paths = []
+        for fam in sorted(set(family.values())):
+            part = df[df["method"].map(family) == fam]
+            paths += _plot(args, part, out / f"{args.experiment}-{args.kind}-{fam}.png", highlight,
+                           f" ({fam} methods)")
+    else:
+        paths = _plot(args, df, out / f"{args.experiment}-{args.kind}.png", highlight, "")
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _plot(args: Any, df: pd.DataFrame, path: Path, highlight: set[str], which: str) -> list[Path]:
+    client = mlflow_client(args.tracking_uri)
+    experiment = args.experiment + which
     if args.kind == "curves":
         paths = _per_epoch(df, client, "test_acc", path, "test accuracy (%)",
-                           f"Test accuracy per epoch (mean over seeds, band: min-max), experiment {args.experiment}",
-                           100.0)
+                           f"Test accuracy per epoch (mean over seeds, band: min-max), experiment {experiment}",
+                           100.0, highlight)
     elif args.kind == "detection":
         det = df[df["clean_auc"].notna()]
         if det.empty:
             raise UsageError(f"--kind detection: experiment {args.experiment} has no run that logs clean_auc")
         paths = _per_epoch(det, client, "clean_auc", path, "clean AUC (noise detection)",
-                           f"Noise detection per epoch (mean over seeds, band: min-max), experiment {args.experiment}",
-                           1.0)
+                           f"Noise detection per epoch (mean over seeds, band: min-max), experiment {experiment}",
+                           1.0, highlight)
     elif args.kind == "pareto":
-        paths = pareto(df, args.metric, path, args.experiment)
+        paths = pareto(df, args.metric, path, experiment, highlight)
     elif args.kind == "intervals":
-        paths = intervals(df, args.metric, path, args.experiment, getattr(args, "reps", None))
+        paths = intervals(df, args.metric, path, experiment, getattr(args, "reps", None))
     else:
-        paths = scores(df, client, path, args.experiment)
-    print("wrote " + ", ".join(map(str, paths)))
-    return 0
+        paths = scores(df, client, path, experiment)
+    return paths

@@ -150,6 +150,14 @@ def env_table(df: pd.DataFrame) -> pd.DataFrame:
 MARK = "†"
 
 
+def families(methods: list[str]) -> dict[str, str]:
+    """{method: family} from the catalogue (``Method.family``; ``other`` for a name it lacks)."""
+    from bench.training.catalogue import catalogue
+
+    reg = catalogue().methods
+    return {m: (reg.get(m).family or "other") if m in reg.names() else "other" for m in methods}
+
+
 def health_table(df: pd.DataFrame) -> pd.DataFrame:
     """``--health``: the experiment's runs that diverged or collapsed, with where and when."""
     bad = df[df["health"] != ""].sort_values(["method", "dataset", "setting", "seed"])

@@ -64,6 +64,7 @@ class Entry:
     # the options `--fidelity official` sets, with their values as `--set` takes them (a method's
     # ``official_options``), in the order the method declares them
     official: tuple[tuple[str, str], ...] = ()
+    family: str = ""  # a method's group in reports and figures (``Method.family``)
 
     @property
     def option_names(self) -> set[str]:
@@ -117,7 +118,8 @@ def _entry(name: str, obj: Any, aliases: list[str], space: str = "") -> dict[str
             "views": list(getattr(obj, "own_views", ())), "paper": getattr(obj, "paper", ""),
             "code": getattr(obj, "code", ""),
             # a list of pairs: the file's keys are sorted, the declared order is kept
-            "official": [[k, str(v)] for k, v in getattr(obj, "official_options", {}).items()]}
+            "official": [[k, str(v)] for k, v in getattr(obj, "official_options", {}).items()],
+            "family": getattr(obj, "family", "")}
 
 
 def build() -> dict[str, Any]:
@@ -194,7 +196,8 @@ def _registry(kind: str, entries: dict[str, Any]) -> Registry:
         reg.register(name, aliases=tuple(e["aliases"]))(Entry(name, e["doc"], tuple(e["aliases"]), options,
                                                                e["space"], e["module"], tuple(e["views"]),
                                                                e.get("paper", ""), e.get("code", ""),
-                                                               tuple((k, v) for k, v in e.get("official", ()))))
+                                                               tuple((k, v) for k, v in e.get("official", ())),
+                                                               e.get("family", "")))
     return reg
 
 
