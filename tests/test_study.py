@@ -90,18 +90,18 @@ def test_a_method_without_hyperparameters_says_so():
 
 
 def test_fields_added_later_leave_the_hashes_of_earlier_runs_alone():
-    """val_fraction, test_subset, compile, fused, decode and fidelity at their defaults hash as runs
-    from before them did."""
+    """val_fraction, test_subset, compile, fused, decode, fidelity and on_nonfinite at their
+    defaults hash as runs from before them did."""
     import hashlib
 
     from bench.training.config import RunConfig
 
     cfg = RunConfig(method="ce", noise="sym", noise_rate=0.4)
-    later = ("val_fraction", "test_subset", "compile", "fused", "decode", "fidelity")
+    later = ("val_fraction", "test_subset", "compile", "fused", "decode", "fidelity", "on_nonfinite")
     old = {k: v for k, v in cfg.to_dict().items() if k not in later}
     assert cfg.hash() == hashlib.sha1(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     for changed in ({"val_fraction": 0.1}, {"compile": "default"}, {"fused": "on"}, {"decode": "gpu"},
-                    {"fidelity": "official"}):
+                    {"fidelity": "official"}, {"on_nonfinite": "skip-step"}):
         assert RunConfig(method="ce", noise="sym", noise_rate=0.4, **changed).hash() != cfg.hash()
     assert RunConfig(method="ce", noise="sym", noise_rate=0.4, test_subset=500).hash() != cfg.hash()
 
