@@ -234,3 +234,23 @@ def test_a_sweep_finishes_its_other_points_and_lists_the_diverged_one(tmp_path):
             in status.stdout)
     again = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert again.stdout.count("skip (finished)") == 2  # a diverged point is not run again
+
+
+def test_plots_mark_methods_with_unhealthy_runs_and_draw_no_diverged_run(store, tmp_path, monkeypatch):
+    import bench.records.figures as figures
+
+    seen = {}
+    real = figures.save_figure
+
+    def spy(fig, path, pdf=True):
+        seen["legend"] = [t.get_text() for t in fig.legends[0].get_texts()]
+        seen["y"] = {c.get_label(): float(c.get_offsets()[0][1]) for ax in fig.axes for c in ax.collections
+                     if c.get_label() in ("ce †", "peer †")}
+        return real(fig, path, pdf)
+
+    monkeypatch.setattr(figures, "save_figure", spy)
+    assert main(["plot", "--experiment", "h", "--kind", "pareto", "--out", str(tmp_path),
+                 "--tracking-uri", tracking_uri(store)]) == 0
+    assert seen["legend"] == ["ce †", "peer †"]
+    assert seen["y"]["peer †"] == pytest.approx(71.0)  # the mean of its two finished seeds, not of the diverged
+    assert seen["y"]["ce †"] == pytest.approx(57.33, abs=0.01)  # the collapsed seed is drawn (it finished)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -241,52 +242,41 @@ def cpus_per_run(workers: int) -> str:
 
 
 @pytest.mark.slow
-def test_a_slurm_sweep_gives_the_hashes_and_metrics_of_a_local_one(tmp_path, cluster):
-    grid = ["--methods", "ce,coteaching", *SMALL, "--seeds", "1,2", "--epochs", "2", "--subset", "300"]
+def test_a_slurm_sweep_with_requeued_tasks_gives_the_hashes_and_metrics_of_a_local_one(tmp_path, cluster):
+    """2 methods x 2 seeds through Slurm, two of the tasks stopped after their second epoch: one
+    requeued by an administrator (``scontrol requeue``: SIGTERM), one warned of its time limit
+    (USR2, as ``--signal=USR2@90`` sends it). Every run ends with the configuration hash and
+    the metrics, epoch by epoch, of the same grid run uninterrupted by ``--workers 2``."""
+    grid = ["--methods", "ce,gce", *SMALL, "--seeds", "1,2", "--epochs", "6", "--subset", "4000"]
+    slurm = ["--launcher", "slurm", "--slurm-gpus", "0", "--slurm-cpus", cpus_per_run(2)]
+    sub = bench(tmp_path, *sweep_argv(tmp_path, "slurm", *grid, *slurm))
+    assert sub.returncode == 0 and "submitted 4 runs to Slurm" in sub.stdout, sub.stdout + sub.stderr
+    job = sub.stdout.split("as job ")[1].split()[0]
+    # tasks 0 and 1: seed 1 of ce and of gce (the grid's order: seed, noise, method)
+    logs = [tmp_path / "sweeps" / "slurm" / f"{m}_sym0.4_seed_1.log" for m in ("ce", "gce")]
+    for log, stop in zip(logs, (["scontrol", "requeue", f"{job}_0"], ["scancel", "--signal=USR2", f"{job}_1"]),
+                         strict=True):  # each as soon as its run has checkpointed its second epoch
+        wait_for(lambda log=log: log.is_file() and "epoch 2/6" in log.read_text(), 300, f"epoch 2 in {log.name}")
+        subprocess.run(stop, check=True, timeout=60)
+    wait_for(lambda: all("interrupted" in log.read_text() for log in logs), 120, "both runs to stop")
+    status = bench(tmp_path, *sweep_argv(tmp_path, "slurm", *grid, "--status")).stdout
+    # the task stopped last is back in the queue (or running again): its Slurm job shows
+    assert re.search(r"^(queued|running) +gce sym:0.4 seed 1: Slurm job \d+_1", status, re.M), status
+    # the same command with --wait submits nothing twice and waits for the tasks in the queue
+    done = bench(tmp_path, *sweep_argv(tmp_path, "slurm", *grid, *slurm, "--wait"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    # (the points still in the queue: the others may have finished already)
+    assert "submitted" not in done.stdout and re.search(r"sweep done: [1-4] runs finished, 0 failed", done.stdout)
+    for log in logs:
+        text = log.read_text()
+        assert "--resume" in text and "epoch 6/6" in text, text  # resumed, in the same run, to its end
+        assert text.count("epoch 1/6") == 1  # not started again from scratch
+    assert len(sorted((tmp_path / "sweeps" / "slurm" / "slurm").glob("*_log.out"))) == 4  # a job log per task
     local = bench(tmp_path, *sweep_argv(tmp_path, "local", *grid, "--workers", "2"))
     assert local.returncode == 0, local.stdout + local.stderr
-    slurm = bench(tmp_path, *sweep_argv(tmp_path, "slurm", *grid, "--launcher", "slurm", "--slurm-gpus", "0",
-                                        "--slurm-cpus", cpus_per_run(2), "--wait"))
-    assert slurm.returncode == 0, slurm.stdout + slurm.stderr
-    assert "submitted 4 runs to Slurm" in slurm.stdout and "sweep done: 4 runs finished, 0 failed" in slurm.stdout
     a, b = histories(tmp_path, "local"), histories(tmp_path, "slurm")
     assert len(a) == 4 and a.keys() == b.keys()  # the same configuration hashes
     assert a == b  # the same metrics, epoch by epoch
-    logs = sorted((tmp_path / "sweeps" / "slurm" / "slurm").glob("*_log.out"))
-    assert len(logs) == 4  # one submitit log per array task, under results/sweeps/<experiment>/slurm
-    # run again: every point is finished, nothing is submitted
-    again = bench(tmp_path, *sweep_argv(tmp_path, "slurm", *grid, "--launcher", "slurm", "--slurm-gpus", "0"))
-    assert again.returncode == 0 and "submitted" not in again.stdout and again.stdout.count("skip (finished)") == 4
-
-
-@pytest.mark.slow
-def test_tasks_requeued_mid_run_finish_with_the_metrics_of_uninterrupted_runs(tmp_path, cluster):
-    """One task requeued by an administrator (``scontrol requeue``: SIGTERM), one warned of its
-    time limit (USR2, as ``--signal=USR2@90`` sends it): both resume from their last epoch and
-    end as the uninterrupted runs do."""
-    grid = ["--methods", "ce", *SMALL, "--seeds", "1,2", "--epochs", "8", "--subset", "6000"]
-    sub = bench(tmp_path, *sweep_argv(tmp_path, "slurm", *grid, "--launcher", "slurm", "--slurm-gpus", "0",
-                                      "--slurm-cpus", cpus_per_run(2)))
-    assert sub.returncode == 0, sub.stdout + sub.stderr
-    job = sub.stdout.split("as job ")[1].split()[0]
-    logs = [tmp_path / "sweeps" / "slurm" / f"ce_sym0.4_seed_{s}.log" for s in (1, 2)]
-    wait_for(lambda: all(log.is_file() and "epoch 2/8" in log.read_text() for log in logs), 300, "epoch 2 of both")
-    subprocess.run(["scontrol", "requeue", f"{job}_0"], check=True, timeout=60)
-    subprocess.run(["scancel", "--signal=USR2", f"{job}_1"], check=True, timeout=60)
-    wait_for(lambda: all("interrupted" in log.read_text() for log in logs), 120, "both runs to stop")
-    status = bench(tmp_path, *sweep_argv(tmp_path, "slurm", *grid, "--status"))
-    assert "ce sym:0.4 seed 1: Slurm job" in status.stdout and "finished" not in status.stdout.split("\n")[0]
-    # the same command with --wait submits nothing twice and waits for the requeued tasks
-    done = bench(tmp_path, *sweep_argv(tmp_path, "slurm", *grid, "--launcher", "slurm", "--slurm-gpus", "0", "--wait"))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "submitted" not in done.stdout and "sweep done: 2 runs finished, 0 failed" in done.stdout
-    for log in logs:
-        text = log.read_text()
-        assert "--resume" in text and "epoch 8/8" in text, text  # resumed, in the same run, to its end
-        assert text.count("epoch 1/8") == 1  # not started again from scratch
-    reference = bench(tmp_path, *sweep_argv(tmp_path, "local", *grid, "--workers", "2"))
-    assert reference.returncode == 0, reference.stdout + reference.stderr
-    assert histories(tmp_path, "slurm") == histories(tmp_path, "local")
 
 
 @pytest.mark.slow

@@ -156,6 +156,20 @@ def test_grid_studies_default_to_the_grid_size_plus_the_defaults():
 
 # --- studies on SQLite -------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.slow
+def test_study_workers_start_that_many_local_workers_on_one_study(tmp_path, monkeypatch):
+    """``--study-workers 2`` (local launcher): two `bench study` processes share the study and it
+    ends with exactly its trials."""
+    monkeypatch.chdir(tmp_path)  # the workers start in the command's folder
+    code, out = study_cli(tmp_path, "--method", "ce", "--params", "lr", "--epochs", "1", "--trials", "3",
+                          "--study-name", "w", "--pruner", "none", "--heartbeat", "5", "--study-workers", "2")
+    assert code == 0, out
+    assert "study w: 2 workers done" in out
+    trials = optuna.load_study(study_name="w", storage=storage(tmp_path)).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert len({t.user_attrs["worker"] for t in trials}) <= 2
+
+
 def test_three_trial_study_writes_trials_nested_runs_and_a_report(tmp_path):
     code, out = study_cli(tmp_path, "--method", "coteaching", "--params", "forget_rate,tk", "--epochs", "1",
                           "--trials", "3", "--sampler-seed", "0", "--study-name", "s")
