@@ -354,3 +354,24 @@ def test_a_killed_worker_leaves_the_study_usable_and_a_new_worker_finishes_it(tm
     again = worker(tmp_path, url, 3)
     assert again.wait(timeout=300) == 0
     check_killed_and_continued(tmp_path, url, trials_of(url), 3)
+
+
+def test_a_diverged_trial_is_failed_with_its_reason_never_a_score(tmp_path):
+    """A trial whose run diverged (bench/training/health.py) is told FAIL with ``fail_reason``;
+    the worker goes on (it is an outcome, not the worker's error)."""
+    from bench.cli import build_parser, request_from_args
+    from bench.drivers.study import StudyWorker, spec_from_args
+
+    args = build_parser().parse_args(["study", *SMALL, "--method", "ce", "--params", "lr", "--epochs", "1",
+                                      "--trials", "2", "--study-name", "d", "--storage", storage(tmp_path),
+                                      "--tracking-uri", mlflow_uri(tmp_path), "--out", str(tmp_path / "runs")])
+    spec, url = spec_from_args(args, request_from_args(args))
+    worker = StudyWorker(spec, url)
+    worker.open()
+    trial, _ = worker.next_trial()
+    worker._train = lambda trial, values, role: {"status": "diverged", "epochs_done": 0,
+                                                 "diverged": "ce: non-finite training loss at epoch 1, step 3"}
+    assert worker.run_trial(trial) is True
+    told = optuna.load_study(study_name="d", storage=storage(tmp_path)).get_trials()[0]
+    assert told.state.name == "FAIL" and told.value is None
+    assert told.user_attrs["fail_reason"] == "diverged: ce: non-finite training loss at epoch 1, step 3"
