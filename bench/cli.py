@@ -6,6 +6,7 @@ standard output is one JSON object with its results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -14,7 +15,7 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from bench.common.errors import EXIT_DIVERGED, UsageError
@@ -612,26 +613,35 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """:func:`_terminate` as the SIGTERM handler for the command's duration only: a caller running
+    `main` in-process, as the tests do, keeps its own, and processes forked later do not inherit
+    ours (the MLflow child, a study's trial workers)."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``bench run``: :func:`bench.drivers.runs.run_request` (which ``bench.run`` calls too), its
     summary printed as the last line on stdout."""
     from bench.drivers.runs import Interrupted, run_request
     from bench.training.tracking import new_tracker
 
-    # the handler is this command's: put back after it (a caller running `main` in-process, as
-    # the tests do, keeps its own, and processes it forks later do not inherit ours)
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    # MLflow's imports (seconds) run in a child process while this one resolves the request and
-    # imports torch; the child opens the store only once every check has passed
-    tracker = new_tracker()
-    try:
-        summary = run_request(request_from_args(args), resume=args.resume, stop_after=args.stop_after,
-                              started=args.started, tracker=tracker)
-    except Interrupted:  # said where the run can be continued; no "bench: interrupted" after it
-        raise SystemExit(130) from None
-    finally:
-        tracker.close()
-        signal.signal(signal.SIGTERM, previous)
+    with _sigterm_as_interrupt():
+        # MLflow's imports (seconds) run in a child process while this one resolves the request and
+        # imports torch; the child opens the store only once every check has passed
+        tracker = new_tracker()
+        try:
+            summary = run_request(request_from_args(args), resume=args.resume, stop_after=args.stop_after,
+                                  started=args.started, tracker=tracker)
+        except Interrupted:  # said where the run can be continued; no "bench: interrupted" after it
+            raise SystemExit(130) from None
+        finally:
+            tracker.close()
     print(json.dumps(_jsonable(summary)))
     return EXIT_DIVERGED if summary.get("status") == "diverged" else 0
 
@@ -798,11 +808,8 @@ def _lazy(module: str, name: str) -> Any:
 def cmd_study(args: argparse.Namespace) -> int:
     from bench.drivers.study import run_study
 
-    previous = signal.signal(signal.SIGTERM, _terminate)  # a killed worker's trial run says KILLED, as a run's
-    try:
+    with _sigterm_as_interrupt():  # a killed worker's trial run says KILLED, as a run's
         return run_study(args, request_from_args(args))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_weights(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from typing import Any
 
 from bench.common.errors import UsageError
 from bench.common.search import Param, Setting, choose_params, trial_overrides
+from bench.drivers.slurm import SlurmOptions, slurm_options
 from bench.training.config import RunConfig, parse_set
 from bench.training.resolve import RunSpec
 
@@ -514,14 +515,13 @@ def spec_from_args(args: Any, request: dict[str, Any]) -> tuple[StudySpec, str]:
 def run_study(args: Any, request: dict[str, Any]) -> int:
     """``bench study``: one worker of the study the command line describes, or with
     ``--study-workers N`` / ``--launcher slurm`` N of them (:func:`launch_study_workers`)."""
-    from bench.drivers.slurm import slurm_options
-
     if getattr(args, "study_workers", 1) < 1:
         raise UsageError(f"--study-workers {args.study_workers}: must be at least 1")
     spec, url = spec_from_args(args, request)
     check_storage_url(url)
-    if args.study_workers > 1 or slurm_options(args) is not None:
-        return launch_study_workers(args, request, spec.name, url, spec.out, spec.trials)
+    slurm = slurm_options(args)
+    if args.study_workers > 1 or slurm is not None:
+        return launch_study_workers(args, request, spec, url, slurm)
     print(f"study {spec.name}: {spec.base.config.method} on {spec.base.config.dataset}, tuning "
           f"{', '.join(spec.space)}; {spec.trials} trials in {redact(url)}", flush=True)
     return StudyWorker(spec, url).run()
@@ -541,22 +541,21 @@ def study_argv(args: Any, request: dict[str, Any], name: str, storage: str) -> l
     return argv
 
 
-def launch_study_workers(args: Any, request: dict[str, Any], name: str, storage: str, out: Path,
-                         trials: int) -> int:
+def launch_study_workers(args: Any, request: dict[str, Any], spec: StudySpec, storage: str,
+                         opts: SlurmOptions | None) -> int:
     """``bench study --study-workers N [--launcher slurm]``: N workers of one study, as N child
-    processes here (their cores shared out) or as an N-task job array."""
-    from bench.drivers.slurm import CommandJob, JobBook, Task, job_name, slurm_options, submit, wait_for
+    processes here (their cores shared out) or, with ``opts``, as an N-task job array."""
+    from bench.drivers.slurm import CommandJob, JobBook, Task, job_name, submit, wait_for
 
-    n = args.study_workers
+    n, name = args.study_workers, spec.name
     argv = study_argv(args, request, name, storage)
-    opts = slurm_options(args)
     if opts is None:
         procs = [CommandJob(argv, f"study worker {k + 1}").start(max(1, (os.cpu_count() or 1) // n))
                  for k in range(n)]
         codes = [p.wait() for p in procs]
         print(f"study {name}: {n} workers done" + (f", exit codes {codes}" if any(codes) else ""), flush=True)
         return 1 if any(codes) else 0
-    folder = (out / "slurm").resolve()
+    folder = (spec.out / "slurm").resolve()
     jname = job_name("study", name)
     jobs = submit([Task(CommandJob(argv, f"study {name} worker {k + 1}")) for k in range(n)], folder, jname, opts)
     JobBook(folder).add({f"worker-{k + 1}": {"job": j, "name": jname} for k, j in enumerate(jobs)})
@@ -567,7 +566,7 @@ def launch_study_workers(args: Any, request: dict[str, Any], name: str, storage:
               f"--storage {storage}", flush=True)
         return 0
     wait_for(jobs, jname, lambda job, state: print(f"job {job}: {state or 'left the queue'}", flush=True))
-    counts, wanted = study_counts(storage, name, trials)
+    counts, wanted = study_counts(storage, name, spec.trials)
     done = sum(counts.get(s, 0) for s in FINISHED_STATES)
     print(f"study {name}: {done} of {wanted} trials finished (" + ", ".join(
         f"{v} {k.lower()}" for k, v in sorted(counts.items())) + ")", flush=True)

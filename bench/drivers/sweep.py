@@ -36,7 +36,19 @@ from pathlib import Path
 from typing import Any
 
 from bench.common.errors import EXIT_DIVERGED, UsageError
-from bench.drivers.slurm import QUEUED, RUNNING, SlurmOptions, child_env
+from bench.drivers.slurm import (
+    QUEUED,
+    RUNNING,
+    JobBook,
+    SlurmOptions,
+    Task,
+    child_env,
+    job_name,
+    queue_states,
+    slurm_options,
+    submit,
+    wait_for,
+)
 
 # The IDO paper's noise grid per benchmark (its tables; README of the official code)
 PAPER_NOISE = {
@@ -247,8 +259,6 @@ class Sweep:
     def queue(self, hashes: dict[GridPoint, str]) -> dict[GridPoint, tuple[str, str]]:
         """Per point submitted to Slurm: (its job id, its squeue state, '' once it has left the
         queue). Empty where nothing was submitted or squeue cannot be asked."""
-        from bench.drivers.slurm import JobBook, queue_states
-
         book = JobBook(self.slurm_dir).read()
         mine = {p: book[h] for p, h in hashes.items() if h in book}
         states: dict[str, str] = {}
@@ -363,8 +373,6 @@ class Sweep:
     def submit(self, todo: list[GridPoint], hashes: dict[GridPoint, str], waiting: dict[GridPoint, str]) -> int:
         """``--launcher slurm``: the points to run as one job array; with ``--wait``, the outcome
         of those and of the points already in the queue (``waiting``: their jobs)."""
-        from bench.drivers.slurm import JobBook, Task, job_name, submit, wait_for
-
         assert self.slurm is not None
         name = job_name("sweep", self.experiment)
         job_of = dict(waiting)
@@ -474,8 +482,6 @@ def run_sweep(args: Any, base: dict[str, Any]) -> int:
     hours = getattr(args, "hours_per_run", None)
     if hours is not None and not hours > 0:
         raise UsageError(f"--hours-per-run {hours}: must be a positive number of hours")
-    from bench.drivers.slurm import slurm_options
-
     slurm = slurm_options(args)
     if slurm is not None and args.workers != 1:
         raise UsageError(f"--workers {args.workers}: runs at once on this machine; under --launcher slurm the "

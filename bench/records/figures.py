@@ -26,8 +26,16 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.common.errors import UsageError
 from bench.common.plotting import pyplot, save_figure, wrap_title
-from bench.records.reports import MARK, _colname, _columns, by_hardware, families, load_runs
-from bench.training.health import DIVERGED
+from bench.records.reports import (
+    MARK,
+    _colname,
+    _columns,
+    by_hardware,
+    counted,
+    families,
+    load_runs,
+    parse_highlight,
+)
 from bench.training.tracking import mlflow_client
 
 KINDS = ("curves", "pareto", "scores", "detection", "intervals")
@@ -91,7 +99,8 @@ def _styles(df: pd.DataFrame, highlight: set[str] | None = None) -> dict[str, di
 
 
 def highlighted(rows: list[str], styles: dict[str, dict[str, Any]]) -> list[str]:
-    return [r for r in rows if styles[r].get("color") != OTHERS["color"]]
+    """The rows drawn in their own colour (all of them without --highlight)."""
+    return [r for r in rows if styles[r]["color"] != OTHERS["color"]]
 
 
 LEGEND_PER_PANEL = 8  # more rows than this: one legend for the figure, beside the panels
@@ -115,7 +124,7 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
             table = pd.concat(curves, axis=1) * scale
             label = row if shared else f"{row} (n={table.shape[1]})"
             (handles[row],) = ax.plot(table.index, table.mean(axis=1), label=label, **styles[row])
-            if table.shape[1] > 1 and styles[row] is not OTHERS and styles[row].get("zorder") == 3:
+            if table.shape[1] > 1 and styles[row]["color"] != OTHERS["color"]:  # no band for a grey row
                 ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=styles[row]["color"],
                                 alpha=0.2)
         ax.set_title(f"{ds}, {setting}")
@@ -124,8 +133,9 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if highlight:  # the chosen rows, and the rest as one grey entry
-            chosen = [h for r, h in handles.items() if r in highlighted(list(handles), styles)]
-            grey = [h for r, h in handles.items() if r not in highlighted(list(handles), styles)][:1]
+            shown = highlighted(list(handles), styles)
+            chosen = [handles[r] for r in shown]
+            grey = [h for r, h in handles.items() if r not in shown][:1]
             ax.legend(chosen + grey, [h.get_label() for h in chosen] + (["the other methods"] if grey else []),
                       fontsize=8)
         elif not shared:
@@ -148,7 +158,6 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str,
     g = df.groupby(["row", "method", "dataset", "setting"]).agg(acc=(metric, "mean"), time=("wall_clock_s", "mean"))
     g = g.reset_index()
     styles = _styles(df, highlight)
-    markers = MARKERS
     rows = sorted(g["row"].unique())
     handles: dict[str, Any] = {}
     for ax, (ds, setting) in zip(axes, settings, strict=False):
@@ -156,7 +165,7 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str,
         for row in rows:
             r = part[part["row"] == row]
             if len(r):
-                marker = markers[rows.index(row) % len(markers)]
+                marker = MARKERS[rows.index(row) % len(MARKERS)]
                 handles[row] = ax.scatter(r["time"] / 60, r["acc"] * 100, marker=marker, s=40,
                                           color=styles[row]["color"], label=row, zorder=styles[row]["zorder"])
         front = part[part["acc"] >= part["acc"].cummax()]  # by time: each run better than every faster one
@@ -264,19 +273,15 @@ def intervals(df: pd.DataFrame, metric: str, path: Path, experiment: str, reps: 
 def cmd_plot(args: Any) -> int:
     if args.kind not in KINDS:
         raise UsageError(f"--kind {args.kind}: valid values are {', '.join(KINDS)}")
-    df = load_runs(args.tracking_uri, args.experiment, getattr(args, "methods", None), diverged=True)
+    every = load_runs(args.tracking_uri, args.experiment, getattr(args, "methods", None), diverged=True)
     # a method with a diverged or collapsed run is marked in the legend (`bench table --health`
     # lists the runs); diverged runs are drawn nowhere
-    unhealthy = set(df.loc[df["health"] != "", "row"])
-    df = df[df["health"] != DIVERGED].copy()
+    unhealthy = set(every.loc[every["health"] != "", "row"])
+    df = counted(every, args.experiment).copy()
     df["row"] = [f"{r} {MARK}" if r in unhealthy else r for r in df["row"]]
     if args.kind == "pareto":  # a time axis: runs on different hardware never share a point
         df = by_hardware(df)
-    highlight = {m.strip() for m in (getattr(args, "highlight", None) or "").split(",") if m.strip()}
-    unknown = sorted(highlight - set(df["method"]))
-    if unknown:
-        raise UsageError(f"--highlight {','.join(unknown)}: no run of it in experiment {args.experiment}; its methods: "
-                         f"{', '.join(sorted(df['method'].unique()))}")
+    highlight = set(parse_highlight(getattr(args, "highlight", None), df, args.experiment))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if getattr(args, "by_family", False):  # small multiples: one figure per family of methods

@@ -19,29 +19,30 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from bench.common.errors import UsageError
-from bench.records.figures import _history
+from bench.records.figures import _history, method_colours
 from bench.records.reports import (
     MARK,
     METRICS,
     _colname,
     _columns,
     by_hardware,
+    counted,
     env_table,
     families,
     health_table,
     load_runs,
     mark_health,
+    parse_highlight,
     pivot,
     time_pivot,
 )
-from bench.training.health import DIVERGED
 
 FAMILY_ORDER = ("paper", "losses", "selection", "semi-supervised", "other")
 DASHES = {"paper": "solid", "losses": "dash", "selection": "dot", "semi-supervised": "dashdot", "other": "longdash"}
@@ -70,13 +71,6 @@ a.run { font-size: 0.75em; margin-left: 0.3em; }
 h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 pre#script-errors:empty { display: none; }
 </style>"""
-
-
-def palette(n: int) -> list[str]:
-    import plotly.colors as pc
-
-    colours = [*pc.qualitative.Dark24, *pc.qualitative.Light24, *pc.qualitative.Alphabet]
-    return [colours[i % len(colours)] for i in range(n)]
 
 
 def html_table(table: pd.DataFrame, best: dict[str, str] | None = None,
@@ -111,9 +105,47 @@ def cell_links(df: pd.DataFrame) -> dict[tuple[str, str], list[tuple[int, str]]]
     return out
 
 
-def _style_of(rows: list[str], method_of: dict[str, str], family_of: dict[str, str]) -> dict[str, dict[str, Any]]:
-    colours = palette(len(rows))
-    return {r: {"color": colours[i], "dash": DASHES[family_of[method_of[r]]]} for i, r in enumerate(rows)}
+@dataclass
+class Frame:
+    """What both figures start from: one subplot per setting (two columns), and per row its
+    method, the method's family and the row's style: the method's colour, the same as in every
+    static figure (:func:`bench.records.figures.method_colours`), and a dash per family."""
+
+    fig: Any
+    cols: list[tuple[str, str]]
+    ncol: int
+    method_of: dict[str, str]
+    family_of: dict[str, str]
+    style: dict[str, dict[str, str]]
+
+    @classmethod
+    def of(cls, df: pd.DataFrame) -> Frame:
+        from matplotlib.colors import to_hex
+        from plotly.subplots import make_subplots
+
+        cols = _columns(df)
+        ncol = min(2, len(cols))
+        nrow = -(-len(cols) // ncol)
+        fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=[f"{d}, {s}" for d, s in cols],
+                            vertical_spacing=0.12 / max(1, nrow - 1) if nrow > 1 else 0.1)
+        method_of = dict(zip(df["row"], df["method"], strict=False))
+        family_of = families(sorted(df["method"].unique()))
+        colours = method_colours(sorted(df["method"].unique()))
+        style = {r: {"color": to_hex(colours[m]), "dash": DASHES[family_of[m]]} for r, m in method_of.items()}
+        return cls(fig, cols, ncol, method_of, family_of, style)
+
+    @property
+    def height(self) -> int:
+        return 340 * -(-len(self.cols) // self.ncol) + 120
+
+    def cell(self, k: int) -> dict[str, int]:
+        """The subplot of the ``k``-th setting."""
+        return {"row": k // self.ncol + 1, "col": k % self.ncol + 1}
+
+    def trace(self, row: str) -> dict[str, str]:
+        """What the buttons need to know of a trace of ``row``."""
+        method = self.method_of[row]
+        return {"family": self.family_of[method], "method": method, "color": self.style[row]["color"]}
 
 
 def _views(traces: list[dict[str, Any]], highlight: list[str]) -> list[dict[str, Any]]:
@@ -136,76 +168,56 @@ def _views(traces: list[dict[str, Any]], highlight: list[str]) -> list[dict[str,
 def curves_figure(df: pd.DataFrame, client: Any, highlight: list[str], title: str) -> Any:
     """Test accuracy per epoch, one panel per setting, one trace per run."""
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
-    cols = _columns(df)
-    ncol = min(2, len(cols))
-    nrow = -(-len(cols) // ncol)
-    fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=[f"{d}, {s}" for d, s in cols],
-                        shared_yaxes=False, vertical_spacing=0.12 / max(1, nrow - 1) if nrow > 1 else 0.1)
-    rows = sorted(df["row"].unique())
-    method_of = dict(zip(df["row"], df["method"], strict=False))
-    family_of = families(sorted(df["method"].unique()))
-    style = _style_of(rows, method_of, family_of)
+    f = Frame.of(df)
     traces: list[dict[str, Any]] = []
     shown: set[str] = set()
-    for k, (ds, setting) in enumerate(cols):
+    for k, (ds, setting) in enumerate(f.cols):
         part = df[(df["dataset"] == ds) & (df["setting"] == setting)]
         for _, r in part.sort_values(["row", "seed"]).iterrows():
             h = _history(client, r["run_id"], "test_acc") * 100
             if h.empty:
                 continue
             row = r["row"]
-            fam = family_of[r["method"]]
-            fig.add_trace(go.Scatter(
+            f.fig.add_trace(go.Scatter(
                 x=list(h.index), y=list(h.values), mode="lines", name=row, legendgroup=row,
-                showlegend=row not in shown,
-                line={"color": style[row]["color"], "dash": style[row]["dash"], "width": 1.4},
+                showlegend=row not in shown, line={**f.style[row], "width": 1.4},
                 hovertemplate=(f"<b>{html.escape(row)}</b><br>{ds}, {setting}, seed {r['seed']}<br>"
-                               "epoch %{x}: %{y:.2f}%<extra></extra>")), row=k // ncol + 1, col=k % ncol + 1)
+                               "epoch %{x}: %{y:.2f}%<extra></extra>")), **f.cell(k))
             shown.add(row)
-            traces.append({"family": fam, "method": r["method"], "color": style[row]["color"]})
-    _layout(fig, traces, highlight, title, height=340 * nrow + 120)
-    fig.update_xaxes(title_text="epoch")
-    fig.update_yaxes(title_text="test accuracy (%)")
-    return fig
+            traces.append(f.trace(row))
+    _layout(f.fig, traces, highlight, title, f.height)
+    f.fig.update_xaxes(title_text="epoch")
+    f.fig.update_yaxes(title_text="test accuracy (%)")
+    return f.fig
 
 
 def pareto_figure(df: pd.DataFrame, metric: str, highlight: list[str], title: str) -> Any:
     """Last (or best) test accuracy against seconds per epoch, one point per run (time splits by
     hardware: ``by_hardware`` rows)."""
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
-    cols = _columns(df)
-    ncol = min(2, len(cols))
-    nrow = -(-len(cols) // ncol)
-    fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=[f"{d}, {s}" for d, s in cols])
+    f = Frame.of(df)
     rows = sorted(df["row"].unique())
-    method_of = dict(zip(df["row"], df["method"], strict=False))
-    family_of = families(sorted(df["method"].unique()))
-    style = _style_of(rows, method_of, family_of)
     traces: list[dict[str, Any]] = []
     symbols = ["circle", "square", "diamond", "triangle-up", "x", "star", "cross", "hexagon"]
     shown: set[str] = set()
-    for k, (ds, setting) in enumerate(cols):
+    for k, (ds, setting) in enumerate(f.cols):
         part = df[(df["dataset"] == ds) & (df["setting"] == setting)]
         for row, runs in part.groupby("row"):
-            fig.add_trace(go.Scatter(
+            f.fig.add_trace(go.Scatter(
                 x=list(runs["epoch_s"]), y=list(runs[metric] * 100), mode="markers", name=row, legendgroup=row,
                 showlegend=row not in shown,
-                marker={"color": style[row]["color"], "size": 9, "symbol": symbols[rows.index(row) % len(symbols)]},
+                marker={"color": f.style[row]["color"], "size": 9, "symbol": symbols[rows.index(row) % len(symbols)]},
                 customdata=list(runs["seed"]),
                 hovertemplate=(f"<b>{html.escape(row)}</b><br>{ds}, {setting}, seed %{{customdata}}<br>"
-                               f"%{{x:.2f}} s/epoch, {metric} %{{y:.2f}}%<extra></extra>")),
-                row=k // ncol + 1, col=k % ncol + 1)
+                               f"%{{x:.2f}} s/epoch, {metric} %{{y:.2f}}%<extra></extra>")), **f.cell(k))
             shown.add(row)
-            traces.append({"family": family_of[method_of[row]], "method": method_of[row],
-                           "color": style[row]["color"]})
-    _layout(fig, traces, highlight, title, height=340 * nrow + 120)
-    fig.update_xaxes(title_text="seconds per epoch")
-    fig.update_yaxes(title_text=f"{metric} (%)")
-    return fig
+            traces.append(f.trace(row))
+    _layout(f.fig, traces, highlight, title, f.height)
+    f.fig.update_xaxes(title_text="seconds per epoch")
+    f.fig.update_yaxes(title_text=f"{metric} (%)")
+    return f.fig
 
 
 def _layout(fig: Any, traces: list[dict[str, Any]], highlight: list[str], title: str, height: int) -> None:
@@ -227,22 +239,16 @@ def _layout(fig: Any, traces: list[dict[str, Any]], highlight: list[str], title:
                     trace.marker.color = GREY
 
 
-def build(uri: str | None, experiment: str, methods: str | None = None, highlight: list[str] | None = None,
+def build(uri: str | None, experiment: str, methods: str | None = None, highlight: str | None = None,
           ui_url: str | None = None, metric: str = "last_test_acc") -> str:
-    """The page's HTML."""
+    """The page's HTML; ``highlight``: the --highlight text (methods, comma-separated)."""
     from bench.training.tracking import mlflow_client
 
     client = mlflow_client(uri)
     every = load_runs(uri, experiment, methods, diverged=True)
-    highlight = [m for m in (highlight or [])]
-    unknown = [m for m in highlight if m not in set(every["method"])]
-    if unknown:
-        raise UsageError(f"--highlight {','.join(unknown)}: no run of it in experiment {experiment}; its methods: "
-                         f"{', '.join(sorted(every['method'].unique()))}")
+    highlight = parse_highlight(highlight, every, experiment)
     exp_id = client.get_experiment_by_name(experiment).experiment_id
-    df = every[every["health"] != DIVERGED]
-    if df.empty:
-        raise UsageError(f"--experiment {experiment}: every run diverged; `bench table --health` lists them")
+    df = counted(every, experiment)
     links = cell_links(df)
     sections = []
     for m in METRICS:
@@ -294,18 +300,15 @@ def page(experiment: str, every: pd.DataFrame, sections: list[tuple[str, str]], 
     for title, content in sections[2:]:
         body += [f"<h2>{html.escape(title)}</h2>", content]
     body.append('<pre id="script-errors" data-count="-1"></pre>')
-    meta = json.dumps({"experiment": experiment, "runs": len(every)})
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(experiment)}: bench report</title>{STYLE}{ERROR_HOOK}"
-            f"<script type=\"application/json\" id=\"bench-meta\">{meta}</script></head>"
+            f"<title>{html.escape(experiment)}: bench report</title>{STYLE}{ERROR_HOOK}</head>"
             f"<body>{''.join(body)}</body></html>\n")
 
 
 def cmd_report(args: Any) -> int:
-    highlight = [m.strip() for m in (args.highlight or "").split(",") if m.strip()]
     if args.metric not in METRICS:
         raise UsageError(f"--metric {args.metric}: valid values are {', '.join(METRICS)}")
-    text = build(args.tracking_uri, args.experiment, args.methods, highlight, args.ui_url, args.metric)
+    text = build(args.tracking_uri, args.experiment, args.methods, args.highlight, args.ui_url, args.metric)
     out = Path(args.out) / f"{args.experiment}-report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

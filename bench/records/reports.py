@@ -158,6 +158,25 @@ def families(methods: list[str]) -> dict[str, str]:
     return {m: (reg.get(m).family or "other") if m in reg.names() else "other" for m in methods}
 
 
+def counted(every: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """The runs that enter means and figures: all of :func:`load_runs` ``(diverged=True)`` but
+    the diverged ones (which only count, and mark their cells); one line where none is left."""
+    df = every[every["health"] != DIVERGED]
+    if df.empty:
+        raise UsageError(f"--experiment {experiment}: every run diverged; `bench table --health` lists them")
+    return df
+
+
+def parse_highlight(text: str | None, df: pd.DataFrame, experiment: str) -> list[str]:
+    """``--highlight a,b``: the methods, each one that ran in the experiment (else one line)."""
+    chosen = [m.strip() for m in (text or "").split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in set(df["method"])]
+    if unknown:
+        raise UsageError(f"--highlight {','.join(unknown)}: no run of it in experiment {experiment}; its methods: "
+                         f"{', '.join(sorted(df['method'].unique()))}")
+    return chosen
+
+
 def health_table(df: pd.DataFrame) -> pd.DataFrame:
     """``--health``: the experiment's runs that diverged or collapsed, with where and when."""
     bad = df[df["health"] != ""].sort_values(["method", "dataset", "setting", "seed"])
@@ -367,9 +386,7 @@ def cmd_table(args: Any) -> int:
         title = (f"Runs of experiment {args.experiment} that diverged (a non-finite loss or logits stopped them) or "
                  "collapsed (their test predictions sat in one class two evaluations in a row)")
         return _write(render(health_table(every), args.format, None, title), args.out)
-    df = every[every["health"] != DIVERGED]  # in the counts and the marks, never in a mean
-    if df.empty:
-        raise UsageError(f"--experiment {args.experiment}: every run diverged; `bench table --health` lists them")
+    df = counted(every, args.experiment)  # the diverged runs: in the counts and the marks, never in a mean
     variants = bool((df["row"] != df["method"]).any())  # rows named by their settings (before any hardware split)
     if args.time or getattr(args, "by_hardware", False):  # times are never averaged across machines
         df, every = by_hardware(df), by_hardware(every)

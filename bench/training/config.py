@@ -55,6 +55,7 @@ FUSED = ("off", "on")  # the single-kernel (fused) implementation of SGD, Adam a
 DECODERS = ("cpu", "gpu")  # where on-disk JPEGs are decoded (bench/training/disk.py)
 
 
+ON_NONFINITE = ("stop", "skip-step")  # a non-finite training loss: bench/training/health.py
 # fields added after runs were logged: left out of the hash at their default, so a sweep still
 # recognises the runs it finished before the field existed
 ADDED_LATER: dict[str, Any] = {"val_fraction": 0.0, "test_subset": None, "compile": "off", "fused": "off",
@@ -179,7 +180,7 @@ class RunConfig:
         _choice("--augment", self.augment, AUGMENTS)
         _choice("--views", self.views, VIEW_POLICIES)
         _choice("--fidelity", self.fidelity, FIDELITIES)
-        _choice("--on-nonfinite", self.on_nonfinite, ("stop", "skip-step"))
+        _choice("--on-nonfinite", self.on_nonfinite, ON_NONFINITE)
         if self.noise == "none":
             _check(self.noise_rate == 0, f"--noise-rate {self.noise_rate} given with --noise none; "
                                          "name a noise model (sym, sym-biased, pairflip, asym, instance)")

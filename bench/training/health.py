@@ -20,7 +20,6 @@ run whose predictions collapse into one class is tagged.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +27,6 @@ import torch
 TAG_HEALTH = "health"  # diverged | collapsed | collapsed-recovered (absent: healthy)
 TAG_DETAIL = "health.detail"
 DIVERGED, COLLAPSED, RECOVERED = "diverged", "collapsed", "collapsed-recovered"
-ON_NONFINITE = ("stop", "skip-step")
 STREAK = 2  # evaluations in a row at or over the share
 
 
@@ -104,7 +102,3 @@ class CollapseState:
         if self.collapsed_epoch is None:
             return None
         return COLLAPSED if self.collapsed_now else RECOVERED
-
-
-def entropy_max(num_classes: int) -> float:
-    return math.log(num_classes)

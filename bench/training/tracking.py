@@ -341,6 +341,8 @@ def serve() -> None:
 def runs_by_tag(uri: str | None, experiment: str, tag: str, values: set[str]) -> dict[str, list[dict[str, Any]]]:
     """Runs of ``experiment`` whose ``tag`` is one of ``values``: {value: [{run_id, status,
     run_dir}, ...]} oldest first. Works against a file/SQLite store or a tracking server."""
+    from bench.training.health import TAG_DETAIL, TAG_HEALTH
+
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment)
     out: dict[str, list[dict[str, Any]]] = {}
@@ -355,8 +357,8 @@ def runs_by_tag(uri: str | None, experiment: str, tag: str, values: set[str]) ->
             if value in values:
                 out.setdefault(value, []).append({"run_id": r.info.run_id, "status": r.info.status,
                                                   "run_dir": r.data.tags.get("run_dir"),
-                                                  "health": r.data.tags.get("health"),
-                                                  "health_detail": r.data.tags.get("health.detail")})
+                                                  "health": r.data.tags.get(TAG_HEALTH),
+                                                  "health_detail": r.data.tags.get(TAG_DETAIL)})
         token = page.token
         if not token:
             return out
