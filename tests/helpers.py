@@ -7,6 +7,8 @@ import io
 import json
 import linecache
 import os
+import shutil
+import subprocess
 import sys
 import traceback
 import weakref
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -30,6 +33,29 @@ from methods.base import Generators, MethodContext
 
 def tracking_uri(tmp: Path) -> str:
     return f"sqlite:///{tmp}/m.db"
+
+
+def chromium() -> str:
+    """Debian's ``chromium`` for the browser tests: skipped with its reason where absent, a
+    failure under ``BENCH_REQUIRE_BROWSER=1`` (CI installs it)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if path is None:
+        message = "no chromium here: `apt-get install chromium` (Debian) for the browser tests"
+        if os.environ.get("BENCH_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def rendered(url: str, profile: Path, budget_ms: int = 15000, width: int = 1280) -> str:
+    """The DOM of ``url`` once headless Chromium has run its scripts for ``budget_ms`` of virtual
+    time (a wide window: grids draw only the columns in view)."""
+    proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
+                           f"--window-size={width},1000", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and "</html>" in proc.stdout, proc.stderr[-2000:]
+    return proc.stdout
 
 
 def copy_sources(repo: Path, files: dict[str, str] | None = None) -> Path:

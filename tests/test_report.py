@@ -7,16 +7,13 @@ with ``BENCH_REQUIRE_BROWSER=1`` (CI, which installs it) a missing browser is a 
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from bench.cli import main
-from tests.helpers import tracking_uri
+from tests.helpers import rendered, tracking_uri
 from tests.test_reports import store  # noqa: F401  (the tiny experiment: a fixture)
 
 
@@ -49,25 +46,10 @@ def test_a_highlighted_method_that_did_not_run_is_one_line(store, tmp_path, caps
     assert code == 2 and err.startswith("bench: error: --highlight promix: no run of it") and "\n" not in err
 
 
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if path is None:
-        message = "no chromium here: `apt-get install chromium` (Debian) for the browser test of `bench report`"
-        if os.environ.get("BENCH_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 @pytest.mark.slow
 def test_the_page_renders_in_a_headless_browser_without_script_errors(store, tmp_path):  # noqa: F811
     page = report(store, tmp_path, "--highlight", "dividemix")
-    browser = chromium()
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--dump-dom",
-                           page.as_uri()], capture_output=True, text=True, timeout=180)
-    dom = proc.stdout
-    assert proc.returncode == 0 and "</html>" in dom, proc.stderr[-2000:]
+    dom = rendered(page.as_uri(), tmp_path / "profile")
     errors = re.search(r'<pre id="script-errors" data-count="(-?\d+)">(.*?)</pre>', dom, re.S)
     assert errors is not None and errors.group(1) == "0", errors.group(2) if errors else dom[-2000:]
     assert dom.count("<table") >= 6  # accuracy x2, time, detection, transition, environments

@@ -51,7 +51,11 @@ def test_mlflow_has_metrics_params_tags_artifacts(two_epoch_run):
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "ce-fashion-mnist-sym0.4-s1"  # method and setting first, as the UI lists it
     assert Path(s["run_dir"]).name.startswith("ce-fashion-mnist-sym0.4-s1-")
-    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    tags = client.get_experiment(run.info.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(tags["mlflow.sharedViewState.bench"])  # the runs list's columns, a saved view
+    assert "metrics.`last_test_acc`" in json.loads(view["state"])["selectedColumns"]
+    assert view["name"].startswith("bench")
     for name in EPOCH_METRICS:
         hist = client.get_metric_history(s["run_id"], name)
         assert sorted(m.step for m in hist) == [1, 2], name

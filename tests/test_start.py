@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from bench.cli import build_parser, main
 from bench.training import catalogue as cat_mod
+from tests.helpers import rendered
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "scipy", "mlflow", "pandas", "matplotlib", "sklearn", "timm")
@@ -157,10 +159,18 @@ def test_every_preset_is_listed_and_paper_resolves(capsys):
 
 @pytest.mark.slow
 def test_bench_ui_one_worker_quiet_and_on_the_runs_page(tmp_path):
+    """`bench ui` opens the runs list in the model-training mode with the harness's columns, as
+    rendered by headless Chromium (the UI keeps no default columns: a saved view does it)."""
     from bench.training.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path}/m.db"
-    exp_id = Tracker(uri, "fmnist").experiment_id
+    tracker = Tracker(uri, "fmnist")
+    exp_id = tracker.experiment_id
+    tracker.start("ce-run", {"method": "ce", "dataset": "fashion-mnist", "noise": "sym:0.4", "seed": "1",
+                             "env.hardware": "CPU"})
+    tracker.log_metrics({"best_test_acc": 0.8, "last_test_acc": 0.75, "wall_clock_s": 12.5}, step=1)
+    tracker.end()
+    tracker.close()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--tracking-uri", uri, "--experiment", "fmnist",
                              "--port", "5917", "--no-browser"], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
@@ -172,10 +182,17 @@ def test_bench_ui_one_worker_quiet_and_on_the_runs_page(tmp_path):
             lines.append(line)
             if "MLflow UI:" in line or not line:
                 break
-        assert f"MLflow UI: http://127.0.0.1:5917/#/experiments/{exp_id}/runs" in "".join(lines), "".join(lines)
+        url = f"http://127.0.0.1:5917/#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey=bench"
+        assert f"MLflow UI: {url}" in "".join(lines), "".join(lines)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         args = [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children]
         assert any(b"mlflow" in a and a[a.index(b"--workers") + 1] == b"1" for a in args), args
+        dom = rendered(url, tmp_path / "profile", budget_ms=20000, width=2600)
+        shown = set(re.findall(r'col-id="((?:tags|metrics)\.`[^`]+`)"', dom))
+        assert shown == {"tags.`method`", "tags.`dataset`", "tags.`noise`", "tags.`seed`", "tags.`env.hardware`",
+                         "metrics.`best_test_acc`", "metrics.`last_test_acc`", "metrics.`wall_clock_s`"}, shown
+        # the model-training mode: its menu (the model registry), not the GenAI one (judges)
+        assert ">Model registry<" in dom and ">Judges<" not in dom and ">sym:0.4<" in dom
     finally:
         proc.terminate()
         rest = proc.communicate(timeout=60)[1]

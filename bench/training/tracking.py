@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import subprocess
@@ -20,9 +21,23 @@ from typing import Any
 from bench.common.errors import UsageError
 
 DEFAULT_RESULTS = Path("results")
-# MLflow 3's UI shows an experiment of this kind as training runs (metrics, parameters), not as
-# a GenAI experiment with traces
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# The runs list's columns, as MLflow's UI names them (`type.\`key\``): what a run is (method,
+# noise, seed), how it ended (best and last test accuracy, health) and what it cost (seconds, on
+# which hardware)
+RUNS_VIEW_COLUMNS = ("tags.`method`", "tags.`dataset`", "tags.`noise`", "tags.`seed`", "metrics.`best_test_acc`",
+                     "metrics.`last_test_acc`", "metrics.`wall_clock_s`", "tags.`env.hardware`", "tags.`health`")
+# The UI keeps no default columns on the server; what it keeps there is a saved view: an
+# experiment tag `mlflow.sharedViewState.ID` holding {name, createdAt, state} as JSON, `state`
+# being the runs list's state (itself JSON), opened by the address's `viewStateShareKey=ID`
+# (MLflow 3.x: experiment-page/utils/savedViewEnvelope.ts and hooks/useSharedExperimentViewState.ts
+# under mlflow/server/js/src/experiment-tracking/components/)
+RUNS_VIEW_KEY = "bench"
+RUNS_VIEW = {"name": "bench: method, noise, seed, accuracy, seconds", "createdAt": 1_765_000_000_000,
+             "state": json.dumps({"selectedColumns": list(RUNS_VIEW_COLUMNS)})}
+# MLflow 3's UI shows an experiment of kind `custom_model_development` as training runs
+# (metrics, parameters), not as a GenAI experiment with traces
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development",
+                   f"mlflow.sharedViewState.{RUNS_VIEW_KEY}": json.dumps(RUNS_VIEW)}
 
 
 def store_uri(uri: str | None = None) -> str:
@@ -366,7 +381,9 @@ def runs_by_tag(uri: str | None, experiment: str, tag: str, values: set[str]) ->
 
 def experiment_url(uri: str | None, experiment: str, base: str) -> str:
     """The UI address of ``experiment``'s runs page (the UI's home page when there is no such
-    experiment yet); marks the experiment as one of training runs for the UI."""
+    experiment yet), in the UI's model-training mode (`workflowType`; its GenAI mode is the
+    default) and the harness's shared view of the runs list; tags an experiment made before the
+    tags were (or with other values) as :data:`EXPERIMENT_TAGS`."""
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -374,7 +391,8 @@ def experiment_url(uri: str | None, experiment: str, base: str) -> str:
     for key, value in EXPERIMENT_TAGS.items():
         if exp.tags.get(key) != value:
             client.set_experiment_tag(exp.experiment_id, key, value)
-    return f"{base}/#/experiments/{exp.experiment_id}/runs"
+    view = f"workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}"
+    return f"{base}/#/experiments/{exp.experiment_id}/runs?{view}"
 
 
 def serve_ui(uri: str | None, host: str, port: int, workers: int, url: str, open_browser: bool = True) -> int:
