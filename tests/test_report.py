@@ -84,3 +84,12 @@ def test_plot_highlights_chosen_methods_over_grey_and_splits_by_family(store, tm
     assert main(["plot", "--experiment", "tiny", "--kind", "pareto", "--by-family", "--out", str(tmp_path),
                  "--tracking-uri", tracking_uri(store)]) == 0
     assert seen[-1]["path"] == "tiny-pareto-paper.png"  # ce, dividemix and wrongevent: the paper's set
+    # a family's small multiple: its methods in their own colours, the highlighted ones in each
+    monkeypatch.setattr(figures, "families", lambda ms: {m: "losses" if m == "ce" else "paper" for m in ms})
+    seen.clear()
+    assert main(["plot", "--experiment", "tiny", "--kind", "curves", "--by-family", "--highlight", "wrongevent",
+                 "--out", str(tmp_path), "--tracking-uri", tracking_uri(store)]) == 0
+    losses = {s["path"]: s for s in seen}["tiny-curves-losses.png"]
+    assert [label.split()[0] for label in losses["legend"]] == ["wrongevent", "ce"]  # the highlighted first
+    colour = {label.split()[0]: c for label, (c, _) in losses["lines"].items()}
+    assert colour == {"wrongevent": figures.HIGHLIGHT_COLOURS[0], "ce": figures.FAMILY_COLOURS[0]}

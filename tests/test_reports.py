@@ -198,6 +198,24 @@ def test_figures_are_print_ready(store, tmp_path):
     assert len(set(method_colours(["ce", "coteaching", "dividemix", "elr", "wrongevent"]).values())) == 5
 
 
+def test_no_two_methods_of_a_family_look_alike_and_the_highlighted_stand_apart():
+    """Every family's small multiple draws each method in a colour of its own; the highlighted
+    methods take red, blue and black, which no family colour is."""
+    from bench.records.figures import HIGHLIGHT_COLOURS, method_colours, method_markers
+    from bench.records.reports import families
+    from bench.training.catalogue import catalogue
+
+    names = catalogue().methods.names()
+    colours, markers = method_colours(names), method_markers(names)
+    for fam in set(families(names).values()):
+        members = [m for m, f in families(names).items() if f == fam]
+        assert len({colours[m] for m in members}) == len(members), fam
+    assert not set(colours.values()) & set(HIGHLIGHT_COLOURS[:3])
+    chosen = method_colours(["gce", "ce", "dividemix", "wrongevent"], highlight=["wrongevent", "dividemix", "ce"])
+    assert [chosen[m] for m in ("wrongevent", "dividemix", "ce")] == ["#d62728", "#1f77b4", "#000000"]
+    assert chosen["gce"] == colours["gce"] and len(set(markers.values())) > 1
+
+
 def test_curves_have_integer_epoch_ticks_and_a_title_inside_the_figure(store, tmp_path, monkeypatch):
     import bench.records.figures as figures
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +42,40 @@ from bench.training.tracking import mlflow_client
 KINDS = ("curves", "pareto", "scores", "detection", "intervals")
 
 
-def method_colours(names: list[str]) -> dict[str, Any]:
-    """One colour per method, the same in every figure: its place among all registered methods
-    (and the names given that are not registered) picks it from a 40-colour palette."""
-    import matplotlib
+# The highlighted methods' colours, in --highlight's order (`wrongevent,dividemix,ce`: red, blue,
+# black), and every other method's, by its place among its family's methods (alphabetical, all
+# registered ones), so that each family's small multiple has no two methods alike. No family
+# colour is one of the first three highlight colours or the grey of the rows under a highlight.
+HIGHLIGHT_COLOURS = ("#d62728", "#1f77b4", "#000000", "#ff7f0e", "#2ca02c", "#9467bd")
+FAMILY_COLOURS = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#1b9e77",
+                  "#e6ab02", "#e7298a", "#6a3d9a", "#b15928")  # as many as the largest family (12)
+MARKERS = "osD^v<>P*Xhd"
 
+
+def family_places(names: list[str]) -> dict[str, int]:
+    """Each method's place among its family's methods: the registered ones and the names given
+    (alphabetical), the same in every figure whatever else it shows."""
     from bench.training.catalogue import catalogue
 
-    known = catalogue().methods.names()
-    order = known + sorted(set(names) - set(known))
-    palette = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["tab20b"].colors,
-               *matplotlib.colormaps["Dark2"].colors, *matplotlib.colormaps["Set1"].colors]
-    return {n: palette[order.index(n) % len(palette)] for n in names}
+    family = families(sorted(set(catalogue().methods.names()) | set(names)))
+    return {n: sorted(m for m, f in family.items() if f == family[n]).index(n) for n in names}
+
+
+def method_colours(names: list[str], highlight: Sequence[str] = ()) -> dict[str, str]:
+    """One colour per method, the same in every figure and on the report page: a highlighted
+    method's by its place in ``highlight``, any other's by its place in its family."""
+    chosen = list(highlight)
+    places = family_places(names)
+    return {n: HIGHLIGHT_COLOURS[chosen.index(n) % len(HIGHLIGHT_COLOURS)] if n in chosen
+            else FAMILY_COLOURS[places[n] % len(FAMILY_COLOURS)] for n in names}
+
+
+def method_markers(names: list[str], highlight: Sequence[str] = ()) -> dict[str, str]:
+    """A marker per method, placed as its colour (two methods of a family that share a colour,
+    the first and the eleventh, differ in marker)."""
+    chosen = list(highlight)
+    places = family_places(names)
+    return {n: MARKERS[chosen.index(n) if n in chosen else places[n] % len(MARKERS)] for n in names}
 
 
 def _history(client: Any, run_id: str, name: str) -> pd.Series:
@@ -74,27 +97,28 @@ def _title(fig: Any, text: str) -> None:
     fig.suptitle(wrap_title(text, fig.get_figwidth()))
 
 
-MARKERS = "osD^v<>P*Xhd"
 OTHERS = {"color": "0.72", "linestyle": "-", "lw": 0.8, "alpha": 0.55, "zorder": 1}  # --highlight's grey rows
 
 
-def _styles(df: pd.DataFrame, highlight: set[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Line style of each table row: its method's colour (the same in every figure) and marker,
-    and a dash pattern per variant where a method has several rows. With ``highlight`` (method
-    names), the other rows are thin grey lines under the chosen ones."""
-    colours = method_colours(sorted(df["method"].unique()))
-    dashes = ["-", "--", ":", "-."]
+def _styles(df: pd.DataFrame, highlight: Sequence[str] = (), grey: bool = True) -> dict[str, dict[str, Any]]:
+    """Line style of each table row: its method's colour and marker (the same in every figure)
+    and a dash pattern per variant where a method has several rows (`views=official`). The
+    ``highlight`` methods are drawn thick over the rest, which are thin grey lines (``grey``) or,
+    in a family's small multiple, their own colours."""
     methods = sorted(df["method"].unique())
+    colours, markers = method_colours(methods, highlight), method_markers(methods, highlight)
+    dashes = ["-", "--", ":", "-."]
     epochs = int(df["epochs"].max()) if df["epochs"].notna().any() else 10
     out = {}
     for method, part in df.groupby("method"):
         for i, row in enumerate(sorted(part["row"].unique())):
-            if highlight and method not in highlight:
+            if highlight and grey and method not in highlight:
                 out[row] = dict(OTHERS)
                 continue
-            out[row] = {"color": colours[method], "linestyle": dashes[i % len(dashes)],
-                        "marker": MARKERS[methods.index(method) % len(MARKERS)], "markersize": 4,
-                        "markevery": max(1, epochs // 6), "lw": 2.0 if highlight else 1.4, "zorder": 3}
+            chosen = method in highlight
+            out[row] = {"color": colours[method], "linestyle": dashes[i % len(dashes)], "marker": markers[method],
+                        "markersize": 5 if chosen else 4, "markevery": max(1, epochs // 6),
+                        "lw": 2.2 if chosen else 1.3, "zorder": 4 if chosen else 3}
     return out
 
 
@@ -107,12 +131,12 @@ LEGEND_PER_PANEL = 8  # more rows than this: one legend for the figure, beside t
 
 
 def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: str, title: str,
-               scale: float, highlight: set[str] | None = None) -> list[Path]:
+               scale: float, highlight: Sequence[str] = (), grey: bool = True) -> list[Path]:
     settings = _columns(df)
-    styles = _styles(df, highlight)
+    styles = _styles(df, highlight, grey)
     plt, fig, axes = _panels(len(settings))
-    # many rows: one legend beside the panels, not one in each (with --highlight: the chosen rows)
-    shared = df["row"].nunique() > LEGEND_PER_PANEL and not highlight
+    # many rows in colour: one legend beside the panels, not one in each; grey rows: one entry
+    shared = len(highlighted(sorted(styles), styles)) > LEGEND_PER_PANEL
     handles: dict[str, Any] = {}
     for ax, (ds, setting) in zip(axes, settings, strict=False):
         part = df[(df["dataset"] == ds) & (df["setting"] == setting)]
@@ -126,38 +150,43 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
             (handles[row],) = ax.plot(table.index, table.mean(axis=1), label=label, **styles[row])
             if table.shape[1] > 1 and styles[row]["color"] != OTHERS["color"]:  # no band for a grey row
                 ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=styles[row]["color"],
-                                alpha=0.2)
+                                alpha=0.2 if styles[row]["lw"] > 2 else 0.12)
         ax.set_title(f"{ds}, {setting}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if highlight:  # the chosen rows, and the rest as one grey entry
-            shown = highlighted(list(handles), styles)
-            chosen = [handles[r] for r in shown]
-            grey = [h for r, h in handles.items() if r not in shown][:1]
-            ax.legend(chosen + grey, [h.get_label() for h in chosen] + (["the other methods"] if grey else []),
-                      fontsize=8)
-        elif not shared:
-            ax.legend(fontsize=8)
+        if not shared:
+            _legend(ax, handles, styles, highlight, fontsize=8)
     _title(fig, title)
     if shared:
-        rows = sorted(handles)
-        fig.legend([handles[r] for r in rows], rows, fontsize=8, loc="outside right upper")
+        _legend(fig, handles, styles, highlight, fontsize=8, loc="outside right upper")
     return save_figure(fig, path)
 
 
-def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str,
-           highlight: set[str] | None = None) -> list[Path]:
+def _legend(where: Any, handles: dict[str, Any], styles: dict[str, dict[str, Any]], highlight: Sequence[str],
+            **kw: Any) -> None:
+    """The rows in colour, the highlighted first in --highlight's order, and the grey ones as one
+    entry."""
+    first = {m: i for i, m in enumerate(highlight)}
+    shown = sorted(highlighted(list(handles), styles), key=lambda r: (first.get(r.split()[0], len(first)), r))
+    greys = [h for r, h in handles.items() if r not in shown][:1]
+    where.legend([handles[r] for r in shown] + greys,
+                 [handles[r].get_label() for r in shown] + (["the other methods"] if greys else []), **kw)
+
+
+def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str, highlight: Sequence[str] = (),
+           grey: bool = True) -> list[Path]:
     """Accuracy against wall-clock time per run, one panel per data set and setting (with thirty
     methods one panel of labelled points is unreadable), each row's marker and colour the same in
-    every panel, one legend for the figure, and each panel's Pareto front (the runs no other run
-    beats in both accuracy and time) as a grey step line."""
+    every panel and figure (a method's second view policy hollow), one legend for the figure,
+    and each panel's Pareto front (the runs no other run beats in both accuracy and time) as a
+    grey step line."""
     settings = _columns(df)
     plt, fig, axes = _panels(len(settings))
     g = df.groupby(["row", "method", "dataset", "setting"]).agg(acc=(metric, "mean"), time=("wall_clock_s", "mean"))
     g = g.reset_index()
-    styles = _styles(df, highlight)
+    styles = _styles(df, highlight, grey)
     rows = sorted(g["row"].unique())
     handles: dict[str, Any] = {}
     for ax, (ds, setting) in zip(axes, settings, strict=False):
@@ -165,9 +194,12 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str,
         for row in rows:
             r = part[part["row"] == row]
             if len(r):
-                marker = MARKERS[rows.index(row) % len(MARKERS)]
-                handles[row] = ax.scatter(r["time"] / 60, r["acc"] * 100, marker=marker, s=40,
-                                          color=styles[row]["color"], label=row, zorder=styles[row]["zorder"])
+                st = styles[row]
+                colour = st["color"]
+                face = "none" if st["linestyle"] != "-" else colour
+                handles[row] = ax.scatter(r["time"] / 60, r["acc"] * 100, s=55 if st["lw"] > 2 else 40,
+                                          marker=st.get("marker", MARKERS[rows.index(row) % len(MARKERS)]),
+                                          facecolors=face, edgecolors=colour, label=row, zorder=st["zorder"])
         front = part[part["acc"] >= part["acc"].cummax()]  # by time: each run better than every faster one
         ax.step(front["time"] / 60, front["acc"] * 100, where="post", color="grey", alpha=0.6, lw=1, zorder=2)
         ax.set_title(_colname((ds, setting), len({d for d, _ in settings})), fontsize=10)
@@ -175,10 +207,7 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str,
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.grid(alpha=0.3)
     _title(fig, f"Accuracy vs time per setting (grey: the Pareto front), experiment {experiment}")
-    shown = [r for r in highlighted(rows, styles) if r in handles]
-    others = [r for r in rows if r in handles and r not in shown][:1]
-    fig.legend([handles[r] for r in shown + others], shown + (["the other methods"] if others else []), fontsize=8,
-               loc="outside right upper")
+    _legend(fig, handles, styles, highlight, fontsize=8, loc="outside right upper")
     return save_figure(fig, path)
 
 
@@ -281,38 +310,40 @@ def cmd_plot(args: Any) -> int:
     df["row"] = [f"{r} {MARK}" if r in unhealthy else r for r in df["row"]]
     if args.kind == "pareto":  # a time axis: runs on different hardware never share a point
         df = by_hardware(df)
-    highlight = set(parse_highlight(getattr(args, "highlight", None), df, args.experiment))
+    highlight = parse_highlight(getattr(args, "highlight", None), df, args.experiment)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if getattr(args, "by_family", False):  # small multiples: one figure per family of methods
+    if getattr(args, "by_family", False):  # small multiples: a figure per family, the highlighted in each
         family = families(sorted(df["method"].unique()))
         paths = []
         for fam in sorted(set(family.values())):
-            part = df[df["method"].map(family) == fam]
+            part = df[(df["method"].map(family) == fam) | df["method"].isin(highlight)]
+            refs = ", ".join(m for m in highlight if family[m] != fam)
             paths += _plot(args, part, out / f"{args.experiment}-{args.kind}-{fam}.png", highlight,
-                           f" ({fam} methods)")
+                           f" ({fam} methods{', with ' + refs if refs else ''})", grey=False)
     else:
         paths = _plot(args, df, out / f"{args.experiment}-{args.kind}.png", highlight, "")
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 
 
-def _plot(args: Any, df: pd.DataFrame, path: Path, highlight: set[str], which: str) -> list[Path]:
+def _plot(args: Any, df: pd.DataFrame, path: Path, highlight: list[str], which: str,
+          grey: bool = True) -> list[Path]:
     client = mlflow_client(args.tracking_uri)
     experiment = args.experiment + which
     if args.kind == "curves":
         paths = _per_epoch(df, client, "test_acc", path, "test accuracy (%)",
                            f"Test accuracy per epoch (mean over seeds, band: min-max), experiment {experiment}",
-                           100.0, highlight)
+                           100.0, highlight, grey)
     elif args.kind == "detection":
         det = df[df["clean_auc"].notna()]
         if det.empty:
             raise UsageError(f"--kind detection: experiment {args.experiment} has no run that logs clean_auc")
         paths = _per_epoch(det, client, "clean_auc", path, "clean AUC (noise detection)",
                            f"Noise detection per epoch (mean over seeds, band: min-max), experiment {experiment}",
-                           1.0, highlight)
+                           1.0, highlight, grey)
     elif args.kind == "pareto":
-        paths = pareto(df, args.metric, path, experiment, highlight)
+        paths = pareto(df, args.metric, path, experiment, highlight, grey)
     elif args.kind == "intervals":
         paths = intervals(df, args.metric, path, experiment, getattr(args, "reps", None))
     else:

@@ -109,7 +109,8 @@ def cell_links(df: pd.DataFrame) -> dict[tuple[str, str], list[tuple[int, str]]]
 class Frame:
     """What both figures start from: one subplot per setting (two columns), and per row its
     method, the method's family and the row's style: the method's colour, the same as in every
-    static figure (:func:`bench.records.figures.method_colours`), and a dash per family."""
+    static figure drawn with the same ``--highlight`` (:func:`bench.records.figures.method_colours`),
+    and a dash per family."""
 
     fig: Any
     cols: list[tuple[str, str]]
@@ -119,8 +120,7 @@ class Frame:
     style: dict[str, dict[str, str]]
 
     @classmethod
-    def of(cls, df: pd.DataFrame) -> Frame:
-        from matplotlib.colors import to_hex
+    def of(cls, df: pd.DataFrame, highlight: list[str]) -> Frame:
         from plotly.subplots import make_subplots
 
         cols = _columns(df)
@@ -130,8 +130,8 @@ class Frame:
                             vertical_spacing=0.12 / max(1, nrow - 1) if nrow > 1 else 0.1)
         method_of = dict(zip(df["row"], df["method"], strict=False))
         family_of = families(sorted(df["method"].unique()))
-        colours = method_colours(sorted(df["method"].unique()))
-        style = {r: {"color": to_hex(colours[m]), "dash": DASHES[family_of[m]]} for r, m in method_of.items()}
+        colours = method_colours(sorted(df["method"].unique()), highlight)
+        style = {r: {"color": colours[m], "dash": DASHES[family_of[m]]} for r, m in method_of.items()}
         return cls(fig, cols, ncol, method_of, family_of, style)
 
     @property
@@ -169,7 +169,7 @@ def curves_figure(df: pd.DataFrame, client: Any, highlight: list[str], title: st
     """Test accuracy per epoch, one panel per setting, one trace per run."""
     import plotly.graph_objects as go
 
-    f = Frame.of(df)
+    f = Frame.of(df, highlight)
     traces: list[dict[str, Any]] = []
     shown: set[str] = set()
     for k, (ds, setting) in enumerate(f.cols):
@@ -197,7 +197,7 @@ def pareto_figure(df: pd.DataFrame, metric: str, highlight: list[str], title: st
     hardware: ``by_hardware`` rows)."""
     import plotly.graph_objects as go
 
-    f = Frame.of(df)
+    f = Frame.of(df, highlight)
     rows = sorted(df["row"].unique())
     traces: list[dict[str, Any]] = []
     symbols = ["circle", "square", "diamond", "triangle-up", "x", "star", "cross", "hexagon"]
