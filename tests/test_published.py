@@ -222,3 +222,12 @@ def test_epochs_variants_and_subsets_keep_a_number_away():
                                                 "dataset.label": "worse"}, "best_test_acc")
     assert all(any(d.startswith("variant CORES*") for d in differences(r, cell))
                for r in candidates(ref, cell).itertuples() if r.variant)
+
+
+def test_paper_with_another_kind_of_table_is_one_line(store, capsys):
+    """--paper and --gap belong to the accuracy table; elsewhere they were silently ignored."""
+    for extra in (["--paper", "--compare", "wrongevent"], ["--gap", "--time"], ["--paper", "--aggregate"]):
+        code = main(["table", "--experiment", "pub", "--tracking-uri", tracking_uri(store), *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "set published accuracies beside the accuracy table" in err and "\n" not in err, err
+        assert f"not with {extra[1]}" in err

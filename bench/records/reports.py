@@ -380,7 +380,19 @@ def _notes(notes: list[str], fmt: str) -> str:
     return "".join(f"# {n}\n" for n in notes)
 
 
+def _check_paper(args: Any) -> None:
+    """``--paper``/``--gap`` set published accuracies beside an accuracy table's cells: with any
+    other kind of table, one line (they were ignored before)."""
+    asked = [f for f, on in (("--paper", getattr(args, "paper", False)), ("--gap", getattr(args, "gap", False))) if on]
+    other = [f"--{k.replace('_', '-')}" for k in ("time", "detection", "transition", "compare", "aggregate", "env",
+                                                  "health") if getattr(args, k, None)]
+    if asked and other:
+        raise UsageError(f"{' and '.join(asked)} set published accuracies beside the accuracy table (--metric "
+                         f"best_test_acc or last_test_acc); not with {', '.join(other)}")
+
+
 def cmd_table(args: Any) -> int:
+    _check_paper(args)
     every = load_runs(args.tracking_uri, args.experiment, getattr(args, "methods", None), diverged=True)
     if getattr(args, "health", False):
         title = (f"Runs of experiment {args.experiment} that diverged (a non-finite loss or logits stopped them) or "
