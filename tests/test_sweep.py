@@ -39,6 +39,7 @@ def test_grid_expansion_order_and_sharding():
     (["--noise", "sym:0.4", "--seeds", "a"], "expected integers"),
     (["--noise", "sym:0.4", "--workers", "0"], "at least 1"),
     (["--preset", "paper"], "needs --dataset"),
+    (["--noise", "sym:0.4", "--views", "shared,bogus"], "--views bogus: valid values are shared, official"),
 ])
 def test_bad_sweep_input_is_one_line(argv, expected, capsys):
     assert main(["sweep", "--methods", "ce", *argv]) == 2

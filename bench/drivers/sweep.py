@@ -143,8 +143,12 @@ def view_policies(text: str | None, methods: list[str]) -> dict[str, list[str | 
     if text is None or "," not in text:
         return {}
     from bench.training.catalogue import catalogue
+    from bench.training.config import VIEW_POLICIES
 
     policies = parse_list("--views", text)
+    bad = [p for p in policies if p not in VIEW_POLICIES]
+    if bad:  # before any run starts (each point's run would refuse it, one by one)
+        raise UsageError(f"--views {','.join(bad)}: valid values are {', '.join(VIEW_POLICIES)}")
     return {m: policies if catalogue().methods.get(m).views else policies[:1] for m in methods}
 
 
