@@ -231,3 +231,27 @@ def test_paper_with_another_kind_of_table_is_one_line(store, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and "set published accuracies beside the accuracy table" in err and "\n" not in err, err
         assert f"not with {extra[1]}" in err
+
+
+def test_cifar_n_label_sets_are_columns_and_meet_their_published_numbers(tmp_path):
+    """Each CIFAR-N label set is a column (`label=worse`, the data set's default where a run
+    gave none), as the leaderboard's, not a row suffix; its cells meet the published numbers."""
+    client = MlflowClient(tracking_uri(tmp_path))
+    exp = client.create_experiment("cn", artifact_location=(tmp_path / "art").as_uri())
+    for seed, label, acc in ((1, "aggre", 0.90), (2, "aggre", 0.92), (1, "worse", 0.80), (2, None, 0.78)):
+        rid = client.create_run(exp, tags={"noise": "none"}).info.run_id
+        params = {"method": "ce", "dataset": "cifar10n", "seed": seed, "epochs": 100, "noise": "none",
+                  "backbone": "resnet34_cifar", **({"dataset.label": label} if label else {})}
+        for k, v in params.items():
+            client.log_param(rid, k, str(v))
+        for k in ("best_test_acc", "last_test_acc"):
+            client.log_metric(rid, k, acc, step=100)
+        client.log_metric(rid, "wall_clock_s", 10.0, step=100)
+        client.set_terminated(rid, "FINISHED")
+    code, out = cli("table", "--experiment", "cn", "--tracking-uri", tracking_uri(tmp_path), "--format", "csv",
+                    "--paper")
+    t = csv_table(out)
+    assert code == 0 and list(t.index) == ["ce"], out
+    assert list(t.columns) == ["label=aggre", "label=worse"]
+    assert t.loc["ce", "label=aggre"].startswith("91.00 ± 1.41 (paper")  # CE's published CIFAR-10N aggre
+    assert t.loc["ce", "label=worse"].startswith("79.00 ± 1.41 (paper")  # one run named it, one took the default

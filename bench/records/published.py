@@ -175,8 +175,11 @@ class Cell:
 
 
 def cell_of(method: str, dataset: str, setting: str, params: dict[str, str], metric: str) -> Cell:
-    noise, _, rate = setting.partition(":")
-    labels = run_labels(dataset, params) if noise == "none" else ""
+    if setting.startswith("label="):  # a data set's own label set (CIFAR-N): its column in a table
+        noise, rate, labels = "none", "", setting.removeprefix("label=")
+    else:
+        noise, _, rate = setting.partition(":")
+        labels = run_labels(dataset, params) if noise == "none" else ""
     return Cell(method, dataset, noise, float(rate) if rate else math.nan, labels, run_protocol(params),
                 METRIC_WHICH[metric], dict(params))
 

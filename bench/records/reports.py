@@ -68,7 +68,7 @@ def _rows(client: Any, experiment_id: str, filter_string: str) -> list[dict[str,
             epochs = float(p.get("epochs", "nan"))
             rows.append({
                 "run_id": r.info.run_id, "method": p.get("method"), "dataset": p.get("dataset"),
-                "setting": t.get("noise", "none"), "seed": int(p.get("seed", 0)),
+                "setting": _setting(t.get("noise", "none"), p), "seed": int(p.get("seed", 0)),
                 "best_test_acc": m.get("best_test_acc"), "last_test_acc": m.get("last_test_acc"),
                 "wall_clock_s": m.get("wall_clock_s"), "epochs": epochs,
                 "epoch_s": m.get("wall_clock_s", math.nan) / epochs if epochs else math.nan,
@@ -81,6 +81,18 @@ def _rows(client: Any, experiment_id: str, filter_string: str) -> list[dict[str,
         token = page.token
         if not token:
             return rows
+
+
+def _setting(noise: str, params: Any) -> str:
+    """A table's column: the injected noise (``sym:0.4``), or on a data set that ships several
+    label sets (CIFAR-N), the run's (``label=aggre``, its default where it gave none), so that
+    each label set is a column as the leaderboard's, not a row suffix."""
+    if noise != "none":
+        return noise
+    from bench.records.published import run_labels
+
+    labels = run_labels(params.get("dataset", ""), dict(params))
+    return f"label={labels}" if labels else noise
 
 
 def label_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -96,6 +108,9 @@ def label_rows(df: pd.DataFrame) -> pd.DataFrame:
     """
     df = df.copy()
     seedless = [result_params(p, drop=frozenset({"seed"})) for p in df["params"]]
+    for p, setting in zip(seedless, df["setting"], strict=True):  # a label set named or taken by default: one
+        if setting.startswith("label="):
+            p["dataset.label"] = setting.removeprefix("label=")
     df["group"] = [params_key(p) for p in seedless]
     df["protocol"] = [params_key({k: v for k, v in p.items() if k != "method" and not k.startswith("method.")})
                       for p in seedless]
