@@ -45,7 +45,7 @@ from bench.records.reports import (
 )
 
 FAMILY_ORDER = ("paper", "losses", "selection", "semi-supervised", "other")
-DASHES = {"paper": "solid", "losses": "dash", "selection": "dot", "semi-supervised": "dashdot", "other": "longdash"}
+DASHES = ("solid", "dash", "dot", "dashdot")  # a method's rows (`views=official`, ...), as the static figures
 GREY = "rgba(170, 170, 170, 0.45)"
 
 ERROR_HOOK = """<script>
@@ -110,7 +110,7 @@ class Frame:
     """What both figures start from: one subplot per setting (two columns), and per row its
     method, the method's family and the row's style: the method's colour, the same as in every
     static figure drawn with the same ``--highlight`` (:func:`bench.records.figures.method_colours`),
-    and a dash per family."""
+    and a dash per row of the method (its variants), as there."""
 
     fig: Any
     cols: list[tuple[str, str]]
@@ -131,7 +131,9 @@ class Frame:
         method_of = dict(zip(df["row"], df["method"], strict=False))
         family_of = families(sorted(df["method"].unique()))
         colours = method_colours(sorted(df["method"].unique()), highlight)
-        style = {r: {"color": colours[m], "dash": DASHES[family_of[m]]} for r, m in method_of.items()}
+        variants = {m: sorted(r for r, k in method_of.items() if k == m) for m in set(method_of.values())}
+        style = {r: {"color": colours[m], "dash": DASHES[variants[m].index(r) % len(DASHES)]}
+                 for r, m in method_of.items()}
         return cls(fig, cols, ncol, method_of, family_of, style)
 
     @property
@@ -148,20 +150,29 @@ class Frame:
         return {"family": self.family_of[method], "method": method, "color": self.style[row]["color"]}
 
 
+WIDTH = 1.5  # a line's width, and under a highlight: the chosen methods' and the grey rest's
+
+
+def _width(trace: dict[str, Any], highlight: list[str]) -> float:
+    return 2.5 if trace["method"] in highlight else 1.0
+
+
 def _views(traces: list[dict[str, Any]], highlight: list[str]) -> list[dict[str, Any]]:
     """The buttons: every method, one family, or the highlighted methods over the rest in grey."""
     present = [f for f in FAMILY_ORDER if any(t["family"] == f for t in traces)]
     colours = [t["color"] for t in traces]
 
-    def button(label: str, visible: list[Any], colour: list[str]) -> dict[str, Any]:
+    def button(label: str, visible: list[Any], colour: list[str], width: list[float] | None = None) -> dict[str, Any]:
         return {"label": label, "method": "restyle",
-                "args": [{"visible": visible, "line.color": colour, "marker.color": colour}]}
+                "args": [{"visible": visible, "line.color": colour, "marker.color": colour,
+                          "line.width": width or [WIDTH] * len(traces)}]}
 
     out = [button("all methods", [True] * len(traces), colours)]
     out += [button(f, [t["family"] == f or "legendonly" for t in traces], colours) for f in present]
     if highlight:
         grey = [c if t["method"] in highlight else GREY for t, c in zip(traces, colours, strict=True)]
-        out.insert(0, button("highlight: " + ", ".join(highlight), [True] * len(traces), grey))
+        out.insert(0, button("highlight: " + ", ".join(highlight), [True] * len(traces), grey,
+                             [_width(t, highlight) for t in traces]))
     return out
 
 
@@ -181,7 +192,7 @@ def curves_figure(df: pd.DataFrame, client: Any, highlight: list[str], title: st
             row = r["row"]
             f.fig.add_trace(go.Scatter(
                 x=list(h.index), y=list(h.values), mode="lines", name=row, legendgroup=row,
-                showlegend=row not in shown, line={**f.style[row], "width": 1.4},
+                showlegend=row not in shown, line={**f.style[row], "width": WIDTH},
                 hovertemplate=(f"<b>{html.escape(row)}</b><br>{ds}, {setting}, seed {r['seed']}<br>"
                                "epoch %{x}: %{y:.2f}%<extra></extra>")), **f.cell(k))
             shown.add(row)
@@ -232,6 +243,8 @@ def _layout(fig: Any, traces: list[dict[str, Any]], highlight: list[str], title:
                       "font": {"size": 10}}])
     if highlight:  # the page opens on the highlighted view
         for trace, t in zip(fig.data, traces, strict=True):
+            if hasattr(trace, "line") and trace.mode == "lines":
+                trace.line.width = _width(t, highlight)
             if t["method"] not in highlight:
                 if hasattr(trace, "line") and trace.mode == "lines":
                     trace.line.color = GREY
