@@ -70,12 +70,17 @@ def method_colours(names: list[str], highlight: Sequence[str] = ()) -> dict[str,
             else FAMILY_COLOURS[places[n] % len(FAMILY_COLOURS)] for n in names}
 
 
+FAMILY_MARKERS = {"paper": "o", "losses": "s", "selection": "^", "semi-supervised": "D"}  # "other": "v"
+
+
 def method_markers(names: list[str], highlight: Sequence[str] = ()) -> dict[str, str]:
-    """A marker per method, placed as its colour (two methods of a family that share a colour,
-    the first and the eleventh, differ in marker)."""
+    """A marker per method: a highlighted method's by its place in ``highlight``, any other's by
+    its family, so that two methods of different families in one colour (the same place in
+    each) never look alike in a figure of all methods."""
     chosen = list(highlight)
-    places = family_places(names)
-    return {n: MARKERS[chosen.index(n) if n in chosen else places[n] % len(MARKERS)] for n in names}
+    family = families(list(names))
+    return {n: MARKERS[chosen.index(n) % len(MARKERS)] if n in chosen else FAMILY_MARKERS.get(family[n], "v")
+            for n in names}
 
 
 def _history(client: Any, run_id: str, name: str) -> pd.Series:
