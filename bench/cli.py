@@ -405,11 +405,13 @@ def add_plot_parser(sub: Any) -> None:
     pl.add_argument("--metric", default="last_test_acc", help="accuracy of the pareto and intervals plots")
     pl.add_argument("--reps", type=int, default=5000, help="bootstrap resamples of the intervals plot")
     pl.add_argument("--methods", help="comma-separated methods to include (default: every method of the experiment)")
-    pl.add_argument("--highlight", help="comma-separated methods drawn in colour over the others in thin grey "
-                                        "(curves, detection, pareto), e.g. wrongevent,dividemix,ce")
+    pl.add_argument("--highlight", help="comma-separated methods drawn thick in red, blue, black (in this order) over "
+                                        "the others in thin grey (curves, detection, pareto; with --by-family the "
+                                        "others keep their colours), e.g. wrongevent,dividemix,ce")
     pl.add_argument("--by-family", action="store_true", dest="by_family",
                     help="one figure per family of methods (the IDO paper's set, losses and corrections, selection, "
-                         "semi-supervised): small multiples that stay readable at thirty methods")
+                         "semi-supervised): small multiples that stay readable at thirty methods; the --highlight "
+                         "methods in each")
     pl.add_argument("--tracking-uri", default=None, help=RUN_FLAGS["tracking_uri"][1])
 
 

@@ -213,7 +213,30 @@ def test_no_two_methods_of_a_family_look_alike_and_the_highlighted_stand_apart()
     assert not set(colours.values()) & set(HIGHLIGHT_COLOURS[:3])
     chosen = method_colours(["gce", "ce", "dividemix", "wrongevent"], highlight=["wrongevent", "dividemix", "ce"])
     assert [chosen[m] for m in ("wrongevent", "dividemix", "ce")] == ["#d62728", "#1f77b4", "#000000"]
-    assert chosen["gce"] == colours["gce"] and len(set(markers.values())) > 1
+    assert chosen["gce"] == colours["gce"]
+    assert set(markers.values()) == {"o", "s", "^", "D"}  # one marker per family
+    marked = method_markers(["gce", "ce", "dividemix", "wrongevent"], highlight=["wrongevent", "dividemix", "ce"])
+    assert [marked[m] for m in ("wrongevent", "dividemix", "ce", "gce")] == ["*", "X", "P", "o"]
+
+
+def test_each_panel_lists_only_its_own_rows(store, tmp_path, monkeypatch):
+    """A panel's legend names the rows drawn in it, with their seed counts there (DivideMix ran
+    at sym 40% only: the pair-flip panel does not list it)."""
+    import bench.records.figures as figures
+
+    legends = []
+
+    def spy(fig, path, pdf=True):
+        for ax in fig.axes:
+            if ax.get_legend():
+                drawn = sorted(line.get_label() for line in ax.get_lines())
+                legends.append((sorted(t.get_text() for t in ax.get_legend().get_texts()), drawn))
+        return []
+
+    monkeypatch.setattr(figures, "save_figure", spy)
+    assert main(["plot", "--experiment", "tiny", "--kind", "curves", "--methods", "ce,dividemix,wrongevent",
+                 "--out", str(tmp_path), "--tracking-uri", tracking_uri(store)]) == 0
+    assert len(legends) == 2 and all(shown == drawn for shown, drawn in legends), legends
 
 
 def test_curves_have_integer_epoch_ticks_and_a_title_inside_the_figure(store, tmp_path, monkeypatch):

@@ -45,16 +45,17 @@ KINDS = ("curves", "pareto", "scores", "detection", "intervals")
 # The highlighted methods' colours, in --highlight's order (`wrongevent,dividemix,ce`: red, blue,
 # black), and every other method's, by its place among its family's methods (alphabetical, all
 # registered ones), so that each family's small multiple has no two methods alike. No family
-# colour is one of the first three highlight colours or the grey of the rows under a highlight.
-HIGHLIGHT_COLOURS = ("#d62728", "#1f77b4", "#000000", "#ff7f0e", "#2ca02c", "#9467bd")
+# colour or marker is a highlight's, nor the grey of the rows under a highlight.
+HIGHLIGHT_COLOURS = ("#d62728", "#1f77b4", "#000000", "#7f0000", "#00007f", "#005f00")
 FAMILY_COLOURS = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#1b9e77",
                   "#e6ab02", "#e7298a", "#6a3d9a", "#b15928")  # as many as the largest family (12)
-MARKERS = "osD^v<>P*Xhd"
+HIGHLIGHT_MARKERS = "*XPhp8"
 
 
 def family_places(names: list[str]) -> dict[str, int]:
     """Each method's place among its family's methods: the registered ones and the names given
-    (alphabetical), the same in every figure whatever else it shows."""
+    (alphabetical), the same in every figure whatever else it shows (a name no method registers,
+    family ``other``, is placed among the other such names given)."""
     from bench.training.catalogue import catalogue
 
     family = families(sorted(set(catalogue().methods.names()) | set(names)))
@@ -79,7 +80,8 @@ def method_markers(names: list[str], highlight: Sequence[str] = ()) -> dict[str,
     each) never look alike in a figure of all methods."""
     chosen = list(highlight)
     family = families(list(names))
-    return {n: MARKERS[chosen.index(n) % len(MARKERS)] if n in chosen else FAMILY_MARKERS.get(family[n], "v")
+    return {n: HIGHLIGHT_MARKERS[chosen.index(n) % len(HIGHLIGHT_MARKERS)] if n in chosen
+            else FAMILY_MARKERS.get(family[n], "v")
             for n in names}
 
 
@@ -142,9 +144,10 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
     plt, fig, axes = _panels(len(settings))
     # many rows in colour: one legend beside the panels, not one in each; grey rows: one entry
     shared = len(highlighted(sorted(styles), styles)) > LEGEND_PER_PANEL
-    handles: dict[str, Any] = {}
+    handles: dict[str, Any] = {}  # every panel's rows: the figure's legend
     for ax, (ds, setting) in zip(axes, settings, strict=False):
         part = df[(df["dataset"] == ds) & (df["setting"] == setting)]
+        here: dict[str, Any] = {}  # this panel's rows: its legend
         for row in sorted(part["row"].unique()):
             curves = [_history(client, r, metric) for r in part[part["row"] == row]["run_id"]]
             curves = [c for c in curves if len(c)]
@@ -152,7 +155,8 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
                 continue
             table = pd.concat(curves, axis=1) * scale
             label = row if shared else f"{row} (n={table.shape[1]})"
-            (handles[row],) = ax.plot(table.index, table.mean(axis=1), label=label, **styles[row])
+            (here[row],) = ax.plot(table.index, table.mean(axis=1), label=label, **styles[row])
+            handles.setdefault(row, here[row])
             if table.shape[1] > 1 and styles[row]["color"] != OTHERS["color"]:  # no band for a grey row
                 ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=styles[row]["color"],
                                 alpha=0.2 if styles[row]["lw"] > 2 else 0.12)
@@ -162,7 +166,7 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if not shared:
-            _legend(ax, handles, styles, highlight, fontsize=8)
+            _legend(ax, here, styles, highlight, fontsize=8)
     _title(fig, title)
     if shared:
         _legend(fig, handles, styles, highlight, fontsize=8, loc="outside right upper")
@@ -184,7 +188,8 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str, highlight
            grey: bool = True) -> list[Path]:
     """Accuracy against wall-clock time per run, one panel per data set and setting (with thirty
     methods one panel of labelled points is unreadable), each row's marker and colour the same in
-    every panel and figure (a method's second view policy hollow), one legend for the figure,
+    every panel and figure (a method's rows after its first, e.g. `views=shared` after
+    `views=official`, hollow), one legend for the figure,
     and each panel's Pareto front (the runs no other run beats in both accuracy and time) as a
     grey step line."""
     settings = _columns(df)
@@ -203,7 +208,7 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str, highlight
                 colour = st["color"]
                 face = "none" if st["linestyle"] != "-" else colour
                 handles[row] = ax.scatter(r["time"] / 60, r["acc"] * 100, s=55 if st["lw"] > 2 else 40,
-                                          marker=st.get("marker", MARKERS[rows.index(row) % len(MARKERS)]),
+                                          marker=st.get("marker", FAMILY_MARKERS["paper"]),
                                           facecolors=face, edgecolors=colour, label=row, zorder=st["zorder"])
         front = part[part["acc"] >= part["acc"].cummax()]  # by time: each run better than every faster one
         ax.step(front["time"] / 60, front["acc"] * 100, where="post", color="grey", alpha=0.6, lw=1, zorder=2)
@@ -266,7 +271,8 @@ def scores(df: pd.DataFrame, client: Any, path: Path, experiment: str) -> list[P
     return save_figure(fig, path)
 
 
-def intervals(df: pd.DataFrame, metric: str, path: Path, experiment: str, reps: int | None = None) -> list[Path]:
+def intervals(df: pd.DataFrame, metric: str, path: Path, experiment: str, reps: int | None = None,
+              highlight: Sequence[str] = ()) -> list[Path]:
     """IQM and mean rank per row with their 95% stratified-bootstrap intervals, two panels side
     by side, rows in the order of ``bench table --aggregate`` (highest IQM on top)."""
     from bench.records.stats import CONFIDENCE, REPS, SEED, aggregate
@@ -274,7 +280,7 @@ def intervals(df: pd.DataFrame, metric: str, path: Path, experiment: str, reps: 
     reps = REPS if reps is None else reps
     a = aggregate(df, metric, reps, order=_columns(df))
     rows = list(a.index)
-    styles = _styles(df)
+    styles = _styles(df, highlight, grey=False)  # every row a bar in its colour; the highlighted in theirs
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 1.6 + 0.38 * len(rows)), sharey=True, layout="constrained")
     y = np.arange(len(rows))[::-1]  # the first row on top
@@ -350,7 +356,7 @@ def _plot(args: Any, df: pd.DataFrame, path: Path, highlight: list[str], which: 
     elif args.kind == "pareto":
         paths = pareto(df, args.metric, path, experiment, highlight, grey)
     elif args.kind == "intervals":
-        paths = intervals(df, args.metric, path, experiment, getattr(args, "reps", None))
+        paths = intervals(df, args.metric, path, experiment, getattr(args, "reps", None), highlight)
     else:
         paths = scores(df, client, path, experiment)
     return paths

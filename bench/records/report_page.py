@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from bench.common.errors import UsageError
-from bench.records.figures import _history, method_colours
+from bench.records.figures import _history, method_colours, method_markers
 from bench.records.reports import (
     MARK,
     METRICS,
@@ -45,7 +45,13 @@ from bench.records.reports import (
 )
 
 FAMILY_ORDER = ("paper", "losses", "selection", "semi-supervised", "other")
-DASHES = ("solid", "dash", "dot", "dashdot")  # a method's rows (`views=official`, ...), as the static figures
+# A row's dash: its family's, so that methods of two families in one colour differ in the "all
+# methods" view; a method's rows after its first (`views=shared` after `views=official`) longdashdot
+DASHES = {"paper": "solid", "losses": "dash", "selection": "dot", "semi-supervised": "dashdot", "other": "longdash"}
+VARIANT_DASH = "longdashdot"
+# the static figures' markers (bench.records.figures.method_markers) by their Plotly names
+SYMBOLS = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond", "v": "triangle-down", "*": "star",
+           "X": "x", "P": "cross", "h": "hexagon", "p": "pentagon", "8": "octagon"}
 GREY = "rgba(170, 170, 170, 0.45)"
 
 ERROR_HOOK = """<script>
@@ -110,7 +116,7 @@ class Frame:
     """What both figures start from: one subplot per setting (two columns), and per row its
     method, the method's family and the row's style: the method's colour, the same as in every
     static figure drawn with the same ``--highlight`` (:func:`bench.records.figures.method_colours`),
-    and a dash per row of the method (its variants), as there."""
+    its marker, as there, and a dash per family (a method's rows after its first: one of their own)."""
 
     fig: Any
     cols: list[tuple[str, str]]
@@ -130,9 +136,11 @@ class Frame:
                             vertical_spacing=0.12 / max(1, nrow - 1) if nrow > 1 else 0.1)
         method_of = dict(zip(df["row"], df["method"], strict=False))
         family_of = families(sorted(df["method"].unique()))
-        colours = method_colours(sorted(df["method"].unique()), highlight)
-        variants = {m: sorted(r for r, k in method_of.items() if k == m) for m in set(method_of.values())}
-        style = {r: {"color": colours[m], "dash": DASHES[variants[m].index(r) % len(DASHES)]}
+        methods = sorted(df["method"].unique())
+        colours, markers = method_colours(methods, highlight), method_markers(methods, highlight)
+        first = {m: min(r for r, k in method_of.items() if k == m) for m in methods}
+        style = {r: {"color": colours[m], "dash": DASHES[family_of[m]] if r == first[m] else VARIANT_DASH,
+                     "symbol": SYMBOLS[markers[m]] + ("" if r == first[m] else "-open")}
                  for r, m in method_of.items()}
         return cls(fig, cols, ncol, method_of, family_of, style)
 
@@ -150,7 +158,7 @@ class Frame:
         return {"family": self.family_of[method], "method": method, "color": self.style[row]["color"]}
 
 
-WIDTH = 1.5  # a line's width, and under a highlight: the chosen methods' and the grey rest's
+WIDTH = 1.5  # a line's width (under a highlight: _width)
 
 
 def _width(trace: dict[str, Any], highlight: list[str]) -> float:
@@ -192,7 +200,8 @@ def curves_figure(df: pd.DataFrame, client: Any, highlight: list[str], title: st
             row = r["row"]
             f.fig.add_trace(go.Scatter(
                 x=list(h.index), y=list(h.values), mode="lines", name=row, legendgroup=row,
-                showlegend=row not in shown, line={**f.style[row], "width": WIDTH},
+                showlegend=row not in shown,
+                line={"color": f.style[row]["color"], "dash": f.style[row]["dash"], "width": WIDTH},
                 hovertemplate=(f"<b>{html.escape(row)}</b><br>{ds}, {setting}, seed {r['seed']}<br>"
                                "epoch %{x}: %{y:.2f}%<extra></extra>")), **f.cell(k))
             shown.add(row)
@@ -209,9 +218,7 @@ def pareto_figure(df: pd.DataFrame, metric: str, highlight: list[str], title: st
     import plotly.graph_objects as go
 
     f = Frame.of(df, highlight)
-    rows = sorted(df["row"].unique())
     traces: list[dict[str, Any]] = []
-    symbols = ["circle", "square", "diamond", "triangle-up", "x", "star", "cross", "hexagon"]
     shown: set[str] = set()
     for k, (ds, setting) in enumerate(f.cols):
         part = df[(df["dataset"] == ds) & (df["setting"] == setting)]
@@ -219,7 +226,7 @@ def pareto_figure(df: pd.DataFrame, metric: str, highlight: list[str], title: st
             f.fig.add_trace(go.Scatter(
                 x=list(runs["epoch_s"]), y=list(runs[metric] * 100), mode="markers", name=row, legendgroup=row,
                 showlegend=row not in shown,
-                marker={"color": f.style[row]["color"], "size": 9, "symbol": symbols[rows.index(row) % len(symbols)]},
+                marker={"color": f.style[row]["color"], "size": 9, "symbol": f.style[row]["symbol"]},
                 customdata=list(runs["seed"]),
                 hovertemplate=(f"<b>{html.escape(row)}</b><br>{ds}, {setting}, seed %{{customdata}}<br>"
                                f"%{{x:.2f}} s/epoch, {metric} %{{y:.2f}}%<extra></extra>")), **f.cell(k))
