@@ -37,6 +37,10 @@ def test_the_page_holds_the_tables_and_figures_and_needs_no_network(store, tmp_p
     for label in ("all methods", "highlight: wrongevent, ce", '"label":"paper"'):
         assert label in text, label
     assert "fashion-mnist, sym:0.4, seed 2" in text and "epoch %{x}" in text  # hover: method, setting, seed
+    # each table row carries its colour in the figures; the highlighted ones marked
+    assert '<td class=hl><span class="sw" style="background:#d62728"></span>wrongevent' in text
+    assert '<td><span class="sw" style="background:#ff7f0e"></span>ce' not in text  # ce: black, highlighted
+    assert '<td class=hl><span class="sw" style="background:#1f77b4"></span>ce' in text
 
 
 def test_a_highlighted_method_that_did_not_run_is_one_line(store, tmp_path, capsys):  # noqa: F811

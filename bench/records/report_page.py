@@ -76,18 +76,24 @@ a.run { font-size: 0.75em; margin-left: 0.3em; }
 .family { font-size: 0.75em; color: #666; }
 h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 pre#script-errors:empty { display: none; }
+.sw { display: inline-block; width: 0.75em; height: 0.75em; margin-right: 0.4em; border-radius: 2px; }
+td.hl { font-weight: 600; }
 </style>"""
 
 
 def html_table(table: pd.DataFrame, best: dict[str, str] | None = None,
                links: dict[tuple[str, str], list[tuple[int, str]]] | None = None, ui_url: str | None = None,
-               experiment_id: str = "", index_name: str = "method") -> str:
-    """``table`` as HTML: the best cell per column in bold, and with ``ui_url`` each cell's runs
-    linked (one small link per seed) to the MLflow UI."""
+               experiment_id: str = "", index_name: str = "method",
+               swatches: dict[str, tuple[str, bool]] | None = None) -> str:
+    """``table`` as HTML: the best cell per column in bold, with ``ui_url`` each cell's runs
+    linked (one small link per seed) to the MLflow UI, and with ``swatches`` ({row: (colour,
+    highlighted)}) each row's colour in the figures beside its name, the highlighted rows marked."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [index_name, *table.columns])
     rows = []
     for name, values in zip(table.index, table.values, strict=True):
-        cells = [f"<td>{html.escape(str(name))}</td>"]
+        colour, chosen = (swatches or {}).get(str(name), (None, False))
+        swatch = f'<span class="sw" style="background:{colour}"></span>' if colour else ""
+        cells = [f'<td{" class=hl" if chosen else ""}>{swatch}{html.escape(str(name))}</td>']
         for col, value in zip(table.columns, values, strict=True):
             text = html.escape(str(value))
             if best and best.get(col) == name:
@@ -270,25 +276,27 @@ def build(uri: str | None, experiment: str, methods: str | None = None, highligh
     exp_id = client.get_experiment_by_name(experiment).experiment_id
     df = counted(every, experiment)
     links = cell_links(df)
+    timed = by_hardware(df)
+    colours = method_colours(sorted(df["method"].unique()), highlight)
+    sw = {r: (colours[m], m in highlight) for d in (df, timed) for r, m in zip(d["row"], d["method"], strict=True)}
     sections = []
     for m in METRICS:
         table, best = pivot(df, m)
         table = mark_health(table, every)
         sections.append((f"Accuracy: {m} in % (mean ± std over seeds, best mean in bold)",
-                         html_table(table, best, links, ui_url, exp_id)))
-    timed = by_hardware(df)
+                         html_table(table, best, links, ui_url, exp_id, swatches=sw)))
     sections.append(("Time: seconds per epoch, and ratios to CE and DivideMix on the same hardware and protocol",
-                     html_table(time_pivot(timed))))
+                     html_table(time_pivot(timed), swatches=sw)))
     if df["clean_auc"].notna().any():
         has = df[df["clean_auc"].notna()]
         table, best = pivot(has, "clean_auc", scale=1.0, digits=3)
         sections.append(("Noise detection: final clean_auc", html_table(mark_health(table, every), best, links,
-                                                                        ui_url, exp_id)))
+                                                                        ui_url, exp_id, swatches=sw)))
     if df["t_error"].notna().any():
         has = df[df["t_error"].notna()]
         table, best = pivot(has, "t_error", scale=1.0, digits=3, higher_is_better=False)
         sections.append(("Transition-matrix error: final t_error (lowest in bold)",
-                         html_table(table, best, links, ui_url, exp_id)))
+                         html_table(table, best, links, ui_url, exp_id, swatches=sw)))
     sections.append(("Environments", html_table(env_table(every), index_name="hardware")))
     bad = health_table(every)
     sections.append((f"Run health: {len(bad)} runs diverged or collapsed",
