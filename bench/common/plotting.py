@@ -33,7 +33,7 @@ def wrap_title(text: str, width_in: float, fontsize: float = 12) -> str:
     """``text`` broken into lines that fit a figure ``width_in`` inches wide."""
     import textwrap
 
-    return textwrap.fill(text, width=max(20, int(width_in * 72 / (0.55 * fontsize))))
+    return textwrap.fill(text, width=max(20, int(width_in * 72 / (0.55 * fontsize))), break_on_hyphens=False)
 
 
 def score_histogram(values: np.ndarray, is_clean: np.ndarray | None, path: Path, *, xlabel: str,

@@ -100,8 +100,10 @@ def _panels(n: int) -> tuple[Any, Any, np.ndarray]:
     return plt, fig, axes.ravel()
 
 
-def _title(fig: Any, text: str) -> None:
-    fig.suptitle(wrap_title(text, fig.get_figwidth()))
+def _title(fig: Any, text: str, beside_legend: bool = False) -> None:
+    """The figure's title, wrapped to its width (to the middle 60% where a legend stands at the
+    right of the panels: a centred title of the full width ran into it)."""
+    fig.suptitle(wrap_title(text, fig.get_figwidth() * (0.6 if beside_legend else 1.0)))
 
 
 OTHERS = {"color": "0.72", "linestyle": "-", "lw": 0.8, "alpha": 0.55, "zorder": 1}  # --highlight's grey rows
@@ -167,7 +169,7 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
         ax.grid(alpha=0.3)
         if not shared:
             _legend(ax, here, styles, highlight, fontsize=8)
-    _title(fig, title)
+    _title(fig, title, beside_legend=shared)
     if shared:
         _legend(fig, handles, styles, highlight, fontsize=8, loc="outside right upper")
     return save_figure(fig, path)
@@ -216,7 +218,7 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str, highlight
         ax.set_xlabel("wall-clock minutes per run (mean over seeds)")
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.grid(alpha=0.3)
-    _title(fig, f"Accuracy vs time per setting (grey: the Pareto front), experiment {experiment}")
+    _title(fig, f"Accuracy vs time per setting (grey: the Pareto front), experiment {experiment}", beside_legend=True)
     _legend(fig, handles, styles, highlight, fontsize=8, loc="outside right upper")
     return save_figure(fig, path)
 
