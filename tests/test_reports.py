@@ -313,3 +313,23 @@ def test_many_rows_get_one_legend_beside_the_panels(store, tmp_path, monkeypatch
     assert main(["plot", "--experiment", "tiny", "--kind", kind, "--out", str(tmp_path),
                  "--tracking-uri", tracking_uri(store)]) == 0
     assert (seen["panel"], seen["figure"], seen["panels"]) == (panel_legends, figure_legends, 2)  # sym, pairflip
+
+
+def test_a_long_title_stays_clear_of_the_legend_beside_the_panels():
+    """Thirty methods put one legend at the right of the panels; the title, centred over the
+    whole figure, wraps short enough not to run into it (it did, at full width)."""
+    import bench.records.figures as figures
+
+    text = ("Test accuracy per epoch (mean over seeds, band: min-max), experiment fmnist-cpu (losses methods, "
+            "with wrongevent, dividemix, ce)")
+    for label in ("ce", "dividemix [views=official]", "dividemix [views=official] @ AMD EPYC (1 thread)"):
+        plt, fig, axes = figures._panels(4)
+        for ax in axes:
+            ax.plot([0, 1], [0, 1], label=label)
+        fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="outside right upper")
+        figures._title(fig, text)
+        fig.canvas.draw()
+        title, legend = fig._suptitle.get_window_extent(), fig.legends[0].get_window_extent()
+        plt.close(fig)
+        assert title.x1 < legend.x0 or title.y0 > legend.y1, label
+        assert "fmnist-cpu" in fig._suptitle.get_text()  # never broken at its hyphen

@@ -100,10 +100,16 @@ def _panels(n: int) -> tuple[Any, Any, np.ndarray]:
     return plt, fig, axes.ravel()
 
 
-def _title(fig: Any, text: str, beside_legend: bool = False) -> None:
-    """The figure's title, wrapped to its width (to the middle 60% where a legend stands at the
-    right of the panels: a centred title of the full width ran into it)."""
-    fig.suptitle(wrap_title(text, fig.get_figwidth() * (0.6 if beside_legend else 1.0)))
+def _title(fig: Any, text: str) -> None:
+    """The figure's title, wrapped to its width; where a legend stands at the right of the panels
+    (drawn first), to the width the centred title has clear of it on both sides (a title of the
+    full width ran into it)."""
+    width = fig.get_figwidth()
+    if fig.legends:
+        fig.canvas.draw()  # the layout places the legend
+        beside = fig.legends[0].get_window_extent().width / fig.dpi
+        width = max(3.0, width - 2 * (beside + 0.3))
+    fig.suptitle(wrap_title(text, width))
 
 
 OTHERS = {"color": "0.72", "linestyle": "-", "lw": 0.8, "alpha": 0.55, "zorder": 1}  # --highlight's grey rows
@@ -169,9 +175,9 @@ def _per_epoch(df: pd.DataFrame, client: Any, metric: str, path: Path, ylabel: s
         ax.grid(alpha=0.3)
         if not shared:
             _legend(ax, here, styles, highlight, fontsize=8)
-    _title(fig, title, beside_legend=shared)
     if shared:
         _legend(fig, handles, styles, highlight, fontsize=8, loc="outside right upper")
+    _title(fig, title)
     return save_figure(fig, path)
 
 
@@ -218,8 +224,8 @@ def pareto(df: pd.DataFrame, metric: str, path: Path, experiment: str, highlight
         ax.set_xlabel("wall-clock minutes per run (mean over seeds)")
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.grid(alpha=0.3)
-    _title(fig, f"Accuracy vs time per setting (grey: the Pareto front), experiment {experiment}", beside_legend=True)
     _legend(fig, handles, styles, highlight, fontsize=8, loc="outside right upper")
+    _title(fig, f"Accuracy vs time per setting (grey: the Pareto front), experiment {experiment}")
     return save_figure(fig, path)
 
 
