@@ -187,6 +187,10 @@ def test_bench_ui_one_worker_quiet_and_on_the_runs_page(tmp_path):
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         args = [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children]
         assert any(b"mlflow" in a and a[a.index(b"--workers") + 1] == b"1" for a in args), args
+        # no job runner (GenAI jobs only; five Huey consumers that double the time to stop)
+        grandchildren = [g for c in children for g in Path(f"/proc/{c}/task/{c}/children").read_text().split()]
+        jobs = [Path(f"/proc/{g}/cmdline").read_bytes() for g in grandchildren]
+        assert grandchildren and not any(b"_job_runner" in j for j in jobs), jobs
         dom = rendered(url, tmp_path / "profile", budget_ms=8000, width=2600)  # 20 s of virtual time cost 11 s
         shown = set(re.findall(r'col-id="((?:tags|metrics)\.`[^`]+`)"', dom))
         assert shown == {"tags.`method`", "tags.`dataset`", "tags.`noise`", "tags.`seed`", "tags.`env.hardware`",

@@ -55,6 +55,34 @@ def sweep(tmp: Path, *argv: str, uri: str | None = None) -> tuple[int, str]:
     return code, buf.getvalue()
 
 
+def test_a_cuda_sweep_is_checked_against_this_machine_only_when_it_runs_here(tmp_path, capsys, monkeypatch):
+    """A login node has no GPU: a ``--launcher slurm`` sweep's device is the compute node's
+    (checked where each run starts), and ``--status`` only looks at the store and the queue; a
+    local sweep runs here, so its device is this machine's."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    grid = ["--methods", "ce,dividemix", "--noise", "sym:0.4", "--device", "cuda"]
+    assert sweep(tmp_path, *grid, "--dry-run")[0] == 2
+    assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
+    code, out = sweep(tmp_path, *grid, "--launcher", "slurm", "--dry-run")
+    assert code == 0 and "0 to resume, 2 to start" in out, out
+    code, out = sweep(tmp_path, *grid, "--status")
+    assert code == 0 and "not started  dividemix sym:0.4 seed 1" in out, out
+
+
+def test_status_imports_neither_torch_nor_a_method(tmp_path):
+    """``--status`` is a quick look: torch, timm and a method's module with its SciPy add
+    seconds, and the hashes need none of them."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "bench", "sweep", "--methods", "ce,dividemix",
+                           "--noise", "sym:0.4", "--out", str(tmp_path / "runs"), "--tracking-uri",
+                           tracking_uri(tmp_path), "--experiment", "sw", "--status"],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "2 runs: 0 finished" in proc.stdout, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"torch", "scipy.stats", "methods.dividemix", "timm"}, imported & {"torch", "scipy.stats"}
+
+
 def test_paper_preset_expands_the_papers_grid(tmp_path, monkeypatch):
     import huggingface_hub.constants as hub
 

@@ -484,7 +484,7 @@ def spec_from_args(args: Any, request: dict[str, Any]) -> tuple[StudySpec, str]:
     if args.heartbeat < 1:
         raise UsageError(f"--heartbeat {args.heartbeat}: must be at least 1 second")
     request = {"val_fraction": 0.1, **request}
-    base = resolve(request)
+    base = resolve(request, here=getattr(args, "launcher", "local") != "slurm")  # a Slurm worker checks its device
     cfg = base.config
     if cfg.val_fraction <= 0:
         raise UsageError(f"--val-fraction {cfg.val_fraction}: a study needs a validation split, e.g. 0.1")

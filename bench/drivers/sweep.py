@@ -189,11 +189,16 @@ class Sweep:
         self.lock = threading.Lock()
         self.results: dict[GridPoint, str] = {}
 
-    def request_hash(self, point: GridPoint) -> str:
-        from bench.training.resolve import resolve
+    def request_hash(self, point: GridPoint, deep: bool = True) -> str:
+        """The point's hash, its run checked as :func:`~bench.training.resolve.check` does
+        (``deep=False``: without torch or the method's module, which the hash does not need;
+        under Slurm without the device, which is the compute node's)."""
+        from bench.training.resolve import check, resolve_values
 
-        self.specs[point] = resolve(point.request(self.base))
-        return self.specs[point].request_hash
+        spec = resolve_values(point.request(self.base))
+        check(spec, deep=deep, here=self.slurm is None)
+        self.specs[point] = spec
+        return spec.request_hash
 
     def runs(self, hashes: dict[GridPoint, str]) -> dict[str, list[dict[str, Any]]]:
         """The experiment's runs of these points, by request hash (one MLflow query)."""
@@ -303,8 +308,9 @@ class Sweep:
         return out
 
     def status(self) -> int:
-        """``--status``: every point's state, then the counts."""
-        hashes = {p: self.request_hash(p) for p in self.points}
+        """``--status``: every point's state, then the counts (a quick look: the points are
+        checked as far as their hashes need, not imported)."""
+        hashes = {p: self.request_hash(p, deep=False) for p in self.points}
         states = self.statuses(hashes, self.runs(hashes), self.queue(hashes))
         for p in self.points:
             state, detail = states[p]

@@ -16,8 +16,10 @@ import importlib.metadata
 import platform
 import socket
 from functools import cache
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the tag names are read by tables, which need no torch (seconds to import)
+    import torch
 
 PREFIX = "env."
 TAG_HARDWARE = PREFIX + "hardware"  # what time tables group by: the GPU model, or the CPU model and threads
@@ -49,6 +51,8 @@ def hardware_label(device: torch.device, threads: int) -> str:
     """The hardware a run's time depends on: the GPU model on CUDA, else the CPU model and its
     thread count (the same CPU with 1 and 2 threads runs at other speeds)."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
         return f"{cpu_model()} ({threads} thread{'s' if threads != 1 else ''})"
@@ -57,6 +61,8 @@ def hardware_label(device: torch.device, threads: int) -> str:
 
 def environment(device: torch.device) -> dict[str, str]:
     """The run's ``env.*`` tags on ``device``, as it is now (after ``--threads``)."""
+    import torch
+
     threads = torch.get_num_threads()
     cuda = device.type == "cuda"
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None

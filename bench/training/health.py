@@ -21,8 +21,10 @@ run whose predictions collapse into one class is tagged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the tags are read by tables and sweeps, which need no torch (seconds to import)
+    import torch
 
 TAG_HEALTH = "health"  # diverged | collapsed | collapsed-recovered (absent: healthy)
 TAG_DETAIL = "health.detail"
@@ -49,13 +51,15 @@ class NonFiniteWatch:
         self.reset()
 
     def reset(self) -> None:
+        import torch
+
         self.count = torch.zeros((), dtype=torch.long, device=self.device)
         self.first = torch.full((), -1, dtype=torch.long, device=self.device)
 
     def update(self, loss: torch.Tensor) -> None:
         self.count += 1
-        bad = ~torch.isfinite(loss.detach()).all()
-        self.first = torch.where(bad & (self.first < 0), self.count, self.first)
+        bad = ~loss.detach().isfinite().all()
+        self.first = self.count.where(bad & (self.first < 0), self.first)
 
     def first_bad(self) -> int | None:
         """The step (from 1) of the epoch's first non-finite loss, or None (a host sync)."""
@@ -68,14 +72,14 @@ def collapse_share(test_labels: torch.Tensor, num_classes: int) -> float:
     test set's own largest class share (what a perfect model predicts most) and 1 (every image
     in one class). Balanced 10 classes: 0.55; 100 classes: 0.505; 2 balanced classes: 0.75. A
     model at or above it gives one class more than half of what all the others should get."""
-    counts = torch.bincount(test_labels.long().flatten().cpu(), minlength=num_classes).float()
+    counts = test_labels.long().flatten().cpu().bincount(minlength=num_classes).float()
     p_max = float(counts.max() / counts.sum().clamp(min=1))
     return p_max + (1.0 - p_max) / 2
 
 
 def prediction_stats(pred: torch.Tensor, num_classes: int) -> tuple[float, float, int]:
     """(share of the most predicted class, entropy of the predicted-class histogram in nats, that class)."""
-    counts = torch.bincount(pred.long().flatten().cpu(), minlength=num_classes).float()
+    counts = pred.long().flatten().cpu().bincount(minlength=num_classes).float()
     p = counts / counts.sum().clamp(min=1)
     nz = p[p > 0]
     return float(p.max()), float(-(nz * nz.log()).sum()), int(p.argmax())

@@ -52,10 +52,12 @@ class RunSpec:
                 "request_hash": self.request_hash}
 
 
-def resolve(request: Mapping[str, Any]) -> RunSpec:
-    """The request as a checked run; one-line :class:`UsageError` for anything wrong."""
+def resolve(request: Mapping[str, Any], here: bool = True) -> RunSpec:
+    """The request as a checked run; one-line :class:`UsageError` for anything wrong. ``here``:
+    the run is to happen on this machine (False: on a cluster's compute node, whose devices a
+    login node need not have: its device is checked where it runs)."""
     spec = resolve_values(request)
-    check(spec, deep=True)
+    check(spec, deep=True, here=here)
     return spec
 
 
@@ -121,12 +123,12 @@ def split_sets(sets: dict[str, str], method: Any, dataset_cls: Any) -> tuple[dic
     return ({k: v for k, v in sets.items() if k not in ds_names}, {k: v for k, v in sets.items() if k in ds_names})
 
 
-def check(spec: RunSpec, deep: bool = True) -> None:
+def check(spec: RunSpec, deep: bool = True, here: bool = True) -> None:
     """Every check of a run beyond its values alone (``RunConfig.validate``), before any data is
     read or anything is written; fills in the data set's resolved options. First what needs no
     torch (noise model against the data set, data files, backbone name, the types of ``--set``
     values); with ``deep`` then what does (timm model names, CUDA, the method options' own
-    checks)."""
+    checks); the device only ``here`` (see :func:`resolve`)."""
     from bench.common.options import build_options, typed_values
     from bench.training.catalogue import catalogue
     from datasets.base import DATASETS
@@ -153,7 +155,8 @@ def check(spec: RunSpec, deep: bool = True) -> None:
     from bench.training.catalogue import method_class
     from bench.training.device import resolve_device
 
-    resolve_device(place.device)
+    if here:
+        resolve_device(place.device)
     if timm:
         check_backbone_name(cfg.backbone)
         if cfg.pretrained and not cfg.weights:  # weights timm has, cached unless downloading is on
