@@ -119,14 +119,17 @@ def test_a_reproduction_runs_end_to_end_on_the_fixture_layout_and_writes_its_tab
     make_cifar100n(root)
     table = tmp_path / "cifar-n.md"
     argv = ["reproduce", "cifar-n", "--methods", "ce", "--seeds", "1", "--epochs", "1", "--batch-size", "16",
-            "--data-root", str(root), "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--out", str(tmp_path / "runs"),
-            "--table-out", str(table)]
+            "--workers", "2", "--data-root", str(root), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+            "--out", str(tmp_path / "runs"), "--table-out", str(table)]
     assert main(argv) == 0
     text = table.read_text()
     assert "| ce " in text
     # CE's CIFAR-N numbers are of 100 epochs (the leaderboard) and 200 (a reproduction): a 1-epoch run
     # is set beside neither; the note under the table gives them and says why
     assert "87.77" in text and "100 epochs vs 1" in text and "(paper" not in text, text
+    # one log per run, though the four share a label (ce none seed 1): its request hash tells them apart
+    logs = list((tmp_path / "sweeps" / "reproduce-cifar-n").glob("ce_none_seed_1-*.log"))
+    assert len(logs) == 4 and all(log.read_text().count("$ ") == 1 for log in logs), logs
     capsys.readouterr()
     assert main(argv) == 0  # again: every run is finished and skipped, the table written again
     out = capsys.readouterr().out

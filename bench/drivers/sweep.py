@@ -262,8 +262,13 @@ class Sweep:
             print("$ " + " ".join(command[1:]), file=f, flush=True)
             return subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, **popen)
 
-    def log_of(self, point: GridPoint) -> Path:
-        return self.log_dir / (point.label.replace(" ", "_").replace(":", "") + ".log")
+    def log_of(self, point: GridPoint, request_hash: str | None = None) -> Path:
+        """The point's log: its label and the first 8 characters of its request hash. The hash
+        tells apart what the label does not, and several sweeps write into one experiment's
+        folder: a reproduction's data sets and CIFAR-N label sets (one sweep each, at once under
+        Slurm), a sweep again with other epochs."""
+        h = request_hash or self.specs[point].request_hash
+        return self.log_dir / (point.label.replace(" ", "_").replace(":", "") + f"-{h[:8]}.log")
 
     def queue(self, hashes: dict[GridPoint, str]) -> dict[GridPoint, tuple[str, str]]:
         """Per point submitted to Slurm: (its job id, its squeue state, '' once it has left the
@@ -285,7 +290,7 @@ class Sweep:
         its log (a run refused before it started has a log and no MLflow run)."""
         out = {}
         for point, h in hashes.items():
-            mine, log = runs.get(h, []), self.log_of(point)
+            mine, log = runs.get(h, []), self.log_of(point, h)
             job, state = (queue or {}).get(point, ("", ""))
             if any(r["status"] == "FINISHED" for r in mine):
                 out[point] = ("finished", "")
@@ -423,14 +428,17 @@ class PointJob:
 
     def start(self, threads: int, **popen: Any) -> subprocess.Popen | None:
         sweep = self.sweep()
-        hashes = {self.point: sweep.request_hash(self.point)}
+        # the hash alone: the run checks the rest when it starts, and this process, which waits
+        # for it on the compute node, need not hold torch and the method (seconds, and memory)
+        hashes = {self.point: sweep.request_hash(self.point, deep=False)}
         action, run_dir = sweep.state(hashes, sweep.runs(hashes))[self.point]
         if action == "finished":
             return None
         return sweep.start(self.point, action, run_dir, child_env(threads=threads), **popen)
 
     def failure(self, code: int) -> str:
-        log = self.sweep().log_of(self.point)
+        sweep = self.sweep()
+        log = sweep.log_of(self.point, sweep.request_hash(self.point, deep=False))
         return f"{self.point.label}: exit {code}: {last_error(log)} (log {log})"
 
 
