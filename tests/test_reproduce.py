@@ -119,7 +119,7 @@ def test_a_reproduction_runs_end_to_end_on_the_fixture_layout_and_writes_its_tab
     make_cifar100n(root)
     table = tmp_path / "cifar-n.md"
     argv = ["reproduce", "cifar-n", "--methods", "ce", "--seeds", "1", "--epochs", "1", "--batch-size", "16",
-            "--workers", "2", "--data-root", str(root), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+            "--data-root", str(root), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
             "--out", str(tmp_path / "runs"), "--table-out", str(table)]
     assert main(argv) == 0
     text = table.read_text()

@@ -47,6 +47,7 @@ def test_slurm_time_formats_in_minutes(text, minutes):
     (["--launcher", "slurm", "--slurm-mem", "lots"], "--slurm-mem lots: expected a size"),
     (["--launcher", "slurm", "--slurm-extra", "account"], "expected KEY=VALUE"),
     (["--launcher", "slurm", "--slurm-gpus", "-1"], "--slurm-gpus -1: must be at least 0"),
+    (["--launcher", "slurm", "--slurm-gpus", "0", "--device", "cuda"], "--device cuda with --slurm-gpus 0"),
     (["--launcher", "slurm", "--workers", "2"], "under --launcher slurm the array's tasks run at once"),
 ])
 def test_bad_launcher_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
@@ -59,6 +60,26 @@ def test_bad_launcher_input_is_one_line_and_exit_2(argv, message, capsys, tmp_pa
 def test_study_workers_must_be_positive(capsys):
     assert main(["study", "--method", "ce", "--params", "lr", "--study-workers", "0"]) == 2
     assert "--study-workers 0: must be at least 1" in capsys.readouterr().err
+
+
+def test_a_cuda_study_for_slurm_is_checked_on_the_compute_node_not_here(monkeypatch, tmp_path):
+    """A login node has no GPU: a study's workers check their device where they run; a local
+    study runs here, so its device is this machine's."""
+    import torch
+
+    from bench.cli import build_parser, request_from_args
+    from bench.common.errors import UsageError
+    from bench.drivers.study import spec_from_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["study", "--method", "ce", "--params", "lr", "--noise", "sym", "--noise-rate", "0.4", "--device", "cuda",
+            "--storage", f"sqlite:///{tmp_path}/o.db", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    args = build_parser().parse_args([*argv, "--launcher", "slurm"])
+    spec, _ = spec_from_args(args, request_from_args(args))
+    assert spec.base.place.device == "cuda"
+    args = build_parser().parse_args(argv)
+    with pytest.raises(UsageError, match="--device cuda: no CUDA device is available here"):
+        spec_from_args(args, request_from_args(args))
 
 
 FAKE_SBATCH = """#!/bin/sh
@@ -113,7 +134,7 @@ def test_status_reads_the_queue_then_mlflow_then_the_logs(tmp_path):
     from bench.drivers.sweep import GridPoint, Sweep
 
     sweep = Sweep([], {}, "unused", "e", 1, tmp_path / "sweeps" / "e")
-    pts = [GridPoint("ce", "sym", 0.4, s) for s in range(7)]
+    pts = [GridPoint("ce", "sym", 0.4, s) for s in range(8)]
     hashes = {p: f"h{p.seed}" for p in pts}
     runs = {"h0": [{"status": "FINISHED", "run_dir": "r0"}], "h2": [{"status": "KILLED", "run_dir": "r2"}],
             "h3": [{"status": "RUNNING", "run_dir": "r3"}], "h4": [{"status": "RUNNING", "run_dir": "r4"}],
@@ -123,8 +144,11 @@ def test_status_reads_the_queue_then_mlflow_then_the_logs(tmp_path):
     sweep.slurm_dir.mkdir(parents=True)
     (sweep.slurm_dir / "9_5_0_log.out").write_text("submitit INFO ...\nConnectionError: tracking server down\n")
     sweep.log_of(pts[6], hashes[pts[6]]).write_text("$ -m bench run ...\nbench: error: lr 1e9 diverged\n")
+    (sweep.log_dir / "ce_sym0.4_seed_7.log").write_text("$ -m bench run ...\nbench: error: no data\n")  # an old name
     got = sweep.statuses(hashes, runs, queue)
-    assert [got[p][0] for p in pts] == ["finished", "queued", "queued", "running", "failed", "failed", "failed"]
+    assert [got[p][0] for p in pts] == ["finished", "queued", "queued", "running", "failed", "failed", "failed",
+                                        "failed"]
+    assert got[pts[7]][1] == "bench: error: no data", got[pts[7]]
     assert got[pts[1]][1] == "Slurm job 9_1 (pending)" and got[pts[3]][1] == "Slurm job 9_3, r3"
     assert got[pts[4]][1].startswith("Slurm job 9_4 ended with its run unfinished")  # killed with its job
     assert got[pts[5]][1] == "Slurm job 9_5: ConnectionError: tracking server down"  # never reached the run

@@ -58,8 +58,8 @@ def sweep(tmp: Path, *argv: str, uri: str | None = None) -> tuple[int, str]:
 
 def test_a_cuda_sweep_is_checked_against_this_machine_only_when_it_runs_here(tmp_path, capsys, monkeypatch):
     """A login node has no GPU: a ``--launcher slurm`` sweep's device is the compute node's
-    (checked where each run starts), and ``--status`` only looks at the store and the queue; a
-    local sweep runs here, so its device is this machine's."""
+    (checked where each run starts), and ``--status`` only looks at the store and the queue
+    (no device, no data root); a local sweep runs here, so its device is this machine's."""
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -70,6 +70,9 @@ def test_a_cuda_sweep_is_checked_against_this_machine_only_when_it_runs_here(tmp
     assert code == 0 and "0 to resume, 2 to start" in out, out
     code, out = sweep(tmp_path, *grid, "--status")
     assert code == 0 and "not started  dividemix sym:0.4 seed 1" in out, out
+    # nor its data: a cluster's data root need not be mounted where one looks
+    code, out = sweep(tmp_path, "--methods", "ce", "--noise", "sym:0.4", "--dataset", "cifar100", "--status")
+    assert code == 0 and "1 runs: 0 finished" in out, out
 
 
 def test_status_imports_neither_torch_nor_a_method(tmp_path):

@@ -113,6 +113,11 @@ def slurm_options(args: Any) -> SlurmOptions | None:
         value = getattr(args, dest, None)
         if value is not None and value < low:
             raise UsageError(f"{flag} {value}: must be at least {low}")
+    if getattr(args, "device", None) == "cuda" and getattr(args, "slurm_gpus", None) == 0:
+        # the device is checked on the compute node (its login node need have none): this one is
+        # known to fail there already
+        raise UsageError("--device cuda with --slurm-gpus 0: the tasks would have no GPU; give --slurm-gpus N, "
+                         "or --device cpu or auto")
     mem = getattr(args, "slurm_mem", None)
     if mem is not None and not re.fullmatch(r"\d+[KMGT]?", mem):
         raise UsageError(f"--slurm-mem {mem}: expected a size as sbatch --mem takes it, e.g. 32G or 16000M")

@@ -189,14 +189,16 @@ class Sweep:
         self.lock = threading.Lock()
         self.results: dict[GridPoint, str] = {}
 
-    def request_hash(self, point: GridPoint, deep: bool = True) -> str:
-        """The point's hash, its run checked as :func:`~bench.training.resolve.check` does
-        (``deep=False``: without torch or the method's module, which the hash does not need;
-        under Slurm without the device, which is the compute node's)."""
+    def request_hash(self, point: GridPoint, checked: bool = True) -> str:
+        """The point's hash, its run checked as :func:`~bench.training.resolve.check` does before
+        it is started or submitted (under Slurm without the device, which is the compute node's).
+        ``checked=False``: its values alone, which is all the hash needs (no data root, no torch,
+        no method module): for a look at the store, or where the run checks itself."""
         from bench.training.resolve import check, resolve_values
 
         spec = resolve_values(point.request(self.base))
-        check(spec, deep=deep, here=self.slurm is None)
+        if checked:
+            check(spec, deep=True, here=self.slurm is None)
         self.specs[point] = spec
         return spec.request_hash
 
@@ -255,20 +257,28 @@ class Sweep:
     def start(self, point: GridPoint, action: str, run_dir: str | None, env: dict[str, str],
               **popen: Any) -> subprocess.Popen:
         """The point's ``bench run``, started; its command line, then its output, appended to its log."""
-        log = self.log_of(point)
+        log = self.log_of(point, self.specs[point].request_hash)
         log.parent.mkdir(parents=True, exist_ok=True)
         command = self.command(point, action, run_dir)
         with open(log, "a") as f:
             print("$ " + " ".join(command[1:]), file=f, flush=True)
             return subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, **popen)
 
-    def log_of(self, point: GridPoint, request_hash: str | None = None) -> Path:
+    def log_of(self, point: GridPoint, request_hash: str) -> Path:
         """The point's log: its label and the first 8 characters of its request hash. The hash
         tells apart what the label does not, and several sweeps write into one experiment's
         folder: a reproduction's data sets and CIFAR-N label sets (one sweep each, at once under
         Slurm), a sweep again with other epochs."""
-        h = request_hash or self.specs[point].request_hash
-        return self.log_dir / (point.label.replace(" ", "_").replace(":", "") + f"-{h[:8]}.log")
+        return self.log_dir / (self._stem(point) + f"-{request_hash[:8]}.log")
+
+    def _stem(self, point: GridPoint) -> str:
+        return point.label.replace(" ", "_").replace(":", "")
+
+    def log_to_read(self, point: GridPoint, request_hash: str) -> Path:
+        """:meth:`log_of`, or the label-only log a sweep of before the hashed names wrote."""
+        log = self.log_of(point, request_hash)
+        legacy = self.log_dir / (self._stem(point) + ".log")
+        return legacy if not log.is_file() and legacy.is_file() else log
 
     def queue(self, hashes: dict[GridPoint, str]) -> dict[GridPoint, tuple[str, str]]:
         """Per point submitted to Slurm: (its job id, its squeue state, '' once it has left the
@@ -290,7 +300,7 @@ class Sweep:
         its log (a run refused before it started has a log and no MLflow run)."""
         out = {}
         for point, h in hashes.items():
-            mine, log = runs.get(h, []), self.log_of(point, h)
+            mine, log = runs.get(h, []), self.log_to_read(point, h)
             job, state = (queue or {}).get(point, ("", ""))
             if any(r["status"] == "FINISHED" for r in mine):
                 out[point] = ("finished", "")
@@ -313,9 +323,9 @@ class Sweep:
         return out
 
     def status(self) -> int:
-        """``--status``: every point's state, then the counts (a quick look: the points are
-        checked as far as their hashes need, not imported)."""
-        hashes = {p: self.request_hash(p, deep=False) for p in self.points}
+        """``--status``: every point's state, then the counts (a quick look: the points' values
+        give their hashes; nothing of a run is checked or imported)."""
+        hashes = {p: self.request_hash(p, checked=False) for p in self.points}
         states = self.statuses(hashes, self.runs(hashes), self.queue(hashes))
         for p in self.points:
             state, detail = states[p]
@@ -361,7 +371,7 @@ class Sweep:
                 action, run_dir = state[point]
                 code = self.start(point, action, run_dir, self.env(slot)).wait()
                 status = ("finished" if code == 0 else "diverged" if code == EXIT_DIVERGED
-                          else f"failed (exit {code}, log {self.log_of(point)})")
+                          else f"failed (exit {code}, log {self.log_of(point, self.specs[point].request_hash)})")
                 print(f"{status:<16} {point.label}", flush=True)
                 return status
             finally:
@@ -430,7 +440,7 @@ class PointJob:
         sweep = self.sweep()
         # the hash alone: the run checks the rest when it starts, and this process, which waits
         # for it on the compute node, need not hold torch and the method (seconds, and memory)
-        hashes = {self.point: sweep.request_hash(self.point, deep=False)}
+        hashes = {self.point: sweep.request_hash(self.point, checked=False)}
         action, run_dir = sweep.state(hashes, sweep.runs(hashes))[self.point]
         if action == "finished":
             return None
@@ -438,7 +448,7 @@ class PointJob:
 
     def failure(self, code: int) -> str:
         sweep = self.sweep()
-        log = sweep.log_of(self.point, sweep.request_hash(self.point, deep=False))
+        log = sweep.log_to_read(self.point, sweep.request_hash(self.point, checked=False))
         return f"{self.point.label}: exit {code}: {last_error(log)} (log {log})"
 
 
