@@ -171,6 +171,8 @@ def store(tmp_path):
         for k in ("best_test_acc", "last_test_acc"):
             client.log_metric(rid, k, acc, step=3)
         client.log_metric(rid, "wall_clock_s", 30.0, step=3)
+        if method == "peer":  # peer's clean AUC only: CE has no row in the detection table
+            client.log_metric(rid, "clean_auc", 0.9, step=3)
         client.set_terminated(rid, status)
     return tmp_path
 
@@ -185,6 +187,9 @@ def test_tables_mark_cells_with_unhealthy_runs_and_health_lists_them(store):
     assert "| peer | **71.00 ± 1.41 †** |" in md  # the diverged seed is not in it
     assert "- † ce, sym:0.4: of 3 runs, 1 collapsed" in md
     assert "- † peer, sym:0.4: of 3 runs, 1 diverged (not in the mean)" in md
+    # a table CE has no row in says nothing of CE's runs (its collapsed one did not empty a cell)
+    detection = table(store, "--detection")
+    assert "- † peer, sym:0.4: of 3 runs, 1 diverged (not in the mean)" in detection and "ce," not in detection
     health = table(store, "--health", "--format", "csv")
     rows = [line for line in health.splitlines()[1:] if line]
     assert len(rows) == 2 and rows[0].startswith("ce,fashion-mnist,sym:0.4,2,collapsed,collapsed at epoch 2")

@@ -215,7 +215,8 @@ def mark_health(table: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
         counts = part["health"].value_counts()
         total = int(((df["row"] == row) & (df["dataset"] == dataset) & (df["setting"] == setting)).sum())
         if row not in table.index or name not in table.columns or table.loc[row, name] == "-":
-            notes.append(f"{MARK} {row}, {name}: all {total} runs diverged (no cell)")
+            if counts.get(DIVERGED, 0) == total:  # else the row has no such cell at all (it logs no t_error...)
+                notes.append(f"{MARK} {row}, {name}: all {total} runs diverged (no cell)")
             continue
         what = [f"{counts[k]} {label}" for k, label in ((DIVERGED, "diverged (not in the mean)"),
                                                        (COLLAPSED, "collapsed"),
