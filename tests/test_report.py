@@ -29,6 +29,7 @@ def test_the_page_holds_the_tables_and_figures_and_needs_no_network(store, tmp_p
                   "Noise detection: final clean_auc", "Transition-matrix error", "Environments", "Run health"):
         assert title in text, title
     assert text.count('class="plotly-graph-div"') == 2  # the curves and the accuracy-time figure
+    assert f"8 runs of 3 methods (store {tracking_uri(store)})" in text  # which store, whoever named it
     assert not re.search(r"<script[^>]+src=", text)  # plotly.js inlined, nothing fetched
     assert "https://cdn" not in text.split("</head>")[0]
     # each accuracy cell links its seeds' runs in the MLflow UI

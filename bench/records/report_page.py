@@ -315,10 +315,12 @@ def page(experiment: str, every: pd.DataFrame, sections: list[tuple[str, str]], 
     fams = families(sorted(every["method"].unique()))
     by_family = {f: sorted(m for m, g in fams.items() if g == f) for f in FAMILY_ORDER}
     family_text = "; ".join(f"{f}: {', '.join(ms)}" for f, ms in by_family.items() if ms)
+    from bench.training.tracking import store_uri
+
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [f"<h1>Experiment {html.escape(experiment)}</h1>",
             f"<p>{len(every)} runs of {every['method'].nunique()} methods "
-            f"({html.escape(str(uri or 'the default store'))}); "
+            f"(store {html.escape(store_uri(uri))}); "  # --tracking-uri, $MLFLOW_TRACKING_URI or the default
             f"page written {now} by <code>python -m bench report</code>. {MARK}: a cell with diverged or collapsed "
             "runs (notes under each table).</p>",
             f'<p class="family">Families: {html.escape(family_text)}</p>']
