@@ -23,8 +23,9 @@ def save_figure(fig: Any, path: Path, pdf: bool = True) -> list[Path]:
     """``path`` as a 300 dpi PNG and, with ``pdf``, the same figure as a vector PDF beside it."""
     plt = pyplot()
     paths = [path] + ([path.with_suffix(".pdf")] if pdf else [])
-    for out in paths:
-        fig.savefig(out, dpi=DPI, bbox_inches="tight")
+    for out in paths:  # a PDF without its creation date: the same figure gives the same bytes
+        fig.savefig(out, dpi=DPI, bbox_inches="tight",
+                    metadata={"CreationDate": None} if out.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
 
