@@ -194,11 +194,10 @@ class Sweep:
         it is started or submitted (under Slurm without the device, which is the compute node's).
         ``checked=False``: its values alone, which is all the hash needs (no data root, no torch,
         no method module): for a look at the store, or where the run checks itself."""
-        from bench.training.resolve import check, resolve_values
+        from bench.training.resolve import resolve, resolve_values
 
-        spec = resolve_values(point.request(self.base))
-        if checked:
-            check(spec, deep=True, here=self.slurm is None)
+        request = point.request(self.base)
+        spec = resolve(request, here=self.slurm is None) if checked else resolve_values(request)
         self.specs[point] = spec
         return spec.request_hash
 

@@ -310,13 +310,13 @@ def build(uri: str | None, experiment: str, methods: str | None = None, highligh
 
 def page(experiment: str, every: pd.DataFrame, sections: list[tuple[str, str]], figures: list[Any],
          uri: str | None) -> str:
+    from bench.training.tracking import store_uri
+
     figs = [f.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
             for i, f in enumerate(figures)]
     fams = families(sorted(every["method"].unique()))
     by_family = {f: sorted(m for m, g in fams.items() if g == f) for f in FAMILY_ORDER}
     family_text = "; ".join(f"{f}: {', '.join(ms)}" for f, ms in by_family.items() if ms)
-    from bench.training.tracking import store_uri
-
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [f"<h1>Experiment {html.escape(experiment)}</h1>",
             f"<p>{len(every)} runs of {every['method'].nunique()} methods "
